@@ -1,0 +1,337 @@
+"""The CLAP encoder: LAION-CLAP checkpoints, loaded offline-safely, embedding batches deterministically.
+
+What this module guarantees:
+
+* **Same numbers as laion-clap.** The network is laion-clap's own ``CLAP``
+  module, built from its own model configs; audio goes through LAION's int16
+  round trip and ``repeatpad`` (done upstream by ``das_core.audio``), text
+  through LAION's tokenisation; the result is L2-normalised as in
+  ``get_audio_embedding`` / ``get_text_embedding``.
+* **No network, no hang.** Importing ``laion_clap`` loads three Hugging Face
+  tokenizers at import time, which blocks for minutes offline or (with
+  transformers 5) silently yields a 5-token RoBERTa tokenizer. This module
+  never imports the ``laion_clap`` package: it loads laion-clap's
+  ``clap_module`` sub-package directly, sets ``HF_HUB_OFFLINE=1`` unless
+  the user has set it, builds a RoBERTa text tower from the configuration
+  its checkpoint implies (never downloading ``roberta-base`` weights), and
+  verifies any RoBERTa tokenizer against the real vocabulary before use.
+* **Deterministic.** Inputs are exactly 10 s (480 000 samples), so the
+  non-fusion path never reaches LAION's random crop. Fusion checkpoints get
+  every window as a "not longer than 10 s" clip: the global mel and the
+  three local views are the same window, as laion-clap does for clips of at
+  most 10 s, and the fusion branch is inactive. Inference runs under
+  ``torch.inference_mode()`` with the model in eval mode.
+* **Bounded memory.** Batches are split into chunks of at most
+  ``max_batch_size`` windows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib.util
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from das_core import checkpoint as ckpt
+from das_core.audio import SAMPLE_RATE, WINDOW_SAMPLES, dequantize_int16, int16_round_trip
+
+_OFFLINE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ROBERTA_VOCAB_SIZE = 50_265
+# Token ids roberta-base gives (documented in transformers' RobertaTokenizer docstring).
+ROBERTA_PROBES = {"Hello world": [0, 31414, 232, 2], " Hello world": [0, 20920, 232, 2]}
+ROBERTA_BASE_CONFIG = {
+    "vocab_size": ROBERTA_VOCAB_SIZE, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5,
+    "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "hidden_act": "gelu",
+}
+TEXT_CONTEXT = 77
+
+
+class EncoderError(Exception):
+    """A problem with the encoder's configuration (device, precision, inputs)."""
+
+
+class TokenizerError(EncoderError):
+    """The RoBERTa tokenizer a checkpoint needs is missing or is not the real one."""
+
+
+def prepare_offline_environment() -> None:
+    """Make every Hugging Face call local-only unless the user chose otherwise (``HF_HUB_OFFLINE=0``)."""
+    for key, value in _OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if "huggingface_hub" in sys.modules:    # imported before us: its constants are already read
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in ("1", "ON", "YES", "TRUE")
+
+
+prepare_offline_environment()
+
+
+@functools.cache
+def laion() -> object:
+    """laion-clap's ``clap_module`` package, loaded without running ``laion_clap/__init__``."""
+    prepare_offline_environment()
+    if "clap_module" in sys.modules:        # laion_clap itself imports it under this top-level name
+        return sys.modules["clap_module"]
+    spec = importlib.util.find_spec("laion_clap")
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderError("laion-clap is not installed (pip install laion-clap==1.1.7)")
+    path = os.path.join(spec.submodule_search_locations[0], "clap_module")
+    mspec = importlib.util.spec_from_file_location("clap_module", os.path.join(path, "__init__.py"),
+                                                   submodule_search_locations=[path])
+    module = importlib.util.module_from_spec(mspec)
+    sys.modules["clap_module"] = module
+    try:
+        mspec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["clap_module"]
+        raise
+    return module
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _roberta_from_config(config: dict):
+    """Within this block, laion-clap's ``RobertaModel.from_pretrained`` builds from ``config``, offline."""
+    from transformers import RobertaConfig, RobertaModel
+
+    class ConfiguredRoberta:
+        @staticmethod
+        def from_pretrained(*_args, **_kwargs):
+            return RobertaModel(RobertaConfig(**config))
+
+    module = laion().model
+    original = module.RobertaModel
+    module.RobertaModel = ConfiguredRoberta
+    try:
+        yield
+    finally:
+        module.RobertaModel = original
+
+
+def build_model(arch: ckpt.Architecture, roberta_config: dict | None = None):
+    """An (untrained) laion-clap ``CLAP`` module of the given architecture."""
+    import torch
+
+    cm = laion()
+    cfg = copy.deepcopy(cm.factory._MODEL_CONFIGS[arch.audio])
+    cfg["text_cfg"]["model_type"] = arch.text
+    cfg["enable_fusion"] = arch.enable_fusion
+    cfg["fusion_type"] = arch.fusion_type or "None"
+    with _BUILD_LOCK, _roberta_from_config(roberta_config or ROBERTA_BASE_CONFIG), torch.device("cpu"):
+        model = cm.model.CLAP(**cfg)
+    return model.eval()
+
+
+def load_roberta_tokenizer(tokenizer_dir: str | None = None):
+    """roberta-base's tokenizer from ``tokenizer_dir``, ``$DAS_TOKENIZER_DIR`` or the Hugging Face cache, verified."""
+    from transformers import RobertaTokenizer
+
+    source = tokenizer_dir or os.environ.get("DAS_TOKENIZER_DIR") or "roberta-base"
+    how = ("Provide roberta-base's tokenizer files (vocab.json and merges.txt) with --tokenizer-dir DIR or "
+           "DAS_TOKENIZER_DIR=DIR, or fill the Hugging Face cache on a machine with network "
+           "(python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('roberta-base')\") "
+           "and copy ~/.cache/huggingface to this machine.")
+    offline = os.environ.get("HF_HUB_OFFLINE", "1").upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        tok = RobertaTokenizer.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TokenizerError(f"this checkpoint's RoBERTa text tower needs the roberta-base tokenizer, which "
+                             f"could not be loaded from {source!r} ({exc}). {how}") from None
+    if len(tok) != ROBERTA_VOCAB_SIZE:
+        raise TokenizerError(f"the RoBERTa tokenizer loaded from {source!r} has {len(tok)} tokens, not "
+                             f"{ROBERTA_VOCAB_SIZE}: it is not roberta-base's (transformers builds such a "
+                             f"stand-in when the real files are missing offline). {how}")
+    for text, ids in ROBERTA_PROBES.items():
+        got = tok(text)["input_ids"]
+        if got != ids:
+            raise TokenizerError(f"the RoBERTa tokenizer loaded from {source!r} encodes {text!r} as {got}, "
+                                 f"roberta-base gives {ids}. {how}")
+    return tok
+
+
+def _hann_mel_fbanks(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int):
+    """Triangular HTK-scale mel filters without normalisation (torchaudio's ``melscale_fbanks`` defaults)."""
+    import torch
+
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_pts = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2)
+    f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+class ClapEncoder:
+    """Turns 48 kHz windows and prompt strings into unit-norm LAION-CLAP embeddings."""
+
+    def __init__(self, model, arch: ckpt.Architecture, *, encoder_id: str, name: str, device: str = "cpu",
+                 precision: str = "fp32", tokenizer=None, max_batch_size: int | None = None):
+        import torch
+
+        if precision not in PRECISIONS:
+            raise EncoderError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise EncoderError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu "
+                               "(or --num-gpus 0)")
+        if dev.type not in ("cpu", "cuda"):
+            raise EncoderError(f"device must be cpu or cuda[:N], got {device!r}")
+        self.model = model.to(dev).eval()
+        self.arch = arch
+        self.encoder_id = encoder_id
+        self.name = name
+        self.device = dev
+        self.precision = precision
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size or (64 if dev.type == "cuda" else 16)
+        self.dim = int(self.model.audio_projection[-1].out_features)
+        self._mel_fb = None
+
+    @classmethod
+    def from_checkpoint(cls, uri: str, device: str = "cpu", precision: str = "fp32", *,
+                        tokenizer_dir: str | None = None, max_batch_size: int | None = None) -> ClapEncoder:
+        """Load a LAION-CLAP checkpoint by path, ``s3://`` URI or published name; the architecture is detected."""
+        local = ckpt.resolve(uri)
+        state = ckpt.load_state_dict(local)
+        arch = ckpt.detect(state)
+        tokenizer = load_roberta_tokenizer(tokenizer_dir) if arch.text == "roberta" else None
+        model = build_model(arch, ckpt.roberta_config(state) if arch.text == "roberta" else None)
+        _load_weights(model, state, local)
+        return cls(model, arch, encoder_id=ckpt.fingerprint(local), name=ckpt.display_name(uri), device=device,
+                   precision=precision, tokenizer=tokenizer, max_batch_size=max_batch_size)
+
+    # ---------------------------------------------------------------- audio
+    def embed_audio(self, windows: np.ndarray) -> np.ndarray:
+        """float32 ``[n, 480000]`` at 48 kHz -> unit-norm float32 ``[n, dim]``, after LAION's int16 round trip."""
+        windows = self._check_windows(windows)
+        return self._embed_waveforms(int16_round_trip(windows))
+
+    def embed_audio_int16(self, windows: np.ndarray) -> np.ndarray:
+        """As ``embed_audio`` for windows already quantised by ``das_core.audio.quantize_int16``."""
+        windows = self._check_windows(windows, dtype=np.int16)
+        return self._embed_waveforms(dequantize_int16(windows))
+
+    def _check_windows(self, windows: np.ndarray, dtype=np.float32) -> np.ndarray:
+        windows = np.asarray(windows)
+        if windows.ndim == 1:
+            windows = windows[None, :]
+        if windows.ndim != 2 or windows.shape[1] != WINDOW_SAMPLES:
+            raise EncoderError(f"audio windows must be [n, {WINDOW_SAMPLES}] at {SAMPLE_RATE} Hz, "
+                               f"got {list(windows.shape)}")
+        return np.ascontiguousarray(windows, dtype=dtype)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _embed_waveforms(self, windows: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        out = np.empty((len(windows), self.dim), dtype=np.float32)
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(windows), self.max_batch_size):
+                chunk = torch.from_numpy(windows[start:start + self.max_batch_size]).to(self.device)
+                longer = torch.zeros((len(chunk), 1), dtype=torch.bool, device=self.device)
+                if self.arch.enable_fusion:
+                    mel = self._log_mel(chunk)
+                    batch = {"mel_fusion": mel.unsqueeze(1).expand(-1, 4, -1, -1).contiguous(), "longer": longer}
+                else:
+                    batch = {"waveform": chunk, "longer": longer}
+                emb = self.model.encode_audio(batch, device=self.device)["embedding"]
+                emb = self.model.audio_projection(emb)
+                out[start:start + len(chunk)] = F.normalize(emb.float(), dim=-1).cpu().numpy()
+        return out
+
+    def _log_mel(self, wave):
+        """laion-clap's ``get_mel`` for fusion inputs: power mel spectrogram in dB, ``[n, frames, mel_bins]``."""
+        import torch
+
+        cfg = self.model.audio_cfg
+        if self._mel_fb is None:
+            fb = _hann_mel_fbanks(cfg.window_size // 2 + 1, cfg.fmin, cfg.fmax, cfg.mel_bins, cfg.sample_rate)
+            self._mel_fb = (fb.to(self.device), torch.hann_window(cfg.window_size, device=self.device))
+        fb, window = self._mel_fb
+        spec = torch.stft(wave.float(), n_fft=cfg.window_size, hop_length=cfg.hop_size, win_length=cfg.window_size,
+                          window=window, center=True, pad_mode="reflect", normalized=False, onesided=True,
+                          return_complex=True).abs().pow(2.0)             # [n, freqs, frames]
+        mel = torch.matmul(spec.transpose(1, 2), fb)                      # [n, frames, mels]
+        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+
+    # ----------------------------------------------------------------- text
+    def tokenize(self, texts: Sequence[str]):
+        """Token inputs for the text tower: LAION's CLIP BPE for ``transformer``, roberta-base's otherwise."""
+        if self.arch.text == "transformer":
+            return laion().tokenize(list(texts), context_length=TEXT_CONTEXT)
+        if self.tokenizer is None:
+            raise TokenizerError("this encoder has a RoBERTa text tower but no tokenizer was loaded")
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=TEXT_CONTEXT,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def embed_tokens(self, tokens) -> np.ndarray:
+        """Unit-norm text embeddings for already tokenised input (one batch)."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode(), self._autocast():
+            if isinstance(tokens, dict):
+                tokens = {k: v.to(self.device) for k, v in tokens.items()}
+            else:
+                tokens = tokens.to(self.device)
+            emb = self.model.encode_text(tokens, device=self.device)
+            return F.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def embed_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Unit-norm float32 ``[n, dim]`` for ``texts``, encoded in batches of ``batch_size``."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            parts.append(self.embed_tokens(self.tokenize(texts[start:start + batch_size])))
+        return np.concatenate(parts).astype(np.float32)
+
+
+_POSITION_IDS = "text_branch.embeddings.position_ids"
+
+
+def _load_weights(model, state: dict, source: str) -> None:
+    """Load ``state`` strictly, except for RoBERTa's ``position_ids`` buffer, which may or may not be saved."""
+    own = model.state_dict()
+    state = dict(state)
+    if _POSITION_IDS in state and _POSITION_IDS not in own:
+        del state[_POSITION_IDS]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != _POSITION_IDS]
+    if missing or unexpected:
+        def show(keys):
+            return ", ".join(sorted(keys)[:8]) + (" ..." if len(keys) > 8 else "")
+        raise ckpt.CheckpointError(f"{source} does not fit the detected architecture: "
+                                   f"missing {len(missing)} key(s) [{show(missing)}], "
+                                   f"unexpected {len(unexpected)} key(s) [{show(unexpected)}]")
