@@ -1,0 +1,92 @@
+"""Shared fixtures: test-made checkpoints, a real S3 endpoint, generated audio."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+# Workers and subprocesses inherit these: every S3 client in the tests talks to moto.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(ckpt_dir) -> str:
+    """HTSAT-tiny + transformer text tower, random weights, LAION's format (fully offline)."""
+    from das_core.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(str(ckpt_dir / "tiny-transformer.pt"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_ckpt(ckpt_dir) -> str:
+    """Same architecture, other weights: a different checkpoint fingerprint."""
+    from das_core.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(str(ckpt_dir / "tiny-transformer-seed1.pt"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_ckpt):
+    from das_core.encoder import ClapEncoder
+
+    return ClapEncoder.from_checkpoint(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's threaded S3 server on 127.0.0.1: a real HTTP endpoint that Ray workers reach too."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("AWS_ENDPOINT_URL_S3")
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    yield endpoint
+    if previous is None:
+        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+    else:
+        os.environ["AWS_ENDPOINT_URL_S3"] = previous
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    import boto3
+
+    name = f"das-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def sine(freq: float, seconds: float, rate: int, channels: int = 1, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    x = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    if channels == 1:
+        return x
+    return np.stack([x * (c + 1) / channels for c in range(channels)], axis=1)
+
+
+def write_audio(path, samples: np.ndarray, rate: int, fmt: str | None = None, subtype: str | None = None) -> str:
+    sf.write(str(path), samples, rate, format=fmt, subtype=subtype)
+    return str(path)

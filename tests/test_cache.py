@@ -1,0 +1,193 @@
+import hashlib
+import warnings
+
+import numpy as np
+import pytest
+
+from das_core.cache import CacheError, CacheMismatchError, DriftCache
+from das_core.prompts import DEFAULT_NOISE_PHRASES
+
+LABELS = ["dog_bark", "siren", "engine_idling", "jackhammer"]
+PHRASES = ["traffic noise", "wind noise", "crowd noise"]
+
+
+class TableEncoder:
+    """A text encoder with hand-set outputs, to pin down cache maths (the real encoder is tested too)."""
+
+    def __init__(self, dim=16, overrides=None):
+        self.dim = dim
+        self.calls = []
+        self.overrides = overrides or {}
+
+    def __call__(self, texts):
+        self.calls.append(list(texts))
+        out = []
+        for t in texts:
+            if t in self.overrides:
+                v = np.asarray(self.overrides[t], dtype=np.float64)
+            else:
+                seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+                v = np.random.default_rng(seed).standard_normal(self.dim)
+            out.append(v / np.linalg.norm(v))
+        return np.array(out, dtype=np.float32)
+
+
+def unit_rows(n, d, seed=0):
+    z = np.random.default_rng(seed).standard_normal((n, d))
+    return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_build_encodes_all_prompts_once():
+    enc = TableEncoder()
+    cache = DriftCache.build(enc, LABELS, PHRASES, encoder_id="sha256:x")
+    assert len(enc.calls) == 1
+    assert len(enc.calls[0]) == len(LABELS) * (1 + len(PHRASES)) == cache.n_text_encodings
+    assert enc.calls[0][0] == "sound of dog bark"
+    assert "dog bark with traffic noise" in enc.calls[0]
+    assert cache.clean.shape == cache.drift_direction.shape == cache.weights.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(cache.drift_direction, axis=1), 1.0, atol=1e-6)
+
+
+def test_drift_is_mean_difference_direction():
+    enc = TableEncoder(dim=4, overrides={
+        "sound of a": [1, 0, 0, 0], "a with p": [0.6, 0.8, 0, 0], "a with q": [0.6, 0, 0.8, 0],
+    })
+    cache = DriftCache.build(enc, ["a"], ["p", "q"])
+    d = np.array([-0.4, 0.4, 0.4, 0.0])
+    np.testing.assert_allclose(cache.drift_direction[0], d / np.linalg.norm(d), atol=1e-6)
+    np.testing.assert_allclose(cache.drift_norm[0], np.linalg.norm(d), atol=1e-6)
+
+
+def test_lam_zero_is_plain_zero_shot_and_folding_is_exact():
+    cache = DriftCache.build(TableEncoder(), LABELS, PHRASES, lam=0.3)
+    z = unit_rows(50, 16)
+    a1, a2 = cache.clean_scores(z), cache.drift_scores(z)
+    np.testing.assert_allclose(cache.scores(z), a1 + 0.3 * a2, atol=2e-7)
+    np.testing.assert_array_equal(cache.with_lam(0.0).scores(z), a1)
+    np.testing.assert_allclose(cache.with_lam(1.0).scores(z), a1 + a2, atol=2e-7)
+
+
+def test_scores_do_not_depend_on_the_batch():
+    cache = DriftCache.build(TableEncoder(), LABELS, PHRASES)
+    z = unit_rows(257, 16, seed=3)
+    together = cache.scores(z)
+    for i in (0, 100, 256):
+        np.testing.assert_array_equal(cache.scores(z[i]), together[i:i + 1])
+        np.testing.assert_array_equal(cache.scores(z[i:i + 7])[0], together[i])
+
+
+def test_zero_drift_class_warns_and_stays_finite():
+    enc = TableEncoder(dim=4, overrides={"sound of calm": [0, 0, 0, 1], "calm with p": [0, 0, 0, 1],
+                                         "calm with q": [0, 0, 0, 1]})
+    with pytest.warns(RuntimeWarning, match="no drift direction.*calm"):
+        cache = DriftCache.build(enc, ["calm", "busy"], ["p", "q"])
+    assert cache.zero_drift_labels == ("calm",)
+    np.testing.assert_array_equal(cache.drift_direction[0], 0.0)
+    s = cache.scores(unit_rows(5, 4))
+    assert np.isfinite(s).all()
+
+
+@pytest.mark.parametrize("labels, phrases, kw, msg", [
+    ([], PHRASES, {}, "no labels"),
+    (["a", "a"], PHRASES, {}, "duplicate label"),
+    (["dog_bark", "dog bark"], PHRASES, {}, "both read 'dog bark'"),
+    (LABELS, [], {}, "noise phrases"),
+    (LABELS, PHRASES, {"clean_template": "a sound"}, r"must contain \{label\}"),
+    (LABELS, PHRASES, {"noisy_template": "{label} loud"}, r"must contain \{noise\}"),
+    (LABELS, PHRASES, {"lam": -1.0}, "lam"),
+])
+def test_build_refuses_bad_inputs(labels, phrases, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        DriftCache.build(TableEncoder(), labels, phrases, **kw)
+
+
+def test_build_refuses_non_unit_encoder_output():
+    with pytest.raises(ValueError, match="unit-norm"):
+        DriftCache.build(lambda texts: np.ones((len(texts), 4)), ["a"], ["p"])
+
+
+def test_fingerprint_covers_what_scores_depend_on():
+    base = DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:a")
+    same = DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:a")
+    assert base.fingerprint == same.fingerprint
+    variants = [
+        DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:b"),
+        DriftCache.build(TableEncoder(), LABELS[:3], PHRASES, encoder_id="sha256:a"),
+        DriftCache.build(TableEncoder(), LABELS, PHRASES[:2], encoder_id="sha256:a"),
+        DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:a", clean_template="a {label}"),
+        DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:a", noisy_template="{label}, {noise}"),
+        base.with_lam(0.2),
+    ]
+    assert len({v.fingerprint for v in variants} | {base.fingerprint}) == len(variants) + 1
+
+
+def test_check_encoder_refuses_other_checkpoint():
+    cache = DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:a", encoder_name="a.pt")
+    cache.check_encoder("sha256:a")
+    with pytest.raises(CacheMismatchError, match="rebuild it with `das build-cache --checkpoint b.pt"):
+        cache.check_encoder("sha256:b", "b.pt")
+
+
+def assert_same_cache(a, b):
+    assert a.fingerprint == b.fingerprint and a.labels == b.labels and a.lam == b.lam
+    np.testing.assert_array_equal(a.weights, b.weights)
+    np.testing.assert_array_equal(a.clean, b.clean)
+
+
+def test_save_load_round_trip_local(tmp_path):
+    cache = DriftCache.build(TableEncoder(), LABELS, list(DEFAULT_NOISE_PHRASES), lam=0.2, encoder_id="sha256:a")
+    path = tmp_path / "sub" / "cache.npz"
+    cache.save(str(path))
+    assert_same_cache(cache, DriftCache.load(str(path)))
+    z = unit_rows(3, 16)
+    np.testing.assert_array_equal(DriftCache.load(str(path)).scores(z), cache.scores(z))
+
+
+def test_save_load_round_trip_s3(bucket):
+    cache = DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:a")
+    uri = f"s3://{bucket}/caches/urban.npz"
+    cache.save(uri)
+    assert_same_cache(cache, DriftCache.load(uri))
+
+
+def test_foreign_and_damaged_files_are_refused(tmp_path):
+    good = DriftCache.build(TableEncoder(), LABELS, PHRASES).to_bytes()
+    with pytest.raises(CacheError, match="not a DAS drift cache"):
+        DriftCache.from_bytes(b"hello, I am a text file", "notes.txt")
+    buf = __import__("io").BytesIO()
+    np.savez(buf, weights=np.zeros((2, 2)))
+    with pytest.raises(CacheError, match="not a DAS drift cache"):
+        DriftCache.from_bytes(buf.getvalue(), "other.npz")
+    with pytest.raises(CacheError, match="not a DAS drift cache|damaged"):
+        DriftCache.from_bytes(good[: len(good) // 2], "cut.npz")
+    # flip bytes inside the stored arrays: the digest no longer matches
+    import io
+    import zipfile
+    src = zipfile.ZipFile(io.BytesIO(good))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = bytearray(src.read(item))
+            if item.filename == "clean.npy":
+                data[-8:] = b"\x00" * 8
+            dst.writestr(item, bytes(data))
+    with pytest.raises(CacheError, match="damaged"):
+        DriftCache.from_bytes(out.getvalue(), "tampered.npz")
+    with pytest.raises(CacheError, match="does not exist"):
+        DriftCache.load(str(tmp_path / "missing.npz"))
+
+
+def test_build_with_real_encoder(encoder):
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return encoder.embed_text(texts)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache = DriftCache.build(counting, LABELS, PHRASES, encoder_id=encoder.encoder_id)
+    assert calls == [len(LABELS) * (1 + len(PHRASES))]
+    assert cache.dim == 512
+    z = encoder.embed_audio(np.zeros((1, 480000), dtype=np.float32))
+    assert cache.scores(z).shape == (1, 4)

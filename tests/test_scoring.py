@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from das_core.cache import DriftCache
+from das_core.scoring import label_files, label_windows, pool_max, top_k
+from test_cache import TableEncoder, unit_rows
+
+
+def test_top_k_orders_and_breaks_ties_by_index():
+    s = np.array([[0.1, 0.5, 0.5, 0.2], [0.9, 0.0, 0.3, 0.3]])
+    idx, val = top_k(s, 3)
+    assert idx.tolist() == [[1, 2, 3], [0, 2, 3]]
+    np.testing.assert_array_equal(val, [[0.5, 0.5, 0.2], [0.9, 0.3, 0.3]])
+    assert top_k(s, 10)[0].shape == (2, 4)
+
+
+def test_pool_max():
+    assert pool_max(np.array([[1, 5], [3, 2]])).tolist() == [3, 5]
+
+
+def test_window_labels_have_das_and_plain_side_by_side():
+    cache = DriftCache.build(TableEncoder(), ["a", "b", "c"], ["p", "q"], lam=0.5)
+    z = unit_rows(6, 16, seed=2)
+    lab = label_windows(z, cache, k=2)
+    das, plain = cache.scores(z), cache.clean_scores(z)
+    assert lab.label == [cache.labels[i] for i in das.argmax(1)]
+    np.testing.assert_array_equal(lab.score, das.max(1))
+    assert lab.zs_label == [cache.labels[i] for i in plain.argmax(1)]
+    np.testing.assert_array_equal(lab.zs_score, plain.max(1))
+    assert all(len(t) == 2 and t[0] == lbl for t, lbl in zip(lab.top_k_labels, lab.label))
+
+
+def test_file_labels_pool_max_over_windows():
+    cache = DriftCache.build(TableEncoder(), ["a", "b", "c"], ["p"], lam=0.2)
+    z = unit_rows(7, 16, seed=4)
+    owner = np.array([2, 0, 0, 1, 2, 2, 1])
+    lab = label_files(z, owner, 3, cache, k=3)
+    das = cache.scores(z)
+    for f in range(3):
+        pooled = das[owner == f].max(0)
+        assert lab.label[f] == cache.labels[int(pooled.argmax())]
+        np.testing.assert_array_equal(lab.top_k_scores[f], np.sort(pooled)[::-1])
+    with pytest.raises(ValueError, match="at least one window"):
+        label_files(z, owner, 4, cache, k=1)
