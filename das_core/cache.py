@@ -246,7 +246,8 @@ class DriftCache:
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"{name} is a damaged DAS drift cache (metadata: {exc})") from None
         k = len(cache.labels)
-        if cache.clean.shape != cache.drift_direction.shape or cache.clean.shape[0] != k or cache.drift_norm.shape != (k,):
+        shapes_ok = cache.clean.shape == cache.drift_direction.shape and cache.clean.shape[0] == k
+        if not shapes_ok or cache.drift_norm.shape != (k,):
             raise CacheError(f"{name} is a damaged DAS drift cache (array shapes do not match {k} labels)")
         if cache.fingerprint != meta.get("fingerprint"):
             raise CacheError(f"{name} is a damaged DAS drift cache: its metadata does not match its fingerprint")

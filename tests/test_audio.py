@@ -4,8 +4,8 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import sine, write_audio
+
 from das_core import audio
 from das_core.audio import (
     SAMPLE_RATE,

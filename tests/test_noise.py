@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import sine, write_audio
+
 from das_core.audio import SAMPLE_RATE
 from das_core.noise import (
     NoiseBank,

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from test_cache import TableEncoder, unit_rows
 
 from das_core.cache import DriftCache
 from das_core.scoring import label_files, label_windows, pool_max, top_k
-from test_cache import TableEncoder, unit_rows
 
 
 def test_top_k_orders_and_breaks_ties_by_index():
