@@ -148,14 +148,20 @@ def load_state_dict(local_path: str) -> dict:
     Loaded with ``weights_only=True``: a checkpoint cannot run code.
     """
     import pickle
+    import zipfile
 
     import torch
 
+    with open(local_path, "rb") as f:
+        head = f.read(2)
+    if not (zipfile.is_zipfile(local_path) or head[:1] == b"\x80"):
+        raise CheckpointError(f"{local_path} is not a readable PyTorch checkpoint (neither a torch zip archive "
+                              f"nor a pickle)")
     try:
         obj = torch.load(local_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{local_path} holds objects other than tensors and plain values; "
-                              f"das refuses to unpickle code from a checkpoint ({exc})") from None
+                              f"das refuses to unpickle code from a checkpoint ({str(exc).splitlines()[0][:200]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{local_path} is not a readable PyTorch checkpoint ({exc})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None

@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -212,14 +213,10 @@ class ClapEncoder:
     def from_checkpoint(cls, uri: str, device: str = "cpu", precision: str = "fp32", *,
                         tokenizer_dir: str | None = None, max_batch_size: int | None = None) -> ClapEncoder:
         """Load a LAION-CLAP checkpoint by path, ``s3://`` URI or published name; the architecture is detected."""
-        local = ckpt.resolve(uri)
-        state = ckpt.load_state_dict(local)
-        arch = ckpt.detect(state)
-        tokenizer = load_roberta_tokenizer(tokenizer_dir) if arch.text == "roberta" else None
-        model = build_model(arch, ckpt.roberta_config(state) if arch.text == "roberta" else None)
-        _load_weights(model, state, local)
-        return cls(model, arch, encoder_id=ckpt.fingerprint(local), name=ckpt.display_name(uri), device=device,
-                   precision=precision, tokenizer=tokenizer, max_batch_size=max_batch_size)
+        loaded = load_clap(uri, before_build=lambda arch: (
+            load_roberta_tokenizer(tokenizer_dir) if arch.text == "roberta" else None))
+        return cls(loaded.model, loaded.arch, encoder_id=loaded.encoder_id, name=ckpt.display_name(uri),
+                   device=device, precision=precision, tokenizer=loaded.extra, max_batch_size=max_batch_size)
 
     # ---------------------------------------------------------------- audio
     def embed_audio(self, windows: np.ndarray) -> np.ndarray:
@@ -316,6 +313,31 @@ class ClapEncoder:
         for start in range(0, len(texts), batch_size):
             parts.append(self.embed_tokens(self.tokenize(texts[start:start + batch_size])))
         return np.concatenate(parts).astype(np.float32)
+
+
+@dataclass
+class LoadedClap:
+    model: object
+    arch: ckpt.Architecture
+    local_path: str
+    encoder_id: str
+    extra: object = None
+
+
+def load_clap(uri: str, before_build=None) -> LoadedClap:
+    """Resolve, read, recognise and load a checkpoint into laion-clap's ``CLAP`` (eval mode, CPU).
+
+    ``before_build(arch)`` runs once the architecture is known and before the
+    (slow) model construction; its result is returned as ``extra``. The
+    encoder uses it to refuse a missing tokenizer early.
+    """
+    local = ckpt.resolve(uri)
+    state = ckpt.load_state_dict(local)
+    arch = ckpt.detect(state)
+    extra = before_build(arch) if before_build else None
+    model = build_model(arch, ckpt.roberta_config(state) if arch.text == "roberta" else None)
+    _load_weights(model, state, local)
+    return LoadedClap(model, arch, local, ckpt.fingerprint(local), extra)
 
 
 _POSITION_IDS = "text_branch.embeddings.position_ids"
