@@ -160,8 +160,9 @@ def load_state_dict(local_path: str) -> dict:
     try:
         obj = torch.load(local_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        first_line = str(exc).splitlines()[0][:200]
         raise CheckpointError(f"{local_path} holds objects other than tensors and plain values; "
-                              f"das refuses to unpickle code from a checkpoint ({str(exc).splitlines()[0][:200]})") from None
+                              f"das refuses to unpickle code from a checkpoint ({first_line})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{local_path} is not a readable PyTorch checkpoint ({exc})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None

@@ -186,7 +186,8 @@ def test_roberta_tower_with_and_without_position_ids(ckpt_dir, roberta_ckpt):
                                       include_position_ids=False)
     a, b = load_clap(roberta_ckpt), load_clap(without)
     assert a.arch.text == b.arch.text == "roberta"
-    tokens = {"input_ids": torch.tensor([[0, 713, 16, 10, 2, 1, 1]]), "attention_mask": torch.tensor([[1] * 5 + [0] * 2])}
+    tokens = {"input_ids": torch.tensor([[0, 713, 16, 10, 2, 1, 1]]),
+              "attention_mask": torch.tensor([[1] * 5 + [0] * 2])}
     with torch.no_grad():
         ea = a.model.get_text_embedding(dict(tokens))
         eb = b.model.get_text_embedding(dict(tokens))
