@@ -103,7 +103,7 @@ class DriftCache:
         """
         labels = tuple(labels)
         phrases = tuple(p.strip() for p in noise_phrases)
-        _validate(labels, phrases, clean_template, noisy_template, lam)
+        validate_build_inputs(labels, phrases, clean_template, noisy_template, lam)
         texts = tuple(label_text(lb) for lb in labels)
         prompts = [clean_template.format(label=t) for t in texts]
         prompts += [noisy_template.format(label=t, noise=p) for t in texts for p in phrases]
@@ -262,8 +262,9 @@ class DriftCache:
         return cls.from_bytes(data, name=uri)
 
 
-def _validate(labels: tuple[str, ...], phrases: tuple[str, ...], clean_template: str, noisy_template: str,
-              lam: float) -> None:
+def validate_build_inputs(labels: Sequence[str], phrases: Sequence[str], clean_template: str, noisy_template: str,
+                          lam: float) -> None:
+    """Refuse what ``DriftCache.build`` cannot use (raised as ValueError), before any encoding."""
     if not labels:
         raise ValueError("no labels given")
     blank = [i for i, lb in enumerate(labels) if not str(lb).strip()]

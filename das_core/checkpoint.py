@@ -38,6 +38,8 @@ PUBLISHED = {
     "music_speech_audioset": "music_speech_audioset_epoch_15_esc_89.98.pt",
 }
 DOWNLOAD_TIMEOUT_S = 10.0
+# The "name" recorded in checkpoints made by das_core.random_checkpoint.
+RANDOM_WEIGHTS_NAME = "das-random-weights"
 
 
 class CheckpointError(Exception):
@@ -171,6 +173,24 @@ def load_state_dict(local_path: str) -> dict:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def describe(local_path: str) -> dict:
+    """Provenance for manifests: architecture and whether the weights are das's random test weights.
+
+    Memory-maps the file, so it is cheap even for large checkpoints.
+    """
+    import torch
+
+    try:
+        obj = torch.load(local_path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:            # legacy (non-zip) format cannot be memory-mapped
+        obj = torch.load(local_path, map_location="cpu", weights_only=True)
+    name = obj.get("name") if isinstance(obj, dict) else None
+    state = load_state_dict(local_path) if not (isinstance(obj, dict) and "state_dict" in obj) else {
+        (k[len("module."):] if k.startswith("module.") else k): v for k, v in obj["state_dict"].items()}
+    return {"architecture": detect(state).describe(),
+            "weights": "random" if name == RANDOM_WEIGHTS_NAME else "trained"}
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 
-from das_core.checkpoint import Architecture
+from das_core.checkpoint import RANDOM_WEIGHTS_NAME, Architecture
 from das_core.encoder import ROBERTA_BASE_CONFIG, build_model
-
-RANDOM_WEIGHTS_NAME = "das-random-weights"
 
 
 def write_random_checkpoint(path: str, *, audio: str = "HTSAT-tiny", text: str = "transformer",

@@ -1,0 +1,355 @@
+"""The output tables of ``das label`` / ``das rescore``, and how they are committed.
+
+Layout under an output URI::
+
+    segments/part-<id>.parquet   one row per 10 s window (embedding included)
+    files/part-<id>.parquet      one row per input file, ok or error
+    _manifest.json               settings, fingerprints and counts of the run
+
+Commit protocol: results are written in groups of whole files. A group's
+``segments`` part is written first, then its ``files`` part; each object
+appears atomically (rename or a single S3 PUT). A ``files`` row therefore
+means the file's segments and embeddings are all there; a ``segments`` part
+without its ``files`` part is an interrupted commit and is deleted on
+``--resume``. ``<id>`` is derived from the file ids in the group, so names are
+deterministic and a retried group overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from das_core import storage
+from das_core.cache import DriftCache
+from das_core.scoring import Labelled, label_files
+
+SEGMENTS_DIR = "segments"
+FILES_DIR = "files"
+MANIFEST = "_manifest.json"
+
+OK = "ok"
+ERROR = "error"
+
+EMBEDDING_TYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+def _label_fields() -> list[pa.Field]:
+    return [
+        pa.field("label", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("top_k_labels", pa.list_(pa.string())),
+        pa.field("top_k_scores", pa.list_(pa.float32())),
+        pa.field("zs_label", pa.string()),
+        pa.field("zs_score", pa.float32()),
+    ]
+
+
+def segments_schema(embedding_dtype: str = "float16") -> pa.Schema:
+    return pa.schema([
+        pa.field("file_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("segment", pa.int32(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        *_label_fields(),
+        pa.field("embedding", pa.list_(EMBEDDING_TYPES[embedding_dtype])),
+        pa.field("snr_db", pa.float64()),
+        pa.field("seed", pa.int64()),
+        pa.field("noise_source", pa.string()),
+    ])
+
+
+FILES_SCHEMA = pa.schema([
+    pa.field("file_id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("error_kind", pa.string()),
+    pa.field("n_segments", pa.int32(), nullable=False),
+    pa.field("duration_s", pa.float64()),
+    pa.field("sample_rate", pa.int32()),
+    pa.field("channels", pa.int32()),
+    *_label_fields(),
+])
+
+# What flows from the decode stage to the encoder: window rows (kind="segment",
+# audio = int16 bytes) and one closing row per file (kind="file").
+STREAM_SCHEMA = pa.schema([
+    pa.field("kind", pa.string()),
+    pa.field("file_id", pa.string()),
+    pa.field("path", pa.string()),
+    pa.field("segment", pa.int32()),
+    pa.field("start_s", pa.float64()),
+    pa.field("end_s", pa.float64()),
+    pa.field("audio", pa.large_binary()),
+    pa.field("snr_db", pa.float64()),
+    pa.field("seed", pa.int64()),
+    pa.field("noise_source", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("error_kind", pa.string()),
+    pa.field("n_emitted", pa.int32()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("sample_rate", pa.int32()),
+    pa.field("channels", pa.int32()),
+])
+
+
+def encoded_schema(embedding_dtype: str) -> pa.Schema:
+    """The encoder stage's output: the stream without audio, plus embedding and window labels."""
+    fields = [f for f in STREAM_SCHEMA if f.name != "audio"]
+    return pa.schema(fields + [pa.field("embedding", pa.list_(EMBEDDING_TYPES[embedding_dtype]))]
+                     + _label_fields())
+
+
+def labelled_columns(lab: Labelled | None, n: int, rows: np.ndarray | None = None) -> dict[str, pa.Array]:
+    """Arrow columns for ``lab`` placed at positions ``rows`` of ``n`` (nulls elsewhere)."""
+    if rows is None:
+        rows = np.arange(n)
+    cols: dict[str, list] = {name: [None] * n for name in
+                             ("label", "score", "top_k_labels", "top_k_scores", "zs_label", "zs_score")}
+    if lab is not None:
+        for j, i in enumerate(rows):
+            cols["label"][i] = lab.label[j]
+            cols["score"][i] = float(lab.score[j])
+            cols["top_k_labels"][i] = lab.top_k_labels[j]
+            cols["top_k_scores"][i] = lab.top_k_scores[j].tolist()
+            cols["zs_label"][i] = lab.zs_label[j]
+            cols["zs_score"][i] = float(lab.zs_score[j])
+    return {f.name: pa.array(cols[f.name], type=f.type) for f in _label_fields()}
+
+
+def embedding_array(emb: np.ndarray | None, n: int, rows: np.ndarray, dtype: str) -> pa.Array:
+    """A list<float16|float32> column of length ``n`` with ``emb`` rows at ``rows``, null elsewhere."""
+    value_type = EMBEDDING_TYPES[dtype]
+    if emb is None or len(rows) == 0:
+        return pa.nulls(n, type=pa.list_(value_type))
+    dim = emb.shape[1]
+    present = np.zeros(n, dtype=bool)
+    present[rows] = True
+    lengths = np.where(present, dim, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = pa.array(np.ascontiguousarray(emb, dtype=np.dtype(dtype)).reshape(-1), type=value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~present))
+
+
+def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A non-null list<float> column as float32 ``[n, d]``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32).reshape(len(column), -1)
+
+
+def part_name(file_ids: Iterable[str]) -> str:
+    digest = hashlib.sha1("\n".join(sorted(file_ids)).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def table_to_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+@dataclass
+class FileOutcome:
+    file_id: str
+    path: str
+    status: str
+    error: str | None
+    error_kind: str | None
+    n_emitted: int
+    duration_s: float | None
+    sample_rate: int | None
+    channels: int | None
+
+
+@dataclass
+class Assembler:
+    """Collects the encoder's streamed rows until each file is whole.
+
+    A file is complete once its closing row has arrived and so have all the
+    window rows it announced (``n_emitted``); windows of a file that failed
+    part-way are dropped then.
+    """
+
+    pending: list[pa.Table] = field(default_factory=list)
+    arrived: Counter = field(default_factory=Counter)
+    outcomes: dict[str, FileOutcome] = field(default_factory=dict)
+    complete: list[str] = field(default_factory=list)
+    _done: set[str] = field(default_factory=set)
+
+    def add(self, batch: pa.Table) -> None:
+        kinds = batch.column("kind").to_pylist()
+        ids = batch.column("file_id").to_pylist()
+        closing = [i for i, k in enumerate(kinds) if k == "file"]
+        for i, k in enumerate(kinds):
+            if k == "segment":
+                self.arrived[ids[i]] += 1
+        if len(closing) < len(kinds):
+            self.pending.append(batch.filter(pc.equal(batch.column("kind"), "segment")))
+        if closing:
+            rows = batch.take(closing).to_pylist()
+            for r in rows:
+                self.outcomes[r["file_id"]] = FileOutcome(
+                    r["file_id"], r["path"], r["status"], r["error"], r["error_kind"], r["n_emitted"] or 0,
+                    r["duration_s"], r["sample_rate"], r["channels"])
+        for fid in set(ids):
+            out = self.outcomes.get(fid)
+            if out is not None and fid not in self._done and self.arrived[fid] == out.n_emitted:
+                self._done.add(fid)
+                self.complete.append(fid)
+
+    @property
+    def n_complete(self) -> int:
+        return len(self.complete)
+
+    def take_complete(self) -> tuple[list[FileOutcome], pa.Table | None]:
+        """Hand over the complete files and their window rows; keep the rest pending."""
+        if not self.complete:
+            return [], None
+        ids = pa.array(self.complete, type=pa.string())
+        outcomes = [self.outcomes.pop(fid) for fid in self.complete]
+        for fid in self.complete:
+            self.arrived.pop(fid, None)
+        self.complete = []
+        if not self.pending:
+            return outcomes, None
+        table = pa.concat_tables(self.pending)
+        mask = pc.is_in(table.column("file_id"), value_set=ids)
+        self.pending = [table.filter(pc.invert(mask))] if len(table) else []
+        return outcomes, table.filter(mask)
+
+    def unfinished(self) -> list[str]:
+        return sorted(set(self.arrived) | set(self.outcomes))
+
+
+def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: DriftCache, top_k: int,
+                 embedding_dtype: str) -> tuple[pa.Table, pa.Table]:
+    """The ``segments`` and ``files`` tables for whole files (file labels: max over their windows)."""
+    ok_ids = [o.file_id for o in outcomes if o.status == OK]
+    seg_schema = segments_schema(embedding_dtype)
+    if windows is not None and len(windows) and ok_ids:
+        segs = windows.filter(pc.is_in(windows.column("file_id"), value_set=pa.array(ok_ids, type=pa.string())))
+        segs = segs.sort_by([("path", "ascending"), ("segment", "ascending")])
+        segs = segs.select([f.name for f in seg_schema]).cast(seg_schema)
+    else:
+        segs = seg_schema.empty_table()
+    index = {fid: i for i, fid in enumerate(ok_ids)}
+    n_segments = Counter(segs.column("file_id").to_pylist())
+    file_lab = None
+    if ok_ids:
+        owner = np.array([index[f] for f in segs.column("file_id").to_pylist()], dtype=np.int64)
+        file_lab = label_files(embeddings_to_numpy(segs.column("embedding")), owner, len(ok_ids), cache, top_k)
+    order = sorted(range(len(outcomes)), key=lambda i: (outcomes[i].path, outcomes[i].file_id))
+    outcomes = [outcomes[i] for i in order]
+    rows = np.array([index[o.file_id] for o in outcomes if o.status == OK], dtype=np.int64)
+    ok_positions = np.array([i for i, o in enumerate(outcomes) if o.status == OK], dtype=np.int64)
+    cols = {
+        "file_id": pa.array([o.file_id for o in outcomes], pa.string()),
+        "path": pa.array([o.path for o in outcomes], pa.string()),
+        "status": pa.array([o.status for o in outcomes], pa.string()),
+        "error": pa.array([o.error for o in outcomes], pa.string()),
+        "error_kind": pa.array([o.error_kind for o in outcomes], pa.string()),
+        "n_segments": pa.array([n_segments.get(o.file_id, 0) if o.status == OK else 0 for o in outcomes], pa.int32()),
+        "duration_s": pa.array([o.duration_s for o in outcomes], pa.float64()),
+        "sample_rate": pa.array([o.sample_rate for o in outcomes], pa.int32()),
+        "channels": pa.array([o.channels for o in outcomes], pa.int32()),
+    }
+    if file_lab is not None:
+        file_lab = Labelled(
+            label=[file_lab.label[r] for r in rows], score=file_lab.score[rows],
+            top_k_labels=[file_lab.top_k_labels[r] for r in rows], top_k_scores=file_lab.top_k_scores[rows],
+            zs_label=[file_lab.zs_label[r] for r in rows], zs_score=file_lab.zs_score[rows])
+    cols.update(labelled_columns(file_lab, len(outcomes), ok_positions))
+    files = pa.table(cols, schema=FILES_SCHEMA)
+    return segs, files
+
+
+class OutputStore:
+    """Reads and commits parts under one output URI (see the module docstring)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/") if not uri.endswith("://") else uri
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
+
+    def _parts(self, sub: str) -> list[str]:
+        base = self.path(sub)
+        if not storage.exists(base):
+            return []
+        return [u for u in storage.list_files(base, (".parquet",))]
+
+    def is_empty(self) -> bool:
+        if not storage.exists(self.uri):
+            return True
+        fs, path = storage.filesystem(self.uri)
+        return not fs.ls(path)
+
+    def has_output(self) -> bool:
+        return bool(self._parts(FILES_DIR) or self._parts(SEGMENTS_DIR) or storage.exists(self.path(MANIFEST)))
+
+    def read_manifest(self) -> dict | None:
+        uri = self.path(MANIFEST)
+        if not storage.exists(uri):
+            return None
+        return json.loads(storage.read_bytes(uri))
+
+    def write_manifest(self, manifest: dict) -> None:
+        storage.write_bytes_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+
+    def remove_all(self) -> None:
+        for sub in (SEGMENTS_DIR, FILES_DIR):
+            storage.remove(self.path(sub), recursive=True)
+        storage.remove(self.path(MANIFEST))
+
+    def remove_uncommitted(self) -> list[str]:
+        """Delete segments parts whose files part never landed (an interrupted commit)."""
+        committed = {u.rsplit("/", 1)[-1] for u in self._parts(FILES_DIR)}
+        orphans = [u for u in self._parts(SEGMENTS_DIR) if u.rsplit("/", 1)[-1] not in committed]
+        for u in orphans:
+            storage.remove(u)
+        return orphans
+
+    def read_files(self) -> pa.Table:
+        parts = self._parts(FILES_DIR)
+        if not parts:
+            return FILES_SCHEMA.empty_table()
+        return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(u))) for u in parts])
+
+    def committed_ids(self) -> set[str]:
+        return set(self.read_files().column("file_id").to_pylist())
+
+    def commit(self, segments: pa.Table, files: pa.Table) -> str:
+        name = part_name(files.column("file_id").to_pylist())
+        storage.write_bytes_atomic(self.path(SEGMENTS_DIR, name), table_to_bytes(segments))
+        storage.write_bytes_atomic(self.path(FILES_DIR, name), table_to_bytes(files))
+        return name
+
+
+def count_outcomes(files: pa.Table) -> dict:
+    """``files in = ok + error`` and error counts by kind, from a ``files`` table."""
+    status = files.column("status").to_pylist()
+    kinds = Counter(k for s, k in zip(status, files.column("error_kind").to_pylist()) if s == ERROR)
+    n_ok = sum(1 for s in status if s == OK)
+    return {
+        "files": len(status),
+        "ok": n_ok,
+        "error": len(status) - n_ok,
+        "segments": int(pc.sum(files.column("n_segments")).as_py() or 0),
+        "errors_by_kind": dict(sorted(kinds.items())),
+    }

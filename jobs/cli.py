@@ -1,0 +1,45 @@
+"""The ``das`` command: one subcommand per job; each is also ``python -m jobs.<name>``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "label": ("jobs.label", "label an audio archive (local folder, s3:// prefix or manifest) to Parquet"),
+    "build-cache": ("jobs.build_cache", "encode the class and noise prompts once into a drift cache"),
+    "rescore": ("jobs.rescore", "re-label stored embeddings with another cache (no audio, no model)"),
+    "evaluate": ("jobs.evaluate", "compare DAS with the baselines across SNRs on a public dataset"),
+    "demo": ("jobs.demo", "generate a small example and label it end to end"),
+}
+
+
+def usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: das <command> [options]   (das <command> --help for its options)", "",
+             "Noise-robust zero-shot audio labelling: LAION-CLAP + Drift-Augmented Scoring on Ray.", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from das_core import __version__
+
+        print(f"das {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"das: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest, prog=f"das {name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

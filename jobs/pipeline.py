@@ -1,0 +1,193 @@
+"""The Ray Data stages shared by ``das label`` and ``das evaluate``.
+
+    inputs (driver) -> decode + segment [+ noise]  (CPU tasks, streaming)
+                    -> encode + score               (actor pool, GPU or CPU; model loaded once per actor)
+                    -> driver                       (assembled per file, committed to Parquet)
+
+Each file is decoded inside its own try/except: a bad file becomes one
+closing row with ``status=error`` and never fails its block. Windows travel
+as int16 bytes (LAION's own quantisation, so nothing is lost and half the
+bytes move). The drift cache is ``ray.put`` once by the driver; actors
+``ray.get`` it in their constructor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from das_core import storage
+from das_core.audio import (
+    MISSING,
+    UNREADABLE,
+    WINDOW_SAMPLES,
+    AudioDecodeError,
+    AudioStream,
+    quantize_int16,
+    repeat_pad,
+    segment,
+)
+from das_core.inputs import InputFile
+from das_core.noise import NoiseBank
+from das_core.results import OK, STREAM_SCHEMA, embedding_array, labelled_columns
+
+log = logging.getLogger("das.pipeline")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    snr_db: float | None = None
+    seed: int = 0
+    noise_uris: tuple[str, ...] = ()
+    noise_scenes: tuple[str | None, ...] = ()
+    rows_per_block: int = 16
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    checkpoint: str
+    num_gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    precision: str = "fp32"
+    top_k: int = 5
+    embedding_dtype: str = "float16"
+    max_batch_size: int | None = None
+    torch_threads: int | None = None
+    tokenizer_dir: str | None = None
+
+
+_BANKS: dict[tuple, NoiseBank] = {}
+
+
+def _bank(settings: DecodeSettings) -> NoiseBank | None:
+    """One decoded-noise cache per worker process, reused across tasks."""
+    if settings.snr_db is None:
+        return None
+    key = (settings.noise_uris, settings.noise_scenes)
+    if key not in _BANKS:
+        _BANKS.clear()
+        _BANKS[key] = NoiseBank(list(settings.noise_uris), scenes=list(settings.noise_scenes) or None)
+    return _BANKS[key]
+
+
+class _Rows:
+    """Column buffers for STREAM_SCHEMA rows, flushed as Arrow tables."""
+
+    def __init__(self):
+        self.cols = {f.name: [] for f in STREAM_SCHEMA}
+
+    def __len__(self):
+        return len(self.cols["kind"])
+
+    def add(self, **values):
+        for name, col in self.cols.items():
+            col.append(values.get(name))
+
+    def flush(self) -> pa.Table:
+        table = pa.table({f.name: pa.array(self.cols[f.name], type=f.type) for f in STREAM_SCHEMA},
+                         schema=STREAM_SCHEMA)
+        self.cols = {f.name: [] for f in STREAM_SCHEMA}
+        return table
+
+
+def decode_files(batch: pa.Table, settings: DecodeSettings) -> Iterator[pa.Table]:
+    """Ray Data UDF: (file_id, path) rows -> window rows and one closing row per file, streamed."""
+    bank = _bank(settings)
+    rows = _Rows()
+    for file_id, path in zip(batch.column("file_id").to_pylist(), batch.column("path").to_pylist()):
+        emitted = 0
+        meta = {"duration_s": None, "sample_rate": None, "channels": None}
+        status, error, kind = OK, None, None
+        try:
+            with storage.open_input(path) as fileobj, AudioStream(fileobj, path) as stream:
+                info = stream.info
+                meta = {"duration_s": info.duration_s, "sample_rate": info.sample_rate, "channels": info.channels}
+                for w in segment(stream.mono48k()):
+                    samples, noise_source = w.samples, None
+                    if bank is not None:
+                        mixed = bank.mix(w.real, settings.snr_db, seed=settings.seed, clip_id=file_id, segment=w.index)
+                        samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
+                        noise_source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
+                                        else "skipped: zero-power clip or noise")
+                    rows.add(kind="segment", file_id=file_id, path=path, segment=w.index, start_s=w.start_s,
+                             end_s=w.end_s, audio=quantize_int16(samples).tobytes(), snr_db=settings.snr_db,
+                             seed=settings.seed if bank is not None else None, noise_source=noise_source)
+                    emitted += 1
+                    if len(rows) >= settings.rows_per_block:
+                        yield rows.flush()
+                meta["duration_s"] = stream.decoded_frames / info.sample_rate
+        except AudioDecodeError as exc:
+            status, error, kind = "error", str(exc), exc.kind
+        except FileNotFoundError:
+            status, error, kind = "error", f"{path}: {MISSING}: no such file or object", MISSING
+        except Exception as exc:  # noqa: BLE001 - one bad file must never fail its block
+            status, error, kind = "error", f"{path}: {UNREADABLE}: {type(exc).__name__}: {exc}", UNREADABLE
+        rows.add(kind="file", file_id=file_id, path=path, status=status, error=error, error_kind=kind,
+                 n_emitted=emitted, **meta)
+    if len(rows):
+        yield rows.flush()
+
+
+class EncodeAndScore:
+    """Ray Data actor: embeds window rows (and labels them when given a cache); closing rows pass through."""
+
+    def __init__(self, settings: EncodeSettings, cache_box: list | None):
+        import ray
+        import torch
+
+        from das_core.encoder import ClapEncoder
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        device = "cuda" if settings.num_gpus_per_actor > 0 else "cpu"
+        self.settings = settings
+        self.encoder = ClapEncoder.from_checkpoint(settings.checkpoint, device=device, precision=settings.precision,
+                                                   tokenizer_dir=settings.tokenizer_dir,
+                                                   max_batch_size=settings.max_batch_size)
+        self.cache = ray.get(cache_box[0]) if cache_box else None
+        if self.cache is not None:
+            # the driver checked too; a worker may see another file at the same path
+            self.cache.check_encoder(self.encoder.encoder_id, settings.checkpoint)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from das_core.scoring import label_windows
+
+        n = len(batch)
+        rows = np.flatnonzero(batch.column("kind").to_numpy(zero_copy_only=False) == "segment")
+        stored = lab = None
+        if len(rows):
+            audio = batch.column("audio").take(pa.array(rows)).to_pylist()
+            windows = np.frombuffer(b"".join(audio), dtype=np.int16).reshape(len(rows), WINDOW_SAMPLES)
+            stored = self.encoder.embed_audio_int16(windows).astype(self.settings.embedding_dtype)
+            if self.cache is not None:
+                # scores come from the embedding exactly as stored, so re-scoring reproduces them
+                lab = label_windows(stored.astype(np.float32), self.cache, self.settings.top_k)
+        out = batch.drop_columns(["audio"])
+        out = out.append_column("embedding", embedding_array(stored, n, rows, self.settings.embedding_dtype))
+        for name, column in labelled_columns(lab, n, rows).items():
+            out = out.append_column(name, column)
+        return out
+
+
+def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSettings, *, cache=None,
+               actors: int = 1, batch_size: int = 16, files_per_task: int = 4,
+               env: dict[str, str] | None = None) -> Iterator[pa.Table]:
+    """Stream the encoder's output tables to the driver as the pipeline produces them."""
+    import ray
+    import ray.data
+
+    remote = {"runtime_env": {"env_vars": env}} if env else {}
+    cache_box = [ray.put(cache)] if cache is not None else None
+    items = [{"file_id": f.file_id, "path": f.path} for f in inputs]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // files_per_task)))
+    ds = ds.map_batches(decode_files, fn_kwargs={"settings": decode}, batch_size=files_per_task,
+                        batch_format="pyarrow", num_cpus=1, **remote)
+    ds = ds.map_batches(EncodeAndScore, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box},
+                        batch_size=batch_size, batch_format="pyarrow",
+                        compute=ray.data.ActorPoolStrategy(size=actors),
+                        num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, **remote)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
