@@ -184,8 +184,11 @@ def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSe
     cache_box = [ray.put(cache)] if cache is not None else None
     items = [{"file_id": f.file_id, "path": f.path} for f in inputs]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // files_per_task)))
+    # SPREAD (Ray Data's usual strategy for tasks), stated explicitly, also keeps Ray Data from fusing decoding
+    # into the encoder actors when their resources happen to match (CPU-only runs): decoding stays a pool of
+    # CPU tasks running beside the encoder.
     ds = ds.map_batches(decode_files, fn_kwargs={"settings": decode}, batch_size=files_per_task,
-                        batch_format="pyarrow", num_cpus=1, **remote)
+                        batch_format="pyarrow", num_cpus=1, scheduling_strategy="SPREAD", **remote)
     ds = ds.map_batches(EncodeAndScore, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box},
                         batch_size=batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=actors),
