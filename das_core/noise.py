@@ -107,12 +107,10 @@ class NoiseBank:
     each); ``cache_bytes`` bounds what one process keeps decoded.
     """
 
-    def __init__(self, uris: list[str], *, max_seconds: float = 1800.0, cache_bytes: int = 512 * 2**20,
-                 scenes: list[str | None] | None = None):
+    def __init__(self, uris: list[str], *, max_seconds: float = 1800.0, cache_bytes: int = 512 * 2**20):
         if not uris:
             raise ValueError("the noise bank is empty: no audio files found")
         self.uris = list(uris)
-        self.scenes = list(scenes) if scenes is not None else [None] * len(self.uris)
         self.max_seconds = max_seconds
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -122,12 +120,10 @@ class NoiseBank:
         return len(self.uris)
 
     def __getstate__(self):
-        return {"uris": self.uris, "scenes": self.scenes, "max_seconds": self.max_seconds,
-                "cache_bytes": self.cache_bytes}
+        return {"uris": self.uris, "max_seconds": self.max_seconds, "cache_bytes": self.cache_bytes}
 
     def __setstate__(self, state):
-        self.__init__(state["uris"], max_seconds=state["max_seconds"], cache_bytes=state["cache_bytes"],
-                      scenes=state["scenes"])
+        self.__init__(state["uris"], max_seconds=state["max_seconds"], cache_bytes=state["cache_bytes"])
 
     def recording(self, index: int) -> np.ndarray:
         with self._lock:

@@ -53,7 +53,6 @@ class LabelConfig:
     commit_every_files: int = 500
     commit_every_s: float = 60.0
     progress_every_s: float = 15.0
-    noise_scenes: dict[str, str] = field(default_factory=dict)   # noise uri -> scene (evaluation)
 
 
 def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
@@ -249,8 +248,7 @@ def run(c: LabelConfig) -> dict:
         actors = c.actors or (max(1, int(c.num_gpus)) if c.num_gpus > 0 else 1)
         if c.num_gpus > 0:
             gpus_per_actor = c.num_gpus / actors
-        decode = DecodeSettings(snr_db=c.snr_db, seed=c.seed, noise_uris=p.noise_uris,
-                                noise_scenes=tuple(c.noise_scenes.get(u) for u in p.noise_uris))
+        decode = DecodeSettings(snr_db=c.snr_db, seed=c.seed, noise_uris=p.noise_uris)
         encode = EncodeSettings(checkpoint=c.checkpoint, num_gpus_per_actor=gpus_per_actor,
                                 cpus_per_actor=c.cpus_per_actor, precision=c.precision, top_k=c.top_k,
                                 embedding_dtype=c.embedding_dtype, torch_threads=c.torch_threads,

@@ -43,7 +43,6 @@ class DecodeSettings:
     snr_db: float | None = None
     seed: int = 0
     noise_uris: tuple[str, ...] = ()
-    noise_scenes: tuple[str | None, ...] = ()
     rows_per_block: int = 16
 
 
@@ -67,10 +66,10 @@ def _bank(settings: DecodeSettings) -> NoiseBank | None:
     """One decoded-noise cache per worker process, reused across tasks."""
     if settings.snr_db is None:
         return None
-    key = (settings.noise_uris, settings.noise_scenes)
+    key = settings.noise_uris
     if key not in _BANKS:
         _BANKS.clear()
-        _BANKS[key] = NoiseBank(list(settings.noise_uris), scenes=list(settings.noise_scenes) or None)
+        _BANKS[key] = NoiseBank(list(key))
     return _BANKS[key]
 
 

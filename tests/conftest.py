@@ -90,3 +90,13 @@ def sine(freq: float, seconds: float, rate: int, channels: int = 1, amp: float =
 def write_audio(path, samples: np.ndarray, rate: int, fmt: str | None = None, subtype: str | None = None) -> str:
     sf.write(str(path), samples, rate, format=fmt, subtype=subtype)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """One real local Ray cluster for the session (started after the S3 env is set, so workers inherit it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
