@@ -7,7 +7,7 @@ import datetime as dt
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from das_core import __version__
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, InputFile, list_inputs, normalise_extensions
