@@ -187,7 +187,8 @@ class ClapEncoder:
     """Turns 48 kHz windows and prompt strings into unit-norm LAION-CLAP embeddings."""
 
     def __init__(self, model, arch: ckpt.Architecture, *, encoder_id: str, name: str, device: str = "cpu",
-                 precision: str = "fp32", tokenizer=None, max_batch_size: int | None = None):
+                 precision: str = "fp32", tokenizer=None, max_batch_size: int | None = None,
+                 batch_invariant: bool = False):
         import torch
 
         if precision not in PRECISIONS:
@@ -206,17 +207,26 @@ class ClapEncoder:
         self.precision = precision
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size or (64 if dev.type == "cuda" else 16)
+        self.batch_invariant = batch_invariant
         self.dim = int(self.model.audio_projection[-1].out_features)
         self._mel_fb = None
 
     @classmethod
     def from_checkpoint(cls, uri: str, device: str = "cpu", precision: str = "fp32", *,
-                        tokenizer_dir: str | None = None, max_batch_size: int | None = None) -> ClapEncoder:
-        """Load a LAION-CLAP checkpoint by path, ``s3://`` URI or published name; the architecture is detected."""
+                        tokenizer_dir: str | None = None, max_batch_size: int | None = None,
+                        batch_invariant: bool = False) -> ClapEncoder:
+        """Load a LAION-CLAP checkpoint by path, ``s3://`` URI or published name; the architecture is detected.
+
+        ``batch_invariant``: run every forward pass on exactly ``max_batch_size``
+        windows (zero-padded), so that a window's embedding is bit-identical
+        whatever shares its batch. Kernels pick their summation order by
+        shape; with one shape, reruns and resumed runs reproduce every bit.
+        """
         loaded = load_clap(uri, before_build=lambda arch: (
             load_roberta_tokenizer(tokenizer_dir) if arch.text == "roberta" else None))
         return cls(loaded.model, loaded.arch, encoder_id=loaded.encoder_id, name=ckpt.display_name(uri),
-                   device=device, precision=precision, tokenizer=loaded.extra, max_batch_size=max_batch_size)
+                   device=device, precision=precision, tokenizer=loaded.extra, max_batch_size=max_batch_size,
+                   batch_invariant=batch_invariant)
 
     # ---------------------------------------------------------------- audio
     def embed_audio(self, windows: np.ndarray) -> np.ndarray:
@@ -253,7 +263,11 @@ class ClapEncoder:
         out = np.empty((len(windows), self.dim), dtype=np.float32)
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(windows), self.max_batch_size):
-                chunk = torch.from_numpy(windows[start:start + self.max_batch_size]).to(self.device)
+                part = windows[start:start + self.max_batch_size]
+                n = len(part)
+                if self.batch_invariant and n < self.max_batch_size:
+                    part = np.concatenate([part, np.zeros((self.max_batch_size - n, part.shape[1]), part.dtype)])
+                chunk = torch.from_numpy(part).to(self.device)
                 longer = torch.zeros((len(chunk), 1), dtype=torch.bool, device=self.device)
                 if self.arch.enable_fusion:
                     mel = self._log_mel(chunk)
@@ -262,7 +276,7 @@ class ClapEncoder:
                     batch = {"waveform": chunk, "longer": longer}
                 emb = self.model.encode_audio(batch, device=self.device)["embedding"]
                 emb = self.model.audio_projection(emb)
-                out[start:start + len(chunk)] = F.normalize(emb.float(), dim=-1).cpu().numpy()
+                out[start:start + n] = F.normalize(emb[:n].float(), dim=-1).cpu().numpy()
         return out
 
     def _log_mel(self, wave):

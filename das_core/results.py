@@ -82,10 +82,12 @@ FILES_SCHEMA = pa.schema([
     *_label_fields(),
 ])
 
-# What flows from the decode stage to the encoder: window rows (kind="segment",
-# audio = int16 bytes) and one closing row per file (kind="file").
+# What flows from the decode stage to the encoder: window rows (kind="segment", audio = int16 bytes).
+# The row that closes a file (closes_file=True) carries the file's outcome; it is the file's last window,
+# or a row of kind="file" without audio when the file has no window or failed after its last window.
 STREAM_SCHEMA = pa.schema([
     pa.field("kind", pa.string()),
+    pa.field("closes_file", pa.bool_()),
     pa.field("file_id", pa.string()),
     pa.field("path", pa.string()),
     pa.field("segment", pa.int32()),
@@ -195,14 +197,19 @@ class Assembler:
     def add(self, batch: pa.Table) -> None:
         kinds = batch.column("kind").to_pylist()
         ids = batch.column("file_id").to_pylist()
-        closing = [i for i, k in enumerate(kinds) if k == "file"]
+        closes = batch.column("closes_file").to_pylist()
+        closing = [i for i, c in enumerate(closes) if c]
+        n_windows = 0
         for i, k in enumerate(kinds):
             if k == "segment":
                 self.arrived[ids[i]] += 1
-        if len(closing) < len(kinds):
-            self.pending.append(batch.filter(pc.equal(batch.column("kind"), "segment")))
+                n_windows += 1
+        if n_windows:
+            self.pending.append(batch.filter(pc.equal(batch.column("kind"), "segment"))
+                                if n_windows < len(kinds) else batch)
         if closing:
-            rows = batch.take(closing).to_pylist()
+            rows = batch.select(["file_id", "path", "status", "error", "error_kind", "n_emitted", "duration_s",
+                                 "sample_rate", "channels"]).take(closing).to_pylist()
             for r in rows:
                 self.outcomes[r["file_id"]] = FileOutcome(
                     r["file_id"], r["path"], r["status"], r["error"], r["error_kind"], r["n_emitted"] or 0,
@@ -217,20 +224,22 @@ class Assembler:
     def n_complete(self) -> int:
         return len(self.complete)
 
-    def take_complete(self) -> tuple[list[FileOutcome], pa.Table | None]:
-        """Hand over the complete files and their window rows; keep the rest pending."""
+    def take_complete(self, limit: int | None = None) -> tuple[list[FileOutcome], pa.Table | None]:
+        """Hand over (at most ``limit``) complete files and their window rows; keep the rest pending."""
         if not self.complete:
             return [], None
-        ids = pa.array(self.complete, type=pa.string())
-        outcomes = [self.outcomes.pop(fid) for fid in self.complete]
-        for fid in self.complete:
+        taken = self.complete[:limit] if limit else self.complete
+        self.complete = self.complete[len(taken):]
+        ids = pa.array(taken, type=pa.string())
+        outcomes = [self.outcomes.pop(fid) for fid in taken]
+        for fid in taken:
             self.arrived.pop(fid, None)
-        self.complete = []
         if not self.pending:
             return outcomes, None
         table = pa.concat_tables(self.pending)
         mask = pc.is_in(table.column("file_id"), value_set=ids)
-        self.pending = [table.filter(pc.invert(mask))] if len(table) else []
+        rest = table.filter(pc.invert(mask))
+        self.pending = [rest] if len(rest) else []
         return outcomes, table.filter(mask)
 
     def unfinished(self) -> list[str]:

@@ -23,8 +23,9 @@ from jobs.common import (
 )
 
 # Settings that must not change between a run and its --resume.
+# batch_size and precision fix the encoder's floating-point path, so they are part of "exactly the same rows".
 RESUME_KEYS = ("input", "cache_fingerprint", "checkpoint_fingerprint", "snr_db", "seed", "noise", "top_k",
-               "embedding_dtype")
+               "embedding_dtype", "batch_size", "precision")
 
 
 @dataclass
@@ -194,7 +195,7 @@ def _manifest_name() -> str:
 def _settings(c: LabelConfig, cache, checkpoint_id: str) -> dict:
     return {"input": c.input, "cache_fingerprint": cache.fingerprint, "checkpoint_fingerprint": checkpoint_id,
             "snr_db": c.snr_db, "seed": c.seed, "noise": c.noise, "top_k": c.top_k,
-            "embedding_dtype": c.embedding_dtype}
+            "embedding_dtype": c.embedding_dtype, "batch_size": c.batch_size, "precision": c.precision}
 
 
 def _manifest(p: Plan, status: str, counts: dict, runs: list[dict]) -> dict:
@@ -258,25 +259,26 @@ def run(c: LabelConfig) -> dict:
                  len(p.cache.labels), p.cache.lam)
         assembler = Assembler()
 
-        def commit() -> None:
+        def commit(final: bool = False) -> None:
+            """Commit whole files in groups of ``commit_every_files`` (the remainder too when ``final``)."""
             nonlocal done_files, done_segments, errors, last_commit
-            outcomes, windows = assembler.take_complete()
-            if not outcomes:
-                return
-            segments, files = build_tables(outcomes, windows, p.cache, c.top_k, c.embedding_dtype)
-            store.commit(segments, files)
-            done_files += len(files)
-            done_segments += len(segments)
-            errors += sum(1 for o in outcomes if o.status != "ok")
+            while assembler.n_complete >= c.commit_every_files or (final and assembler.n_complete):
+                outcomes, windows = assembler.take_complete(c.commit_every_files)
+                segments, files = build_tables(outcomes, windows, p.cache, c.top_k, c.embedding_dtype)
+                store.commit(segments, files)
+                done_files += len(files)
+                done_segments += len(segments)
+                errors += sum(1 for o in outcomes if o.status != "ok")
             last_commit = time.monotonic()
 
         for batch in run_stages(p.todo, decode, encode, cache=p.cache, actors=actors, batch_size=c.batch_size,
                                 files_per_task=c.files_per_task, env=worker_env()):
             assembler.add(batch)
             now = time.monotonic()
-            if assembler.n_complete >= c.commit_every_files or (
-                    assembler.n_complete and now - last_commit >= c.commit_every_s):
+            if assembler.n_complete >= c.commit_every_files:
                 commit()
+            elif assembler.n_complete and now - last_commit >= c.commit_every_s:
+                commit(final=True)
             if now - last_progress >= c.progress_every_s:
                 last_progress = now
                 log.info("progress: %d/%d files committed, %d segments, %d errors, %.2f segments/s",
@@ -288,7 +290,7 @@ def run(c: LabelConfig) -> dict:
                 aborted = (f"more than {c.max_error_fraction:.0%} of {n_total} files failed to decode "
                            f"({errors + pending_errors} so far); stopping early")
                 break
-        commit()
+        commit(final=True)
         if aborted is None and assembler.unfinished():
             raise RuntimeError(f"pipeline ended with unfinished files: {assembler.unfinished()[:5]}")
 

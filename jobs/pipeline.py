@@ -94,13 +94,18 @@ class _Rows:
 
 
 def decode_files(batch: pa.Table, settings: DecodeSettings) -> Iterator[pa.Table]:
-    """Ray Data UDF: (file_id, path) rows -> window rows and one closing row per file, streamed."""
+    """Ray Data UDF: (file_id, path) rows -> window rows, streamed; the last row of a file closes it.
+
+    A file's last window is held back until the file ends so that it can carry
+    the file's outcome: batches downstream are then (almost) all windows.
+    """
     bank = _bank(settings)
     rows = _Rows()
     for file_id, path in zip(batch.column("file_id").to_pylist(), batch.column("path").to_pylist()):
         emitted = 0
+        held: dict | None = None
         meta = {"duration_s": None, "sample_rate": None, "channels": None}
-        status, error, kind = OK, None, None
+        outcome = {"status": OK, "error": None, "error_kind": None}
         try:
             with storage.open_input(path) as fileobj, AudioStream(fileobj, path) as stream:
                 info = stream.info
@@ -112,21 +117,32 @@ def decode_files(batch: pa.Table, settings: DecodeSettings) -> Iterator[pa.Table
                         samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
                         noise_source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
                                         else "skipped: zero-power clip or noise")
-                    rows.add(kind="segment", file_id=file_id, path=path, segment=w.index, start_s=w.start_s,
-                             end_s=w.end_s, audio=quantize_int16(samples).tobytes(), snr_db=settings.snr_db,
-                             seed=settings.seed if bank is not None else None, noise_source=noise_source)
+                    if held is not None:
+                        rows.add(**held)
+                        if len(rows) >= settings.rows_per_block:
+                            yield rows.flush()
+                    held = dict(kind="segment", closes_file=False, file_id=file_id, path=path, segment=w.index,
+                                start_s=w.start_s, end_s=w.end_s, audio=quantize_int16(samples).tobytes(),
+                                snr_db=settings.snr_db, seed=settings.seed if bank is not None else None,
+                                noise_source=noise_source)
                     emitted += 1
-                    if len(rows) >= settings.rows_per_block:
-                        yield rows.flush()
                 meta["duration_s"] = stream.decoded_frames / info.sample_rate
         except AudioDecodeError as exc:
-            status, error, kind = "error", str(exc), exc.kind
+            outcome = {"status": "error", "error": str(exc), "error_kind": exc.kind}
         except FileNotFoundError:
-            status, error, kind = "error", f"{path}: {MISSING}: no such file or object", MISSING
+            outcome = {"status": "error", "error": f"{path}: {MISSING}: no such file or object", "error_kind": MISSING}
         except Exception as exc:  # noqa: BLE001 - one bad file must never fail its block
-            status, error, kind = "error", f"{path}: {UNREADABLE}: {type(exc).__name__}: {exc}", UNREADABLE
-        rows.add(kind="file", file_id=file_id, path=path, status=status, error=error, error_kind=kind,
-                 n_emitted=emitted, **meta)
+            outcome = {"status": "error", "error": f"{path}: {UNREADABLE}: {type(exc).__name__}: {exc}",
+                       "error_kind": UNREADABLE}
+        closing = dict(closes_file=True, n_emitted=emitted, **outcome, **meta)
+        if held is not None and outcome["status"] == OK:
+            rows.add(**{**held, **closing})
+        else:
+            if held is not None:
+                rows.add(**held)
+            rows.add(kind="file", file_id=file_id, path=path, **closing)
+        if len(rows) >= settings.rows_per_block:
+            yield rows.flush()
     if len(rows):
         yield rows.flush()
 
@@ -146,7 +162,7 @@ class EncodeAndScore:
         self.settings = settings
         self.encoder = ClapEncoder.from_checkpoint(settings.checkpoint, device=device, precision=settings.precision,
                                                    tokenizer_dir=settings.tokenizer_dir,
-                                                   max_batch_size=settings.max_batch_size)
+                                                   max_batch_size=settings.max_batch_size, batch_invariant=True)
         self.cache = ray.get(cache_box[0]) if cache_box else None
         if self.cache is not None:
             # the driver checked too; a worker may see another file at the same path
@@ -172,24 +188,36 @@ class EncodeAndScore:
         return out
 
 
+# What a decode task may hold: a block of int16 windows, libsndfile and soxr state, and the noise cache.
+DECODE_MEMORY_BYTES = 768 * 2**20
+
+
 def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSettings, *, cache=None,
                actors: int = 1, batch_size: int = 16, files_per_task: int = 4,
                env: dict[str, str] | None = None) -> Iterator[pa.Table]:
-    """Stream the encoder's output tables to the driver as the pipeline produces them."""
+    """Stream the encoder's output tables to the driver as the pipeline produces them.
+
+    The encoder runs every forward pass on ``batch_size`` windows (see
+    ``ClapEncoder`` ``batch_invariant``), so results do not depend on how Ray
+    happens to group rows.
+    """
+    import dataclasses
+
     import ray
     import ray.data
 
-    remote = {"runtime_env": {"env_vars": env}} if env else {}
+    if encode.max_batch_size is None:
+        encode = dataclasses.replace(encode, max_batch_size=batch_size)
+    runtime_env = {"env_vars": env} if env else None
     cache_box = [ray.put(cache)] if cache is not None else None
     items = [{"file_id": f.file_id, "path": f.path} for f in inputs]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // files_per_task)))
-    # SPREAD (Ray Data's usual strategy for tasks), stated explicitly, also keeps Ray Data from fusing decoding
-    # into the encoder actors when their resources happen to match (CPU-only runs): decoding stays a pool of
-    # CPU tasks running beside the encoder.
+    # The memory request differs from the actors' resources, which also keeps Ray Data from fusing decoding
+    # into the encoder actors: decoding stays a pool of CPU tasks running beside the encoder.
     ds = ds.map_batches(decode_files, fn_kwargs={"settings": decode}, batch_size=files_per_task,
-                        batch_format="pyarrow", num_cpus=1, scheduling_strategy="SPREAD", **remote)
+                        batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
     ds = ds.map_batches(EncodeAndScore, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box},
                         batch_size=batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=actors),
-                        num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, **remote)
+                        num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, runtime_env=runtime_env)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
