@@ -1,0 +1,474 @@
+"""``make bench``: throughput and memory of das, as ratios measured in one run.
+
+Each figure comes from a measurement made in this run on this machine; the
+inputs (audio, checkpoint with random weights of the real HTSAT-tiny
+architecture, drift caches) are generated here. Results are appended to
+``bench/results.json`` (every run's raw numbers are kept) and printed as a
+table with the goals.
+
+    python -m bench.run            # full suite (under 20 minutes on 2 cores)
+    python -m bench.run --smoke    # tiny sizes, seconds; what the tests run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from das_core.audio import WINDOW_SAMPLES
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOALS = {
+    "pipeline_over_encoder": (">=", 0.85),
+    "pipeline_over_naive": (">=", 1.5),
+    "das_overhead": ("<=", 0.01),
+    "rescore_over_read": (">=", 0.5),
+    "rss_ratio_60_over_10_min": ("<=", 1.2),
+    "decode_scaling": (">=", 0.8),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    clips: int                  # 10 s clips for encoder / pipeline / naive
+    batch_sizes: tuple[int, ...]
+    encoder_windows: int        # windows timed per batch size
+    score_rows: int             # das_overhead
+    score_classes: int
+    cache_classes: int
+    cache_phrases: int
+    long_minutes: float         # rss: the long file; the short one is long/6
+    decode_files: int
+    decode_seconds: float
+    rescore_rows: int
+
+
+FULL = Sizes(clips=160, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
+             cache_classes=527, cache_phrases=8, long_minutes=60, decode_files=12, decode_seconds=300,
+             rescore_rows=200_000)
+SMOKE = Sizes(clips=4, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
+              cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _sine_mix(seconds: float, rate: int, channels: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.2 * np.sin(2 * np.pi * (200 + 50 * (seed % 7)) * t) + 0.02 * rng.standard_normal(len(t))
+    return np.stack([x] * channels, axis=1).astype(np.float32) if channels > 1 else x.astype(np.float32)
+
+
+FORMATS = (("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"))
+
+
+def write_clips(folder: str, n: int, seconds: float, rate: int = 44100, channels: int = 2) -> list[str]:
+    """``n`` clips cycling through WAV, FLAC and OGG at ``rate`` Hz."""
+    import soundfile as sf
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        ext, fmt, sub = FORMATS[i % len(FORMATS)]
+        path = os.path.join(folder, f"clip{i:05d}.{ext}")
+        with sf.SoundFile(path, "w", samplerate=rate, channels=channels, format=fmt, subtype=sub) as f:
+            remaining, k = seconds, 0
+            while remaining > 0:          # write in 60 s pieces: long files never sit in memory
+                piece = min(60.0, remaining)
+                f.write(_sine_mix(piece, rate, channels, seed=i * 1000 + k))
+                remaining -= piece
+                k += 1
+        paths.append(path)
+    return paths
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Shortest wall time of ``repeats`` calls (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_encoder(ckpt: str, sizes: Sizes, threads: int) -> dict:
+    import torch
+
+    from das_core.encoder import ClapEncoder
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    windows = (0.1 * rng.standard_normal((max(sizes.batch_sizes), WINDOW_SAMPLES))).astype(np.float32)
+    per_bs = {}
+    for bs in sizes.batch_sizes:
+        enc = ClapEncoder.from_checkpoint(ckpt, max_batch_size=bs, batch_invariant=True)
+        batch = windows[:bs]
+        enc.embed_audio(batch)                          # warm-up
+        calls = max(1, sizes.encoder_windows // bs)
+        t = time.perf_counter()
+        for _ in range(calls):
+            enc.embed_audio(batch)
+        per_bs[bs] = calls * bs / (time.perf_counter() - t)
+        log(f"encoder batch {bs:>2}: {per_bs[bs]:.2f} clips/s")
+        del enc
+        gc.collect()
+    best = max(per_bs, key=per_bs.get)
+    return {"encoder_clips_per_s": per_bs[best], "encoder_best_batch_size": best,
+            "encoder_clips_per_s_by_batch": {str(k): v for k, v in per_bs.items()}, "torch_threads": threads}
+
+
+def make_cache(ckpt: str, labels: list[str], phrases: list[str]):
+    from das_core.cache import DriftCache
+    from das_core.encoder import ClapEncoder
+
+    enc = ClapEncoder.from_checkpoint(ckpt)
+    t = time.perf_counter()
+    cache = DriftCache.build(enc.embed_text, labels, phrases, encoder_id=enc.encoder_id, encoder_name="bench.pt")
+    return cache, time.perf_counter() - t
+
+
+def bench_pipeline(ckpt: str, cache_uri: str, clips_dir: str, out: str, batch_size: int, threads: int) -> dict:
+    from jobs.label import LabelConfig, run
+
+    cfg = LabelConfig(input=clips_dir, cache=cache_uri, checkpoint=ckpt, out=out, overwrite=True,
+                      batch_size=batch_size, torch_threads=threads, cpus_per_actor=1, max_error_fraction=0.0,
+                      progress_every_s=1e9)
+    t = time.perf_counter()
+    manifest = run(cfg)
+    wall = time.perf_counter() - t
+    segments = manifest["counts"]["segments"]
+    return {"pipeline_clips_per_s": segments / wall, "pipeline_wall_s": wall, "pipeline_segments": segments}
+
+
+def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
+    """The usual script: a per-file loop of librosa.load(sr=48000) + laion-clap's CLAP_Module."""
+    import laion_clap
+    import librosa
+    import torch
+
+    import das_core.encoder  # noqa: F401  (sets HF_HUB_OFFLINE=1 before laion_clap imports transformers)
+
+    torch.set_num_threads(threads)
+    model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="transformer")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    # CLAP_Module.load_ckpt deletes a position_ids key these checkpoints do not have: load directly.
+    model.model.load_state_dict({k[len("module."):]: v for k, v in state.items()})
+    y, _ = librosa.load(paths[0], sr=48000)
+    model.get_audio_embedding_from_data(x=y[None, :], use_tensor=False)     # warm-up
+    t = time.perf_counter()
+    for path in paths:
+        y, _ = librosa.load(path, sr=48000)
+        model.get_audio_embedding_from_data(x=y[None, :], use_tensor=False)
+    wall = time.perf_counter() - t
+    return {"naive_clips_per_s": len(paths) / wall, "naive_wall_s": wall}
+
+
+def bench_scoring(sizes: Sizes) -> dict:
+    from das_core.cache import DriftCache
+
+    rng = np.random.default_rng(1)
+    d = 512
+
+    def unit(n):
+        x = rng.standard_normal((n, d))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    k = sizes.score_classes
+    cache = DriftCache(tuple(f"c{i}" for i in range(k)), tuple(f"c{i}" for i in range(k)), ("p",),
+                       "sound of {label}", "{label} with {noise}", 0.1, None, unit(k), unit(k),
+                       np.ones(k, dtype=np.float32))
+    z = unit(sizes.score_rows)
+    plain = best_of(lambda: cache.clean_scores(z))
+    das = best_of(lambda: cache.scores(z))
+    return {"das_overhead": (das - plain) / plain, "das_scoring_s": das, "plain_scoring_s": plain,
+            "scoring_rows": sizes.score_rows, "scoring_classes": k}
+
+
+def _worker_peaks() -> dict[str, float]:
+    """Peak RSS (VmHWM, bytes) of each Ray worker process under this driver, by role."""
+    import psutil
+
+    peaks: dict[str, float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+            if not title.startswith("ray::"):
+                continue
+            with open(f"/proc/{proc.pid}/status") as f:
+                hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        except (psutil.Error, OSError, StopIteration):
+            continue
+        role = "encoder actor" if "EncodeAndScore" in title else "decode/other worker"
+        peaks[role] = max(peaks.get(role, 0.0), float(hwm))
+    return peaks
+
+
+def bench_rss(ckpt: str, cache_uri: str, work: str, sizes: Sizes, threads: int) -> dict:
+    """Label one long and one 6x shorter file, each in a fresh Ray, and compare workers' peak RSS."""
+    import ray
+
+    from jobs.label import LabelConfig, run
+
+    peaks = {}
+    for name, minutes in (("short", sizes.long_minutes / 6), ("long", sizes.long_minutes)):
+        folder = os.path.join(work, f"rss-{name}")
+        if not os.path.isdir(folder):
+            write_clips(folder, 1, minutes * 60, rate=16000, channels=1)
+        ray.shutdown()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+        run(LabelConfig(input=folder, cache=cache_uri, checkpoint=ckpt, out=os.path.join(work, f"rss-out-{name}"),
+                        overwrite=True, torch_threads=threads, max_error_fraction=0.0, progress_every_s=1e9))
+        peaks[name] = _worker_peaks()
+        shown = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in peaks[name].items())
+        log(f"peak RSS ({minutes:g} min file): {shown}")
+    ray.shutdown()
+    worst = {name: max(p.values()) for name, p in peaks.items()}
+    return {"rss_ratio_60_over_10_min": worst["long"] / worst["short"], "peak_rss_gib": worst["long"] / 2**30,
+            "rss_by_role_gib": {n: {k: v / 2**30 for k, v in p.items()} for n, p in peaks.items()},
+            "rss_long_minutes": sizes.long_minutes}
+
+
+def bench_decode(work: str, sizes: Sizes) -> dict:
+    import pyarrow as pa
+    import ray
+    import ray.data
+
+    from das_core.inputs import list_inputs
+    from jobs.pipeline import DecodeSettings, decode_files
+
+    folder = os.path.join(work, "decode")
+    if not os.path.isdir(folder):
+        write_clips(folder, sizes.decode_files, sizes.decode_seconds)
+    inputs = list_inputs(folder)
+    by_format = {}
+    total_windows, total_s = 0, 0.0
+    for ext, _, _ in FORMATS:
+        subset = [f for f in inputs if f.path.endswith(ext)]
+        batch = pa.table({"file_id": [f.file_id for f in subset], "path": [f.path for f in subset]})
+        t = time.perf_counter()
+        n = sum(int(pa.compute.sum(pa.compute.equal(b.column("kind"), "segment")).as_py() or 0)
+                for b in decode_files(batch, DecodeSettings()))
+        s = time.perf_counter() - t
+        by_format[ext] = n / s
+        total_windows += n
+        total_s += s
+    per_core = total_windows / total_s
+    cores = os.cpu_count()
+    if not ray.is_initialized():
+        ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR")
+    items = [{"file_id": f.file_id, "path": f.path} for f in inputs]
+
+    def stage():
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(decode_files, fn_kwargs={"settings": DecodeSettings()}, batch_size=1,
+                            batch_format="pyarrow", num_cpus=1)
+        return sum(len(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+
+    stage()                                              # warm-up: workers started, imports done
+    t = time.perf_counter()
+    rows = stage()
+    wall = time.perf_counter() - t
+    parallel = rows / wall                               # files close on their last window: rows == windows
+    return {"decode_per_core": per_core, "decode_per_core_by_format": by_format, "decode_parallel": parallel,
+            "decode_scaling": parallel / (per_core * cores), "cores": cores}
+
+
+def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, windows_per_file: int = 6) -> None:
+    """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
+    import pyarrow as pa
+
+    from das_core.results import FileOutcome, OutputStore, build_tables, embedding_array, labelled_columns
+    from das_core.scoring import label_windows
+
+    rng = np.random.default_rng(2)
+    store = OutputStore(out)
+    store.remove_all()
+    n_files = -(-rows // windows_per_file)
+    for first in range(0, n_files, files_per_part):
+        ids = [f"f{i:07d}" for i in range(first, min(first + files_per_part, n_files))]
+        owner = np.repeat(np.arange(len(ids)), windows_per_file)
+        n = len(owner)
+        emb = rng.standard_normal((n, cache.dim)).astype(np.float32)
+        emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+        lab = label_windows(emb.astype(np.float32), cache, 5)
+        cols = {"file_id": pa.array([ids[i] for i in owner]), "path": pa.array([f"s3://a/{ids[i]}.wav" for i in owner]),
+                "segment": pa.array(np.tile(np.arange(windows_per_file), len(ids)), pa.int32()),
+                "start_s": pa.array(np.tile(np.arange(windows_per_file) * 10.0, len(ids))),
+                "end_s": pa.array(np.tile(np.arange(1, windows_per_file + 1) * 10.0, len(ids))),
+                **labelled_columns(lab, n),
+                "embedding": embedding_array(emb, n, np.arange(n), "float16"),
+                "snr_db": pa.nulls(n, pa.float64()), "seed": pa.nulls(n, pa.int64()),
+                "noise_source": pa.nulls(n, pa.string())}
+        outcomes = [FileOutcome(f, f"s3://a/{f}.wav", "ok", None, None, windows_per_file, 60.0, 48000, 1)
+                    for f in ids]
+        segments, files = build_tables(outcomes, pa.table(cols), cache, 5, "float16")
+        store.commit(segments, files)
+    store.write_manifest({"job": "label", "status": "complete",
+                          "settings": {"checkpoint_fingerprint": cache.encoder_id, "top_k": 5,
+                                       "embedding_dtype": "float16"},
+                          "checkpoint": {"uri": "bench.pt", "fingerprint": cache.encoder_id}})
+
+
+def bench_rescore(cache, cache_uri: str, work: str, sizes: Sizes) -> dict:
+    """``das rescore`` rows/s against a plain pyarrow read of the same embedding column."""
+    import pyarrow.parquet as pq
+
+    from jobs.rescore import RescoreConfig, run
+
+    labels = os.path.join(work, "rescore-labels")
+    write_label_output(cache, labels, sizes.rescore_rows)
+    segments_dir = os.path.join(labels, "segments")
+    read_s = best_of(lambda: pq.read_table(segments_dir, columns=["embedding"]))
+    rows = sum(pq.read_metadata(os.path.join(segments_dir, f)).num_rows for f in os.listdir(segments_dir))
+    out = os.path.join(work, "rescore-out")
+    run(RescoreConfig(embeddings=labels, cache=cache_uri, out=out, run_id="warmup", overwrite=True,
+                      progress_every_s=1e9))
+    t = time.perf_counter()
+    run(RescoreConfig(embeddings=labels, cache=cache_uri, out=out, run_id="bench", overwrite=True,
+                      progress_every_s=1e9))
+    rescore_s = time.perf_counter() - t
+    return {"rescore_over_read": (rows / rescore_s) / (rows / read_s), "rescore_rows_per_s": rows / rescore_s,
+            "read_rows_per_s": rows / read_s, "rescore_rows": rows, "rescore_classes": len(cache.labels)}
+
+
+def machine() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def bench_gpu(ckpt: str) -> dict:
+    import torch
+
+    from das_core.encoder import ClapEncoder
+
+    if not torch.cuda.is_available():
+        return {"gpu_clips_per_s": None, "gpu_note": "no CUDA device on this machine"}
+    rng = np.random.default_rng(0)
+    windows = (0.1 * rng.standard_normal((64, WINDOW_SAMPLES))).astype(np.float32)
+    ref = None
+    out, dev = {}, {}
+    for precision in ("fp32", "bf16", "fp16"):
+        enc = ClapEncoder.from_checkpoint(ckpt, device="cuda", precision=precision, max_batch_size=64)
+        enc.embed_audio(windows)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(5):
+            emb = enc.embed_audio(windows)
+        torch.cuda.synchronize()
+        out[precision] = 5 * len(windows) / (time.perf_counter() - t)
+        ref = emb if ref is None else ref
+        dev[precision] = float(np.max(1 - np.sum(emb * ref, axis=1)))
+    return {"gpu_clips_per_s": out, "gpu_cosine_deviation_from_fp32": dev}
+
+
+def table(results: dict) -> str:
+    rows = [("metric", "value", "goal", "met")]
+    for key in ("encoder_clips_per_s", "encoder_best_batch_size", "pipeline_clips_per_s", "pipeline_over_encoder",
+                "naive_clips_per_s", "pipeline_over_naive", "das_overhead", "rescore_over_read",
+                "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s", "decode_per_core", "decode_scaling",
+                "gpu_clips_per_s"):
+        if key not in results:
+            continue
+        value = results[key]
+        text = (f"{value:.3f}" if isinstance(value, float) else
+                ", ".join(f"{k} {v:.1f}" for k, v in value.items()) if isinstance(value, dict) else str(value))
+        goal, met = "", ""
+        if key in GOALS and isinstance(value, (int, float)):
+            op, target = GOALS[key]
+            goal = f"{op} {target}"
+            met = "yes" if (value >= target if op == ">=" else value <= target) else "NO"
+        rows.append((key, text, goal, met))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every benchmark still runs")
+    p.add_argument("--results", default=os.path.join(HERE, "results.json"),
+                   help="JSON file the run is appended to (default bench/results.json)")
+    p.add_argument("--work", help="folder for generated inputs (default: bench/work, or a temporary one in --smoke)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every figure")
+    args = p.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    work = args.work or (tempfile.mkdtemp(prefix="das-bench-") if args.smoke else os.path.join(HERE, "work"))
+    os.makedirs(work, exist_ok=True)
+    os.environ.setdefault("DAS_CACHE_DIR", os.path.join(work, "das-cache"))
+    import ray
+
+    from das_core.random_checkpoint import write_random_checkpoint
+
+    started = time.perf_counter()
+    ckpt = os.path.join(work, "HTSAT-tiny-transformer-random.pt")
+    if not os.path.exists(ckpt):
+        write_random_checkpoint(ckpt)
+    results: dict = {}
+    log(f"machine: {machine()}")
+
+    labels = [f"class_{i:03d}" for i in range(sizes.cache_classes)]
+    phrases = [f"noise kind {j}" for j in range(sizes.cache_phrases)]
+    cache, results["cache_build_s"] = make_cache(ckpt, labels, phrases)
+    results["cache_prompts"] = cache.n_text_encodings
+    log(f"cache build: {cache.n_text_encodings} prompts in {results['cache_build_s']:.1f} s")
+    cache_uri = os.path.join(work, "cache.npz")
+    cache.save(cache_uri)
+
+    results.update(bench_encoder(ckpt, sizes, args.threads))
+    clips_dir = os.path.join(work, f"clips-{sizes.clips}")
+    if not os.path.isdir(clips_dir):
+        write_clips(clips_dir, sizes.clips, 10.0)
+    paths = sorted(os.path.join(clips_dir, f) for f in os.listdir(clips_dir))
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    results.update(bench_pipeline(ckpt, cache_uri, clips_dir, os.path.join(work, "pipeline-out"),
+                                  results["encoder_best_batch_size"], args.threads))
+    results["pipeline_over_encoder"] = results["pipeline_clips_per_s"] / results["encoder_clips_per_s"]
+    log(f"pipeline: {results['pipeline_clips_per_s']:.2f} clips/s "
+        f"({results['pipeline_over_encoder']:.2f} of the encoder alone)")
+    results.update(bench_decode(work, sizes))
+    log(f"decode: {results['decode_per_core']:.1f} windows/s per core, scaling {results['decode_scaling']:.2f}")
+    results.update(bench_rescore(cache, cache_uri, work, sizes))
+    log(f"rescore: {results['rescore_rows_per_s']:.0f} rows/s, {results['rescore_over_read']:.2f} of a plain read")
+    ray.shutdown()
+    results.update(bench_naive(ckpt, paths, args.threads))
+    results["pipeline_over_naive"] = results["pipeline_clips_per_s"] / results["naive_clips_per_s"]
+    log(f"naive script: {results['naive_clips_per_s']:.2f} clips/s")
+    results.update(bench_scoring(sizes))
+    log(f"DAS scoring overhead over plain cosine: {results['das_overhead']:+.4f}")
+    results.update(bench_rss(ckpt, cache_uri, work, sizes, args.threads))
+    results.update(bench_gpu(ckpt))
+
+    record = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "smoke": args.smoke,
+              "machine": machine(), "duration_s": round(time.perf_counter() - started, 1), "results": results}
+    history = []
+    if os.path.exists(args.results):
+        with open(args.results) as f:
+            history = json.load(f)
+    history.append(record)
+    with open(args.results, "w") as f:
+        json.dump(history, f, indent=2)
+    print("\n" + table(results))
+    print(f"\n{'smoke run' if args.smoke else 'run'} took {record['duration_s']:.0f} s; appended to {args.results}")
+    if args.smoke:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The benchmark's smoke mode: every benchmark still runs and reports measured numbers."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+KEYS = ("encoder_clips_per_s", "pipeline_clips_per_s", "pipeline_over_encoder", "naive_clips_per_s",
+        "pipeline_over_naive", "das_overhead", "rescore_over_read", "rss_ratio_60_over_10_min", "peak_rss_gib",
+        "cache_build_s", "decode_per_core", "decode_scaling")
+
+
+def test_bench_smoke(tmp_path):
+    results = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--results", str(results)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads(results.read_text())
+    assert len(history) == 1 and history[0]["smoke"] is True
+    measured = history[0]["results"]
+    for key in KEYS:
+        assert isinstance(measured[key], float) and measured[key] == measured[key], key   # a number, not NaN
+    for key in ("encoder_clips_per_s", "pipeline_clips_per_s", "naive_clips_per_s", "decode_per_core",
+                "peak_rss_gib", "cache_build_s"):
+        assert measured[key] > 0, key
+    assert measured["pipeline_over_encoder"] == pytest.approx(
+        measured["pipeline_clips_per_s"] / measured["encoder_clips_per_s"])
+    assert "pipeline_over_encoder" in proc.stdout and ">= 0.85" in proc.stdout
