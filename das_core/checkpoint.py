@@ -160,7 +160,8 @@ def load_state_dict(local_path: str) -> dict:
         raise CheckpointError(f"{local_path} is not a readable PyTorch checkpoint (neither a torch zip archive "
                               f"nor a pickle)")
     try:
-        obj = torch.load(local_path, map_location="cpu", weights_only=True)
+        # memory-mapped: the tensors are read from the file as the model copies them, never held twice
+        obj = torch.load(local_path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(local_path))
     except pickle.UnpicklingError as exc:
         first_line = str(exc).splitlines()[0][:200]
         raise CheckpointError(f"{local_path} holds objects other than tensors and plain values; "
