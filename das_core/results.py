@@ -114,21 +114,49 @@ def encoded_schema(embedding_dtype: str) -> pa.Schema:
                      + _label_fields())
 
 
+def _null_mask(n: int, rows: np.ndarray) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[rows] = False
+    return mask
+
+
+def _spread(values: np.ndarray, n: int, rows: np.ndarray) -> np.ndarray:
+    """``values`` placed at ``rows`` of an array of length ``n`` (zeros elsewhere)."""
+    out = np.zeros((n,) + values.shape[1:], dtype=values.dtype)
+    out[rows] = values
+    return out
+
+
+def _lists(values: pa.Array, n: int, rows: np.ndarray, k: int, mask: np.ndarray) -> pa.Array:
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[rows] = k
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(mask))
+
+
 def labelled_columns(lab: Labelled | None, n: int, rows: np.ndarray | None = None) -> dict[str, pa.Array]:
-    """Arrow columns for ``lab`` placed at positions ``rows`` of ``n`` (nulls elsewhere)."""
-    if rows is None:
-        rows = np.arange(n)
-    cols: dict[str, list] = {name: [None] * n for name in
-                             ("label", "score", "top_k_labels", "top_k_scores", "zs_label", "zs_score")}
-    if lab is not None:
-        for j, i in enumerate(rows):
-            cols["label"][i] = lab.label[j]
-            cols["score"][i] = float(lab.score[j])
-            cols["top_k_labels"][i] = lab.top_k_labels[j]
-            cols["top_k_scores"][i] = lab.top_k_scores[j].tolist()
-            cols["zs_label"][i] = lab.zs_label[j]
-            cols["zs_score"][i] = float(lab.zs_score[j])
-    return {f.name: pa.array(cols[f.name], type=f.type) for f in _label_fields()}
+    """Arrow columns for ``lab`` placed at positions ``rows`` of ``n`` (nulls elsewhere), built without a Python
+    loop over rows."""
+    if lab is None:
+        return {f.name: pa.nulls(n, type=f.type) for f in _label_fields()}
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    mask = _null_mask(n, rows)
+    names = pa.array(lab.names, type=pa.string())
+    k = lab.top_k_index.shape[1]
+
+    def name_column(index: np.ndarray) -> pa.Array:
+        return names.take(pa.array(_spread(index.astype(np.int64), n, rows), mask=mask))
+
+    return {
+        "label": name_column(lab.top_k_index[:, 0]),
+        "score": pa.array(_spread(lab.score.astype(np.float32), n, rows), mask=mask, type=pa.float32()),
+        "top_k_labels": _lists(names.take(pa.array(lab.top_k_index.reshape(-1).astype(np.int64))), n, rows, k,
+                               mask),
+        "top_k_scores": _lists(pa.array(lab.top_k_scores.reshape(-1).astype(np.float32), type=pa.float32()), n,
+                               rows, k, mask),
+        "zs_label": name_column(lab.zs_index),
+        "zs_score": pa.array(_spread(lab.zs_score.astype(np.float32), n, rows), mask=mask, type=pa.float32()),
+    }
 
 
 def embedding_array(emb: np.ndarray | None, n: int, rows: np.ndarray, dtype: str) -> pa.Array:
@@ -279,10 +307,7 @@ def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: D
         "channels": pa.array([o.channels for o in outcomes], pa.int32()),
     }
     if file_lab is not None:
-        file_lab = Labelled(
-            label=[file_lab.label[r] for r in rows], score=file_lab.score[rows],
-            top_k_labels=[file_lab.top_k_labels[r] for r in rows], top_k_scores=file_lab.top_k_scores[rows],
-            zs_label=[file_lab.zs_label[r] for r in rows], zs_score=file_lab.zs_score[rows])
+        file_lab = file_lab.take(rows)
     cols.update(labelled_columns(file_lab, len(outcomes), ok_positions))
     files = pa.table(cols, schema=FILES_SCHEMA)
     return segs, files

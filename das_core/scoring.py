@@ -10,11 +10,22 @@ from das_core.cache import DriftCache
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the ``k`` best classes per row, best first; ties go to the lower index."""
+    """Indices and values of the ``k`` best classes per row, best first.
+
+    Equal scores are ordered by class index; when a tie straddles the k-th
+    place, which of the tied classes is kept is arbitrary but deterministic.
+    """
     scores = np.atleast_2d(scores)
-    k = min(k, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(scores, order, axis=1)
+    n_classes = scores.shape[1]
+    k = min(k, n_classes)
+    if k < n_classes:
+        cand = np.argpartition(-scores, k - 1, axis=1)[:, :k]        # the k best, unordered: O(K) per row
+    else:
+        cand = np.broadcast_to(np.arange(n_classes), scores.shape)
+    vals = np.take_along_axis(scores, cand, axis=1)
+    order = np.lexsort((cand, -vals), axis=1)                        # by score, then by class index
+    idx = np.take_along_axis(cand, order, axis=1)
+    return idx, np.take_along_axis(scores, idx, axis=1)
 
 
 def pool_max(window_scores: np.ndarray) -> np.ndarray:
@@ -24,27 +35,42 @@ def pool_max(window_scores: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Labelled:
-    """Labels for n rows (windows or files), DAS and plain zero-shot side by side."""
+    """Labels for n rows (windows or files), DAS and plain zero-shot side by side, as class indices."""
 
-    label: list[str]
-    score: np.ndarray                # (n,) float32, DAS score of ``label``
-    top_k_labels: list[list[str]]
+    names: tuple[str, ...]           # the cache's labels
+    top_k_index: np.ndarray          # (n, k) DAS ranking, best first
     top_k_scores: np.ndarray         # (n, k) float32
-    zs_label: list[str]
-    zs_score: np.ndarray             # (n,) float32, plain zero-shot score of ``zs_label``
+    zs_index: np.ndarray             # (n,) plain zero-shot winner
+    zs_score: np.ndarray             # (n,) float32
+
+    @property
+    def score(self) -> np.ndarray:
+        return self.top_k_scores[:, 0]
+
+    @property
+    def label(self) -> list[str]:
+        return [self.names[i] for i in self.top_k_index[:, 0]]
+
+    @property
+    def top_k_labels(self) -> list[list[str]]:
+        return [[self.names[i] for i in row] for row in self.top_k_index]
+
+    @property
+    def zs_label(self) -> list[str]:
+        return [self.names[i] for i in self.zs_index]
+
+    def __len__(self) -> int:
+        return len(self.zs_index)
+
+    def take(self, rows: np.ndarray) -> Labelled:
+        return Labelled(self.names, self.top_k_index[rows], self.top_k_scores[rows], self.zs_index[rows],
+                        self.zs_score[rows])
 
 
 def _labelled(das: np.ndarray, plain: np.ndarray, labels: tuple[str, ...], k: int) -> Labelled:
     idx, vals = top_k(das, k)
     zs = np.argmax(plain, axis=1)
-    return Labelled(
-        label=[labels[i] for i in idx[:, 0]],
-        score=vals[:, 0].astype(np.float32),
-        top_k_labels=[[labels[i] for i in row] for row in idx],
-        top_k_scores=vals.astype(np.float32),
-        zs_label=[labels[i] for i in zs],
-        zs_score=plain[np.arange(len(zs)), zs].astype(np.float32),
-    )
+    return Labelled(labels, idx, vals.astype(np.float32), zs, plain[np.arange(len(zs)), zs].astype(np.float32))
 
 
 def label_windows(embeddings: np.ndarray, cache: DriftCache, k: int) -> Labelled:
