@@ -301,7 +301,9 @@ class ClapEncoder:
             return laion().tokenize(list(texts), context_length=TEXT_CONTEXT)
         if self.tokenizer is None:
             raise TokenizerError("this encoder has a RoBERTa text tower but no tokenizer was loaded")
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=TEXT_CONTEXT,
+        # LAION pads to 77; padding is masked out, so padding to the batch's longest prompt gives the same
+        # embeddings (to float rounding) at a fraction of the cost
+        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=TEXT_CONTEXT,
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
@@ -313,10 +315,29 @@ class ClapEncoder:
         with torch.inference_mode(), self._autocast():
             if isinstance(tokens, dict):
                 tokens = {k: v.to(self.device) for k, v in tokens.items()}
+                emb = self.model.encode_text(tokens, device=self.device)
             else:
-                tokens = tokens.to(self.device)
-            emb = self.model.encode_text(tokens, device=self.device)
+                emb = self._encode_clip_tokens(tokens.to(self.device))
             return F.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def _encode_clip_tokens(self, tokens):
+        """laion-clap's ``encode_text`` for the ``transformer`` tower, on the prefix that matters.
+
+        The tower is causal and reads its output at the end-of-text token (the
+        highest id), so positions after the batch's last end-of-text token
+        cannot change the result: they are cut off. Prompts are a few tokens
+        long, so this skips most of the 77-token context (the parity tests
+        compare with laion-clap's full-length ``encode_text``).
+        """
+        import torch
+
+        m = self.model
+        eot = tokens.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        x = m.token_embedding(tokens[:, :length]) + m.positional_embedding[:length]
+        x = m.text_branch(x.permute(1, 0, 2), attn_mask=m.attn_mask[:length, :length]).permute(1, 0, 2)
+        x = m.ln_final(x)
+        return m.text_projection(x[torch.arange(x.shape[0], device=x.device), eot])
 
     def embed_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Unit-norm float32 ``[n, dim]`` for ``texts``, encoded in batches of ``batch_size``."""

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from test_datasets import US8K_CLASSES, make_esc50, make_fsd50k, make_tau, make_urbansound8k
 
+from das_core import evaluation
 from das_core.baselines import acevedo_scores, background_profile, background_prompts, tgap_prototypes
 from das_core.cache import DriftCache
 from das_core.datasets import Clip, Dataset
-from jobs import evaluate as ev
-from jobs.evaluate import (
+from das_core.evaluation import (
     BASELINES,
     METHODS,
     Condition,
@@ -31,6 +31,7 @@ from jobs.evaluate import (
     cross_fit_tgap,
     pool_windows,
 )
+from jobs import evaluate as ev
 
 LAM_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 CONDITIONS = (None, 0.0)
@@ -468,7 +469,7 @@ def test_lam_is_chosen_on_the_tuning_split_never_on_test():
     # test clips of class b are right only for lam > 2/3: the best lam on test would be 1.0
     test_rows = [([0.6, 0.5, 0, 0.15], "b"), ([0.6, 0.5, 0, 0.15], "b")]
     dataset, conditions, cache, side, is_tune, groups = _synthetic(test_rows)
-    result = ev.evaluate(dataset, conditions, cache, side, is_tune, groups, LAM_GRID, 0.5)
+    result = evaluation.evaluate(dataset, conditions, cache, side, is_tune, groups, LAM_GRID, 0.5)
     assert result.lam == 0.3
     assert result.objective[0.3] == 1.0 and all(v == 0.5 for lam, v in result.objective.items() if lam != 0.3)
     for snr in (None, 0.0):
@@ -480,13 +481,13 @@ def test_lam_is_chosen_on_the_tuning_split_never_on_test():
     assert (cache.with_lam(1.0).scores(z).argmax(axis=1) == 1).all()
     assert (cache.with_lam(0.3).scores(z).argmax(axis=1) == 0).all()
     # changing the test clips, even so that another lam is best on them, never moves the chosen lam
-    other = ev.evaluate(*_synthetic([([0.6, 0.5, 0, 0.15], "a"), ([0.6, 0.5, 0, 0.9], "a")])[:4], is_tune, groups,
-                        LAM_GRID, 0.5)
+    other = evaluation.evaluate(*_synthetic([([0.6, 0.5, 0, 0.15], "a"), ([0.6, 0.5, 0, 0.9], "a")])[:4], is_tune,
+                                groups, LAM_GRID, 0.5)
     assert other.lam == 0.3 and other.sweep == result.sweep
 
 
 def test_choose_lam_ties_go_to_the_smaller_lam():
-    lam, objective = ev.choose_lam({0.0: {"clean": 0.5, "snr0": 0.7}, 0.1: {"clean": 0.7, "snr0": 0.5},
+    lam, objective = evaluation.choose_lam({0.0: {"clean": 0.5, "snr0": 0.7}, 0.1: {"clean": 0.7, "snr0": 0.5},
                                     0.2: {"clean": 0.6, "snr0": 0.55}})
     assert lam == 0.0 and objective == {0.0: 0.6, 0.1: 0.6, 0.2: 0.575}
 
@@ -518,8 +519,8 @@ def test_acevedo_scores_use_each_windows_own_background():
     anchors = np.eye(3, dtype=np.float32)[:2]
     z = np.stack([_unit([1, 1, 0]), _unit([1, 1, 0]), _unit([1, 1, 0])])
     background = {"park": np.array([[1.0, 0.0, 0.0]], np.float32), "street": np.array([[0.0, 1.0, 0.0]], np.float32)}
-    scores = ev.acevedo_window_scores(z, ["park", "street", None], ev.GroupedPrototypes(anchors), [0, 0, 0],
-                                      background, tau=0.5)
+    scores = evaluation.acevedo_window_scores(z, ["park", "street", None], evaluation.GroupedPrototypes(anchors),
+                                              [0, 0, 0], background, tau=0.5)
     base = z @ anchors.T
     np.testing.assert_allclose(scores[0], base[0] - 0.5 * np.array([1.0, 0.0]), atol=1e-6)
     np.testing.assert_allclose(scores[1], base[1] - 0.5 * np.array([0.0, 1.0]), atol=1e-6)
