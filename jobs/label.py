@@ -243,6 +243,7 @@ def run(c: LabelConfig) -> dict:
     errors = prior["error"]
     done_files, done_segments, last_commit, last_progress = 0, 0, time.monotonic(), time.monotonic()
     aborted = None
+    first_output: tuple[float, int] | None = None
     if p.todo:
         init_ray()
         gpus_per_actor = 0.0
@@ -275,6 +276,9 @@ def run(c: LabelConfig) -> dict:
                                 files_per_task=c.files_per_task, env=worker_env()):
             assembler.add(batch)
             now = time.monotonic()
+            if first_output is None:
+                # startup (Ray Data planning, actors importing and loading the model) ends with the first output
+                first_output = (now - t0, sum(1 for k in batch.column("kind").to_pylist() if k == "segment"))
             if assembler.n_complete >= c.commit_every_files:
                 commit()
             elif assembler.n_complete and now - last_commit >= c.commit_every_s:
@@ -299,19 +303,23 @@ def run(c: LabelConfig) -> dict:
     this_run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      "wall_time_s": round(wall, 3), "files_done": done_files, "segments_done": done_segments,
                      "segments_per_s": round(done_segments / wall, 4) if wall > 0 else None})
+    if first_output is not None and wall > first_output[0] and done_segments > first_output[1]:
+        this_run["startup_s"] = round(first_output[0], 3)
+        this_run["steady_segments_per_s"] = round((done_segments - first_output[1]) / (wall - first_output[0]), 4)
     failed = aborted or (counts["files"] and counts["error"] > errors_allowed and
                          f"{counts['error']} of {counts['files']} files failed to decode "
                          f"(more than --max-error-fraction {c.max_error_fraction:g})")
     status = "failed" if failed else "complete"
     manifest = _manifest(p, status, counts, runs + [this_run])
     store.write_manifest(manifest)
-    _print_summary(manifest, c.out, wall, done_segments, len(p.inputs))
+    _print_summary(manifest, c.out, wall, done_segments, len(p.inputs), this_run.get("steady_segments_per_s"))
     if failed:
         raise JobFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ (see the 'error' column)")
     return manifest
 
 
-def _print_summary(manifest: dict, out: str, wall: float, segments_now: int, n_inputs: int) -> None:
+def _print_summary(manifest: dict, out: str, wall: float, segments_now: int, n_inputs: int,
+                   steady: float | None) -> None:
     counts = manifest["counts"]
     errs = ", ".join(f"{k} {v}" for k, v in counts["errors_by_kind"].items()) or "none"
     missing = n_inputs - counts["files"]
@@ -319,7 +327,8 @@ def _print_summary(manifest: dict, out: str, wall: float, segments_now: int, n_i
           f"  files in:  {n_inputs} = {counts['ok']} ok + {counts['error']} error"
           + (f" + {missing} not done" if missing else "") + "\n"
           f"  segments:  {counts['segments']} ({segments_now} this run, "
-          f"{segments_now / wall if wall > 0 else 0:.2f} clips/s)\n"
+          f"{segments_now / wall if wall > 0 else 0:.2f} clips/s"
+          + (f"; {steady:.2f} clips/s after start-up" if steady else "") + ")\n"
           f"  errors:    {errs}\n"
           f"  weights:   {manifest['checkpoint'].get('weights')}"
           + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
