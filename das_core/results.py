@@ -275,13 +275,20 @@ class Assembler:
 
 
 def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: DriftCache, top_k: int,
-                 embedding_dtype: str) -> tuple[pa.Table, pa.Table]:
-    """The ``segments`` and ``files`` tables for whole files (file labels: max over their windows)."""
+                 embedding_dtype: str, scores: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[pa.Table, pa.Table]:
+    """The ``segments`` and ``files`` tables for whole files (file labels: max over their windows).
+
+    ``scores``: the ``window_scores`` of ``windows``' rows, when the caller has them (not computed twice).
+    """
     ok_ids = [o.file_id for o in outcomes if o.status == OK]
     seg_schema = segments_schema(embedding_dtype)
+    rows = None
     if windows is not None and len(windows) and ok_ids:
-        segs = windows.filter(pc.is_in(windows.column("file_id"), value_set=pa.array(ok_ids, type=pa.string())))
+        segs = windows.append_column("_row", pa.array(np.arange(len(windows))))
+        segs = segs.filter(pc.is_in(segs.column("file_id"), value_set=pa.array(ok_ids, type=pa.string())))
         segs = segs.sort_by([("path", "ascending"), ("segment", "ascending")])
+        rows = segs.column("_row").to_numpy()
         segs = segs.select([f.name for f in seg_schema]).cast(seg_schema)
     else:
         segs = seg_schema.empty_table()
@@ -290,7 +297,9 @@ def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: D
     file_lab = None
     if ok_ids:
         owner = np.array([index[f] for f in segs.column("file_id").to_pylist()], dtype=np.int64)
-        file_lab = label_files(embeddings_to_numpy(segs.column("embedding")), owner, len(ok_ids), cache, top_k)
+        kept = (scores[0][rows], scores[1][rows]) if scores is not None and rows is not None else None
+        file_lab = label_files(embeddings_to_numpy(segs.column("embedding")), owner, len(ok_ids), cache, top_k,
+                               scores=kept)
     order = sorted(range(len(outcomes)), key=lambda i: (outcomes[i].path, outcomes[i].file_id))
     outcomes = [outcomes[i] for i in order]
     rows = np.array([index[o.file_id] for o in outcomes if o.status == OK], dtype=np.int64)

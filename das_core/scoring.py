@@ -73,16 +73,23 @@ def _labelled(das: np.ndarray, plain: np.ndarray, labels: tuple[str, ...], k: in
     return Labelled(labels, idx, vals.astype(np.float32), zs, plain[np.arange(len(zs)), zs].astype(np.float32))
 
 
-def label_windows(embeddings: np.ndarray, cache: DriftCache, k: int) -> Labelled:
-    """Label each window from its embedding."""
-    return _labelled(cache.scores(embeddings), cache.clean_scores(embeddings), cache.labels, k)
+def window_scores(embeddings: np.ndarray, cache: DriftCache) -> tuple[np.ndarray, np.ndarray]:
+    """DAS and plain zero-shot scores, (n, K) each: the only matrix products labelling needs."""
+    return cache.scores(embeddings), cache.clean_scores(embeddings)
+
+
+def label_windows(embeddings: np.ndarray, cache: DriftCache, k: int,
+                  scores: tuple[np.ndarray, np.ndarray] | None = None) -> Labelled:
+    """Label each window from its embedding (or from its ``window_scores``, when already computed)."""
+    das, plain = scores if scores is not None else window_scores(embeddings, cache)
+    return _labelled(das, plain, cache.labels, k)
 
 
 def label_files(embeddings: np.ndarray, file_index: np.ndarray, n_files: int, cache: DriftCache,
-                k: int) -> Labelled:
+                k: int, scores: tuple[np.ndarray, np.ndarray] | None = None) -> Labelled:
     """Label files by max-pooling their windows' scores; ``file_index[i]`` is window i's file (0..n_files-1).
 
-    Every file must have at least one window.
+    Every file must have at least one window. ``scores``: the windows' ``window_scores``, when already computed.
     """
     file_index = np.asarray(file_index)
     counts = np.bincount(file_index, minlength=n_files)
@@ -90,7 +97,7 @@ def label_files(embeddings: np.ndarray, file_index: np.ndarray, n_files: int, ca
         raise ValueError("every file needs at least one window to be labelled, and file indices must be < n_files")
     order = np.argsort(file_index, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    emb = np.asarray(embeddings)[order]
-    pooled_das = np.maximum.reduceat(cache.scores(emb), starts, axis=0)
-    pooled_plain = np.maximum.reduceat(cache.clean_scores(emb), starts, axis=0)
+    das, plain = scores if scores is not None else window_scores(np.asarray(embeddings), cache)
+    pooled_das = np.maximum.reduceat(das[order], starts, axis=0)
+    pooled_plain = np.maximum.reduceat(plain[order], starts, axis=0)
     return _labelled(pooled_das, pooled_plain, cache.labels, k)

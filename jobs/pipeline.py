@@ -190,6 +190,9 @@ class EncodeAndScore:
 
 # What a decode task may hold: a block of int16 windows, libsndfile and soxr state, and the noise cache.
 DECODE_MEMORY_BYTES = 768 * 2**20
+# Ray Data gathers a task's output into blocks of up to this size (default 128 MiB, ~130 windows): small
+# blocks keep a decode worker's memory flat however long the file, and stream windows to the encoder sooner.
+BLOCK_BYTES = 16 * 2**20
 
 
 def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSettings, *, cache=None,
@@ -208,6 +211,7 @@ def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSe
 
     if encode.max_batch_size is None:
         encode = dataclasses.replace(encode, max_batch_size=batch_size)
+    ray.data.DataContext.get_current().target_max_block_size = BLOCK_BYTES
     runtime_env = {"env_vars": env} if env else None
     cache_box = [ray.put(cache)] if cache is not None else None
     items = [{"file_id": f.file_id, "path": f.path} for f in inputs]

@@ -60,7 +60,7 @@ from das_core.results import (
     embeddings_to_numpy,
     labelled_columns,
 )
-from das_core.scoring import label_windows
+from das_core.scoring import label_windows, window_scores
 from jobs.common import (
     JobFailed,
     UsageError,
@@ -183,10 +183,13 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
                                     row["n_segments"], row["duration_s"], row["sample_rate"], row["channels"]))
     windows = segments.drop_columns([n for n in ("label", "score", "top_k_labels", "top_k_scores", "zs_label",
                                                  "zs_score") if n in segments.column_names])
-    lab = label_windows(embeddings_to_numpy(segments.column("embedding")), cache, top_k) if len(segments) else None
+    lab = scores = None
+    if len(segments):
+        scores = window_scores(embeddings_to_numpy(segments.column("embedding")), cache)
+        lab = label_windows(None, cache, top_k, scores=scores)
     for name, column in labelled_columns(lab, len(segments)).items():
         windows = windows.append_column(name, column)
-    return build_tables(outcomes, windows, cache, top_k, dtype)
+    return build_tables(outcomes, windows, cache, top_k, dtype, scores=scores)
 
 
 def rescore_part(embeddings: str, out_run: str, part: str, cache: DriftCache, top_k: int) -> dict:
