@@ -277,7 +277,7 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
     import ray.data
 
     from das_core.inputs import list_inputs
-    from jobs.pipeline import BLOCK_BYTES, DECODE_MEMORY_BYTES, DecodeSettings, decode_files
+    from jobs.pipeline import DECODE_MEMORY_BYTES, DecodeSettings, configure_data_context, decode_files
 
     folder = os.path.join(work, f"decode-{sizes.decode_files}x{sizes.decode_seconds:g}s")
     ensure_clips(folder, sizes.decode_files, sizes.decode_seconds)
@@ -300,7 +300,7 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
         ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR")
     items = [{"file_id": f.file_id, "path": f.path} for f in inputs]
 
-    ray.data.DataContext.get_current().target_max_block_size = BLOCK_BYTES
+    configure_data_context()
 
     def stage():
         # the stage alone: its blocks stay in the object store (count() reads block metadata only)

@@ -193,6 +193,19 @@ DECODE_MEMORY_BYTES = 768 * 2**20
 # Ray Data gathers a task's output into blocks of up to this size (default 128 MiB, ~130 windows): small
 # blocks keep a decode worker's memory flat however long the file, and stream windows to the encoder sooner.
 BLOCK_BYTES = 16 * 2**20
+ROWS_PER_CALL = 16
+
+
+def configure_data_context() -> None:
+    """Ray Data settings of das's pipelines (the driver's context; it travels with the dataset)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.target_max_block_size = BLOCK_BYTES
+    # Ray Data reserves part of the cluster for each operator; with a fixed actor pool beside one task
+    # operator that reservation only idles CPUs the decode tasks could use (measured: decode-stage
+    # throughput on 2 cores rose from 0.57 to 0.77 of perfect scaling without it).
+    ctx.op_resource_reservation_enabled = False
 
 
 def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSettings, *, cache=None,
@@ -211,7 +224,10 @@ def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSe
 
     if encode.max_batch_size is None:
         encode = dataclasses.replace(encode, max_batch_size=batch_size)
-    ray.data.DataContext.get_current().target_max_block_size = BLOCK_BYTES
+    # Each actor call takes a whole number of encoder batches, at least ROWS_PER_CALL rows: fewer, larger
+    # calls cut Ray's per-call overhead without changing the encoder's batch shape.
+    rows_per_call = batch_size * -(-ROWS_PER_CALL // batch_size)
+    configure_data_context()
     runtime_env = {"env_vars": env} if env else None
     cache_box = [ray.put(cache)] if cache is not None else None
     items = [{"file_id": f.file_id, "path": f.path} for f in inputs]
@@ -221,7 +237,7 @@ def run_stages(inputs: list[InputFile], decode: DecodeSettings, encode: EncodeSe
     ds = ds.map_batches(decode_files, fn_kwargs={"settings": decode}, batch_size=files_per_task,
                         batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
     ds = ds.map_batches(EncodeAndScore, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box},
-                        batch_size=batch_size, batch_format="pyarrow",
+                        batch_size=rows_per_call, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, runtime_env=runtime_env)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
