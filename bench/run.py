@@ -199,12 +199,17 @@ def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
     model.model.load_state_dict({k[len("module."):]: v for k, v in state.items()})
     y, _ = librosa.load(paths[0], sr=48000)
     model.get_audio_embedding_from_data(x=y[None, :], use_tensor=False)     # warm-up
+    load_s = 0.0
     t = time.perf_counter()
     for path in paths:
+        t_load = time.perf_counter()
         y, _ = librosa.load(path, sr=48000)
+        load_s += time.perf_counter() - t_load
         model.get_audio_embedding_from_data(x=y[None, :], use_tensor=False)
     wall = time.perf_counter() - t
-    return {"naive_clips_per_s": len(paths) / wall, "naive_wall_s": wall}
+    # What a pipeline can hide at best on the same cores: the loading; the model's share stays.
+    return {"naive_clips_per_s": len(paths) / wall, "naive_wall_s": wall, "naive_load_share": load_s / wall,
+            "pipeline_over_naive_ceiling": wall / (wall - load_s)}
 
 
 def bench_scoring(sizes: Sizes) -> dict:
@@ -222,8 +227,11 @@ def bench_scoring(sizes: Sizes) -> dict:
                        "sound of {label}", "{label} with {noise}", 0.1, None, unit(k), unit(k),
                        np.ones(k, dtype=np.float32))
     z = unit(sizes.score_rows)
-    plain = best_of(lambda: cache.clean_scores(z))
-    das = best_of(lambda: cache.scores(z))
+    plain, das = [], []
+    for _ in range(7):         # interleaved, best of 7: the two are the same product with other matrices
+        plain.append(best_of(lambda: cache.clean_scores(z), 1))
+        das.append(best_of(lambda: cache.scores(z), 1))
+    plain, das = min(plain), min(das)
     return {"das_overhead": (das - plain) / plain, "das_scoring_s": das, "plain_scoring_s": plain,
             "scoring_rows": sizes.score_rows, "scoring_classes": k}
 
@@ -470,7 +478,8 @@ def bench_gpu(ckpt: str) -> dict:
 def table(results: dict) -> str:
     rows = [("metric", "value", "goal", "met")]
     for key in ("encoder_clips_per_s", "encoder_best_batch_size", "pipeline_clips_per_s", "pipeline_over_encoder",
-                "naive_clips_per_s", "pipeline_over_naive", "das_overhead", "rescore_over_read",
+                "naive_clips_per_s", "pipeline_over_naive", "pipeline_over_naive_ceiling", "das_overhead",
+                "rescore_over_read",
                 "rescore_over_read_10_classes", "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s",
                 "decode_per_core", "decode_scaling", "pipeline_startup_s", "text_prefix_speedup",
                 "topk_argpartition_speedup", "label_columns_vectorised_speedup", "gpu_clips_per_s"):
