@@ -55,7 +55,7 @@ class Sizes:
     rescore_rows: int
 
 
-FULL = Sizes(clips=240, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
+FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
              cache_classes=527, cache_phrases=8, long_minutes=60, decode_files=12, decode_seconds=300,
              rescore_rows=200_000)
 SMOKE = Sizes(clips=8, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
