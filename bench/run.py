@@ -139,7 +139,24 @@ def bench_encoder(ckpt: str, sizes: Sizes, threads: int) -> dict:
         gc.collect()
     best = max(per_bs, key=per_bs.get)
     return {"encoder_clips_per_s": per_bs[best], "encoder_best_batch_size": best,
+            "encoder_profile_shares": profile_encoder(ckpt, windows[:4]),
             "encoder_clips_per_s_by_batch": {str(k): v for k, v in per_bs.items()}, "torch_threads": threads}
+
+
+def profile_encoder(ckpt: str, windows: np.ndarray) -> dict[str, float]:
+    """Share of the encoder's CPU time per operator (torch.profiler, self time), the largest eight."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from das_core.encoder import ClapEncoder
+
+    enc = ClapEncoder.from_checkpoint(ckpt, max_batch_size=len(windows), batch_invariant=True)
+    enc.embed_audio(windows)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        enc.embed_audio(windows)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return {e.key: e.self_cpu_time_total / total for e in top}
 
 
 def make_cache(ckpt: str, labels: list[str], phrases: list[str]):
