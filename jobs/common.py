@@ -66,6 +66,18 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         return 130
 
 
+def job_main(argv: list[str] | None, prog: str, build_parser, config_from_args, run) -> int:
+    """The ``main`` of a job whose work is ``run(config_from_args(parsed arguments))``."""
+    args = build_parser(prog).parse_args(argv)
+    apply_common_options(args)
+
+    def body() -> int:
+        run(config_from_args(args))
+        return 0
+
+    return run_main(prog, body)
+
+
 def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
 

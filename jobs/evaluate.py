@@ -97,10 +97,9 @@ from jobs.common import (
     JobFailed,
     UsageError,
     add_common_options,
-    apply_common_options,
+    job_main,
     log,
     read_lines_from,
-    run_main,
 )
 
 DEFAULT_SNRS = "clean,20,10,5,0,-5"
@@ -928,14 +927,7 @@ def _print_summary(p: Plan, ev: Evaluation, conditions: Sequence[ConditionData],
 
 
 def main(argv: list[str] | None = None, prog: str = "das evaluate") -> int:
-    args = build_parser(prog).parse_args(argv)
-    apply_common_options(args)
-
-    def body() -> int:
-        run(config_from_args(args))
-        return 0
-
-    return run_main(prog, body)
+    return job_main(argv, prog, build_parser, config_from_args, run)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ from jobs.common import (
     JobFailed,
     UsageError,
     add_common_options,
-    apply_common_options,
     init_ray,
+    job_main,
     log,
-    run_main,
     worker_env,
 )
 
@@ -142,7 +141,7 @@ def plan(c: LabelConfig) -> Plan:
     """Everything that can be refused is refused here, before any decoding or encoding."""
     from das_core import checkpoint as ckpt
     from das_core.cache import DriftCache
-    from das_core.results import OutputStore
+    from das_core.results import MANIFEST, OutputStore
 
     _check_arguments(c)
     store = OutputStore(c.out)
@@ -168,7 +167,7 @@ def plan(c: LabelConfig) -> Plan:
     todo = inputs
     if c.resume and store.has_output():
         if previous is None:
-            raise UsageError(f"output {c.out} has results but no {_manifest_name()}: it was not written by "
+            raise UsageError(f"output {c.out} has results but no {MANIFEST}: it was not written by "
                              f"das label; use --overwrite or another --out")
         settings = _settings(c, cache, checkpoint_id)
         changed = [k for k in RESUME_KEYS if previous.get("settings", {}).get(k) != settings[k]]
@@ -184,12 +183,6 @@ def plan(c: LabelConfig) -> Plan:
         log.info("resuming: %d of %d files already committed, %d to do", len(inputs) - len(todo), len(inputs),
                  len(todo))
     return Plan(c, store, cache, checkpoint_id, info, inputs, todo, noise_uris, previous)
-
-
-def _manifest_name() -> str:
-    from das_core.results import MANIFEST
-
-    return MANIFEST
 
 
 def _settings(c: LabelConfig, cache, checkpoint_id: str) -> dict:
@@ -336,14 +329,7 @@ def _print_summary(manifest: dict, out: str, wall: float, segments_now: int, n_i
 
 
 def main(argv: list[str] | None = None, prog: str = "das label") -> int:
-    args = build_parser(prog).parse_args(argv)
-    apply_common_options(args)
-
-    def body() -> int:
-        run(config_from_args(args))
-        return 0
-
-    return run_main(prog, body)
+    return job_main(argv, prog, build_parser, config_from_args, run)
 
 
 if __name__ == "__main__":

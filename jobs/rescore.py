@@ -65,10 +65,9 @@ from jobs.common import (
     JobFailed,
     UsageError,
     add_common_options,
-    apply_common_options,
     init_ray,
+    job_main,
     log,
-    run_main,
     worker_env,
 )
 
@@ -508,14 +507,7 @@ def _print_summary(manifest: dict, p: Plan, wall: float, scoring_s: float) -> No
 
 
 def main(argv: list[str] | None = None, prog: str = "das rescore") -> int:
-    args = build_parser(prog).parse_args(argv)
-    apply_common_options(args)
-
-    def body() -> int:
-        run(config_from_args(args))
-        return 0
-
-    return run_main(prog, body)
+    return job_main(argv, prog, build_parser, config_from_args, run)
 
 
 if __name__ == "__main__":
