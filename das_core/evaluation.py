@@ -61,18 +61,13 @@ def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from das_core.results import FILES_DIR, SEGMENTS_DIR, embeddings_to_numpy
+    from das_core.results import FILES_DIR, SEGMENTS_DIR, OutputStore, embeddings_to_numpy
 
-    # one listing of the store (each storage call is a round trip on S3)
-    listed = storage.list_files(uri, (".parquet",)) if storage.exists(uri) else []
-    by_dir: dict[str, dict[str, str]] = {FILES_DIR: {}, SEGMENTS_DIR: {}}
-    for u in listed:
-        folder, name = u.rsplit("/", 2)[-2:]
-        if folder in by_dir:
-            by_dir[folder][name] = u
+    store = OutputStore(uri)
+    committed, _ = store.part_names()
     index = {fid: i for i, fid in enumerate(ids)}
     file_tables = [pq.read_table(io.BytesIO(storage.read_bytes(u)), columns=["file_id", "status", "error"])
-                   for _, u in sorted(by_dir[FILES_DIR].items())]
+                   for u in (store.path(FILES_DIR, name) for name in committed)]
     files = pa.concat_tables(file_tables).to_pydict() if file_tables else {"file_id": [], "status": [], "error": []}
     ok = np.zeros(len(ids), dtype=bool)
     seen = np.zeros(len(ids), dtype=bool)
@@ -91,8 +86,7 @@ def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     if not seen.all():
         absent = [ids[i] for i in np.flatnonzero(~seen)]
         raise EvaluationError(f"{uri} has no result for {len(absent)} file(s), e.g. {absent[0]!r}: rerun das evaluate")
-    # a segments part counts only once its files part exists (the label job's commit protocol)
-    parts = [u for name, u in sorted(by_dir[SEGMENTS_DIR].items()) if name in by_dir[FILES_DIR]]
+    parts = [store.path(SEGMENTS_DIR, name) for name in committed]
     columns = ["file_id", "segment", "embedding", "noise_source"]
     tables = [pq.read_table(io.BytesIO(storage.read_bytes(u)), columns=columns) for u in parts]
     ok_ids = pa.array([ids[i] for i in np.flatnonzero(ok)], pa.string())

@@ -192,7 +192,7 @@ class EncodeAndScore:
 DECODE_MEMORY_BYTES = 768 * 2**20
 # Ray Data gathers a task's output into blocks of up to this size (default 128 MiB, ~130 windows): smaller
 # blocks keep a decode worker's memory flat however long the file and stream windows to the encoder sooner;
-# much smaller ones cost throughput (measured on 2 cores: 16 MiB 0.74, 32 MiB 0.82 of perfect decode scaling).
+# much smaller ones cost throughput (decode_scaling in `make bench`: 16 MiB 0.72, 32 MiB 0.83-0.86).
 BLOCK_BYTES = 32 * 2**20
 ROWS_PER_CALL = 16
 
@@ -204,8 +204,8 @@ def configure_data_context() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.target_max_block_size = BLOCK_BYTES
     # Ray Data reserves part of the cluster for each operator; with a fixed actor pool beside one task
-    # operator that reservation only idles CPUs the decode tasks could use (measured: decode-stage
-    # throughput on 2 cores rose from 0.57 to 0.77 of perfect scaling without it).
+    # operator that reservation only idles CPUs the decode tasks could use (decode_scaling in `make bench`
+    # rose from 0.57 to 0.72 without it).
     ctx.op_resource_reservation_enabled = False
 
 

@@ -231,18 +231,6 @@ def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: lis
 
 # ------------------------------------------------------------------ the label output, earlier runs, watermark
 
-def committed_parts(embeddings: str) -> tuple[list[str], list[str]]:
-    """Names of the committed parts of a label output, and of the uncommitted ones (segments without files)."""
-    def names(sub: str) -> set[str]:
-        base = storage.join(embeddings, sub)
-        if not storage.exists(base):
-            return set()
-        return {u.rsplit("/", 1)[-1] for u in storage.list_files(base, (".parquet",))}
-
-    files, segments = names(FILES_DIR), names(SEGMENTS_DIR)
-    return sorted(files), sorted(segments - files)
-
-
 def list_runs(out: str) -> list[dict]:
     """Manifests of the rescore runs under ``out`` (``run_id=*/_manifest.json``), unreadable ones skipped."""
     fs, path = storage.filesystem(out)
@@ -346,7 +334,7 @@ def plan(c: RescoreConfig) -> Plan:
         raise UsageError(f"{run_uri} already holds a rescore run (status: {status}); choose another --run-id or pass "
                          f"--overwrite to replace it")
 
-    committed, uncommitted = committed_parts(c.embeddings)
+    committed, uncommitted = OutputStore(c.embeddings).part_names()
     if uncommitted:
         log.info("ignoring %d uncommitted part(s) of %s (segments without files: an interrupted label commit)",
                  len(uncommitted), c.embeddings)
