@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from das_core import storage
 
@@ -33,36 +36,86 @@ def normalise_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple
     return out
 
 
-def _relative(uri: str, root: str) -> str:
-    root = root.rstrip("/")
-    return uri[len(root):].lstrip("/") if uri.startswith(root + "/") else uri
+def normalise_uri(uri: str) -> str:
+    """One spelling per location (``archive/``, ``./archive`` and its absolute path are the same input)."""
+    if storage.is_s3(uri):
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri))
 
 
-def list_inputs(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> list[InputFile]:
-    """The files to label, sorted by path, with unique ids.
+@dataclass
+class Skipped:
+    """Objects under the input that are not labelled: counted by reason, with a few examples each."""
 
-    A folder or prefix is listed recursively and filtered by extension; the
-    id is the path relative to it. A ``.csv``/``.parquet`` file is a manifest
-    with a ``path`` column (relative paths are taken from the manifest's
-    folder) and an optional unique ``id`` column. A single audio file is a
-    one-file input.
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, uri: str, keep: int = 3) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < keep:
+            shown.append(uri)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "by_reason": dict(sorted(self.counts.items())), "examples": self.examples}
+
+
+INPUT_SCHEMA = pa.schema([pa.field("file_id", pa.string()), pa.field("path", pa.string()),
+                          pa.field("size", pa.int64())])
+
+
+def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> tuple[pa.Table, Skipped]:
+    """The files to label as a table (``file_id``, ``path``, ``size``; sorted by path), and what was skipped.
+
+    A folder or prefix is listed recursively; names with a part starting with
+    ``.`` or ``_`` and names without one of ``extensions`` are skipped (and
+    counted). The id is the path relative to the folder. A ``.csv``/``.parquet``
+    file is a manifest with a ``path`` column (relative paths are taken from the
+    manifest's folder) and an optional unique ``id`` column; sizes are then
+    unknown. A single audio file is a one-file input.
     """
-    lower = uri.lower()
-    if lower.endswith(MANIFEST_EXTENSIONS):
-        return _read_manifest(uri)
+    skipped = Skipped()
+    if uri.lower().endswith(MANIFEST_EXTENSIONS):
+        return _read_manifest(uri), skipped
+    uri = normalise_uri(uri)
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         raise InputError(f"input {uri} does not exist")
     if fs.isfile(path):
-        return [InputFile(posixpath.basename(path), uri)]
-    files = [InputFile(_relative(u, uri), u) for u in storage.list_files(uri, extensions)]
-    if not files:
-        raise InputError(f"no audio files under {uri} (extensions: {', '.join(extensions)}); "
-                         f"use --extensions to choose others")
-    return files
+        size = fs.info(path).get("size")
+        return pa.table({"file_id": [posixpath.basename(path)], "path": [uri], "size": [size]},
+                        schema=INPUT_SCHEMA), skipped
+    root = path.rstrip("/")
+    wanted = tuple(e.lower() for e in extensions)
+    ids, paths, sizes = [], [], []
+    for entry, info in sorted(fs.find(root, detail=True).items()):
+        rel = entry[len(root):].lstrip("/")
+        full = storage.to_uri(fs, entry, uri)
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            skipped.add("hidden", full)
+        elif not rel.lower().endswith(wanted):
+            skipped.add("extension", full)
+        else:
+            ids.append(rel)
+            paths.append(full)
+            sizes.append(info.get("size"))
+    if not ids:
+        raise InputError(f"no audio files under {uri} (extensions: {', '.join(extensions)}; "
+                         f"{skipped.total} other object(s) skipped); use --extensions to choose others")
+    return pa.table({"file_id": ids, "path": paths, "size": sizes}, schema=INPUT_SCHEMA), skipped
 
 
-def _read_manifest(uri: str) -> list[InputFile]:
+def list_inputs(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> list[InputFile]:
+    """``list_input_table`` as ``InputFile`` objects (for short lists: noise recordings, datasets)."""
+    table, _ = list_input_table(uri, extensions)
+    return [InputFile(i, p) for i, p in zip(table.column("file_id").to_pylist(), table.column("path").to_pylist())]
+
+
+def _read_manifest(uri: str) -> pa.Table:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -80,20 +133,25 @@ def _read_manifest(uri: str) -> list[InputFile]:
         raise InputError(f"manifest {uri} cannot be read: {exc}") from None
     if "path" not in table.column_names:
         raise InputError(f"manifest {uri} has no 'path' column (columns: {', '.join(table.column_names)})")
-    paths = [str(p) if p is not None else "" for p in table.column("path").to_pylist()]
-    ids = [str(i) for i in table.column("id").to_pylist()] if "id" in table.column_names else None
+    paths = table.column("path").cast(pa.string())
+    if paths.null_count or pc.any(pc.equal(pc.utf8_trim_whitespace(paths), "")).as_py():
+        row = next(i for i, p in enumerate(paths.to_pylist()) if p is None or not p.strip())
+        raise InputError(f"manifest {uri}, row {row + 1}: empty path")
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
-    out = []
-    for row, p in enumerate(paths):
-        if not p.strip():
-            raise InputError(f"manifest {uri}, row {row + 1}: empty path")
-        full = p if (storage.is_s3(p) or os.path.isabs(p)) else storage.join(base, p)
-        out.append(InputFile(ids[row] if ids else p, full))
-    seen: set[str] = set()
-    for f in out:
-        if f.file_id in seen:
-            raise InputError(f"manifest {uri}: id {f.file_id!r} appears more than once")
-        seen.add(f.file_id)
-    if not out:
+    if not storage.is_s3(base):
+        base = os.path.abspath(base)
+    absolute = pc.or_(pc.starts_with(paths, "s3://"), pc.or_(pc.starts_with(paths, "s3a://"),
+                                                                pc.starts_with(paths, "/")))
+    joined = pc.binary_join_element_wise(pa.scalar(base.rstrip("/")), paths, "/")
+    full = pc.if_else(absolute, paths, joined)
+    ids = table.column("id").cast(pa.string()) if "id" in table.column_names else paths
+    if ids.null_count:
+        raise InputError(f"manifest {uri}: the 'id' column has empty values")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dup = next(c["values"] for c in counts.to_pylist() if c["counts"] > 1)
+        raise InputError(f"manifest {uri}: id {dup!r} appears more than once")
+    if not len(ids):
         raise InputError(f"manifest {uri} lists no files")
-    return sorted(out, key=lambda f: (f.path, f.file_id))
+    out = pa.table({"file_id": ids, "path": full, "size": pa.nulls(len(ids), pa.int64())}, schema=INPUT_SCHEMA)
+    return out.sort_by([("path", "ascending"), ("file_id", "ascending")])

@@ -1,28 +1,33 @@
-"""The output tables of ``das label`` / ``das rescore``, and how they are committed.
+"""The on-disk format of ``das label`` / ``das rescore`` output: the one module that knows it.
 
 Layout under an output URI::
 
-    segments/part-<id>.parquet   one row per 10 s window (embedding included)
-    files/part-<id>.parquet      one row per input file, ok or error
-    _manifest.json               settings, fingerprints and counts of the run
+    segments/part-<unit>-c<chunk>.parquet   one row per 10 s window (embedding included)
+    files/part-<unit>-c<chunk>.parquet      one row per input file held whole by that chunk, ok or error
+    files/part-<unit>-end.parquet           the unit's commit mark: rows of its files that span chunks
+    pieces/part-<unit>-c<chunk>.parquet     transient: per-chunk maxima of spanning files (deleted at the end)
+    _work/units.parquet                     the work manifest (das_core.units)
+    _manifest.json                          settings, fingerprints, counts and run history
 
-Commit protocol: results are written in groups of whole files. A group's
-``segments`` part is written first, then its ``files`` part; each object
-appears atomically (rename or a single S3 PUT). A ``files`` row therefore
-means the file's segments and embeddings are all there; a ``segments`` part
-without its ``files`` part is an interrupted commit and is deleted on
-``--resume``. ``<id>`` is derived from the file ids in the group, so names are
-deterministic and a retried group overwrites instead of duplicating.
+Commit rule. Each part appears atomically (rename, or a single S3 PUT). A
+chunk's ``segments`` part is written before its ``files`` part, and a unit's
+``end`` part only once every chunk of the unit is written, so a ``files`` row
+always means that the file's windows are all there. A unit is **committed**
+when its ``end`` part exists: readers (rescore, evaluate, search) read only
+committed units, and ``--resume`` redoes every unit that is not, after
+deleting whatever parts it left. Names derive from the unit and chunk, which
+the work manifest and the audio fix, so a retried unit overwrites instead of
+duplicating. ``das rescore`` writes ``part-<unit>-all`` (segments) and
+``part-<unit>-end`` (files) under the same rule.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +40,10 @@ from das_core.scoring import Labelled, label_files
 
 SEGMENTS_DIR = "segments"
 FILES_DIR = "files"
+PIECES_DIR = "pieces"
 MANIFEST = "_manifest.json"
+FORMAT_VERSION = 2          # 1: das 0.1 (parts named by a hash of their file ids, no units)
+END_TAG = "end"
 
 OK = "ok"
 ERROR = "error"
@@ -79,40 +87,9 @@ FILES_SCHEMA = pa.schema([
     pa.field("duration_s", pa.float64()),
     pa.field("sample_rate", pa.int32()),
     pa.field("channels", pa.int32()),
+    pa.field("decoder", pa.string()),
     *_label_fields(),
 ])
-
-# What flows from the decode stage to the encoder: window rows (kind="segment", audio = int16 bytes).
-# The row that closes a file (closes_file=True) carries the file's outcome; it is the file's last window,
-# or a row of kind="file" without audio when the file has no window or failed after its last window.
-STREAM_SCHEMA = pa.schema([
-    pa.field("kind", pa.string()),
-    pa.field("closes_file", pa.bool_()),
-    pa.field("file_id", pa.string()),
-    pa.field("path", pa.string()),
-    pa.field("segment", pa.int32()),
-    pa.field("start_s", pa.float64()),
-    pa.field("end_s", pa.float64()),
-    pa.field("audio", pa.large_binary()),
-    pa.field("snr_db", pa.float64()),
-    pa.field("seed", pa.int64()),
-    pa.field("noise_source", pa.string()),
-    pa.field("status", pa.string()),
-    pa.field("error", pa.string()),
-    pa.field("error_kind", pa.string()),
-    pa.field("n_emitted", pa.int32()),
-    pa.field("duration_s", pa.float64()),
-    pa.field("sample_rate", pa.int32()),
-    pa.field("channels", pa.int32()),
-])
-
-
-def encoded_schema(embedding_dtype: str) -> pa.Schema:
-    """The encoder stage's output: the stream without audio, plus embedding and window labels."""
-    fields = [f for f in STREAM_SCHEMA if f.name != "audio"]
-    return pa.schema(fields + [pa.field("embedding", pa.list_(EMBEDDING_TYPES[embedding_dtype]))]
-                     + _label_fields())
-
 
 def _null_mask(n: int, rows: np.ndarray) -> np.ndarray:
     mask = np.ones(n, dtype=bool)
@@ -183,9 +160,18 @@ def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values.astype(np.float32).reshape(len(column), -1)
 
 
-def part_name(file_ids: Iterable[str]) -> str:
-    digest = hashlib.sha1("\n".join(sorted(file_ids)).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
+_PART = re.compile(r"^part-(u\d+)-(c\d+|end|all)\.parquet$")
+
+
+def part_name(unit: str, tag: str | int) -> str:
+    """``part-<unit>-c<chunk>.parquet`` for a chunk index, ``part-<unit>-<tag>.parquet`` otherwise."""
+    return f"part-{unit}-{f'c{tag:05d}' if isinstance(tag, int) else tag}.parquet"
+
+
+def parse_part_name(name: str) -> tuple[str, str] | None:
+    """``(unit, tag)`` of a part name, None for anything else."""
+    m = _PART.match(name)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def table_to_bytes(table: pa.Table) -> bytes:
@@ -216,73 +202,35 @@ class FileOutcome:
     duration_s: float | None
     sample_rate: int | None
     channels: int | None
+    decoder: str | None = None
 
 
-@dataclass
-class Assembler:
-    """Collects the encoder's streamed rows until each file is whole.
-
-    A file is complete once its closing row has arrived and so have all the
-    window rows it announced (``n_emitted``); windows of a file that failed
-    part-way are dropped then.
-    """
-
-    pending: list[pa.Table] = field(default_factory=list)
-    arrived: Counter = field(default_factory=Counter)
-    outcomes: dict[str, FileOutcome] = field(default_factory=dict)
-    complete: list[str] = field(default_factory=list)
-    _done: set[str] = field(default_factory=set)
-
-    def add(self, batch: pa.Table) -> None:
-        kinds = batch.column("kind").to_pylist()
-        ids = batch.column("file_id").to_pylist()
-        closes = batch.column("closes_file").to_pylist()
-        closing = [i for i, c in enumerate(closes) if c]
-        n_windows = 0
-        for i, k in enumerate(kinds):
-            if k == "segment":
-                self.arrived[ids[i]] += 1
-                n_windows += 1
-        if n_windows:
-            self.pending.append(batch.filter(pc.equal(batch.column("kind"), "segment"))
-                                if n_windows < len(kinds) else batch)
-        if closing:
-            rows = batch.select(["file_id", "path", "status", "error", "error_kind", "n_emitted", "duration_s",
-                                 "sample_rate", "channels"]).take(closing).to_pylist()
-            for r in rows:
-                self.outcomes[r["file_id"]] = FileOutcome(
-                    r["file_id"], r["path"], r["status"], r["error"], r["error_kind"], r["n_emitted"] or 0,
-                    r["duration_s"], r["sample_rate"], r["channels"])
-        for fid in set(ids):
-            out = self.outcomes.get(fid)
-            if out is not None and fid not in self._done and self.arrived[fid] == out.n_emitted:
-                self._done.add(fid)
-                self.complete.append(fid)
-
-    @property
-    def n_complete(self) -> int:
-        return len(self.complete)
-
-    def take_complete(self, limit: int | None = None) -> tuple[list[FileOutcome], pa.Table | None]:
-        """Hand over (at most ``limit``) complete files and their window rows; keep the rest pending."""
-        if not self.complete:
-            return [], None
-        taken = self.complete[:limit] if limit else self.complete
-        self.complete = self.complete[len(taken):]
-        ids = pa.array(taken, type=pa.string())
-        outcomes = [self.outcomes.pop(fid) for fid in taken]
-        for fid in taken:
-            self.arrived.pop(fid, None)
-        if not self.pending:
-            return outcomes, None
-        table = pa.concat_tables(self.pending)
-        mask = pc.is_in(table.column("file_id"), value_set=ids)
-        rest = table.filter(pc.invert(mask))
-        self.pending = [rest] if len(rest) else []
-        return outcomes, table.filter(mask)
-
-    def unfinished(self) -> list[str]:
-        return sorted(set(self.arrived) | set(self.outcomes))
+def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: dict[str, int]) -> pa.Table:
+    """The ``files`` rows of ``outcomes`` in (path, file_id) order; ``lab`` labels the ok ones, in the order
+    they have in ``outcomes``; ``n_segments`` counts each ok file's windows."""
+    ok_order = [i for i, o in enumerate(outcomes) if o.status == OK]
+    rank = {i: r for r, i in enumerate(ok_order)}
+    order = sorted(range(len(outcomes)), key=lambda i: (outcomes[i].path, outcomes[i].file_id))
+    ordered = [outcomes[i] for i in order]
+    cols = {
+        "file_id": pa.array([o.file_id for o in ordered], pa.string()),
+        "path": pa.array([o.path for o in ordered], pa.string()),
+        "status": pa.array([o.status for o in ordered], pa.string()),
+        "error": pa.array([o.error for o in ordered], pa.string()),
+        "error_kind": pa.array([o.error_kind for o in ordered], pa.string()),
+        "n_segments": pa.array([n_segments.get(o.file_id, 0) if o.status == OK else 0 for o in ordered], pa.int32()),
+        "duration_s": pa.array([o.duration_s for o in ordered], pa.float64()),
+        "sample_rate": pa.array([o.sample_rate for o in ordered], pa.int32()),
+        "channels": pa.array([o.channels for o in ordered], pa.int32()),
+        "decoder": pa.array([o.decoder for o in ordered], pa.string()),
+    }
+    ok_positions = np.array([p for p, i in enumerate(order) if i in rank], dtype=np.int64)
+    if lab is not None and len(ok_positions):
+        lab = lab.take(np.array([rank[i] for i in order if i in rank], dtype=np.int64))
+    else:
+        lab = None
+    cols.update(labelled_columns(lab, len(ordered), ok_positions))
+    return pa.table(cols, schema=FILES_SCHEMA)
 
 
 def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: DriftCache, top_k: int,
@@ -304,37 +252,50 @@ def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: D
     else:
         segs = seg_schema.empty_table()
     index = {fid: i for i, fid in enumerate(ok_ids)}
-    n_segments = Counter(segs.column("file_id").to_pylist())
     file_lab = None
     if ok_ids:
         owner = np.array([index[f] for f in segs.column("file_id").to_pylist()], dtype=np.int64)
         kept = (scores[0][rows], scores[1][rows]) if scores is not None and rows is not None else None
         file_lab = label_files(embeddings_to_numpy(segs.column("embedding")), owner, len(ok_ids), cache, top_k,
                                scores=kept)
-    order = sorted(range(len(outcomes)), key=lambda i: (outcomes[i].path, outcomes[i].file_id))
-    outcomes = [outcomes[i] for i in order]
-    rows = np.array([index[o.file_id] for o in outcomes if o.status == OK], dtype=np.int64)
-    ok_positions = np.array([i for i, o in enumerate(outcomes) if o.status == OK], dtype=np.int64)
-    cols = {
-        "file_id": pa.array([o.file_id for o in outcomes], pa.string()),
-        "path": pa.array([o.path for o in outcomes], pa.string()),
-        "status": pa.array([o.status for o in outcomes], pa.string()),
-        "error": pa.array([o.error for o in outcomes], pa.string()),
-        "error_kind": pa.array([o.error_kind for o in outcomes], pa.string()),
-        "n_segments": pa.array([n_segments.get(o.file_id, 0) if o.status == OK else 0 for o in outcomes], pa.int32()),
-        "duration_s": pa.array([o.duration_s for o in outcomes], pa.float64()),
-        "sample_rate": pa.array([o.sample_rate for o in outcomes], pa.int32()),
-        "channels": pa.array([o.channels for o in outcomes], pa.int32()),
-    }
-    if file_lab is not None:
-        file_lab = file_lab.take(rows)
-    cols.update(labelled_columns(file_lab, len(outcomes), ok_positions))
-    files = pa.table(cols, schema=FILES_SCHEMA)
-    return segs, files
+    return segs, files_table(outcomes, file_lab, Counter(segs.column("file_id").to_pylist()))
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+
+
+@dataclass
+class StoreListing:
+    """Part names per folder from one listing of an output (each storage call is a round trip on S3)."""
+
+    names: dict[str, set[str]]
+
+    def units(self, folder: str) -> dict[str, list[str]]:
+        by_unit: dict[str, list[str]] = {}
+        for name in sorted(self.names.get(folder, ())):
+            parsed = parse_part_name(name)
+            if parsed:
+                by_unit.setdefault(parsed[0], []).append(name)
+        return by_unit
+
+    def committed_units(self) -> list[str]:
+        """Units whose ``end`` part exists (the commit rule)."""
+        return sorted(u for u, names in self.units(FILES_DIR).items() if part_name(u, END_TAG) in names)
+
+    def parts_of(self, unit: str, folder: str) -> list[str]:
+        return self.units(folder).get(unit, [])
+
+    def has_parts(self) -> bool:
+        return any(self.names.values())
+
+    def legacy_parts(self) -> list[str]:
+        """Parquet parts that do not follow the unit naming (das 0.1 output)."""
+        return sorted(n for f in (FILES_DIR, SEGMENTS_DIR) for n in self.names.get(f, ()) if not parse_part_name(n))
 
 
 class OutputStore:
-    """Reads and commits parts under one output URI (see the module docstring)."""
+    """Reads and writes parts under one output URI (see the module docstring)."""
 
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/") if not uri.endswith("://") else uri
@@ -342,33 +303,18 @@ class OutputStore:
     def path(self, *parts: str) -> str:
         return storage.join(self.uri, *parts)
 
-    def _parts(self, sub: str) -> list[str]:
-        base = self.path(sub)
-        if not storage.exists(base):
-            return []
-        return [u for u in storage.list_files(base, (".parquet",))]
-
-    def part_names(self) -> tuple[list[str], list[str]]:
-        """Names of the committed parts and of the uncommitted ones (a segments part without its files part),
-        from one listing of the store (each storage call is a round trip on S3). The commit protocol lives here."""
-        found: dict[str, set[str]] = {FILES_DIR: set(), SEGMENTS_DIR: set()}
+    def listing(self) -> StoreListing:
+        names: dict[str, set[str]] = {FILES_DIR: set(), SEGMENTS_DIR: set(), PIECES_DIR: set()}
         if storage.exists(self.uri):
             root = self.uri.rstrip("/") + "/"
             for u in storage.list_files(self.uri, (".parquet",)):
                 folder, _, name = u[len(root):].partition("/")
-                if folder in found and "/" not in name:
-                    found[folder].add(name)
-        files, segments = found[FILES_DIR], found[SEGMENTS_DIR]
-        return sorted(files), sorted(segments - files)
-
-    def is_empty(self) -> bool:
-        if not storage.exists(self.uri):
-            return True
-        fs, path = storage.filesystem(self.uri)
-        return not fs.ls(path)
+                if folder in names and "/" not in name:
+                    names[folder].add(name)
+        return StoreListing(names)
 
     def has_output(self) -> bool:
-        return bool(self._parts(FILES_DIR) or self._parts(SEGMENTS_DIR) or storage.exists(self.path(MANIFEST)))
+        return self.listing().has_parts() or storage.exists(self.path(MANIFEST))
 
     def read_manifest(self) -> dict | None:
         uri = self.path(MANIFEST)
@@ -380,31 +326,43 @@ class OutputStore:
         storage.write_bytes_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
     def remove_all(self) -> None:
-        for sub in (SEGMENTS_DIR, FILES_DIR):
+        for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR, "_work"):
             storage.remove(self.path(sub), recursive=True)
         storage.remove(self.path(MANIFEST))
 
-    def remove_uncommitted(self) -> list[str]:
-        """Delete segments parts whose files part never landed (an interrupted commit)."""
-        orphans = [self.path(SEGMENTS_DIR, name) for name in self.part_names()[1]]
-        for u in orphans:
-            storage.remove(u)
-        return orphans
+    def remove_units(self, units: set[str], listing: StoreListing) -> int:
+        """Delete every part of ``units`` (an interrupted unit is redone whole); how many were deleted."""
+        removed = 0
+        for folder, names in listing.names.items():
+            for name in sorted(names):
+                parsed = parse_part_name(name)
+                if parsed and parsed[0] in units:
+                    storage.remove(self.path(folder, name))
+                    removed += 1
+        return removed
 
-    def read_files(self) -> pa.Table:
-        parts = self._parts(FILES_DIR)
-        if not parts:
-            return FILES_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(u))) for u in parts])
+    def write_part(self, folder: str, name: str, table: pa.Table) -> None:
+        storage.write_bytes_atomic(self.path(folder, name), table_to_bytes(table))
 
-    def committed_ids(self) -> set[str]:
-        return set(self.read_files().column("file_id").to_pylist())
+    def remove_part(self, folder: str, name: str) -> None:
+        storage.remove(self.path(folder, name))
 
-    def commit(self, segments: pa.Table, files: pa.Table) -> str:
-        name = part_name(files.column("file_id").to_pylist())
-        storage.write_bytes_atomic(self.path(SEGMENTS_DIR, name), table_to_bytes(segments))
-        storage.write_bytes_atomic(self.path(FILES_DIR, name), table_to_bytes(files))
-        return name
+    def read_part(self, folder: str, name: str, columns: list[str] | None = None) -> pa.Table:
+        return read_parquet(self.path(folder, name), columns)
+
+    def read_unit(self, unit: str, folder: str, listing: StoreListing, columns: list[str] | None = None
+                  ) -> list[pa.Table]:
+        return [self.read_part(folder, name, columns) for name in listing.parts_of(unit, folder)]
+
+    def read_files(self, units: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+        """The ``files`` rows of the committed units (or of ``units``)."""
+        listing = self.listing()
+        wanted = listing.committed_units() if units is None else units
+        tables = [t for u in wanted for t in self.read_unit(u, FILES_DIR, listing, columns)]
+        if not tables:
+            schema = FILES_SCHEMA if columns is None else pa.schema([FILES_SCHEMA.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.concat_tables(tables, promote_options="permissive")
 
 
 def count_outcomes(files: pa.Table) -> dict:

@@ -85,6 +85,11 @@ def label_windows(embeddings: np.ndarray, cache: DriftCache, k: int,
     return _labelled(das, plain, cache.labels, k)
 
 
+def label_pooled(das_max: np.ndarray, plain_max: np.ndarray, cache: DriftCache, k: int) -> Labelled:
+    """Label files from scores already max-pooled over their windows (pieces of long files pooled apart)."""
+    return _labelled(das_max, plain_max, cache.labels, k)
+
+
 def label_files(embeddings: np.ndarray, file_index: np.ndarray, n_files: int, cache: DriftCache,
                 k: int, scores: tuple[np.ndarray, np.ndarray] | None = None) -> Labelled:
     """Label files by max-pooling their windows' scores; ``file_index[i]`` is window i's file (0..n_files-1).

@@ -1,0 +1,257 @@
+"""A ``das label`` run without Ray: its settings, its plan, the resume rule, its manifest and its counts.
+
+The job (``jobs/label.py``) parses arguments into a ``LabelConfig``, calls
+``plan_run``, runs the Ray pipeline over the plan's units and feeds each
+chunk's statistics to ``RunCounts``; everything that can be refused is refused
+by ``plan_run`` before any audio is decoded or any model loaded.
+
+Resume rule: ``--resume`` continues the run whose work manifest is in OUT.
+It needs the same settings (``RESUME_KEYS``: what changes the rows), redoes
+every unit that is not committed (after deleting what it left), and never
+re-lists the input: the run is the units it planned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from das_core import __version__
+from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
+from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
+from das_core.results import FORMAT_VERSION, MANIFEST, OutputStore, count_outcomes
+from das_core.units import plan_units, read_work_manifest
+
+DEFAULT_TOP_K = 5
+DEFAULT_BATCH_SIZE = 16
+
+# Settings that must not change between a run and its --resume: each changes the rows.
+# batch_size and precision fix the encoder's floating-point path, so they are part of "exactly the same rows".
+RESUME_KEYS = ("input", "cache_fingerprint", "checkpoint_fingerprint", "snr_db", "seed", "noise", "top_k",
+               "embedding_dtype", "batch_size", "precision")
+
+
+class RunRefused(Exception):
+    """A label run that cannot start as asked; the message says what to do."""
+
+
+@dataclass
+class LabelConfig:
+    input: str
+    cache: str
+    checkpoint: str
+    out: str
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    snr_db: float | None = None
+    noise: str | None = None
+    seed: int = 0
+    num_gpus: float = 0.0
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    top_k: int = DEFAULT_TOP_K
+    embedding_dtype: str = "float16"
+    precision: str = "fp32"
+    resume: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+    max_error_fraction: float = 0.1
+    files_per_unit: int = 64
+    unit_bytes: int = 512 * 2**20
+    chunk_windows: int = 32
+    torch_threads: int | None = None
+    tokenizer_dir: str | None = None
+    progress_every_s: float = 15.0
+    manifest_every_s: float = 60.0
+
+    def check(self) -> None:
+        """Refuse contradictory or out-of-range settings (before any I/O)."""
+        if self.resume and self.overwrite:
+            raise RunRefused("--resume and --overwrite exclude each other")
+        if (self.snr_db is None) != (self.noise is None):
+            raise RunRefused("--snr-db and --noise go together: give both to mix noise, or neither")
+        if self.snr_db is not None and not (math.isfinite(self.snr_db) and -60 <= self.snr_db <= 120):
+            raise RunRefused(f"--snr-db {self.snr_db} is outside -60..120 dB")
+        if self.num_gpus < 0 or (self.actors is not None and self.actors < 1):
+            raise RunRefused("--num-gpus must be >= 0 and --actors >= 1")
+        for name in ("batch_size", "top_k", "files_per_unit", "chunk_windows"):
+            if getattr(self, name) < 1:
+                raise RunRefused(f"--{name.replace('_', '-')} must be at least 1")
+        if self.unit_bytes < 1:
+            raise RunRefused("--unit-mib must be positive")
+        if not 0.0 <= self.max_error_fraction <= 1.0:
+            raise RunRefused("--max-error-fraction must be between 0 and 1")
+
+    @property
+    def windows_per_chunk(self) -> int:
+        """Whole encoder batches per chunk, so that a chunk costs no padded forward pass but its last."""
+        return self.batch_size * -(-self.chunk_windows // self.batch_size)
+
+
+@dataclass
+class LabelPlan:
+    config: LabelConfig
+    store: OutputStore
+    cache: object
+    checkpoint_id: str
+    checkpoint_info: dict
+    units: pa.Table                     # every unit of the run (the work manifest)
+    todo: pa.Table                      # the units this invocation labels
+    n_inputs: int
+    skipped: Skipped
+    noise_uris: tuple[str, ...]
+    previous: dict | None
+    prior_counts: dict                  # counts of the committed units (resume)
+    write_work_manifest: bool           # a new plan (not a resume of a planned one)
+
+    @property
+    def todo_files(self) -> int:
+        return int(pc.sum(pc.list_value_length(self.todo.column("file_ids"))).as_py() or 0)
+
+
+def settings_of(c: LabelConfig, cache_fingerprint: str, checkpoint_id: str) -> dict:
+    return {"input": normalise_uri(c.input), "cache_fingerprint": cache_fingerprint,
+            "checkpoint_fingerprint": checkpoint_id, "snr_db": c.snr_db, "seed": c.seed,
+            "noise": normalise_uri(c.noise) if c.noise else None, "top_k": c.top_k,
+            "embedding_dtype": c.embedding_dtype, "batch_size": c.batch_size, "precision": c.precision}
+
+
+def _list(c: LabelConfig) -> tuple[pa.Table, Skipped, tuple[str, ...]]:
+    try:
+        inputs, skipped = list_input_table(c.input, c.extensions)
+    except InputError as exc:
+        raise RunRefused(str(exc)) from None
+    noise_uris: tuple[str, ...] = ()
+    if c.noise:
+        try:
+            noise_uris = tuple(f.path for f in list_inputs(c.noise))
+        except InputError as exc:
+            raise RunRefused(f"--noise: {exc}") from None
+    return inputs, skipped, noise_uris
+
+
+def plan_run(c: LabelConfig) -> LabelPlan:
+    """Check everything, list the input (or read the planned units back on --resume) and choose the units to do."""
+    from das_core import checkpoint as ckpt
+    from das_core.cache import DriftCache
+
+    c.check()
+    store = OutputStore(c.out)
+    previous = store.read_manifest()
+    has_output = store.has_output()
+    if has_output and not (c.resume or c.overwrite):
+        raise RunRefused(f"output {c.out} already holds results; pass --resume to continue that run or "
+                         f"--overwrite to replace it")
+    cache = DriftCache.load(c.cache)
+    local = ckpt.resolve(c.checkpoint)
+    checkpoint_id = ckpt.fingerprint(local)
+    cache.check_encoder(checkpoint_id, c.checkpoint)
+    info = ckpt.describe(local)
+    settings = settings_of(c, cache.fingerprint, checkpoint_id)
+    units = read_work_manifest(c.out) if c.resume and has_output else None
+    if c.resume and has_output:
+        _check_resumable(c, previous, settings, units)
+    if units is not None:
+        listing = store.listing()
+        committed = set(listing.committed_units())
+        todo = units.filter(pc.invert(pc.is_in(units.column("unit"), pa.array(sorted(committed), pa.string()))))
+        prior = count_outcomes(store.read_files(sorted(committed), ["status", "error_kind", "n_segments"]))
+        noise_uris = tuple(f.path for f in list_inputs(c.noise)) if c.noise else ()
+        n_inputs = int(pc.sum(pc.list_value_length(units.column("file_ids"))).as_py() or 0)
+        skipped = Skipped(**{k: v for k, v in ((previous or {}).get("skipped") or {}).items()
+                             if k in ("counts", "examples")})
+        return LabelPlan(c, store, cache, checkpoint_id, info, units, todo, n_inputs, skipped, noise_uris,
+                         previous, prior, write_work_manifest=False)
+    inputs, skipped, noise_uris = _list(c)
+    units = plan_units(inputs, c.files_per_unit, c.unit_bytes)
+    return LabelPlan(c, store, cache, checkpoint_id, info, units, units, len(inputs), skipped, noise_uris,
+                     previous if c.resume else None, count_outcomes(_empty_files()), write_work_manifest=True)
+
+
+def _empty_files() -> pa.Table:
+    from das_core.results import FILES_SCHEMA
+
+    return FILES_SCHEMA.empty_table()
+
+
+def _check_resumable(c: LabelConfig, previous: dict | None, settings: dict, units: pa.Table | None) -> None:
+    if previous is None:
+        raise RunRefused(f"output {c.out} has results but no {MANIFEST}: it was not written by das label; "
+                         f"use --overwrite or another --out")
+    if previous.get("format_version") != FORMAT_VERSION:
+        raise RunRefused(f"output {c.out} was written by das {previous.get('das_version', '0.1')} in an older "
+                         f"layout; --resume cannot continue it: use --overwrite or another --out")
+    before = previous.get("settings", {})
+    changed = [k for k in RESUME_KEYS if before.get(k) != settings[k]]
+    if changed:
+        raise RunRefused("cannot --resume with different settings (" + ", ".join(
+            f"{k}: was {before.get(k)!r}, now {settings[k]!r}" for k in changed)
+            + "); use --overwrite or another --out")
+
+
+@dataclass
+class RunCounts:
+    """Counts of a run kept up to date from chunk statistics (``files/`` is never read back for them)."""
+
+    files: int = 0
+    ok: int = 0
+    error: int = 0
+    segments: int = 0
+    windows: int = 0
+    errors_by_kind: Counter = field(default_factory=Counter)
+    nodes: set = field(default_factory=set)
+
+    def add(self, stats: dict) -> None:
+        self.ok += stats["files_ok"]
+        self.error += stats["files_error"]
+        self.files += stats["files_ok"] + stats["files_error"]
+        self.segments += stats["segments"]
+        self.windows += stats["windows"]
+        self.errors_by_kind.update(json.loads(stats["errors_by_kind"]))
+        self.nodes.update(n for n in (stats.get("decoded_on"), stats.get("node")) if n)
+
+    def total(self, prior: dict) -> dict:
+        kinds = Counter(prior.get("errors_by_kind") or {})
+        kinds.update(self.errors_by_kind)
+        return {"files": prior["files"] + self.files, "ok": prior["ok"] + self.ok,
+                "error": prior["error"] + self.error, "segments": prior["segments"] + self.segments,
+                "errors_by_kind": dict(sorted(kinds.items()))}
+
+
+def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> dict:
+    """The ``_manifest.json`` of a label run (one schema, read back by rescore, evaluate and --resume)."""
+    c, cache = p.config, p.cache
+    return {
+        "job": "label",
+        "status": status,
+        "das_version": __version__,
+        "format_version": FORMAT_VERSION,
+        "settings": settings_of(c, cache.fingerprint, p.checkpoint_id),
+        "cache": {"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels),
+                  "lam": cache.lam, "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
+                  "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
+        "checkpoint": {"uri": c.checkpoint, "fingerprint": p.checkpoint_id, **p.checkpoint_info},
+        "windows": {"window_s": WINDOW_SECONDS, "hop_s": WINDOW_SECONDS, "min_tail_s": MIN_TAIL_SECONDS,
+                    "file_pooling": "max over windows"},
+        "work": {"units": len(p.units), "inputs": p.n_inputs, "files_per_unit": c.files_per_unit,
+                 "unit_bytes": c.unit_bytes, "chunk_windows": c.windows_per_chunk},
+        "skipped": p.skipped.as_dict(),
+        "counts": counts,
+        "runs": runs,
+    }
+
+
+def new_run_entry(p: LabelPlan) -> dict:
+    return {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "units_to_do": len(p.todo),
+            "files_to_do": p.todo_files}
+
+
+def replace(c: LabelConfig, **changes) -> LabelConfig:
+    return dataclasses.replace(c, **changes)

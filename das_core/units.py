@@ -1,0 +1,250 @@
+"""Work units: how a label run is planned, scheduled, written and resumed.
+
+A **unit** is a group of consecutive input files (sorted by path) bounded by
+count (``files_per_unit``) and by bytes (``unit_bytes``, where the listing
+knows sizes). Planning writes the unit list once, as the Parquet **work
+manifest** ``OUT/_work/units.parquet`` (one row per unit: its id and its
+files' ids and paths); the pipeline reads it back with one read task per
+row group, and ``--resume`` continues exactly the units it lists.
+
+A unit is decoded by one task into **chunks** of at most ``chunk_windows``
+10 s windows (one row each: the int16 audio of its windows plus a small JSON
+description). A file that does not fit in what is left of a chunk starts a
+new one when it would fit there whole; a file longer than a chunk is cut into
+**pieces** along window boundaries, one piece per chunk. So no block, task or
+write ever holds more than ``chunk_windows`` windows, however long the file,
+and chunk boundaries depend only on the unit and its audio: a retried or
+resumed unit gives the same chunks, the same part names and the same rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from das_core import storage
+from das_core.audio import (
+    MISSING,
+    SAMPLE_RATE,
+    UNREADABLE,
+    WINDOW_SAMPLES,
+    AudioDecodeError,
+    AudioStream,
+    quantize_int16,
+    repeat_pad,
+    segment,
+)
+from das_core.noise import NoiseBank
+
+WORK_DIR = "_work"
+WORK_MANIFEST = "units.parquet"
+
+UNIT_SCHEMA = pa.schema([
+    pa.field("unit", pa.string(), nullable=False),
+    pa.field("file_ids", pa.list_(pa.string()), nullable=False),
+    pa.field("paths", pa.list_(pa.string()), nullable=False),
+    pa.field("bytes", pa.int64()),
+])
+
+# What the decode stage hands the encoder: one row per chunk.
+CHUNK_SCHEMA = pa.schema([
+    pa.field("unit", pa.string()),
+    pa.field("chunk", pa.int32()),
+    pa.field("last", pa.bool_()),          # the unit's last chunk
+    pa.field("n_windows", pa.int32()),
+    pa.field("audio", pa.large_binary()),  # n_windows x WINDOW_SAMPLES int16, LAION's quantisation
+    pa.field("meta", pa.string()),         # JSON: ChunkMeta
+])
+
+
+def unit_id(index: int) -> str:
+    return f"u{index:08d}"
+
+
+def plan_units(inputs: pa.Table, files_per_unit: int, unit_bytes: int) -> pa.Table:
+    """Group ``inputs`` (``file_id``, ``path``, optional ``size``; sorted) into units, in order.
+
+    A unit closes at ``files_per_unit`` files, or before a file that would take
+    it past ``unit_bytes`` (a file larger than that is a unit of its own).
+    Unknown sizes count as zero bytes.
+    """
+    n = len(inputs)
+    sizes = (inputs.column("size").fill_null(0).to_numpy().astype(np.int64) if "size" in inputs.column_names
+             else np.zeros(n, dtype=np.int64))
+    unit_of = np.empty(n, dtype=np.int64)
+    unit, count, total = 0, 0, 0
+    for i, size in enumerate(sizes.tolist()):
+        if count and (count >= files_per_unit or total + size > unit_bytes):
+            unit, count, total = unit + 1, 0, 0
+        unit_of[i] = unit
+        count += 1
+        total += size
+    n_units = int(unit_of[-1]) + 1 if n else 0
+    starts = np.searchsorted(unit_of, np.arange(n_units + 1)).astype(np.int32)
+    offsets = pa.array(starts, pa.int32())
+    ids = inputs.column("file_id").combine_chunks()
+    paths = inputs.column("path").combine_chunks()
+    unit_bytes_col = np.add.reduceat(sizes, starts[:-1]) if n_units else np.zeros(0, dtype=np.int64)
+    return pa.table({
+        "unit": pa.array([unit_id(i) for i in range(n_units)], pa.string()),
+        "file_ids": pa.ListArray.from_arrays(offsets, ids),
+        "paths": pa.ListArray.from_arrays(offsets, paths),
+        "bytes": pa.array(unit_bytes_col, pa.int64()),
+    }, schema=UNIT_SCHEMA)
+
+
+def work_manifest_uri(out: str) -> str:
+    return storage.join(out, WORK_DIR, WORK_MANIFEST)
+
+
+def units_per_row_group(n_units: int, target_tasks: int = 4096) -> int:
+    """Units read (and decoded) by one task: one, unless that would mean more than ``target_tasks`` tasks."""
+    return max(1, -(-n_units // target_tasks))
+
+
+def write_work_manifest(out: str, units: pa.Table) -> str:
+    """Write the unit list; one row group is one read task of the pipeline."""
+    buf = io.BytesIO()
+    pq.write_table(units, buf, row_group_size=units_per_row_group(len(units)), compression="zstd")
+    uri = work_manifest_uri(out)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+    return uri
+
+
+def read_work_manifest(out: str) -> pa.Table | None:
+    uri = work_manifest_uri(out)
+    if not storage.exists(uri):
+        return None
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=UNIT_SCHEMA)
+
+
+# ------------------------------------------------------------------ decoding a unit into chunks
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    chunk_windows: int = 32           # 32 int16 windows: a 30 MiB chunk row
+    snr_db: float | None = None
+    seed: int = 0
+    noise_uris: tuple[str, ...] = ()
+
+
+_BANKS: dict[tuple, NoiseBank] = {}
+
+
+def _noise_bank(settings: DecodeSettings) -> NoiseBank | None:
+    """One decoded-noise cache per worker process, reused across tasks."""
+    if settings.snr_db is None:
+        return None
+    key = settings.noise_uris
+    if key not in _BANKS:
+        _BANKS.clear()
+        _BANKS[key] = NoiseBank(list(key))
+    return _BANKS[key]
+
+
+class _Chunk:
+    """The chunk being filled: int16 windows and the JSON description of what they are."""
+
+    def __init__(self, unit: str, index: int, capacity: int):
+        self.unit, self.index, self.capacity = unit, index, capacity
+        self.audio = bytearray()
+        self.windows: list[list] = []     # [file index in files, segment, start_s, end_s, noise_source]
+        self.files: list[dict] = []       # files with windows here, or closing here
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.windows)
+
+    def file_entry(self, file_id: str, path: str, piece: int) -> int:
+        if not self.files or self.files[-1]["file_id"] != file_id:
+            self.files.append({"file_id": file_id, "path": path, "piece": piece, "closes": False})
+        return len(self.files) - 1
+
+    def row(self, last: bool) -> pa.Table:
+        meta = json.dumps({"windows": self.windows, "files": self.files}, separators=(",", ":"))
+        return pa.table({"unit": [self.unit], "chunk": [self.index], "last": [last],
+                         "n_windows": [len(self.windows)], "audio": [bytes(self.audio)], "meta": [meta]},
+                        schema=CHUNK_SCHEMA)
+
+
+def _expected_windows(stream: AudioStream) -> int:
+    from das_core.audio import window_count
+
+    return window_count(int(round(stream.info.duration_s * SAMPLE_RATE)))
+
+
+def decode_unit(unit: str, file_ids: list[str], paths: list[str], settings: DecodeSettings) -> Iterator[pa.Table]:
+    """Decode one unit's files in order into chunk rows (``CHUNK_SCHEMA``), streamed.
+
+    Every file ends in exactly one chunk with ``closes`` and its outcome, however
+    it fails; a unit always yields at least one chunk, the last one with ``last``.
+    """
+    bank = _noise_bank(settings)
+    chunk = _Chunk(unit, 0, settings.chunk_windows)
+    for file_id, path in zip(file_ids, paths):
+        pieces = 0
+        emitted = 0
+        meta: dict = {"duration_s": None, "sample_rate": None, "channels": None, "decoder": None}
+        outcome: dict = {"status": "ok", "error": None, "error_kind": None}
+        try:
+            with storage.open_input(path) as fileobj, AudioStream(fileobj, path) as stream:
+                info = stream.info
+                meta = {"duration_s": info.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,
+                        "decoder": getattr(stream, "decoder", "libsndfile")}
+                if chunk.windows and chunk.free < _expected_windows(stream) <= chunk.capacity:
+                    yield chunk.row(last=False)           # keep the file whole in the next chunk
+                    chunk = _Chunk(unit, chunk.index + 1, settings.chunk_windows)
+                for w in segment(stream.mono48k()):
+                    if chunk.free == 0:
+                        yield chunk.row(last=False)
+                        chunk = _Chunk(unit, chunk.index + 1, settings.chunk_windows)
+                        pieces += 1 if emitted else 0
+                    entry = chunk.file_entry(file_id, path, pieces)
+                    samples, noise_source = w.samples, None
+                    if bank is not None:
+                        mixed = bank.mix(w.real, settings.snr_db, seed=settings.seed, clip_id=file_id,
+                                         segment=w.index)
+                        samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
+                        noise_source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
+                                        else "skipped: zero-power clip or noise")
+                    chunk.audio += quantize_int16(samples).tobytes()
+                    chunk.windows.append([entry, w.index, w.start_s, w.end_s, noise_source])
+                    emitted += 1
+                meta["duration_s"] = stream.decoded_frames / info.sample_rate
+        except AudioDecodeError as exc:
+            outcome = {"status": "error", "error": str(exc), "error_kind": exc.kind}
+        except FileNotFoundError:
+            outcome = {"status": "error", "error": f"{path}: {MISSING}: no such file or object",
+                       "error_kind": MISSING}
+        except Exception as exc:  # noqa: BLE001 - one bad file must never fail its unit
+            outcome = {"status": "error", "error": f"{path}: {UNREADABLE}: {type(exc).__name__}: {exc}",
+                       "error_kind": UNREADABLE}
+        entry = chunk.file_entry(file_id, path, pieces)
+        chunk.files[entry].update(closes=True, n_emitted=emitted, **outcome, **meta)
+    yield chunk.row(last=True)
+
+
+def decode_units(batch: pa.Table, settings: DecodeSettings) -> Iterator[pa.Table]:
+    """Ray Data UDF over work-manifest rows: every unit of the batch, decoded into chunk rows."""
+    for unit, ids, paths in zip(batch.column("unit").to_pylist(), batch.column("file_ids").to_pylist(),
+                                batch.column("paths").to_pylist()):
+        yield from decode_unit(unit, ids, paths, settings)
+
+
+@dataclass(frozen=True)
+class ChunkMeta:
+    """The parsed ``meta`` of a chunk row."""
+
+    windows: list[list]
+    files: list[dict]
+
+    @classmethod
+    def parse(cls, text: str) -> ChunkMeta:
+        data = json.loads(text)
+        return cls(data["windows"], data["files"])
