@@ -8,14 +8,12 @@ docstring and in the report it writes.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from das_core import storage
 from das_core.baselines import TGAP_POOL_SIZE, acevedo_scores, background_profile, tgap_prototypes
 from das_core.cache import DriftCache
 from das_core.datasets import Dataset
@@ -59,16 +57,14 @@ class StoreData:
 def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from das_core.results import FILES_DIR, SEGMENTS_DIR, OutputStore, embeddings_to_numpy
+    from das_core.results import SEGMENTS_DIR, OutputStore, embeddings_to_numpy
 
     store = OutputStore(uri)
-    committed, _ = store.part_names()
+    listing = store.listing()
+    committed = listing.committed_units()
     index = {fid: i for i, fid in enumerate(ids)}
-    file_tables = [pq.read_table(io.BytesIO(storage.read_bytes(u)), columns=["file_id", "status", "error"])
-                   for u in (store.path(FILES_DIR, name) for name in committed)]
-    files = pa.concat_tables(file_tables).to_pydict() if file_tables else {"file_id": [], "status": [], "error": []}
+    files = store.read_files(committed, ["file_id", "status", "error"]).to_pydict()
     ok = np.zeros(len(ids), dtype=bool)
     seen = np.zeros(len(ids), dtype=bool)
     errors: dict[str, str] = {}
@@ -86,9 +82,8 @@ def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     if not seen.all():
         absent = [ids[i] for i in np.flatnonzero(~seen)]
         raise EvaluationError(f"{uri} has no result for {len(absent)} file(s), e.g. {absent[0]!r}: rerun das evaluate")
-    parts = [store.path(SEGMENTS_DIR, name) for name in committed]
     columns = ["file_id", "segment", "embedding", "noise_source"]
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(u)), columns=columns) for u in parts]
+    tables = [t for unit in committed for t in store.read_unit(unit, SEGMENTS_DIR, listing, columns)]
     ok_ids = pa.array([ids[i] for i in np.flatnonzero(ok)], pa.string())
     owner = np.zeros(0, dtype=np.int64)
     emb = np.zeros((0, 0), dtype=np.float32)

@@ -65,7 +65,7 @@ class LabelConfig:
     max_error_fraction: float = 0.1
     files_per_unit: int = 64
     unit_bytes: int = 512 * 2**20
-    chunk_windows: int = 32
+    chunk_windows: int | None = None     # default: whole encoder batches, at least 32 windows
     torch_threads: int | None = None
     tokenizer_dir: str | None = None
     progress_every_s: float = 15.0
@@ -82,7 +82,7 @@ class LabelConfig:
         if self.num_gpus < 0 or (self.actors is not None and self.actors < 1):
             raise RunRefused("--num-gpus must be >= 0 and --actors >= 1")
         for name in ("batch_size", "top_k", "files_per_unit", "chunk_windows"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RunRefused(f"--{name.replace('_', '-')} must be at least 1")
         if self.unit_bytes < 1:
             raise RunRefused("--unit-mib must be positive")
@@ -91,8 +91,11 @@ class LabelConfig:
 
     @property
     def windows_per_chunk(self) -> int:
-        """Whole encoder batches per chunk, so that a chunk costs no padded forward pass but its last."""
-        return self.batch_size * -(-self.chunk_windows // self.batch_size)
+        """``chunk_windows``; by default whole encoder batches (at least 32 windows), so that chunks cost no
+        zero-padded forward pass but the last of each unit."""
+        if self.chunk_windows is not None:
+            return self.chunk_windows
+        return self.batch_size * -(-32 // self.batch_size)
 
 
 @dataclass

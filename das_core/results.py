@@ -354,15 +354,22 @@ class OutputStore:
                   ) -> list[pa.Table]:
         return [self.read_part(folder, name, columns) for name in listing.parts_of(unit, folder)]
 
-    def read_files(self, units: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:
-        """The ``files`` rows of the committed units (or of ``units``)."""
+    def _read_committed(self, folder: str, units: list[str] | None, columns: list[str] | None,
+                        schema: pa.Schema) -> pa.Table:
         listing = self.listing()
         wanted = listing.committed_units() if units is None else units
-        tables = [t for u in wanted for t in self.read_unit(u, FILES_DIR, listing, columns)]
+        tables = [t for u in wanted for t in self.read_unit(u, folder, listing, columns)]
         if not tables:
-            schema = FILES_SCHEMA if columns is None else pa.schema([FILES_SCHEMA.field(c) for c in columns])
-            return schema.empty_table()
+            return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
         return pa.concat_tables(tables, promote_options="permissive")
+
+    def read_files(self, units: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+        """The ``files`` rows of the committed units (or of ``units``)."""
+        return self._read_committed(FILES_DIR, units, columns, FILES_SCHEMA)
+
+    def read_segments(self, units: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+        """The ``segments`` rows of the committed units (or of ``units``)."""
+        return self._read_committed(SEGMENTS_DIR, units, columns, segments_schema())
 
 
 def count_outcomes(files: pa.Table) -> dict:

@@ -614,7 +614,8 @@ def _store_state(job: StoreJob, checkpoint_id: str) -> tuple[str, dict | None]:
     if changed:
         raise UsageError(f"{job.uri} was encoded with other settings ({'; '.join(changed)}). Its embeddings do not "
                          f"belong to this evaluation: delete that folder or use another --out")
-    if manifest.get("status") == "complete" and set(job.ids) <= store.committed_ids():
+    done = store.read_files(columns=["file_id"]).column("file_id").to_pylist()
+    if manifest.get("status") == "complete" and set(job.ids) <= set(done):
         return "complete", manifest
     return "partial", manifest
 

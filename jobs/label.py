@@ -53,8 +53,9 @@ def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
     comp.add_argument("--files-per-unit", type=int, default=64,
                       help="files per work unit (the unit of scheduling, writing and resume)")
     comp.add_argument("--unit-mib", type=float, default=512, help="input bytes per work unit, where sizes are known")
-    comp.add_argument("--chunk-windows", type=int, default=32,
-                      help="windows per chunk (rounded up to whole batches): what one block, call or write holds")
+    comp.add_argument("--chunk-windows", type=int,
+                      help="windows per chunk: what one block, actor call or write holds at most (default: whole "
+                           "encoder batches, at least 32 windows, about 30 MiB of audio)")
     comp.add_argument("--tokenizer-dir", metavar="DIR", help="roberta-base tokenizer files (RoBERTa checkpoints)")
     p.add_argument("--max-error-fraction", type=float, default=0.1,
                    help="fail (exit 1) if more than this share of files cannot be decoded; their rows are kept")

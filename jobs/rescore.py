@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import os
 import re
@@ -43,22 +42,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from das_core import __version__, storage
 from das_core.cache import CacheMismatchError, DriftCache
 from das_core.results import (
     EMBEDDING_TYPES,
+    END_TAG,
     FILES_DIR,
+    FORMAT_VERSION,
     MANIFEST,
     OK,
     SEGMENTS_DIR,
     FileOutcome,
     OutputStore,
+    StoreListing,
     build_tables,
     count_outcomes,
     embeddings_to_numpy,
     labelled_columns,
+    part_name,
+    segments_schema,
 )
 from das_core.scoring import label_windows, window_scores
 from jobs.common import (
@@ -172,14 +175,17 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
         raise ValueError(f"{segments.column('embedding').null_count} window(s) have no embedding")
     counts = Counter(segments.column("file_id").to_pylist())
     outcomes = []
+    if "decoder" not in files.column_names:
+        files = files.append_column("decoder", pa.nulls(len(files), pa.string()))
     for row in files.select(["file_id", "path", "status", "error", "error_kind", "n_segments", "duration_s",
-                             "sample_rate", "channels"]).to_pylist():
+                             "sample_rate", "channels", "decoder"]).to_pylist():
         stored = counts.get(row["file_id"], 0)
         if row["status"] == OK and (stored == 0 or stored != row["n_segments"]):
             raise ValueError(f"file {row['path']} has n_segments={row['n_segments']} in files/ but "
                              f"{stored} window(s) in segments/: the label output is damaged")
         outcomes.append(FileOutcome(row["file_id"], row["path"], row["status"], row["error"], row["error_kind"],
-                                    row["n_segments"], row["duration_s"], row["sample_rate"], row["channels"]))
+                                    row["n_segments"], row["duration_s"], row["sample_rate"], row["channels"],
+                                    row["decoder"]))
     windows = segments.drop_columns([n for n in ("label", "score", "top_k_labels", "top_k_scores", "zs_label",
                                                  "zs_score") if n in segments.column_names])
     lab = scores = None
@@ -191,16 +197,30 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
     return build_tables(outcomes, windows, cache, top_k, dtype, scores=scores)
 
 
-def rescore_part(embeddings: str, out_run: str, part: str, cache: DriftCache, top_k: int) -> dict:
-    """Re-score label part ``part`` of ``embeddings`` and commit it under ``out_run``; its file counts."""
+def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[str], file_parts: list[str],
+                 cache: DriftCache, top_k: int) -> dict:
+    """Re-score committed label unit ``unit`` of ``embeddings`` (its parts) and commit it under ``out_run``."""
+    label = OutputStore(embeddings)
 
-    def read(sub: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(embeddings, sub, part))))
+    def read(folder: str, names: list[str]) -> pa.Table | None:
+        tables = [label.read_part(folder, name) for name in names]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
-    segments, files = read(SEGMENTS_DIR), read(FILES_DIR)
+    files = read(FILES_DIR, file_parts)
+    segments = read(SEGMENTS_DIR, segment_parts)
+    if segments is None:
+        segments = segments_schema(_files_dtype(label)).empty_table()
     new_segments, new_files = rescore_tables(segments, files, cache, top_k)
-    OutputStore(out_run).commit(new_segments, new_files)
+    out = OutputStore(out_run)
+    if len(new_segments):
+        out.write_part(SEGMENTS_DIR, part_name(unit, "all"), new_segments)
+    out.write_part(FILES_DIR, part_name(unit, END_TAG), new_files)
     return count_outcomes(new_files)
+
+
+def _files_dtype(store: OutputStore) -> str:
+    manifest = store.read_manifest() or {}
+    return (manifest.get("settings") or {}).get("embedding_dtype") or "float16"
 
 
 def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: list, top_k: int) -> pa.Table:
@@ -213,13 +233,15 @@ def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: lis
 
     cache = ray.get(cache_box[0])
     rows: dict[str, list] = {f.name: [] for f in PART_STATS_SCHEMA}
-    for part in batch.column("part").to_pylist():
+    for part, seg_parts, file_parts in zip(batch.column("part").to_pylist(), batch.column("segments").to_pylist(),
+                                           batch.column("files").to_pylist()):
         start = time.monotonic()
         counts, failure = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}, None
         try:
-            counts = rescore_part(embeddings, out_run, part, cache, top_k)
+            counts = rescore_part(embeddings, out_run, part, seg_parts, file_parts, cache, top_k)
         except Exception as exc:  # noqa: BLE001 - reported per part, counted by the driver
-            failure = f"{storage.join(embeddings, FILES_DIR, part)}: {type(exc).__name__}: {exc}"
+            failure = f"{storage.join(embeddings, FILES_DIR, part_name(part, END_TAG))} (unit {part}): " \
+                      f"{type(exc).__name__}: {exc}"
         rows["part"].append(part)
         for key in ("files", "ok", "error", "segments"):
             rows[key].append(int(counts[key]))
@@ -295,8 +317,9 @@ class Plan:
     committed: list[str]
     uncommitted: list[str]
     todo: list[str]
-    covered_before: set[str] = field(default_factory=set)   # parts scored by the previous runs of the chain
+    covered_before: set[str] = field(default_factory=set)   # units scored by the previous runs of the chain
     previous: dict | None = None
+    listing: StoreListing | None = None
 
 
 def plan(c: RescoreConfig) -> Plan:
@@ -334,15 +357,20 @@ def plan(c: RescoreConfig) -> Plan:
         raise UsageError(f"{run_uri} already holds a rescore run (status: {status}); choose another --run-id or pass "
                          f"--overwrite to replace it")
 
-    committed, uncommitted = OutputStore(c.embeddings).part_names()
+    if label_manifest.get("format_version") != FORMAT_VERSION:
+        raise UsageError(f"{c.embeddings} was written by das {label_manifest.get('das_version', '0.1')} in an "
+                         f"older layout; relabel it with this version (or rescore it with das 0.1)")
+    listing = OutputStore(c.embeddings).listing()
+    committed = listing.committed_units()
+    uncommitted = sorted(set(listing.units(SEGMENTS_DIR)) | set(listing.units(FILES_DIR)) - set(committed))
     if uncommitted:
-        log.info("ignoring %d uncommitted part(s) of %s (segments without files: an interrupted label commit)",
+        log.info("ignoring %d uncommitted unit(s) of %s (no end part: still being labelled, or interrupted)",
                  len(uncommitted), c.embeddings)
     if label_manifest.get("status") != "complete":
         log.info("the label output is %s: its %d committed part(s) are scored", label_manifest.get("status"),
                  len(committed))
     p = Plan(c, run_id, run_uri, embeddings, label_manifest, checkpoint_id, cache, top_k, committed, uncommitted,
-             todo=list(committed))
+             todo=list(committed), listing=listing)
     if c.since_last_run:
         p.previous = previous_run(c.out, embeddings, run_id)
         if p.previous is None:
@@ -410,15 +438,17 @@ def _count(stats: list[dict], p: Plan) -> dict:
     }
 
 
-def run_stages(parts: list[str], embeddings: str, out_run: str, cache: DriftCache, top_k: int,
-               env: dict[str, str] | None = None) -> Iterator[pa.Table]:
-    """Stream PART_STATS_SCHEMA tables to the driver: one Ray Data row (and task) per label part."""
+def run_stages(parts: list[str], listing: StoreListing, embeddings: str, out_run: str, cache: DriftCache,
+               top_k: int, env: dict[str, str] | None = None) -> Iterator[pa.Table]:
+    """Stream PART_STATS_SCHEMA tables to the driver: one Ray Data row (and task) per committed label unit."""
     import ray
     import ray.data
 
     remote = {"runtime_env": {"env_vars": env}} if env else {}
     cache_box = [ray.put(cache)]
-    ds = ray.data.from_items([{"part": name} for name in parts], override_num_blocks=len(parts))
+    items = [{"part": unit, "segments": listing.parts_of(unit, SEGMENTS_DIR),
+              "files": listing.parts_of(unit, FILES_DIR)} for unit in parts]
+    ds = ray.data.from_items(items, override_num_blocks=len(parts))
     ds = ds.map_batches(rescore_parts, fn_kwargs={"embeddings": embeddings, "out_run": out_run,
                                                   "cache_box": cache_box, "top_k": top_k},
                         batch_size=1, batch_format="pyarrow", num_cpus=1, **remote)
@@ -443,7 +473,7 @@ def run(c: RescoreConfig) -> dict:
     if p.todo:
         init_ray()
         scoring_start = last_progress = time.monotonic()
-        for batch in run_stages(p.todo, c.embeddings, p.run_uri, p.cache, p.top_k, env=worker_env()):
+        for batch in run_stages(p.todo, p.listing, c.embeddings, p.run_uri, p.cache, p.top_k, env=worker_env()):
             for row in batch.to_pylist():
                 stats.append(row)
                 if row["failure"]:

@@ -7,7 +7,6 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from conftest import sine
@@ -103,18 +102,14 @@ def read(out: str, sub: str):
     store = OutputStore(out)
     if sub == "files":
         return store.read_files().to_pandas().sort_values("file_id").reset_index(drop=True)
-    import pyarrow as pa
-
-    parts = store._parts(sub)
-    table = pa.concat_tables([pq.read_table(io.BytesIO(__import__("das_core").storage.read_bytes(u)))
-                              for u in parts])
+    table = store.read_segments()
     return table.to_pandas().sort_values(["file_id", "segment"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
 def first_run(s3_archive, cache_uri, tiny_ckpt):
     out = s3_archive.replace("/archive", "/labels/run1")
-    manifest = run(config(s3_archive, cache_uri, tiny_ckpt, out, commit_every_files=4))
+    manifest = run(config(s3_archive, cache_uri, tiny_ckpt, out, files_per_unit=4))
     return out, manifest
 
 
@@ -171,7 +166,7 @@ def test_scores_come_from_stored_embeddings(first_run, cache_uri):
 def test_two_runs_give_identical_results(first_run, s3_archive, cache_uri, tiny_ckpt, tmp_path):
     out, _ = first_run
     local_out = str(tmp_path / "run2")
-    run(config(s3_archive, cache_uri, tiny_ckpt, local_out, files_per_task=1, commit_every_files=1))
+    run(config(s3_archive, cache_uri, tiny_ckpt, local_out, files_per_unit=1, chunk_windows=3))
     a, b = read(out, "segments"), read(local_out, "segments")
     assert a.drop(columns=["embedding"]).equals(b.drop(columns=["embedding"]))
     assert all(np.array_equal(x, y) for x, y in zip(a.embedding, b.embedding))
@@ -186,43 +181,42 @@ def test_rerun_into_non_empty_output_is_refused(first_run, s3_archive, cache_uri
         run(config(s3_archive, cache_uri, tiny_ckpt, out, resume=True, overwrite=True))
 
 
-def test_resume_after_interruption_gives_exactly_the_uninterrupted_rows(first_run, s3_archive, cache_uri,
-                                                                       tiny_ckpt, tmp_path, monkeypatch):
-    from das_core import storage
+def _as_if_killed(out: str, units: list[str]) -> None:
+    """The state a kill leaves: the units' chunks written, their end parts not; the manifest still 'running'."""
+    from das_core.results import FILES_DIR, part_name
 
-    out = str(tmp_path / "interrupted")
-    real_commit = OutputStore.commit
-    commits = []
-
-    def dying_commit(self, segments, files):
-        if len(commits) == 1:     # killed between the segments part and its files part
-            from das_core.results import SEGMENTS_DIR, part_name, table_to_bytes
-            name = part_name(files.column("file_id").to_pylist())
-            storage.write_bytes_atomic(self.path(SEGMENTS_DIR, name), table_to_bytes(segments))
-            raise KeyboardInterrupt("simulated kill")
-        commits.append(real_commit(self, segments, files))
-        return commits[-1]
-
-    monkeypatch.setattr(OutputStore, "commit", dying_commit)
-    with pytest.raises(KeyboardInterrupt):
-        run(config(s3_archive, cache_uri, tiny_ckpt, out, commit_every_files=3))
-    monkeypatch.undo()
     store = OutputStore(out)
-    assert len(store._parts("files")) == 1 and len(store._parts("segments")) == 2   # one orphan
-    partial = store.committed_ids()
+    for unit in units:
+        store.remove_part(FILES_DIR, part_name(unit, "end"))
+    manifest = store.read_manifest()
+    store.write_manifest({**manifest, "status": "running"})
+
+
+def test_resume_after_interruption_gives_exactly_the_uninterrupted_rows(first_run, s3_archive, cache_uri,
+                                                                       tiny_ckpt, tmp_path):
+    out = str(tmp_path / "interrupted")
+    run(config(s3_archive, cache_uri, tiny_ckpt, out, files_per_unit=3))
+    store = OutputStore(out)
+    units = store.listing().committed_units()
+    assert len(units) == 4
+    _as_if_killed(out, units[1:3])
+    partial = set(store.read_files().column("file_id").to_pylist())
     assert 0 < len(partial) < len(GOOD) + len(BAD)
     with pytest.raises(UsageError):
         run(config(s3_archive, cache_uri, tiny_ckpt, out))
-    manifest = run(config(s3_archive, cache_uri, tiny_ckpt, out, resume=True))
+    manifest = run(config(s3_archive, cache_uri, tiny_ckpt, out, resume=True, files_per_unit=64))
     assert manifest["runs"][-1]["files_to_do"] == len(GOOD) + len(BAD) - len(partial)
-    ref_out, _ = first_run
+    assert manifest["runs"][-1]["units_to_do"] == 2 and manifest["status"] == "complete"
+    ref_out, ref_manifest = first_run
     a, b = read(ref_out, "segments"), read(out, "segments")
     assert len(b) == len(a) and not b.duplicated(["file_id", "segment"]).any()
     assert a.drop(columns=["embedding"]).equals(b.drop(columns=["embedding"]))
+    assert all(np.array_equal(x, y) for x, y in zip(a.embedding, b.embedding))
     assert read(ref_out, "files").equals(read(out, "files"))
-    # resuming a finished run does nothing
-    again = run(config(s3_archive, cache_uri, tiny_ckpt, out, resume=True))
-    assert again["runs"][-1]["files_to_do"] == 0 and again["counts"] == manifest["counts"]
+    assert manifest["counts"] == ref_manifest["counts"]
+    # resuming a finished run does nothing and leaves it as it was
+    again = run(config(s3_archive, cache_uri, tiny_ckpt, out + "/", resume=True))
+    assert again == manifest == OutputStore(out).read_manifest()
 
 
 def test_resume_with_other_settings_is_refused(first_run, s3_archive, cache_uri, tiny_ckpt):
@@ -238,8 +232,7 @@ def test_overwrite_replaces(s3_archive, cache_uri, tiny_ckpt, tmp_path):
     open(out + "/_manifest.json", "w").write("{}")
     single = s3_archive + "/short/three.flac"
     run(config(single, cache_uri, tiny_ckpt, out, overwrite=True))
-    assert OutputStore(out)._parts("segments")[0].endswith(".parquet")
-    assert len(OutputStore(out)._parts("segments")) == 1
+    assert sorted(os.listdir(out + "/segments")) == ["part-u00000000-c00000.parquet"]
     assert read(out, "files").file_id.tolist() == ["three.flac"]
 
 
