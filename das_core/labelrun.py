@@ -6,9 +6,11 @@ chunk's statistics to ``RunCounts``; everything that can be refused is refused
 by ``plan_run`` before any audio is decoded or any model loaded.
 
 Resume rule: ``--resume`` continues the run whose work manifest is in OUT.
-It needs the same settings (``RESUME_KEYS``: what changes the rows), redoes
-every unit that is not committed (after deleting what it left), and never
-re-lists the input: the run is the units it planned.
+It needs the same settings (``RESUME_KEYS``: what changes the rows) and redoes
+every unit that is not committed, after deleting whatever parts it left. The
+input is listed again: files that are not in any planned unit (an archive
+that grew) become new units appended to the work manifest; the planned units
+never change, so their part names and rows stay valid.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ class LabelPlan:
     noise_uris: tuple[str, ...]
     previous: dict | None
     prior_counts: dict                  # counts of the committed units (resume)
-    write_work_manifest: bool           # a new plan (not a resume of a planned one)
+    write_work_manifest: bool           # a new plan, or a resume that appended units
+    added_files: int = 0                # --resume: files new since the run was planned
 
     @property
     def todo_files(self) -> int:
@@ -161,18 +164,20 @@ def plan_run(c: LabelConfig) -> LabelPlan:
     units = read_work_manifest(c.out) if c.resume and has_output else None
     if c.resume and has_output:
         _check_resumable(c, previous, settings, units)
+    inputs, skipped, noise_uris = _list(c)
     if units is not None:
+        planned = pc.list_flatten(units.column("file_ids"))
+        new = inputs.filter(pc.invert(pc.is_in(inputs.column("file_id"), planned)))
+        added = plan_units(new, c.files_per_unit, c.unit_bytes, first_unit=len(units))
+        if len(added):
+            units = pa.concat_tables([units, added])
         listing = store.listing()
         committed = set(listing.committed_units())
         todo = units.filter(pc.invert(pc.is_in(units.column("unit"), pa.array(sorted(committed), pa.string()))))
         prior = count_outcomes(store.read_files(sorted(committed), ["status", "error_kind", "n_segments"]))
-        noise_uris = tuple(f.path for f in list_inputs(c.noise)) if c.noise else ()
         n_inputs = int(pc.sum(pc.list_value_length(units.column("file_ids"))).as_py() or 0)
-        skipped = Skipped(**{k: v for k, v in ((previous or {}).get("skipped") or {}).items()
-                             if k in ("counts", "examples")})
         return LabelPlan(c, store, cache, checkpoint_id, info, units, todo, n_inputs, skipped, noise_uris,
-                         previous, prior, write_work_manifest=False)
-    inputs, skipped, noise_uris = _list(c)
+                         previous, prior, write_work_manifest=bool(len(added)), added_files=len(new))
     units = plan_units(inputs, c.files_per_unit, c.unit_bytes)
     return LabelPlan(c, store, cache, checkpoint_id, info, units, units, len(inputs), skipped, noise_uris,
                      previous if c.resume else None, count_outcomes(_empty_files()), write_work_manifest=True)

@@ -67,7 +67,7 @@ def unit_id(index: int) -> str:
     return f"u{index:08d}"
 
 
-def plan_units(inputs: pa.Table, files_per_unit: int, unit_bytes: int) -> pa.Table:
+def plan_units(inputs: pa.Table, files_per_unit: int, unit_bytes: int, first_unit: int = 0) -> pa.Table:
     """Group ``inputs`` (``file_id``, ``path``, optional ``size``; sorted) into units, in order.
 
     A unit closes at ``files_per_unit`` files, or before a file that would take
@@ -92,7 +92,7 @@ def plan_units(inputs: pa.Table, files_per_unit: int, unit_bytes: int) -> pa.Tab
     paths = inputs.column("path").combine_chunks()
     unit_bytes_col = np.add.reduceat(sizes, starts[:-1]) if n_units else np.zeros(0, dtype=np.int64)
     return pa.table({
-        "unit": pa.array([unit_id(i) for i in range(n_units)], pa.string()),
+        "unit": pa.array([unit_id(first_unit + i) for i in range(n_units)], pa.string()),
         "file_ids": pa.ListArray.from_arrays(offsets, ids),
         "paths": pa.ListArray.from_arrays(offsets, paths),
         "bytes": pa.array(unit_bytes_col, pa.int64()),

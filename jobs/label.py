@@ -107,14 +107,15 @@ def run(c: LabelConfig) -> dict:
         return p.previous
     runs = list((p.previous or {}).get("runs", [])) if c.resume else []
     this_run = {**new_run_entry(p), "device": "cuda" if c.num_gpus > 0 else "cpu", "torch_threads": c.torch_threads}
+    if c.resume and p.previous:
+        removed = store.remove_units(set(p.todo.column("unit").to_pylist()), store.listing())
+        log.info("resuming: %d of %d unit(s) committed, %d to do (%d file(s), %d of them new in the input); "
+                 "removed %d part(s) left by unfinished units", len(p.units) - len(p.todo), len(p.units),
+                 len(p.todo), p.todo_files, p.added_files, removed)
     if p.write_work_manifest:
         from das_core.units import write_work_manifest
 
         write_work_manifest(c.out, p.units)
-    elif p.todo_files:
-        removed = store.remove_units(set(p.todo.column("unit").to_pylist()), store.listing())
-        log.info("resuming: %d of %d unit(s) committed, %d to do (%d file(s)); removed %d part(s) they left",
-                 len(p.units) - len(p.todo), len(p.units), len(p.todo), p.todo_files, removed)
     store.write_manifest(run_manifest(p, "running", p.prior_counts, runs + [this_run]))
     counts = RunCounts()
     t0 = time.monotonic()

@@ -1,26 +1,27 @@
 """``das rescore``: re-label the embeddings a ``das label`` run stored, with a drift cache; no audio, no model.
 
-Input (``--embeddings``) is the output of ``das label``: its committed parts
-``segments/part-X.parquet`` + ``files/part-X.parquet`` (a segments part without
-its files part is an uncommitted write and is ignored) and ``_manifest.json``.
+Input (``--embeddings``) is the output of ``das label``: its committed units
+(``files/part-<unit>-end.parquet`` exists; see ``das_core.results``) and
+``_manifest.json``. Units still being written, or left by an interrupted run,
+are ignored.
 Output (``--out``) holds one folder per run, so that nightly runs sit side by
 side::
 
-    OUT/run_id=<ID>/segments/part-X.parquet   same schema as das label; embeddings carried over unchanged
-    OUT/run_id=<ID>/files/part-X.parquet      one row per input file, error rows of the label run included
-    OUT/run_id=<ID>/_manifest.json            settings, cache, counts, watermark
+    OUT/run_id=<ID>/segments/part-<unit>-all.parquet   same schema as das label; embeddings carried over
+    OUT/run_id=<ID>/files/part-<unit>-end.parquet      one row per input file, error rows included (commit mark)
+    OUT/run_id=<ID>/_manifest.json                     settings, cache, counts, watermark
 
-Each label part is one Ray Data row; its task reads the two tables with
-pyarrow, scores every window from its stored embedding (cast to float32
-exactly as ``das label`` did, so the same cache reproduces its scores), pools
-files by the maximum over windows and commits the two output parts
-atomically. Output part X re-scores label part X (names are derived from the
-file ids a part holds), so a retried task overwrites instead of duplicating.
+Each committed label unit is one Ray Data row; its task reads the unit's
+parts with pyarrow, scores every window from its stored embedding (cast to
+float32 exactly as ``das label`` did, so the same cache reproduces its
+scores), pools files by the maximum over all their windows (a long file's
+pieces included) and writes the unit's two output parts, files last. Names
+derive from the unit, so a retried task overwrites instead of duplicating.
 
-Watermark (``--since-last-run``). Label parts never change once committed
-(``--resume`` only adds parts), so "rows added since the last run" are the
-committed label parts that no earlier run has scored. Every run records in
-its manifest the label parts it and its predecessors covered, with the label
+Watermark (``--since-last-run``). Label units never change once committed
+(``--resume`` only adds units), so "rows added since the last run" are the
+committed label units that no earlier run has scored. Every run records in
+its manifest the label units it and its predecessors covered, with the label
 output's identity: its checkpoint fingerprint and the start times of its
 runs. The previous run is the rescore run of the same ``--embeddings`` under
 OUT with status ``complete`` that finished last. If the label output's run
@@ -291,8 +292,8 @@ def label_identity(label_manifest: dict, checkpoint_id: str) -> dict:
 
 def watermark_void_reason(watermark: dict, identity: dict) -> str | None:
     """Why ``watermark`` cannot be trusted for the label output described by ``identity`` (None: it can)."""
-    if not isinstance(watermark.get("parts"), list):
-        return "it records no parts"
+    if not isinstance(watermark.get("units"), list):
+        return "it records no units"
     if watermark.get("checkpoint_fingerprint") != identity["checkpoint_fingerprint"]:
         return "the embeddings were made with another checkpoint since"
     recorded = watermark.get("label_runs_started") or []
@@ -383,7 +384,7 @@ def plan(c: RescoreConfig) -> Plan:
                 log.warning("--since-last-run: the watermark of run %s no longer applies (%s): scoring everything",
                             p.previous.get("run_id"), void)
             else:
-                p.covered_before = set(watermark["parts"])
+                p.covered_before = set(watermark["units"])
                 p.todo = [name for name in committed if name not in p.covered_before]
             if (p.previous.get("cache") or {}).get("fingerprint") != cache.fingerprint and not void:
                 log.warning("--since-last-run: run %s used another drift cache; rows before its watermark keep "
@@ -411,11 +412,11 @@ def _manifest(p: Plan, status: str, counts: dict, this_run: dict, covered: set[s
         "windows": label.get("windows"),
         "source": {"embeddings": c.embeddings, "label_status": label.get("status"),
                    "label_cache_fingerprint": settings.get("cache_fingerprint"), "label_counts": label.get("counts"),
-                   "parts_committed": len(p.committed), "parts_uncommitted_ignored": len(p.uncommitted)},
+                   "units_committed": len(p.committed), "units_uncommitted_ignored": len(p.uncommitted)},
         "previous_run": ({"run_id": p.previous.get("run_id"),
                           "finished": (p.previous.get("runs") or [{}])[-1].get("finished")}
                          if p.previous else None),
-        "watermark": {**label_identity(label, p.checkpoint_id), "parts": sorted(covered), "n_parts": len(covered)},
+        "watermark": {**label_identity(label, p.checkpoint_id), "units": sorted(covered), "n_units": len(covered)},
         "counts": counts,
         "runs": [this_run],
     }
@@ -432,9 +433,9 @@ def _count(stats: list[dict], p: Plan) -> dict:
         "error": sum(s["error"] for s in done),
         "segments": sum(s["segments"] for s in done),
         "errors_by_kind": dict(sorted(kinds.items())),
-        "parts": len(done),
-        "parts_failed": len(stats) - len(done),
-        "parts_skipped_before_watermark": len(p.committed) - len(p.todo),
+        "units": len(done),
+        "units_failed": len(stats) - len(done),
+        "units_skipped_before_watermark": len(p.committed) - len(p.todo),
     }
 
 
@@ -462,7 +463,7 @@ def run(c: RescoreConfig) -> dict:
     if c.overwrite and store.has_output():
         log.info("--overwrite: deleting the previous run in %s", p.run_uri)
         store.remove_all()
-    this_run = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "parts_to_do": len(p.todo)}
+    this_run = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "units_to_do": len(p.todo)}
     store.write_manifest(_manifest(p, "running", _count([], p), this_run, p.covered_before))
     log.info("re-scoring %d of %d committed part(s) of %s with %d class(es), lam=%g, top-k %d -> %s",
              len(p.todo), len(p.committed), c.embeddings, len(p.cache.labels), p.cache.lam, p.top_k, p.run_uri)
@@ -482,7 +483,7 @@ def run(c: RescoreConfig) -> dict:
             if now - last_progress >= c.progress_every_s:
                 last_progress = now
                 rows = sum(s["segments"] for s in stats)
-                log.info("progress: %d/%d parts, %d segments, %.1f rows/s", len(stats), len(p.todo), rows,
+                log.info("progress: %d/%d units, %d segments, %.1f rows/s", len(stats), len(p.todo), rows,
                          rows / max(now - scoring_start, 1e-9))
         scoring_s = time.monotonic() - scoring_start
     wall = time.monotonic() - start
@@ -491,15 +492,15 @@ def run(c: RescoreConfig) -> dict:
     covered = p.covered_before | {s["part"] for s in stats if not s["failure"]}
     this_run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      "wall_time_s": round(wall, 3), "scoring_time_s": round(scoring_s, 3),
-                     "parts_done": counts["parts"], "segments_done": counts["segments"],
+                     "units_done": counts["units"], "segments_done": counts["segments"],
                      "segments_per_s": round(counts["segments"] / scoring_s, 4) if scoring_s > 0 else None})
     status = "failed" if failures else "complete"
     manifest = _manifest(p, status, counts, this_run, covered)
     store.write_manifest(manifest)
     _print_summary(manifest, p, wall, scoring_s)
     if failures:
-        raise JobFailed(f"{len(failures)} of {len(p.todo)} part(s) could not be re-scored, e.g. {failures[0]}. "
-                        f"The other parts are in {p.run_uri}; this run is not a --since-last-run watermark")
+        raise JobFailed(f"{len(failures)} of {len(p.todo)} unit(s) could not be re-scored, e.g. {failures[0]}. "
+                        f"The other units are in {p.run_uri}; this run is not a --since-last-run watermark")
     return manifest
 
 
@@ -508,11 +509,11 @@ def _print_summary(manifest: dict, p: Plan, wall: float, scoring_s: float) -> No
     errs = ", ".join(f"{k} {v}" for k, v in counts["errors_by_kind"].items())
     cache = manifest["cache"]
     weights = manifest["checkpoint"].get("weights")
-    skipped = counts["parts_skipped_before_watermark"]
+    skipped = counts["units_skipped_before_watermark"]
     print(f"das rescore: {manifest['status']} in {wall:.1f} s (run {p.run_id})\n"
-          f"  parts:     {counts['parts']} re-scored of {len(p.committed)} committed"
+          f"  units:     {counts['units']} re-scored of {len(p.committed)} committed"
           + (f", {skipped} before the watermark of run {manifest['previous_run']['run_id']}" if skipped else "")
-          + (f", {counts['parts_failed']} FAILED" if counts["parts_failed"] else "") + "\n"
+          + (f", {counts['units_failed']} FAILED" if counts["units_failed"] else "") + "\n"
           f"  files:     {counts['files']} = {counts['ok']} ok + {counts['error']} error"
           + (f" (error rows carried over: {errs})" if counts["error"] else "") + "\n"
           f"  rows:      {counts['segments']} segments in {scoring_s:.1f} s, "
@@ -520,7 +521,7 @@ def _print_summary(manifest: dict, p: Plan, wall: float, scoring_s: float) -> No
           f"  cache:     {cache['n_labels']} classes, lam {cache['lam']:g}, {cache['fingerprint']}\n"
           f"  weights:   {weights}" + ("  (RANDOM: labels are meaningless)" if weights == "random" else "") + "\n"
           f"  output:    {p.run_uri} "
-          + ("(segments/, files/, _manifest.json)" if counts["parts"] else "(_manifest.json only: nothing to score)"),
+          + ("(segments/, files/, _manifest.json)" if counts["units"] else "(_manifest.json only: nothing to score)"),
           flush=True)
 
 

@@ -8,14 +8,13 @@ import os
 import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from conftest import sine, write_audio
 
 from das_core import checkpoint as ckpt
 from das_core.cache import DriftCache
 from das_core.prompts import DEFAULT_NOISE_PHRASES
-from das_core.results import embeddings_to_numpy
+from das_core.results import OutputStore, embeddings_to_numpy
 from das_core.scoring import label_files, label_windows
 from jobs.common import UsageError
 from jobs.label import LabelConfig
@@ -43,11 +42,14 @@ def write_broken(path) -> None:
 
 def label(input_dir, cache_uri, checkpoint, out, resume=False) -> dict:
     return label_run(LabelConfig(input=str(input_dir), cache=cache_uri, checkpoint=checkpoint, out=str(out),
-                                 resume=resume, max_error_fraction=0.5, commit_every_files=1))
+                                 resume=resume, max_error_fraction=0.5, files_per_unit=1))
 
 
 def read(uri: str, sub: str):
-    table = pq.read_table(os.path.join(uri, sub))
+    from das_core.results import OutputStore
+
+    store = OutputStore(uri)
+    table = store.read_files() if sub == "files" else store.read_segments()
     keys = [("file_id", "ascending")] + ([("segment", "ascending")] if sub == "segments" else [])
     return table.sort_by(keys)
 
@@ -103,8 +105,8 @@ def test_rescore_with_the_same_cache_reproduces_the_labels(labelled, cache_uri, 
     summary = capsys.readouterr().out
     assert "das rescore: complete" in summary and "4 = 3 ok + 1 error" in summary and "rows/s" in summary
     run_dir = os.path.join(out, "run_id=same")
-    for sub in ("segments", "files"):        # output part X re-scores label part X
-        assert sorted(os.listdir(os.path.join(run_dir, sub))) == sorted(os.listdir(os.path.join(labelled, sub)))
+    # one output unit per committed label unit, with the same names
+    assert OutputStore(run_dir).listing().committed_units() == OutputStore(labelled).listing().committed_units()
     assert_same_labels(read(labelled, "segments"), read(run_dir, "segments"))
     assert_same_labels(read(labelled, "files"), read(run_dir, "files"))
     files = read(run_dir, "files")
@@ -116,7 +118,7 @@ def test_rescore_with_the_same_cache_reproduces_the_labels(labelled, cache_uri, 
     assert manifest["status"] == "complete" and manifest["job"] == "rescore" and manifest["run_id"] == "same"
     for key in ("files", "ok", "error", "segments", "errors_by_kind"):
         assert manifest["counts"][key] == label_manifest["counts"][key]
-    assert manifest["counts"]["parts"] == manifest["source"]["parts_committed"] >= 1
+    assert manifest["counts"]["units"] == manifest["source"]["units_committed"] >= 1
     assert manifest["settings"]["checkpoint_fingerprint"] == label_manifest["settings"]["checkpoint_fingerprint"]
     assert manifest["cache"]["fingerprint"] == label_manifest["cache"]["fingerprint"]
     assert manifest["runs"][0]["segments_done"] == label_manifest["counts"]["segments"]
@@ -182,11 +184,11 @@ def test_since_last_run_scores_only_the_new_rows(ray_local, tiny_ckpt, cache_uri
     new_segments = read(os.path.join(rescored, "run_id=day2"), "segments")
     assert set(new_segments.column("file_id").to_pylist()) == {"later/fourth.wav", "third.wav"}
     assert second["previous_run"]["run_id"] == "day1"
-    assert second["counts"]["parts_skipped_before_watermark"] == first["counts"]["parts"]
+    assert second["counts"]["units_skipped_before_watermark"] == first["counts"]["units"]
     assert second["counts"]["error"] == 1
     # the two runs together hold every label row exactly once, with the labels das label gave them
-    all_label_parts = sorted(os.listdir(out / "files"))
-    assert second["watermark"]["parts"] == all_label_parts
+    all_label_parts = OutputStore(str(out)).listing().committed_units()
+    assert second["watermark"]["units"] == all_label_parts
     old_files = read(os.path.join(rescored, "run_id=day1"), "files")
     assert sorted(old_files.column("file_id").to_pylist() + new_files.column("file_id").to_pylist()) == sorted(
         read(str(out), "files").column("file_id").to_pylist())
@@ -197,8 +199,8 @@ def test_since_last_run_scores_only_the_new_rows(ray_local, tiny_ckpt, cache_uri
 
     nothing = rescore_run(RescoreConfig(embeddings=str(out), cache=cache_uri, out=rescored, run_id="day3",
                                         since_last_run=True))
-    assert nothing["status"] == "complete" and nothing["counts"]["files"] == 0 and nothing["counts"]["parts"] == 0
-    assert nothing["previous_run"]["run_id"] == "day2" and nothing["watermark"]["parts"] == all_label_parts
+    assert nothing["status"] == "complete" and nothing["counts"]["files"] == 0 and nothing["counts"]["units"] == 0
+    assert nothing["previous_run"]["run_id"] == "day2" and nothing["watermark"]["units"] == all_label_parts
 
     # a label output replaced since (other run history) voids the watermark: everything is scored again
     manifest_path = out / "_manifest.json"
@@ -207,28 +209,28 @@ def test_since_last_run_scores_only_the_new_rows(ray_local, tiny_ckpt, cache_uri
     manifest_path.write_text(json.dumps(label_manifest))
     again = rescore_run(RescoreConfig(embeddings=str(out), cache=cache_uri, out=rescored, run_id="day4",
                                       since_last_run=True))
-    assert again["counts"]["files"] == 5 and again["counts"]["parts_skipped_before_watermark"] == 0
+    assert again["counts"]["files"] == 5 and again["counts"]["units_skipped_before_watermark"] == 0
 
 
 def test_uncommitted_parts_are_ignored_and_damaged_parts_reported(labelled, cache_uri, tmp_path, capsys):
     copy = tmp_path / "labels"
     shutil.copytree(labelled, copy)
     some_part = sorted(os.listdir(copy / "segments"))[0]
-    shutil.copy(copy / "segments" / some_part, copy / "segments" / "part-interrupted.parquet")
+    shutil.copy(copy / "segments" / some_part, copy / "segments" / "part-u00000099-c00000.parquet")
     manifest = rescore_run(RescoreConfig(embeddings=str(copy), cache=cache_uri, out=str(tmp_path / "a"), run_id="r"))
-    assert manifest["source"]["parts_uncommitted_ignored"] == 1
+    assert manifest["source"]["units_uncommitted_ignored"] == 1
     assert manifest["counts"]["files"] == read(labelled, "files").num_rows
-    assert not os.path.exists(tmp_path / "a" / "run_id=r" / "segments" / "part-interrupted.parquet")
+    assert "u00000099" not in OutputStore(str(tmp_path / "a" / "run_id=r")).listing().units("segments")
 
-    (copy / "segments" / "part-damaged.parquet").write_bytes(b"PAR1 not really")
-    (copy / "files" / "part-damaged.parquet").write_bytes(b"PAR1 not really")
+    (copy / "segments" / "part-u00000098-c00000.parquet").write_bytes(b"PAR1 not really")
+    (copy / "files" / "part-u00000098-end.parquet").write_bytes(b"PAR1 not really")
     capsys.readouterr()
     assert main(["--embeddings", str(copy), "--cache", cache_uri, "--out", str(tmp_path / "b"), "--run-id", "r"]) == 1
     err = capsys.readouterr().err
-    assert "das rescore: failed:" in err and "part-damaged.parquet" in err
+    assert "das rescore: failed:" in err and "part-u00000098-end.parquet" in err
     failed = json.load(open(tmp_path / "b" / "run_id=r" / "_manifest.json"))
-    assert failed["status"] == "failed" and failed["counts"]["parts_failed"] == 1
-    assert "part-damaged.parquet" not in failed["watermark"]["parts"]
+    assert failed["status"] == "failed" and failed["counts"]["units_failed"] == 1
+    assert "u00000098" not in failed["watermark"]["units"]
     assert failed["counts"]["files"] == read(labelled, "files").num_rows     # the good parts were still done
 
 
@@ -264,8 +266,8 @@ def test_rescore_reads_and_writes_s3(labelled, cache_uri, bucket, tmp_path):
     # the watermark works on S3 too: listing runs, reading the previous manifest
     again = rescore_run(RescoreConfig(embeddings=f"s3://{bucket}/labels", cache=f"s3://{bucket}/caches/labels.npz",
                                       out=f"s3://{bucket}/rescored/", run_id="s3-next", since_last_run=True))
-    assert again["previous_run"]["run_id"] == "s3" and again["counts"]["parts"] == 0
-    assert again["counts"]["parts_skipped_before_watermark"] == manifest["counts"]["parts"]
+    assert again["previous_run"]["run_id"] == "s3" and again["counts"]["units"] == 0
+    assert again["counts"]["units_skipped_before_watermark"] == manifest["counts"]["units"]
 
 
 def test_refusals_before_any_work(tmp_path, cache_uri):
@@ -283,9 +285,9 @@ def test_refusals_before_any_work(tmp_path, cache_uri):
 def test_watermark_is_void_when_the_label_output_changed():
     identity = {"checkpoint_fingerprint": "sha256:a", "label_runs_started": ["t1", "t2"]}
     assert watermark_void_reason({"checkpoint_fingerprint": "sha256:a", "label_runs_started": ["t1"],
-                                  "parts": []}, identity) is None
+                                  "units": []}, identity) is None
     assert "replaced" in watermark_void_reason({"checkpoint_fingerprint": "sha256:a", "label_runs_started": ["t0"],
-                                                "parts": []}, identity)
+                                                "units": []}, identity)
     assert "checkpoint" in watermark_void_reason({"checkpoint_fingerprint": "sha256:b", "label_runs_started": ["t1"],
-                                                  "parts": []}, identity)
-    assert watermark_void_reason({}, identity) == "it records no parts"
+                                                  "units": []}, identity)
+    assert watermark_void_reason({}, identity) == "it records no units"
