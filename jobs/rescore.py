@@ -363,7 +363,7 @@ def plan(c: RescoreConfig) -> Plan:
                          f"older layout; relabel it with this version (or rescore it with das 0.1)")
     listing = OutputStore(c.embeddings).listing()
     committed = listing.committed_units()
-    uncommitted = sorted(set(listing.units(SEGMENTS_DIR)) | set(listing.units(FILES_DIR)) - set(committed))
+    uncommitted = sorted((set(listing.units(SEGMENTS_DIR)) | set(listing.units(FILES_DIR))) - set(committed))
     if uncommitted:
         log.info("ignoring %d uncommitted unit(s) of %s (no end part: still being labelled, or interrupted)",
                  len(uncommitted), c.embeddings)
