@@ -87,7 +87,7 @@ def _download_published(name: str, url: str) -> str:
         raise CheckpointError(
             f"could not download checkpoint {name!r} from {url} ({reason}). Without network access, "
             f"fetch that file on another machine and pass its local path, e.g. "
-            f"--checkpoint /models/{url.rsplit('/', 1)[1]} (or an s3:// URI), or set DAS_CHECKPOINT.") from None
+            f"--checkpoint /models/{url.rsplit('/', 1)[1]} (or an s3:// URI).") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
