@@ -51,6 +51,8 @@ CLUSTER_WAIT_ENV = "DAS_CLUSTER_WAIT_S"
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    if not verbose:      # botocore's INFO lines ("Found credentials in ...") are noise to a user
+        logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
