@@ -211,3 +211,36 @@ def test_interrupt_hint_names_only_existing_options(capsys):
 def test_argparse_usage_errors_unchanged(tmp_path):
     rc, out, _ = das(["build-cache", "--labels"], tmp_path)
     assert rc == 2 and "usage: das build-cache" in out and "Traceback" not in out
+
+
+def test_too_few_gpus_is_refused_not_waited_for(monkeypatch):
+    import ray
+
+    from jobs.common import ClusterError, require_cluster_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ClusterError, match=r"local Ray instance .*needs 1 GPU\(s\) \(--num-gpus 1\) but it has 0\); "
+                                           r"use --num-gpus 0 to encode on CPU"):
+        require_cluster_resources(gpus=1)
+    with pytest.raises(ClusterError, match=r"needs 4 CPU\(s\) but it has 2"):
+        require_cluster_resources(cpus=4)
+    require_cluster_resources(gpus=0, cpus=2)
+
+
+def test_cluster_autoscaler_is_given_a_bounded_wait(monkeypatch):
+    import ray
+
+    from jobs.common import ClusterError, require_cluster_resources
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    offers = iter([{"CPU": 8.0}, {"CPU": 8.0, "GPU": 2.0}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: next(offers))
+    start = time.monotonic()
+    require_cluster_resources(gpus=2, wait_s=2)           # the second look finds the new GPU node
+    assert time.monotonic() - start < 3
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match=r"waited 0.5 s for the autoscaler \(DAS_CLUSTER_WAIT_S\)"):
+        require_cluster_resources(gpus=2, wait_s=0.5)
+    assert time.monotonic() - start < 2

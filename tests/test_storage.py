@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -192,3 +194,58 @@ def test_local_listing_skips_hidden_and_filters(tmp_path):
         storage.write_bytes_atomic(str(tmp_path / name), b"")
     assert storage.list_files(str(tmp_path), (".wav", ".flac")) == [
         str(tmp_path / "a.WAV"), str(tmp_path / "b.wav"), str(tmp_path / "sub" / "c.flac")]
+
+
+class FlakyS3(http.server.BaseHTTPRequestHandler):
+    """Answers GET of any key with BODY, but the first ``failures`` requests get 503 SlowDown."""
+
+    body = b"payload of the object"
+    failures = 2
+    seen: list[str] = []
+
+    def _answer(self, with_body: bool) -> None:
+        FlakyS3.seen.append(self.command)
+        if len(FlakyS3.seen) <= FlakyS3.failures:
+            error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error if with_body else b"")
+            return
+        data = self.body
+        first, last = 0, len(data) - 1
+        if self.headers.get("Range"):
+            a, b = self.headers["Range"].split("=", 1)[1].split("-")
+            first, last = int(a), min(int(b or last), last)
+        self.send_response(206 if self.headers.get("Range") else 200)
+        self.send_header("Content-Length", str(last - first + 1))
+        self.send_header("ETag", '"abc"')
+        self.send_header("Last-Modified", "Mon, 23 Nov 2026 10:00:00 GMT")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(data[first:last + 1])
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self._answer(True)
+
+    def do_HEAD(self):  # noqa: N802
+        self._answer(False)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_transient_errors_are_retried(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyS3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FlakyS3.seen = []
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+        assert storage.read_bytes("s3://bucket/object.bin") == FlakyS3.body
+        assert len(FlakyS3.seen) > FlakyS3.failures            # the 503s were answered, then retried
+    finally:
+        server.shutdown()
+        server.server_close()
