@@ -94,15 +94,44 @@ def _report(prog: str, message: str, debug: bool) -> None:
     print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
 
 
-def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None = None) -> int:
-    """Run ``body`` and turn every failure into one line on stderr and an exit status.
+def _unwrap(exc: BaseException) -> BaseException:
+    """Ray re-raises a worker's exception wrapped (its text: a remote traceback); ``cause`` is the original."""
+    for _ in range(3):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    return exc
 
-    2: a refusal (``USER_ERRORS``, S3 unusable), found before or while working;
-    1: the job failed (``JobFailed``) or das itself broke (an internal error);
-    130: interrupted. With ``args``, its common options are applied first and
-    the buckets of its ``s3://`` options are probed, so that a missing bucket
-    or credentials are refused before any model is loaded. ``--debug`` or
-    ``DAS_DEBUG=1`` adds the traceback.
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message (without ``prog: error:``) for an exception out of a job.
+
+    2 for refusals (``USER_ERRORS``, including every ``storage.StorageError``
+    and raw botocore credential / connection errors), 1 for ``JobFailed``
+    and for anything unexpected (an internal error).
+    """
+    exc = _unwrap(exc)
+    if isinstance(exc, USER_ERRORS):
+        return EXIT_USAGE, one_line(exc)
+    if isinstance(exc, JobFailed):
+        return EXIT_FAILED, one_line(exc)
+    typed = storage.as_storage_error(exc, "an S3 object", "cannot use")
+    if typed is not None:
+        return EXIT_USAGE, one_line(typed)
+    text = one_line(exc)
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return EXIT_FAILED, (f"internal error ({type(exc).__name__}: {text}); rerun with --debug (or {DEBUG_ENV}=1) "
+                         "for the traceback and report it")
+
+
+def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None = None) -> int:
+    """Run ``body`` and turn every failure into one line on stderr and an exit status (``describe_failure``).
+
+    130 when interrupted. With ``args``, its common options are applied first
+    and the buckets of its ``s3://`` options are probed, so that a missing
+    bucket or credentials are refused before any model is loaded. ``--debug``
+    or ``DAS_DEBUG=1`` adds the traceback.
     """
     global _PROG
     _PROG = prog
@@ -112,25 +141,15 @@ def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None
             apply_common_options(args)
             storage.check_s3_access(s3_uris(args))
         return body()
-    except USER_ERRORS as exc:
-        _report(prog, str(exc), debug)
-        return EXIT_USAGE
-    except JobFailed as exc:
-        _report(prog, str(exc), debug)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         hint = ("committed results are kept; rerun with --resume to continue" if hasattr(args, "resume")
                 else "rerun the command to start again")
         print(f"{prog}: error: interrupted (KeyboardInterrupt); {hint}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
-        typed = storage.as_storage_error(exc, "an S3 object", "cannot use")
-        if typed is not None:
-            _report(prog, str(typed), debug)
-            return EXIT_USAGE
-        _report(prog, f"internal error ({type(exc).__name__}: {exc}); rerun with --debug (or {DEBUG_ENV}=1) "
-                      "for the traceback and report it", debug)
-        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line, never a traceback
+        status, message = describe_failure(exc)
+        _report(prog, message, debug)
+        return status
 
 
 def job_main(argv: list[str] | None, prog: str, build_parser, config_from_args, run) -> int:

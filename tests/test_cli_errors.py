@@ -244,3 +244,13 @@ def test_cluster_autoscaler_is_given_a_bounded_wait(monkeypatch):
     with pytest.raises(ClusterError, match=r"waited 0.5 s for the autoscaler \(DAS_CLUSTER_WAIT_S\)"):
         require_cluster_resources(gpus=2, wait_s=0.5)
     assert time.monotonic() - start < 2
+
+
+def test_worker_exceptions_are_unwrapped(capsys):
+    from ray.exceptions import RayTaskError
+
+    remote = "Traceback (most recent call last):\n  File \"worker.py\", line 1, in f\nJobFailed: 3 parts failed\n"
+    wrapped = RayTaskError("encode", remote, JobFailed("3 parts failed (disk full); free space")).as_instanceof_cause()
+    assert run_main("das x", _raise(wrapped), _args()) == 1
+    err = capsys.readouterr().err
+    assert err == "das x: error: 3 parts failed (disk full); free space\n"
