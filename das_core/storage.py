@@ -34,6 +34,7 @@ S3_RETRIES = 2           # s3fs's own loop around them (truncated bodies, SlowDo
 # The pre-flight probe runs before any work: fail fast rather than patiently.
 PROBE_ATTEMPTS = 2
 
+BUCKET_HINT = "check the bucket name, the region and the endpoint (--s3-endpoint / AWS_ENDPOINT_URL_S3)"
 CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or write "
                     "~/.aws/credentials")
 
@@ -174,7 +175,7 @@ def as_storage_error(exc: BaseException, uri: str, action: str = "cannot access"
     code = _client_error_code(exc)
     if code == "NoSuchBucket":
         return BucketNotFoundError(uri, what, f"bucket {bucket_of(uri)!r} does not exist at {_where()}",
-                                   "check the bucket name, the endpoint and the region")
+                                   BUCKET_HINT)
     if code in _DENIED_CODES:
         return S3AccessDeniedError(uri, what, f"access denied ({code})",
                                    "check the credentials and the bucket policy for this bucket and prefix")
@@ -221,7 +222,7 @@ def check_s3_access(uris: Iterable[str]) -> None:
             code = _client_error_code(exc)
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise BucketNotFoundError(uri, f"cannot use {uri}", f"bucket {bucket!r} does not exist at "
-                                          f"{_where()}", "check the bucket name, the endpoint and the region") from exc
+                                          f"{_where()}", BUCKET_HINT) from exc
             if code in ("403", "AccessDenied", "Forbidden", "301", "PermanentRedirect"):
                 continue
             typed = as_storage_error(exc, uri, "cannot use")
