@@ -254,3 +254,21 @@ def test_worker_exceptions_are_unwrapped(capsys):
     assert run_main("das x", _raise(wrapped), _args()) == 1
     err = capsys.readouterr().err
     assert err == "das x: error: 3 parts failed (disk full); free space\n"
+
+
+def test_ray_cluster_that_never_answers_is_given_up(tmp_path):
+    """A port that accepts connections but never speaks: ray.init would wait for minutes, das stops it."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{silent.getsockname()[1]}", DAS_RAY_CONNECT_TIMEOUT_S="4",
+                   PYTHONPATH=REPO)
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", "from jobs.common import init_ray; init_ray()"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=90)
+        wall = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line(proc.stderr, "das", "did not answer within 4 s", "RAY_ADDRESS")
+    assert wall < 30
