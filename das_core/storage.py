@@ -169,7 +169,9 @@ def as_storage_error(exc: BaseException, uri: str, action: str = "cannot access"
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError,
                         bx.ProfileNotFound, bx.TokenRetrievalError)):
         return S3CredentialsError(uri, what, f"no usable AWS credentials: {exc}", CREDENTIALS_HINT)
-    if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, TimeoutError, fsspec.exceptions.FSTimeoutError)):
+    # a bare timeout is S3's only when it came from an S3 operation (``uri`` is an s3:// URI)
+    timeouts = (TimeoutError, fsspec.exceptions.FSTimeoutError) if is_s3(uri) else ()
+    if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, *timeouts)):
         return S3UnreachableError(uri, what, f"S3 endpoint {_where()} did not answer: {exc}",
                                   "check the endpoint (--s3-endpoint / AWS_ENDPOINT_URL_S3) and the network")
     code = _client_error_code(exc)

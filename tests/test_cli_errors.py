@@ -272,3 +272,9 @@ def test_ray_cluster_that_never_answers_is_given_up(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert_one_line(proc.stderr, "das", "did not answer within 4 s", "RAY_ADDRESS")
     assert wall < 30
+
+
+def test_a_timeout_elsewhere_is_not_blamed_on_s3(capsys):
+    assert run_main("das x", _raise(TimeoutError("actor did not start")), _args()) == 1
+    err = capsys.readouterr().err
+    assert "internal error (TimeoutError: actor did not start)" in err and "S3" not in err
