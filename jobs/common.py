@@ -297,6 +297,17 @@ def read_lines_from(uri: str, what: str) -> list[str]:
     return [content for _, content in lines]
 
 
+def _check_writable_parent(path: str, uri: str, option: str) -> None:
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):           # the folders to create: the nearest existing one must allow it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {uri}: {parent} is a file, not a folder; choose another location")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {uri}: cannot write in {parent} (permission denied); "
+                         "choose a location you can write to")
+
+
 def check_output_file(uri: str, option: str = "--out") -> None:
     """Refuse, before any work, an output file that cannot be written: a folder, or a place without write access."""
     if storage.is_s3(uri):
@@ -308,11 +319,19 @@ def check_output_file(uri: str, option: str = "--out") -> None:
     if os.path.isdir(path):
         raise UsageError(f"{option} {uri} is a folder (a file is expected); give a file name, "
                          f"e.g. {os.path.join(uri, 'cache.npz')}")
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):           # the folders to create: the nearest existing one must allow it
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"{option} {uri}: {parent} is a file, not a folder; choose another location")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {uri}: cannot write in {parent} (permission denied); "
-                         "choose a location you can write to")
+    _check_writable_parent(path, uri, option)
+
+
+def check_output_folder(uri: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+    if storage.is_s3(uri):
+        return                     # the bucket was probed by run_main
+    path = os.path.abspath(os.path.expanduser(uri))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {uri} is a file (a folder is expected); choose another {option}")
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {uri}: cannot write in it (permission denied); "
+                             "choose a location you can write to")
+        return
+    _check_writable_parent(path, uri, option)

@@ -97,6 +97,7 @@ from jobs.common import (
     JobFailed,
     UsageError,
     add_common_options,
+    check_output_folder,
     job_main,
     log,
     read_lines_from,
@@ -330,6 +331,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
 
 
 def _check_config(c: EvaluateConfig) -> None:
+    check_output_folder(c.out)
     if not math.isfinite(c.tau):
         raise UsageError(f"--tau must be a finite number, got {c.tau}")
     for name in ("limit", "noise_limit"):

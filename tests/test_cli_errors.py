@@ -278,3 +278,24 @@ def test_a_timeout_elsewhere_is_not_blamed_on_s3(capsys):
     assert run_main("das x", _raise(TimeoutError("actor did not start")), _args()) == 1
     err = capsys.readouterr().err
     assert "internal error (TimeoutError: actor did not start)" in err and "S3" not in err
+
+
+def test_evaluate_out_that_is_a_file(tmp_path):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("")
+    rc, out, wall = das(["evaluate", "--dataset", "esc50", "--root", str(tmp_path), "--noise-root", str(tmp_path),
+                         "--checkpoint", "x.pt", "--out", str(blocker)], tmp_path)
+    assert rc == 2
+    assert_one_line(out, "das evaluate", "results.txt is a file (a folder is expected)")
+    assert wall < 30
+
+
+def test_output_folder_checks(tmp_path):
+    from jobs.common import check_output_folder
+
+    check_output_folder(str(tmp_path / "new" / "deeper"))
+    check_output_folder(str(tmp_path))
+    check_output_folder("s3://bucket/prefix/")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UsageError, match=r"--embeddings .*f/sub: .*/f is a file, not a folder"):
+        check_output_folder(str(tmp_path / "f" / "sub"), "--embeddings")
