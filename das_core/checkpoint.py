@@ -77,6 +77,7 @@ def _download_published(name: str, url: str) -> str:
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(target))
+    os.fchmod(fd, storage.default_file_mode())      # a shared cache: readable as the umask allows
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             shutil.copyfileobj(resp, out, length=8 * 2**20)
@@ -86,7 +87,7 @@ def _download_published(name: str, url: str) -> str:
         raise CheckpointError(
             f"could not download checkpoint {name!r} from {url} ({reason}). Without network access, "
             f"fetch that file on another machine and pass its local path, e.g. "
-            f"--checkpoint /models/{url.rsplit('/', 1)[1]} (or an s3:// URI), or set DAS_CHECKPOINT.") from None
+            f"--checkpoint /models/{url.rsplit('/', 1)[1]} (or an s3:// URI).") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -106,6 +107,7 @@ def _download_s3(uri: str) -> str:
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(target))
+    os.fchmod(fd, storage.default_file_mode())
     os.close(fd)
     try:
         fs.get_file(path, tmp)

@@ -65,6 +65,43 @@ def check_template(template: str, required: set[str], what: str) -> None:
                          + ", ".join("{" + r + "}" for r in sorted(required)))
 
 
+# A comment starts a line or follows whitespace, so that labels such as "C#" or "#1 hit" keep their '#'.
+_COMMENT = re.compile(r"(?:^|\s)#.*$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+MAX_LABEL_CHARS = 100
+# "Bus (vehicle)", "C#", "C++" are labels; a leading dash or a trailing comma is a slip in the file.
+_ODD_FIRST = set(string.punctuation) - set("(")
+_ODD_LAST = set(string.punctuation) - set(")#+'")
+
+
+def numbered_lines(text: str) -> list[tuple[int, str]]:
+    """``(line number, content)`` of the lines that hold something, as people write such files.
+
+    A UTF-8 byte-order mark is dropped, CRLF / CR line ends are accepted,
+    ``#`` starts a comment (at the start of a line or after whitespace),
+    and what is left is stripped; blank lines are skipped.
+    """
+    out = []
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        content = _COMMENT.sub("", line).strip()
+        if content:
+            out.append((number, content))
+    return out
+
+
 def read_lines(text: str) -> list[str]:
-    """Non-empty, stripped lines; lines starting with '#' are comments."""
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    """The non-empty lines of a labels or noise-phrases file, comments removed (see ``numbered_lines``)."""
+    return [content for _, content in numbered_lines(text)]
+
+
+def odd_text_reason(text: str) -> str | None:
+    """Why a label or phrase looks like a mistake in the file (None if it looks fine)."""
+    if "\t" in text:
+        return "contains a tab (one label per line; columns are not read)"
+    if _CONTROL.search(text):
+        return "contains an invisible control character"
+    if len(text) > MAX_LABEL_CHARS:
+        return f"is {len(text)} characters long"
+    if text[0] in _ODD_FIRST or text[-1] in _ODD_LAST:
+        return "starts or ends with punctuation"
+    return None

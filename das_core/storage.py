@@ -5,6 +5,11 @@ config files (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``~/.aws/config``, ...).
 ``AWS_ENDPOINT_URL_S3`` (preferred) or ``AWS_ENDPOINT_URL`` select a
 non-AWS store such as MinIO or Ceph; ``set_s3_endpoint`` sets the same
 variable for this process and any Ray worker that inherits the environment.
+
+Each process keeps one S3 client per endpoint (a new one after a fork or an
+endpoint change), with bounded timeouts and retries on transient errors.
+S3 failures that no retry can fix are raised as ``StorageError`` subclasses
+whose message names the URI, the cause and what to do.
 """
 
 from __future__ import annotations
@@ -12,13 +17,50 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
 import fsspec
 
 S3_SCHEMES = ("s3://", "s3a://")
+
+# Bounded waits: an unreachable endpoint fails in about S3_RETRIES x S3_ATTEMPTS x S3_CONNECT_TIMEOUT_S.
+S3_CONNECT_TIMEOUT_S = 5
+S3_READ_TIMEOUT_S = 30
+S3_ATTEMPTS = 3          # botocore "standard" retries: 5xx, throttling, connection resets
+S3_RETRIES = 2           # s3fs's own loop around them (truncated bodies, SlowDown in odd XML)
+# The pre-flight probe runs before any work: fail fast rather than patiently.
+PROBE_ATTEMPTS = 2
+
+BUCKET_HINT = "check the bucket name, the region and the endpoint (--s3-endpoint / AWS_ENDPOINT_URL_S3)"
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or write "
+                    "~/.aws/credentials")
+
+
+class StorageError(OSError):
+    """S3 cannot be used for ``uri``: the message says why and what to do."""
+
+    def __init__(self, uri: str, what: str, cause: str, hint: str):
+        self.uri, self.cause, self.hint = uri, cause, hint
+        super().__init__(f"{what} ({cause}); {hint}")
+
+
+class S3CredentialsError(StorageError):
+    """No usable AWS credentials were found."""
+
+
+class S3UnreachableError(StorageError):
+    """The endpoint did not answer (refused, timed out, DNS, TLS)."""
+
+
+class BucketNotFoundError(StorageError, FileNotFoundError):
+    """The bucket of ``uri`` does not exist."""
+
+
+class S3AccessDeniedError(StorageError, PermissionError):
+    """The credentials are not allowed to do this (AccessDenied, bad key, expired token)."""
 
 
 def is_s3(uri: str) -> bool:
@@ -34,20 +76,182 @@ def set_s3_endpoint(url: str) -> None:
     os.environ["AWS_ENDPOINT_URL_S3"] = url
 
 
-def _s3_filesystem():
-    import s3fs
+def bucket_of(uri: str) -> str:
+    return uri.split("://", 1)[1].split("/", 1)[0]
 
-    kwargs = {"skip_instance_cache": True}
-    endpoint = s3_endpoint()
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
-    return s3fs.S3FileSystem(**kwargs)
+
+def _where() -> str:
+    return s3_endpoint() or "AWS S3"
+
+
+def botocore_config(attempts: int = S3_ATTEMPTS) -> dict:
+    """Keyword arguments of ``botocore.config.Config`` for every S3 client das makes."""
+    return {"connect_timeout": S3_CONNECT_TIMEOUT_S, "read_timeout": S3_READ_TIMEOUT_S,
+            "retries": {"mode": "standard", "max_attempts": attempts}}
+
+
+_CLIENTS: dict[tuple[int, str | None], fsspec.AbstractFileSystem] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()      # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def s3_filesystem() -> fsspec.AbstractFileSystem:
+    """This process's S3 filesystem for the current endpoint, made once and reused.
+
+    Keyed by process id (a forked child or a Ray worker must not use its
+    parent's connections and event loop) and endpoint (tests and
+    ``--s3-endpoint`` change it). Listings are not cached: Ray workers write
+    objects the driver lists, and no process could invalidate another's cache.
+    """
+    key = (os.getpid(), s3_endpoint())
+    with _CLIENTS_LOCK:
+        fs = _CLIENTS.get(key)
+        if fs is None:
+            import s3fs
+
+            fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, endpoint_url=key[1],
+                                   config_kwargs=botocore_config())
+            fs.retries = S3_RETRIES
+            _CLIENTS[key] = fs
+        return fs
+
+
+def clear_s3_cache() -> None:
+    """Forget this process's S3 clients (e.g. after credentials change); the next call makes new ones."""
+    with _CLIENTS_LOCK:
+        for (pid, _), fs in list(_CLIENTS.items()):
+            if pid == os.getpid():
+                fs.invalidate_cache()
+        _CLIENTS.clear()
+
+
+def invalidate(uri: str) -> None:
+    """Drop whatever this process's S3 client remembers about ``uri`` and its parents."""
+    if not is_s3(uri):
+        return
+    with _CLIENTS_LOCK:
+        fs = _CLIENTS.get((os.getpid(), s3_endpoint()))
+    if fs is not None:
+        fs.invalidate_cache(uri.split("://", 1)[1])
+
+
+_DENIED_CODES = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                 "InvalidToken", "AllAccessDisabled", "AccountProblem"}
+
+
+def _client_error_code(exc: BaseException) -> str | None:
+    """The S3 error code of ``exc`` or of the botocore error s3fs translated into it."""
+    seen = 0
+    while exc is not None and seen < 5:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            return str(response["Error"].get("Code") or "")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def as_storage_error(exc: BaseException, uri: str, action: str = "cannot access") -> StorageError | None:
+    """The typed ``StorageError`` for an S3 failure, or None when ``exc`` is not one (e.g. a missing key)."""
+    if isinstance(exc, StorageError):
+        return exc
+    try:
+        from botocore import exceptions as bx
+    except ImportError:
+        return None
+    what = f"{action} {uri}"
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError,
+                        bx.ProfileNotFound, bx.TokenRetrievalError)):
+        return S3CredentialsError(uri, what, f"no usable AWS credentials: {exc}", CREDENTIALS_HINT)
+    # a bare timeout is S3's only when it came from an S3 operation (``uri`` is an s3:// URI)
+    timeouts = (TimeoutError, fsspec.exceptions.FSTimeoutError) if is_s3(uri) else ()
+    if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, *timeouts)):
+        return S3UnreachableError(uri, what, f"S3 endpoint {_where()} did not answer: {exc}",
+                                  "check the endpoint (--s3-endpoint / AWS_ENDPOINT_URL_S3) and the network")
+    code = _client_error_code(exc)
+    if code == "NoSuchBucket":
+        return BucketNotFoundError(uri, what, f"bucket {bucket_of(uri)!r} does not exist at {_where()}",
+                                   BUCKET_HINT)
+    if code in _DENIED_CODES:
+        return S3AccessDeniedError(uri, what, f"access denied ({code})",
+                                   "check the credentials and the bucket policy for this bucket and prefix")
+    return None
+
+
+@contextmanager
+def _named_errors(uri: str, action: str) -> Iterator[None]:
+    """Re-raise S3 failures of ``uri`` as typed ``StorageError``s; anything else passes unchanged."""
+    if not is_s3(uri):
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:
+        typed = as_storage_error(exc, uri, action)
+        if typed is None or typed is exc:
+            raise
+        raise typed from exc
+
+
+def check_s3_access(uris: Iterable[str]) -> None:
+    """Refuse, quickly, S3 URIs whose bucket cannot be used: no credentials, no answer, no bucket.
+
+    One HEAD per bucket with a short retry budget, before any work starts.
+    A 403 on the bucket is not refused: a role may read a prefix without
+    the right to see the bucket; the first real access names the problem.
+    """
+    buckets: dict[str, str] = {}
+    for uri in uris:
+        if is_s3(uri):
+            buckets.setdefault(bucket_of(uri), uri)
+    if not buckets:
+        return
+    import botocore.config
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=s3_endpoint(), config=botocore.config.Config(**botocore_config(PROBE_ATTEMPTS)))
+    for bucket, uri in buckets.items():
+        try:
+            client.head_bucket(Bucket=bucket)
+        except Exception as exc:
+            code = _client_error_code(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketNotFoundError(uri, f"cannot use {uri}", f"bucket {bucket!r} does not exist at "
+                                          f"{_where()}", BUCKET_HINT) from exc
+            if code in ("403", "AccessDenied", "Forbidden", "301", "PermanentRedirect"):
+                continue
+            typed = as_storage_error(exc, uri, "cannot use")
+            if typed is None and code is None:
+                raise
+            raise typed or StorageError(uri, f"cannot use {uri}", f"S3 at {_where()} answered {code}: {exc}",
+                                        "check the endpoint, the region and the credentials") from exc
+
+
+def default_file_mode() -> int:
+    """``0o666`` less this process's umask: the mode ``open()`` would give a new file."""
+    try:
+        with open("/proc/self/status") as f:       # reading it does not change the umask, unlike os.umask
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for ``uri`` and the path inside it."""
+    """The fsspec filesystem for ``uri`` and the path inside it (S3: this process's shared client)."""
     if is_s3(uri):
-        return _s3_filesystem(), uri.split("://", 1)[1]
+        return s3_filesystem(), uri.split("://", 1)[1]
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -67,12 +271,13 @@ def join(base: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.exists(path)
+    with _named_errors(uri, "cannot look up"):
+        return fs.exists(path)
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
+    with _named_errors(uri, "cannot read"), fs.open(path, "rb") as f:
         return f.read()
 
 
@@ -81,7 +286,8 @@ def open_input(uri: str, block_size: int = 8 * 2**20) -> Iterator[IO[bytes]]:
     """A seekable binary reader; S3 objects are fetched in ``block_size`` ranges, never whole."""
     fs, path = filesystem(uri)
     if is_s3(uri):
-        f = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+        with _named_errors(uri, "cannot open"):
+            f = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
     else:
         f = open(path, "rb")
     try:
@@ -93,18 +299,22 @@ def open_input(uri: str, block_size: int = 8 * 2**20) -> Iterator[IO[bytes]]:
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` so that readers see the old object or the whole new one, never a part.
 
-    Local files are written beside the target and renamed into place; an S3
-    PUT only becomes visible when it completes.
+    Local files are written beside the target and renamed into place, with
+    the mode a plain ``open()`` gives (0o666 less the umask: colleagues on a
+    shared disk can read the results); an S3 PUT only becomes visible when it
+    completes.
     """
     fs, path = filesystem(uri)
     if is_s3(uri):
-        with fs.open(path, "wb") as f:
+        with _named_errors(uri, "cannot write"), fs.open(path, "wb") as f:
             f.write(data)
+        invalidate(uri)
         return
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        os.fchmod(fd, default_file_mode())      # mkstemp makes 0o600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -123,7 +333,9 @@ def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]
     fs, path = filesystem(uri)
     root = path.rstrip("/")
     found = []
-    for entry in fs.find(root):
+    with _named_errors(uri, "cannot list"):
+        entries = fs.find(root)
+    for entry in entries:
         rel = entry[len(root):].lstrip("/")
         if any(part.startswith((".", "_")) for part in rel.split("/")):
             continue
@@ -135,5 +347,7 @@ def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]
 
 def remove(uri: str, recursive: bool = False) -> None:
     fs, path = filesystem(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=recursive)
+    with _named_errors(uri, "cannot remove"):
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+    invalidate(uri)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from jobs.common import UsageError, add_common_options, apply_common_options, log, read_lines_from, run_main
+from jobs.common import UsageError, add_common_options, check_output_file, log, read_lines_from, run_main
 
 
 def build_parser(prog: str = "das build-cache") -> argparse.ArgumentParser:
@@ -34,20 +34,34 @@ def build_parser(prog: str = "das build-cache") -> argparse.ArgumentParser:
     return p
 
 
+def check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu "
+                         "(the default; text encoding is cheap)")
+
+
 def build(args: argparse.Namespace) -> int:
     from das_core.cache import DriftCache, validate_build_inputs
     from das_core.encoder import ClapEncoder
     from das_core.prompts import DEFAULT_NOISE_PHRASES
 
+    # everything that can be refused is refused before the model is loaded
+    check_output_file(args.out)
     labels = read_lines_from(args.labels, "labels")
     phrases = (read_lines_from(args.noise_phrases, "noise phrases") if args.noise_phrases
                else list(DEFAULT_NOISE_PHRASES))
     if not labels:
-        raise UsageError(f"labels file {args.labels} has no labels")
+        raise UsageError(f"labels file {args.labels} has no labels (only blank lines or # comments); "
+                         "write one label per line")
     try:
         validate_build_inputs(labels, phrases, args.clean_template, args.noisy_template, args.lam)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_device(args.device)
     start = time.monotonic()
     log.info("loading checkpoint %s", args.checkpoint)
     encoder = ClapEncoder.from_checkpoint(args.checkpoint, device=args.device, tokenizer_dir=args.tokenizer_dir)
@@ -70,8 +84,7 @@ def build(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "das build-cache") -> int:
     args = build_parser(prog).parse_args(argv)
-    apply_common_options(args)
-    return run_main(prog, lambda: build(args))
+    return run_main(prog, lambda: build(args), args)
 
 
 if __name__ == "__main__":

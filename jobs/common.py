@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable
 
 from das_core import storage
@@ -15,6 +19,7 @@ from das_core.checkpoint import CheckpointError
 from das_core.encoder import EncoderError
 
 log = logging.getLogger("das")
+_PROG = "das"          # the running command, for messages printed outside run_main
 
 # Variables a worker on another machine needs to see as the driver does.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE",
@@ -22,20 +27,32 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_D
 
 
 class UsageError(Exception):
-    """A bad argument or artefact, refused before any work starts."""
+    """A bad argument or artefact, refused before any work starts (exit status 2)."""
+
+
+class ClusterError(UsageError):
+    """The Ray cluster cannot be used: it does not answer, or lacks the resources asked for."""
 
 
 class JobFailed(Exception):
-    """The job ran but its result is not acceptable (e.g. too many bad files)."""
+    """The job ran but its result is not acceptable, e.g. too many bad files (exit status 1)."""
 
 
-USER_ERRORS = (UsageError, CacheError, CheckpointError, EncoderError, AudioDecodeError, FileNotFoundError,
-               PermissionError)
+# Refusals: the user can fix the cause; the message says how. Exit status 2.
+USER_ERRORS = (UsageError, storage.StorageError, CacheError, CheckpointError, EncoderError, AudioDecodeError,
+               FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+DEBUG_ENV = "DAS_DEBUG"
+RAY_CONNECT_TIMEOUT_S = 60.0        # ray.init retries an absent cluster for minutes; das gives up after this
+RAY_PROBE_TIMEOUT_S = 5.0
+CLUSTER_WAIT_ENV = "DAS_CLUSTER_WAIT_S"
 
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    if not verbose:      # botocore's INFO lines ("Found credentials in ...") are noise to a user
+        logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -43,63 +60,278 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                         help="S3-compatible endpoint (MinIO, Ceph, ...); same as AWS_ENDPOINT_URL_S3. "
                              "Credentials come from the usual AWS environment variables or config files.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"on failure, print the Python traceback as well (same as {DEBUG_ENV}=1)")
 
 
 def apply_common_options(args: argparse.Namespace) -> None:
-    setup_logging(args.verbose)
-    if args.s3_endpoint:
+    setup_logging(getattr(args, "verbose", False))
+    if getattr(args, "s3_endpoint", None):
         storage.set_s3_endpoint(args.s3_endpoint)
 
 
-def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run ``body``; turn refusals into a one-line message and exit status 2, failures into status 1."""
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def s3_uris(args: argparse.Namespace) -> list[str]:
+    """Every ``s3://`` URI among the parsed options (lists included)."""
+    found = []
+    for value in vars(args).values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and storage.is_s3(item):
+                found.append(item)
+    return found
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _report(prog: str, message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Ray re-raises a worker's exception wrapped (its text: a remote traceback); ``cause`` is the original."""
+    for _ in range(3):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    return exc
+
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message (without ``prog: error:``) for an exception out of a job.
+
+    2 for refusals (``USER_ERRORS``, including every ``storage.StorageError``
+    and raw botocore credential / connection errors), 1 for ``JobFailed``
+    and for anything unexpected (an internal error).
+    """
+    exc = _unwrap(exc)
+    if isinstance(exc, USER_ERRORS):
+        return EXIT_USAGE, one_line(exc)
+    if isinstance(exc, JobFailed):
+        return EXIT_FAILED, one_line(exc)
+    typed = storage.as_storage_error(exc, "an S3 object", "cannot use")
+    if typed is not None:
+        return EXIT_USAGE, one_line(typed)
+    text = one_line(exc)
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return EXIT_FAILED, (f"internal error ({type(exc).__name__}: {text}); rerun with --debug (or {DEBUG_ENV}=1) "
+                         "for the traceback and report it")
+
+
+def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None = None) -> int:
+    """Run ``body`` and turn every failure into one line on stderr and an exit status (``describe_failure``).
+
+    130 when interrupted. With ``args``, its common options are applied first
+    and the buckets of its ``s3://`` options are probed, so that a missing
+    bucket or credentials are refused before any model is loaded. ``--debug``
+    or ``DAS_DEBUG=1`` adds the traceback.
+    """
+    global _PROG
+    _PROG = prog
+    debug = debug_enabled(args)
     try:
+        if args is not None:
+            apply_common_options(args)
+            storage.check_s3_access(s3_uris(args))
         return body()
-    except USER_ERRORS as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except JobFailed as exc:
-        print(f"{prog}: failed: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; committed results are kept (rerun with --resume)", file=sys.stderr)
-        return 130
+        hint = ("committed results are kept; rerun with --resume to continue" if hasattr(args, "resume")
+                else "rerun the command to start again")
+        print(f"{prog}: error: interrupted (KeyboardInterrupt); {hint}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line, never a traceback
+        status, message = describe_failure(exc)
+        _report(prog, message, debug)
+        return status
 
 
 def job_main(argv: list[str] | None, prog: str, build_parser, config_from_args, run) -> int:
     """The ``main`` of a job whose work is ``run(config_from_args(parsed arguments))``."""
     args = build_parser(prog).parse_args(argv)
-    apply_common_options(args)
 
     def body() -> int:
         run(config_from_args(args))
         return 0
 
-    return run_main(prog, body)
+    return run_main(prog, body, args)
 
 
 def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
 
 
-def init_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` when set (cluster, ``ray job submit``), else start a local Ray."""
+def _probe_ray_address(address: str) -> None:
+    """Refuse at once a ``host:port`` where nothing listens (ray.init would retry it for minutes)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return                               # "auto", "local": Ray finds the address itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({exc.strerror or exc}); "
+                           "start the cluster or correct RAY_ADDRESS, or unset RAY_ADDRESS to run on a local "
+                           "Ray") from None
+
+
+def _give_up_on_ray(address: str | None, timeout: float) -> None:
+    where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "the local Ray instance"
+    print(f"{_PROG}: error: {where} did not answer within {timeout:g} s (ray.init is still waiting); "
+          + ("check that the cluster is up and RAY_ADDRESS is right, or unset RAY_ADDRESS for a local Ray"
+             if address else "check free memory and /tmp space, or stop stale Ray processes (ray stop)"),
+          file=sys.stderr, flush=True)
+    os._exit(EXIT_USAGE)          # ray.init cannot be cancelled from another thread
+
+
+def init_ray(gpus: float = 0.0, cpus: float = 0.0) -> None:
+    """Connect to ``RAY_ADDRESS`` when set (cluster, ``ray job submit``), else start a local Ray.
+
+    Bounded: an address where nothing listens is refused within seconds
+    (``ClusterError``); a connection or start-up still pending after
+    ``DAS_RAY_CONNECT_TIMEOUT_S`` (default 60 s; 120 s for a local start)
+    ends the process with one line and status 2. With ``gpus`` / ``cpus``,
+    the cluster must offer that many (``require_cluster_resources``).
+    """
     import ray
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    log.info("connecting to Ray cluster at %s" if address else "starting a local Ray instance%s",
-             address or "")
-    ray.init(address=address or None, log_to_driver=True, logging_level=logging.WARNING)
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        log.info("connecting to Ray cluster at %s" if address else "starting a local Ray instance%s", address or "")
+        if address:
+            _probe_ray_address(address)
+        timeout = float(os.environ.get("DAS_RAY_CONNECT_TIMEOUT_S") or (RAY_CONNECT_TIMEOUT_S * (1 if address else 2)))
+        watchdog = threading.Timer(timeout, _give_up_on_ray, args=(address, timeout))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
+            where = f"connect to the Ray cluster at RAY_ADDRESS={address}" if address else "start a local Ray"
+            raise ClusterError(f"cannot {where} ({type(exc).__name__}: {one_line(exc)}); "
+                               + ("check RAY_ADDRESS, or unset it to run on a local Ray" if address
+                                  else "run `ray stop` to clear stale Ray processes, then retry")) from exc
+        finally:
+            watchdog.cancel()
+    if gpus or cpus:
+        require_cluster_resources(gpus=gpus, cpus=cpus)
+
+
+def require_cluster_resources(gpus: float = 0.0, cpus: float = 0.0, wait_s: float | None = None,
+                              gpu_option: str = "--num-gpus") -> None:
+    """Refuse a job that asks for more GPUs / CPUs than the Ray cluster has, instead of waiting forever.
+
+    A cluster's autoscaler may still add nodes: with ``RAY_ADDRESS`` set, wait
+    up to ``wait_s`` (default ``$DAS_CLUSTER_WAIT_S`` or 300 s), logging what
+    is missing every 15 s; a local Ray is refused at once.
+    """
+    import ray
+
+    if wait_s is None:
+        wait_s = float(os.environ.get(CLUSTER_WAIT_ENV) or (300 if os.environ.get("RAY_ADDRESS") else 0))
+    deadline = time.monotonic() + wait_s
+    while True:
+        total = ray.cluster_resources()
+        have_gpus, have_cpus = float(total.get("GPU", 0)), float(total.get("CPU", 0))
+        missing = ([f"{gpus:g} GPU(s) ({gpu_option} {gpus:g}) but it has {have_gpus:g}"] if gpus > have_gpus else []) \
+            + ([f"{cpus:g} CPU(s) but it has {have_cpus:g}"] if cpus > have_cpus else [])
+        if not missing:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            where = "the Ray cluster" if os.environ.get("RAY_ADDRESS") else "the local Ray instance (this machine)"
+            raise ClusterError(f"{where} cannot run this job (it needs {'; '.join(missing)}); "
+                               + (f"use {gpu_option} 0 to encode on CPU, " if gpus > have_gpus else "")
+                               + "ask for fewer resources, or run on a larger cluster (RAY_ADDRESS)"
+                               + (f"; waited {wait_s:g} s for the autoscaler ({CLUSTER_WAIT_ENV})" if wait_s else ""))
+        log.info("waiting up to %.0f s for the Ray cluster to offer %s", left, "; ".join(missing))
+        time.sleep(min(15.0, left))
+
+
+def _decode_text(data: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark); UTF-16 only when its byte-order mark says so."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
 
 
 def read_lines_from(uri: str, what: str) -> list[str]:
-    from das_core.prompts import read_lines
+    """The entries of a labels / noise-phrases file (local or s3://), one per line, read as people write them.
 
+    BOM, CRLF, blank lines and ``#`` comments are handled
+    (``das_core.prompts.numbered_lines``); an entry that looks like a mistake
+    (tab, control character, stray punctuation, very long) is kept with a
+    warning naming its line. A folder, a missing file or one that is not
+    text is refused (``UsageError``).
+    """
+    from das_core.prompts import numbered_lines, odd_text_reason
+
+    if not storage.is_s3(uri) and os.path.isdir(os.path.expanduser(uri)):
+        raise UsageError(f"{what} file {uri} is a folder (a text file with one entry per line is expected); "
+                         "pass the file itself")
     try:
-        return read_lines(storage.read_bytes(uri).decode("utf-8"))
+        data = storage.read_bytes(uri)
+    except storage.StorageError:
+        raise
     except FileNotFoundError:
-        raise UsageError(f"{what} file {uri} does not exist") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} file {uri} is not UTF-8 text") from None
+        raise UsageError(f"{what} file {uri} does not exist (no such file); check the path") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} file {uri} is a folder; pass the file itself") from None
+    try:
+        text = _decode_text(data)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} file {uri} is not UTF-8 text (undecodable byte at offset {exc.start}); "
+                         "save it as UTF-8 plain text") from None
+    lines = numbered_lines(text)
+    for number, content in lines:
+        reason = odd_text_reason(content)
+        if reason:
+            log.warning("%s file %s, line %d: %r %s; check that line", what, uri, number, content, reason)
+    return [content for _, content in lines]
+
+
+def _check_writable_parent(path: str, uri: str, option: str) -> None:
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):           # the folders to create: the nearest existing one must allow it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {uri}: {parent} is a file, not a folder; choose another location")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {uri}: cannot write in {parent} (permission denied); "
+                         "choose a location you can write to")
+
+
+def check_output_file(uri: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or a place without write access."""
+    if storage.is_s3(uri):
+        if uri.endswith("/"):
+            raise UsageError(f"{option} {uri} names a folder (a file such as {uri}cache.npz is expected); "
+                             "give a file name")
+        return                     # the bucket was probed by run_main; S3 has no folders to collide with
+    path = os.path.abspath(os.path.expanduser(uri))
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {uri} is a folder (a file is expected); give a file name, "
+                         f"e.g. {os.path.join(uri, 'cache.npz')}")
+    _check_writable_parent(path, uri, option)
+
+
+def check_output_folder(uri: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+    if storage.is_s3(uri):
+        return                     # the bucket was probed by run_main
+    path = os.path.abspath(os.path.expanduser(uri))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {uri} is a file (a folder is expected); choose another {option}")
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {uri}: cannot write in it (permission denied); "
+                             "choose a location you can write to")
+        return
+    _check_writable_parent(path, uri, option)

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from jobs.common import add_common_options, apply_common_options, log, run_main
+from jobs.common import add_common_options, log, run_main
 
 LABELS = ["siren", "beep", "electric hum", "white noise", "dog bark", "engine idling"]
 RATE = 22050
@@ -64,7 +64,9 @@ def resolve_demo_checkpoint() -> str:
         log.info("using LAION's 630k-audioset-best (%s)", path)
         return path
     except ckpt.CheckpointError as exc:
-        log.warning("no pretrained weights are reachable: %s", exc)
+        log.debug("%s", exc)          # its advice names --checkpoint, an option the demo does not have
+        log.warning("LAION's 630k-audioset-best cannot be downloaded here; set DAS_CHECKPOINT to a local copy "
+                    "for real labels")
     path = os.path.join(ckpt.cache_dir(), "checkpoints", "random", "HTSAT-tiny-transformer-random.pt")
     if not os.path.isfile(path):
         log.warning("writing a checkpoint with RANDOM weights (HTSAT-tiny audio tower, LAION's transformer text "
@@ -113,8 +115,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "das demo") -> int:
     args = build_parser(prog).parse_args(argv)
-    apply_common_options(args)
-    return run_main(prog, lambda: demo(args))
+    return run_main(prog, lambda: demo(args), args)
 
 
 if __name__ == "__main__":

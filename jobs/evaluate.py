@@ -97,6 +97,7 @@ from jobs.common import (
     JobFailed,
     UsageError,
     add_common_options,
+    check_output_folder,
     job_main,
     log,
     read_lines_from,
@@ -144,6 +145,7 @@ class TuneSplit:
     spec: str
     folds: frozenset[int] = frozenset()   # "folds:1-5"
     percent: float | None = None          # "hash:50": clips whose id hashes below this share
+    note: str = ""                        # why this split when das chose it (the dataset lacks default folds)
 
     def is_tune(self, clip) -> bool:
         if self.percent is not None:
@@ -329,6 +331,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
 
 
 def _check_config(c: EvaluateConfig) -> None:
+    check_output_folder(c.out)
     if not math.isfinite(c.tau):
         raise UsageError(f"--tau must be a finite number, got {c.tau}")
     for name in ("limit", "noise_limit"):
@@ -368,14 +371,7 @@ def plan(c: EvaluateConfig) -> Plan:
         noise = read_noise(c.noise_root)
     except LayoutError as exc:
         raise UsageError(str(exc)) from None
-    split = parse_tune_split(c.tune_split or DEFAULT_TUNE_SPLITS[c.dataset])
-    if split.folds:
-        if not dataset.folds:
-            raise UsageError(f"--tune-split {split.spec}: {c.dataset} has no folds; use hash:P (e.g. hash:50)")
-        unknown = sorted(split.folds - set(dataset.folds))
-        if unknown:
-            raise UsageError(f"--tune-split {split.spec}: fold(s) {_ranges(unknown)} do not exist in {c.dataset} "
-                             f"(folds: {_ranges(dataset.folds)})")
+    split = choose_tune_split(c, dataset)
     n_available = len(dataset.clips)
     if c.limit:
         # spread the subset over folds, or over the tuning and test halves where there are no folds
@@ -403,6 +399,33 @@ def plan(c: EvaluateConfig) -> Plan:
     local = ckpt.resolve(c.checkpoint)
     return Plan(c, dataset, noise, split, is_tune, groups, tuple(phrases), ckpt.fingerprint(local),
                 ckpt.describe(local), n_available)
+
+
+def choose_tune_split(c: EvaluateConfig, dataset: Dataset) -> TuneSplit:
+    """``--tune-split``, else the dataset's default, else (some folds absent) the lower half of those present."""
+    split = parse_tune_split(c.tune_split or DEFAULT_TUNE_SPLITS[c.dataset])
+    if not split.folds:
+        return split
+    present = dataset.folds
+    if not present:
+        raise UsageError(f"--tune-split {split.spec}: {c.dataset} has no folds; use hash:P "
+                         "(e.g. --tune-split hash:50)")
+    unknown = sorted(split.folds - set(present))
+    if c.tune_split and unknown:
+        raise UsageError(f"--tune-split {split.spec}: fold(s) {_ranges(unknown)} do not exist in {c.dataset} "
+                         f"(folds: {_ranges(present)}); choose among the folds present in {c.root}")
+    if c.tune_split or (not unknown and set(present) - split.folds):
+        return split                       # as asked; an empty side is refused with the --limit check below
+    if len(present) < 2:
+        raise UsageError(f"{c.root} holds only fold {_ranges(present)} of {c.dataset} (evaluation needs at least 2 "
+                         "folds: one to choose lam on, one to test on); add another fold of the dataset")
+    tune = present[:len(present) // 2]
+    chosen = TuneSplit(f"folds:{','.join(map(str, tune))}", folds=frozenset(tune),
+                       note=f"chosen from the folds present ({_ranges(present)}): the default {split.spec} "
+                            + (f"needs absent fold(s) {_ranges(unknown)}" if unknown else "leaves no fold to test on"))
+    log.info("tuning split: folds %s (test: folds %s), %s", _ranges(tune), _ranges(present[len(tune):]),
+             chosen.note)
+    return chosen
 
 
 # -------------------------------------------------------------------- text
@@ -742,7 +765,8 @@ def render_report(p: Plan, ev: Evaluation, conditions: Sequence[ConditionData], 
         f"- dataset: {title} at `{ds.root}`: {len(ds.clips)} clips"
         + (f" (--limit {c.limit} of {p.n_available})" if c.limit else "") + f", {len(ds.label_names)} classes",
         f"- tuning split: {p.split.describe(ds, True)} ({int(p.is_tune.sum())} clips); "
-        f"test split: {p.split.describe(ds, False)} ({int((~p.is_tune).sum())} clips)",
+        f"test split: {p.split.describe(ds, False)} ({int((~p.is_tune).sum())} clips)"
+        + (f"; {p.split.note}" if p.split.note else ""),
         f"- noise: `{p.noise.root}` ({p.noise.layout}), {len(p.noise.uris)} recordings, "
         f"{len({s for s in p.noise.scenes if s is not None})} scenes; seed {c.seed}",
         f"- checkpoint: `{c.checkpoint}` ({p.checkpoint_id[:19]}…, {p.checkpoint_info.get('architecture')})"
@@ -851,7 +875,8 @@ def write_outputs(p: Plan, ev: Evaluation, conditions: Sequence[ConditionData], 
         "noise_root": p.noise.root, "checkpoint": {"uri": p.config.checkpoint, "fingerprint": p.checkpoint_id,
                                                    **p.checkpoint_info},
         "conditions": [cd.condition.title for cd in conditions], "seed": p.config.seed,
-        "lam_grid": list(ev.objective), "lam": ev.lam, "tune_split": p.split.spec, "tau": p.config.tau,
+        "lam_grid": list(ev.objective), "lam": ev.lam, "tune_split": p.split.spec,
+        "tune_split_note": p.split.note or None, "tau": p.config.tau,
         "noise_phrases": list(p.phrases), "limit": p.config.limit, "noise_limit": p.config.noise_limit,
         "counts": counts, "decode_errors": {d.condition.name: len(d.store.errors) for d in conditions}
         | {NOISE_STORE: len(noise_store.errors)}, **extra,

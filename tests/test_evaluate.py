@@ -437,6 +437,45 @@ def test_esc50_plan_uses_its_folds(tmp_path, tiny_ckpt):
     assert len(small.dataset.clips) == 6 and small.is_tune.any() and not small.is_tune.all()
 
 
+def test_default_split_is_chosen_from_the_folds_present(tmp_path, tiny_ckpt, caplog):
+    """A copy holding some folds: the default folds:1-5 would refuse; the lower half of those present tunes."""
+    root = str(tmp_path / "UrbanSound8K")
+    make_urbansound8k(root, folds=(2, 3, 4, 7))
+    make_tau(str(tmp_path / "TAU"), per_scene=1)
+    args = ["--dataset", "urbansound8k", "--root", root, "--noise-root", str(tmp_path / "TAU"),
+            "--checkpoint", tiny_ckpt, "--out", str(tmp_path / "out")]
+    with caplog.at_level("INFO", logger="das"):
+        p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
+    assert p.split.spec == "folds:2,3"
+    assert p.split.describe(p.dataset, True) == "folds 2, 3" and p.split.describe(p.dataset, False) == "folds 4, 7"
+    assert "chosen from the folds present (2-4, 7)" in p.split.note and "folds:1-5" in p.split.note
+    assert "needs absent fold(s) 1, 5" in p.split.note and "chosen from the folds present" in caplog.text
+    assert p.is_tune.tolist() == [c.fold in (2, 3) for c in p.dataset.clips]
+    # three folds: one tunes, two test; an explicit split is still taken as given
+    shutil.rmtree(root)
+    make_urbansound8k(root, folds=(1, 2, 3))
+    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
+    assert p.split.spec == "folds:1" and p.split.describe(p.dataset, False) == "folds 2, 3"
+    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args + ["--tune-split", "folds:1-2"])))
+    assert p.split.spec == "folds:1-2" and p.split.note == ""
+    # all ten folds: the published default, no note
+    shutil.rmtree(root)
+    make_urbansound8k(root, folds=tuple(range(1, 11)))
+    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
+    assert p.split.spec == "folds:1-5" and p.split.note == ""
+
+
+def test_one_fold_is_refused_with_a_clear_line(tmp_path, capsys):
+    root = str(tmp_path / "UrbanSound8K")
+    make_urbansound8k(root, folds=(4,))
+    make_tau(str(tmp_path / "TAU"), per_scene=1)
+    rc, printed = _run(["--dataset", "urbansound8k", "--root", root, "--noise-root", str(tmp_path / "TAU"),
+                        "--checkpoint", "nowhere.pt", "--out", str(tmp_path / "out")], capsys)
+    assert rc == 2 and "Traceback" not in printed
+    assert re.search(r"das evaluate: error: .*UrbanSound8K holds only fold 4 of urbansound8k \(evaluation needs at "
+                     r"least 2 folds", printed), printed
+
+
 # ------------------------------------------------- scoring logic, no audio
 def _unit(v):
     v = np.asarray(v, dtype=np.float64)

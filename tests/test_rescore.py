@@ -227,7 +227,7 @@ def test_uncommitted_parts_are_ignored_and_damaged_parts_reported(labelled, cach
     capsys.readouterr()
     assert main(["--embeddings", str(copy), "--cache", cache_uri, "--out", str(tmp_path / "b"), "--run-id", "r"]) == 1
     err = capsys.readouterr().err
-    assert "das rescore: failed:" in err and "part-u00000098-end.parquet" in err
+    assert "das rescore: error:" in err and "part-u00000098-end.parquet" in err
     failed = json.load(open(tmp_path / "b" / "run_id=r" / "_manifest.json"))
     assert failed["status"] == "failed" and failed["counts"]["units_failed"] == 1
     assert "u00000098" not in failed["watermark"]["units"]
