@@ -37,6 +37,10 @@ GOALS = {
     "rescore_over_read_10_classes": (">=", 0.5),
     "rss_ratio_60_over_10_min": ("<=", 1.2),
     "decode_scaling": (">=", 0.8),
+    "driver_windows_per_s": (">=", 270_000),      # 20x the best 0.1 figure (13 500, issue #10)
+    "driver_rss_ratio": ("<=", 1.2),
+    "dry_run_s": ("<=", 60),
+    "dry_run_peak_rss_gib": ("<=", 1.0),
 }
 
 
@@ -53,13 +57,17 @@ class Sizes:
     decode_files: int
     decode_seconds: float
     rescore_rows: int
+    driver_chunks: int = 200_000    # driver: chunk statistics absorbed
+    dry_run_rows: int = 1_000_000   # das label --dry-run on a manifest of this many paths
+    rss_clips: int = 64             # driver RSS: archives of this many and 4x as many 1 s clips
 
 
 FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
              cache_classes=527, cache_phrases=8, long_minutes=60, decode_files=12, decode_seconds=300,
              rescore_rows=200_000)
 SMOKE = Sizes(clips=8, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
-              cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000)
+              cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000,
+              driver_chunks=2_000, dry_run_rows=10_000, rss_clips=2)
 
 
 def log(msg: str) -> None:
@@ -207,8 +215,7 @@ def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
     import librosa
     import torch
 
-    import das_core.encoder  # noqa: F401  (sets HF_HUB_OFFLINE=1 before laion_clap imports transformers)
-
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")     # laion_clap loads tokenizers at import: never block on them
     torch.set_num_threads(threads)
     model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="transformer")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
@@ -267,7 +274,7 @@ def _worker_peaks() -> dict[str, float]:
                 hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
         except (psutil.Error, OSError, StopIteration):
             continue
-        role = "encoder actor" if "EncodeAndScore" in title else "decode/other worker"
+        role = "encoder actor" if "EncodeAndWrite" in title else "decode/other worker"
         peaks[role] = max(peaks.get(role, 0.0), float(hwm))
     return peaks
 
@@ -302,7 +309,8 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
     import ray.data
 
     from das_core.inputs import list_inputs
-    from jobs.pipeline import DECODE_MEMORY_BYTES, DecodeSettings, configure_data_context, decode_files
+    from das_core.units import DecodeSettings, decode_units
+    from jobs.pipeline import DECODE_MEMORY_BYTES, configure_data_context
 
     folder = os.path.join(work, f"decode-{sizes.decode_files}x{sizes.decode_seconds:g}s")
     ensure_clips(folder, sizes.decode_files, sizes.decode_seconds)
@@ -311,10 +319,10 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
     total_windows, total_s = 0, 0.0
     for ext, _, _ in FORMATS:
         subset = [f for f in inputs if f.path.endswith(ext)]
-        batch = pa.table({"file_id": [f.file_id for f in subset], "path": [f.path for f in subset]})
+        batch = pa.table({"unit": [f"u{i:08d}" for i in range(len(subset))],
+                          "file_ids": [[f.file_id] for f in subset], "paths": [[f.path] for f in subset]})
         t = time.perf_counter()
-        n = sum(int(pa.compute.sum(pa.compute.equal(b.column("kind"), "segment")).as_py() or 0)
-                for b in decode_files(batch, DecodeSettings()))
+        n = sum(int(b.column("n_windows")[0].as_py()) for b in decode_units(batch, DecodeSettings()))
         s = time.perf_counter() - t
         by_format[ext] = n / s
         total_windows += n
@@ -323,22 +331,22 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
     cores = os.cpu_count()
     if not ray.is_initialized():
         ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR")
-    items = [{"file_id": f.file_id, "path": f.path} for f in inputs]
+    items = [{"unit": f"u{i:08d}", "file_ids": [f.file_id], "paths": [f.path]} for i, f in enumerate(inputs)]
 
     configure_data_context()
 
     def stage():
         # the stage alone: its blocks stay in the object store (count() reads block metadata only)
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(decode_files, fn_kwargs={"settings": DecodeSettings()}, batch_size=1,
+        ds = ds.map_batches(decode_units, fn_kwargs={"settings": DecodeSettings()}, batch_size=1,
                             batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES)
-        return ds.materialize().count()
+        return int(ds.sum("n_windows"))
 
     stage()                                              # warm-up: workers started, imports done
     t = time.perf_counter()
     rows = stage()
     wall = time.perf_counter() - t
-    parallel = rows / wall                               # files close on their last window: rows == windows
+    parallel = rows / wall
     return {"decode_per_core": per_core, "decode_per_core_by_format": by_format, "decode_parallel": parallel,
             "decode_scaling": parallel / (per_core * cores), "cores": cores}
 
@@ -347,7 +355,18 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
     """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
     import pyarrow as pa
 
-    from das_core.results import FileOutcome, OutputStore, build_tables, embedding_array, labelled_columns
+    from das_core.results import (
+        END_TAG,
+        FILES_DIR,
+        FORMAT_VERSION,
+        SEGMENTS_DIR,
+        FileOutcome,
+        OutputStore,
+        build_tables,
+        embedding_array,
+        labelled_columns,
+        part_name,
+    )
     from das_core.scoring import label_windows
 
     rng = np.random.default_rng(2)
@@ -372,8 +391,10 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
         outcomes = [FileOutcome(f, f"s3://a/{f}.wav", "ok", None, None, windows_per_file, 60.0, 48000, 1)
                     for f in ids]
         segments, files = build_tables(outcomes, pa.table(cols), cache, 5, "float16")
-        store.commit(segments, files)
-    store.write_manifest({"job": "label", "status": "complete",
+        unit = f"u{first // files_per_part:08d}"
+        store.write_part(SEGMENTS_DIR, part_name(unit, 0), segments)
+        store.write_part(FILES_DIR, part_name(unit, END_TAG), files)
+    store.write_manifest({"job": "label", "status": "complete", "format_version": FORMAT_VERSION,
                           "settings": {"checkpoint_fingerprint": cache.encoder_id, "top_k": 5,
                                        "embedding_dtype": "float16"},
                           "checkpoint": {"uri": "bench.pt", "fingerprint": cache.encoder_id}})
@@ -395,11 +416,11 @@ def rescore_breakdown(labels: str, cache) -> dict:
     """Where one part's re-scoring time goes, in this process: what must be read, scored and written."""
     import pyarrow.parquet as pq
 
-    from das_core.results import table_to_bytes
+    from das_core.results import END_TAG, part_name, table_to_bytes
     from jobs.rescore import rescore_tables
 
-    part = sorted(os.listdir(os.path.join(labels, "files")))[0]
-    seg_path, files_path = (os.path.join(labels, d, part) for d in ("segments", "files"))
+    seg_path = os.path.join(labels, "segments", part_name("u00000000", 0))
+    files_path = os.path.join(labels, "files", part_name("u00000000", END_TAG))
     out = {"embedding_column_read": best_of(lambda: pq.read_table(seg_path, columns=["embedding"]))}
     out["read_both_tables"] = best_of(lambda: (pq.read_table(seg_path), pq.read_table(files_path)))
     segments, files = pq.read_table(seg_path), pq.read_table(files_path)
@@ -536,6 +557,22 @@ def table(results: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def bench_archive(ckpt: str, cache, cache_uri: str, work: str, sizes: Sizes) -> dict:
+    from bench.archive import bench_driver, bench_driver_rss, bench_dry_run, bench_write
+
+    out = bench_driver(sizes.driver_chunks)
+    log(f"driver: {out['driver_windows_per_s']:.0f} windows/s absorbed on one core")
+    out.update(bench_write(cache, repeats=5))
+    log("write stage, windows/s per core: " + ", ".join(
+        f"{w} {out[f'write_windows_per_s_{w}']:.0f} (plain Parquet {out[f'plain_parquet_windows_per_s_{w}']:.0f})"
+        for w in ("local", "s3") if f"write_windows_per_s_{w}" in out))
+    out.update(bench_dry_run(ckpt, cache_uri, work, sizes.dry_run_rows))
+    log(f"dry run on {sizes.dry_run_rows} paths: {out['dry_run_s']:.1f} s, {out['dry_run_peak_rss_gib']:.2f} GiB")
+    out.update(bench_driver_rss(ckpt, cache_uri, work, sizes.rss_clips, 4))
+    log(f"driver peak RSS {out['driver_peak_rss_gib']:.2f} GiB; x4 archive: ratio {out['driver_rss_ratio']:.2f}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every benchmark still runs")
@@ -596,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     changes = ("text_prefix_speedup", "topk_argpartition_speedup", "label_columns_vectorised_speedup")
     log("speed-ups: " + ", ".join(f"{k} {results[k]:.1f}x" for k in changes))
     results.update(bench_rss(ckpt, cache_uri, work, sizes, args.threads))
+    results.update(bench_archive(ckpt, cache, cache_uri, work, sizes))
     results.update(bench_gpu(ckpt))
 
     record = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "smoke": args.smoke,

@@ -263,3 +263,45 @@ def new_run_entry(p: LabelPlan) -> dict:
 
 def replace(c: LabelConfig, **changes) -> LabelConfig:
     return dataclasses.replace(c, **changes)
+
+
+def print_dry_run(p: LabelPlan) -> dict:
+    """Print what the run would do; return it as a dict."""
+    c = p.config
+    skipped = p.skipped.as_dict()
+    lines = [f"das label --dry-run: {c.input} -> {c.out}",
+             f"  inputs:    {p.n_inputs} file(s) in {len(p.units)} unit(s) of <= {c.files_per_unit} files / "
+             f"{c.unit_bytes / 2**20:g} MiB",
+             f"  skipped:   {skipped['total']}" + "".join(
+                 f"; {reason} {n} (e.g. {', '.join(skipped['examples'].get(reason, []))})"
+                 for reason, n in skipped["by_reason"].items()),
+             f"  to do:     {len(p.todo)} unit(s), {p.todo_files} file(s)"
+             + (f" ({len(p.units) - len(p.todo)} unit(s) already committed: --resume skips them)"
+                if len(p.todo) != len(p.units) else ""),
+             f"  chunks:    <= {c.windows_per_chunk} windows each; encoder batch {c.batch_size}",
+             f"  cache:     {len(p.cache.labels)} classes, lam {p.cache.lam:g}; checkpoint "
+             f"{p.checkpoint_info.get('weights', '')} weights",
+             "  nothing was written; no Ray, no model"]
+    print("\n".join(lines), flush=True)
+    return {"dry_run": True, "inputs": p.n_inputs, "units": len(p.units), "todo_units": len(p.todo),
+            "todo_files": p.todo_files, "skipped": skipped}
+
+
+def summary(manifest: dict, out: str, wall: float, segments_now: int, n_inputs: int, steady: float | None) -> str:
+    """The closing lines of ``das label``."""
+    counts = manifest["counts"]
+    errs = ", ".join(f"{k} {v}" for k, v in counts["errors_by_kind"].items()) or "none"
+    missing = n_inputs - counts["files"]
+    skipped = manifest.get("skipped") or {}
+    return (f"das label: {manifest['status']} in {wall:.1f} s\n"
+          f"  files in:  {n_inputs} = {counts['ok']} ok + {counts['error']} error"
+          + (f" + {missing} not done" if missing else "") + "\n"
+          + (f"  skipped:   {skipped['total']} not picked up ("
+             + ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items()) + ")\n" if skipped.get("total") else "")
+          + f"  segments:  {counts['segments']} ({segments_now} this run, "
+          f"{segments_now / wall if wall > 0 else 0:.2f} clips/s"
+          + (f"; {steady:.2f} clips/s after start-up" if steady else "") + ")\n"
+          f"  errors:    {errs}\n"
+          f"  weights:   {manifest['checkpoint'].get('weights')}"
+          + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
+          + f"\n  output:    {out} (segments/, files/, _manifest.json)")

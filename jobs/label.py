@@ -9,7 +9,16 @@ import time
 
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, normalise_extensions
 from das_core.labelrun import RESUME_KEYS, LabelConfig, LabelPlan, RunRefused  # noqa: F401 - re-exported
-from jobs.common import JobFailed, UsageError, add_common_options, init_ray, job_main, log, worker_env
+from jobs.common import (
+    JobFailed,
+    UsageError,
+    add_common_options,
+    check_output_folder,
+    init_ray,
+    job_main,
+    log,
+    worker_env,
+)
 
 
 def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
@@ -81,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
 def plan(c: LabelConfig) -> LabelPlan:
     from das_core.labelrun import plan_run
 
+    check_output_folder(c.out)
     try:
         return plan_run(c)
     except RunRefused as exc:
@@ -89,11 +99,11 @@ def plan(c: LabelConfig) -> LabelPlan:
 
 def run(c: LabelConfig) -> dict:
     """Label ``c.input`` into ``c.out``; returns the final manifest (the plan's summary with ``dry_run``)."""
-    from das_core.labelrun import RunCounts, new_run_entry, run_manifest
+    from das_core.labelrun import RunCounts, new_run_entry, print_dry_run, run_manifest, summary
 
     p = plan(c)
     if c.dry_run:
-        return _print_dry_run(p)
+        return print_dry_run(p)
     store = p.store
     if c.overwrite and store.has_output():
         log.info("--overwrite: deleting previous results in %s", c.out)
@@ -135,7 +145,8 @@ def run(c: LabelConfig) -> dict:
                          f"(more than --max-error-fraction {c.max_error_fraction:g})")
     manifest = run_manifest(p, "failed" if failed else "complete", total, runs + [this_run])
     store.write_manifest(manifest)
-    _print_summary(manifest, c.out, wall, counts.segments, p.n_inputs, this_run.get("steady_segments_per_s"))
+    print(summary(manifest, c.out, wall, counts.segments, p.n_inputs, this_run.get("steady_segments_per_s")),
+          flush=True)
     if failed:
         raise JobFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ (see the 'error' column)")
     return manifest
@@ -153,8 +164,8 @@ def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) ->
     c = p.config
     if not len(p.todo):
         return None, None
-    init_ray()
     actors = c.actors or (max(1, int(c.num_gpus)) if c.num_gpus > 0 else 1)
+    init_ray(gpus=c.num_gpus, cpus=actors * c.cpus_per_actor)     # refused now rather than an endless wait
     gpus_per_actor = c.num_gpus / actors if c.num_gpus > 0 else 0.0
     decode = DecodeSettings(chunk_windows=c.windows_per_chunk, snr_db=c.snr_db, seed=c.seed,
                             noise_uris=p.noise_uris)
@@ -205,47 +216,6 @@ def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) ->
     if aborted is None and tracker.open_units:
         raise RuntimeError(f"pipeline ended with {tracker.open_units} unit(s) not whole")
     return aborted, first_output
-
-
-def _print_dry_run(p: LabelPlan) -> dict:
-    c = p.config
-    skipped = p.skipped.as_dict()
-    lines = [f"das label --dry-run: {c.input} -> {c.out}",
-             f"  inputs:    {p.n_inputs} file(s) in {len(p.units)} unit(s) of <= {c.files_per_unit} files / "
-             f"{c.unit_bytes / 2**20:g} MiB",
-             f"  skipped:   {skipped['total']}" + "".join(
-                 f"; {reason} {n} (e.g. {', '.join(skipped['examples'].get(reason, []))})"
-                 for reason, n in skipped["by_reason"].items()),
-             f"  to do:     {len(p.todo)} unit(s), {p.todo_files} file(s)"
-             + (f" ({len(p.units) - len(p.todo)} unit(s) already committed: --resume skips them)"
-                if len(p.todo) != len(p.units) else ""),
-             f"  chunks:    <= {c.windows_per_chunk} windows each; encoder batch {c.batch_size}",
-             f"  cache:     {len(p.cache.labels)} classes, lam {p.cache.lam:g}; checkpoint "
-             f"{p.checkpoint_info.get('weights', '')} weights",
-             "  nothing was written; no Ray, no model"]
-    print("\n".join(lines), flush=True)
-    return {"dry_run": True, "inputs": p.n_inputs, "units": len(p.units), "todo_units": len(p.todo),
-            "todo_files": p.todo_files, "skipped": skipped}
-
-
-def _print_summary(manifest: dict, out: str, wall: float, segments_now: int, n_inputs: int,
-                   steady: float | None) -> None:
-    counts = manifest["counts"]
-    errs = ", ".join(f"{k} {v}" for k, v in counts["errors_by_kind"].items()) or "none"
-    missing = n_inputs - counts["files"]
-    skipped = manifest.get("skipped") or {}
-    print(f"das label: {manifest['status']} in {wall:.1f} s\n"
-          f"  files in:  {n_inputs} = {counts['ok']} ok + {counts['error']} error"
-          + (f" + {missing} not done" if missing else "") + "\n"
-          + (f"  skipped:   {skipped['total']} not picked up ("
-             + ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items()) + ")\n" if skipped.get("total") else "")
-          + f"  segments:  {counts['segments']} ({segments_now} this run, "
-          f"{segments_now / wall if wall > 0 else 0:.2f} clips/s"
-          + (f"; {steady:.2f} clips/s after start-up" if steady else "") + ")\n"
-          f"  errors:    {errs}\n"
-          f"  weights:   {manifest['checkpoint'].get('weights')}"
-          + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
-          + f"\n  output:    {out} (segments/, files/, _manifest.json)", flush=True)
 
 
 def main(argv: list[str] | None = None, prog: str = "das label") -> int:

@@ -1,0 +1,192 @@
+"""Shards as input: WebDataset tar and Hugging Face Parquet, written by their own libraries; locally and on S3."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import sine
+
+from das_core.shards import Skips, parquet_members, tar_members, webdataset_key
+
+pytestmark = pytest.mark.integration
+
+LABELS = ["siren", "dog_bark", "engine_idling"]
+
+
+def flac(seconds: float, freq: float, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, sine(freq, seconds, rate, amp=0.3), rate, format="FLAC")
+    return buf.getvalue()
+
+
+CLIPS = {"sample000": flac(3.0, 300), "sample001": flac(12.0, 500), "sample002": flac(1.5, 700)}
+
+
+def write_tar(path, clips=CLIPS, extra=True) -> str:
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for key, data in clips.items():
+            sample = {"__key__": key, "flac": data}
+            if extra:
+                sample.update({"json": {"source": key, "licence": "cc-by"}, "cls": 3})
+            sink.write(sample)
+    return str(path)
+
+
+def write_hf_parquet(path, clips=CLIPS, with_null=False) -> str:
+    from datasets import Audio, Dataset
+
+    rows = [{"bytes": data, "path": f"{key}.flac"} for key, data in clips.items()]
+    ids = list(clips)
+    if with_null:
+        rows.append(None)
+        ids.append("nothing")
+    ds = Dataset.from_dict({"audio": rows, "clip_id": ids}).cast_column("audio", Audio(decode=False))
+    ds.to_parquet(str(path))
+    return str(path)
+
+
+def test_webdataset_key():
+    assert webdataset_key("dir/sample001.flac") == "dir/sample001"
+    assert webdataset_key("a.b.c.wav") == "a"
+
+
+def test_tar_members_in_order_with_metadata_and_skips(tmp_path):
+    shard = write_tar(tmp_path / "000.tar")
+    skips = Skips({}, {})
+    members = list(tar_members("000.tar", shard, (".flac",), True, skips))
+    assert [m.file_id for m in members] == ["000.tar/sample000.flac", "000.tar/sample001.flac",
+                                            "000.tar/sample002.flac"]
+    assert [m.key for m in members] == list(CLIPS)
+    assert '"licence": "cc-by"' in members[0].metadata.replace(":", ": ").replace(":  ", ": ") or \
+        "cc-by" in members[0].metadata
+    assert skips.counts == {"non-audio shard member": 6}
+    with members[1].open() as f:
+        assert f.read() == CLIPS["sample001"]
+
+
+def test_hostile_tars(tmp_path):
+    good = open(write_tar(tmp_path / "ok.tar", extra=False), "rb").read()
+    (tmp_path / "cut.tar").write_bytes(good[: len(good) // 2])
+    (tmp_path / "junk.tar").write_bytes(b"certainly not a tar archive" * 40)
+    cut = list(tar_members("cut.tar", str(tmp_path / "cut.tar"), (".flac",), False, Skips({}, {})))
+    assert cut[0].error is None and cut[-1].error is not None
+    junk = list(tar_members("junk.tar", str(tmp_path / "junk.tar"), (".flac",), False, Skips({}, {})))
+    assert len(junk) == 1 and junk[0].error[0] == "not_audio" and "junk.tar" in junk[0].error[1]
+
+
+def test_parquet_members(tmp_path):
+    shard = write_hf_parquet(tmp_path / "train-00000.parquet", with_null=True)
+    members = list(parquet_members("train-00000.parquet", shard, None, None))
+    assert [m.file_id for m in members] == [f"train-00000.parquet#{i}" for i in range(4)]
+    assert members[3].error[0] == "empty" and members[0].key == "sample000.flac"
+    with members[0].open() as f:
+        assert f.read() == CLIPS["sample000"]
+    by_id = list(parquet_members("s", shard, "audio", "clip_id"))
+    assert [m.file_id for m in by_id] == ["sample000", "sample001", "sample002", "nothing"]
+    missing = list(parquet_members("s", shard, "sound", None))
+    assert len(missing) == 1 and missing[0].error[0] == "unsupported" and "sound" in missing[0].error[1]
+
+
+# ------------------------------------------------------------------ das label on shards (Ray)
+
+@pytest.fixture(scope="module")
+def shard_cache(tiny_ckpt, encoder, tmp_path_factory):
+    from das_core.cache import DriftCache
+
+    uri = str(tmp_path_factory.mktemp("shard-cache") / "cache.npz")
+    DriftCache.build(encoder.embed_text, LABELS, ["traffic noise"], encoder_id=encoder.encoder_id).save(uri)
+    return uri
+
+
+def _label(src, cache, ckpt, out, **kw):
+    from jobs.label import LabelConfig, run
+
+    kw.setdefault("max_error_fraction", 1.0)
+    kw.setdefault("progress_every_s", 1e9)
+    return run(LabelConfig(input=str(src), cache=cache, checkpoint=ckpt, out=str(out), **kw))
+
+
+def _rows(out):
+    from das_core.results import OutputStore
+
+    store = OutputStore(str(out))
+    return (store.read_segments().sort_by([("file_id", "ascending"), ("segment", "ascending")]),
+            store.read_files().sort_by([("file_id", "ascending")]))
+
+
+def test_the_same_audio_gives_the_same_numbers_in_any_packing(ray_local, tiny_ckpt, shard_cache, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for key, data in CLIPS.items():
+        (plain / f"{key}.flac").write_bytes(data)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_tar(shards / "000.tar")
+    hf = tmp_path / "hf" / "data"
+    hf.mkdir(parents=True)
+    write_hf_parquet(hf / "train-00000-of-00001.parquet")
+    m_plain = _label(plain, shard_cache, tiny_ckpt, tmp_path / "out-plain")
+    m_tar = _label(shards, shard_cache, tiny_ckpt, tmp_path / "out-tar", keep_metadata=True)
+    m_hf = _label(tmp_path / "hf", shard_cache, tiny_ckpt, tmp_path / "out-hf")
+    s_plain, f_plain = _rows(tmp_path / "out-plain")
+    s_tar, f_tar = _rows(tmp_path / "out-tar")
+    s_hf, f_hf = _rows(tmp_path / "out-hf")
+    assert f_tar.column("file_id").to_pylist() == [f"000.tar/{k}.flac" for k in CLIPS]
+    assert f_tar.column("key").to_pylist() == list(CLIPS)
+    assert all("cc-by" in m for m in f_tar.column("metadata").to_pylist())
+    assert f_hf.column("file_id").to_pylist() == [f"data/train-00000-of-00001.parquet#{i}" for i in range(3)]
+    for segs in (s_tar, s_hf):
+        assert segs.num_rows == s_plain.num_rows == 4
+        np.testing.assert_array_equal(np.array(segs.column("embedding").to_pylist()),
+                                      np.array(s_plain.column("embedding").to_pylist()))
+        for col in ("label", "score", "top_k_scores", "zs_score", "segment", "start_s"):
+            assert segs.column(col).equals(s_plain.column(col)), col
+    for m in (m_tar, m_hf):
+        assert m["counts"]["files"] == 3 == m["counts"]["ok"]
+    assert m_tar["skipped"]["by_reason"]["non-audio shard member"] == 6
+    assert m_plain["counts"]["segments"] == m_tar["counts"]["segments"] == m_hf["counts"]["segments"]
+
+
+def test_hostile_shards_become_error_rows_and_the_rest_is_labelled(ray_local, tiny_ckpt, shard_cache, tmp_path,
+                                                                   s3_endpoint, bucket):
+    import boto3
+
+    good = open(write_tar(tmp_path / "good.tar", extra=False), "rb").read()
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.put_object(Bucket=bucket, Key="shards/a-good.tar", Body=good)
+    s3.put_object(Bucket=bucket, Key="shards/b-cut.tar", Body=good[: len(good) * 2 // 3])
+    s3.put_object(Bucket=bucket, Key="shards/c-junk.tar", Body=b"no tar here" * 100)
+    corrupt = dict(CLIPS)
+    corrupt["sample001"] = b"\x00" * 3000
+    s3.put_object(Bucket=bucket, Key="shards/d-corrupt-member.tar",
+                  Body=open(write_tar(tmp_path / "corrupt.tar", clips=corrupt, extra=False), "rb").read())
+    write_hf_parquet(tmp_path / "null.parquet", with_null=True)
+    s3.put_object(Bucket=bucket, Key="shards/e-null.parquet", Body=(tmp_path / "null.parquet").read_bytes())
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": ["no audio here"]}), buf)
+    s3.put_object(Bucket=bucket, Key="shards/f-no-audio.parquet", Body=buf.getvalue())
+    out = f"s3://{bucket}/labels"
+    manifest = _label(f"s3://{bucket}/shards", shard_cache, tiny_ckpt, out)
+    _, files = _rows(out)
+    rows = {r["file_id"]: r for r in files.to_pylist()}
+    assert [rows[f"a-good.tar/{k}.flac"]["status"] for k in CLIPS] == ["ok"] * 3
+    assert rows["b-cut.tar/sample000.flac"]["status"] == "ok"
+    cut_errors = [r for fid, r in rows.items() if fid.startswith("b-cut.tar") and r["status"] == "error"]
+    assert cut_errors and all("b-cut.tar" in r["error"] for r in cut_errors)
+    assert rows["c-junk.tar"]["error_kind"] == "not_audio" and "c-junk.tar" in rows["c-junk.tar"]["error"]
+    assert rows["d-corrupt-member.tar/sample001.flac"]["status"] == "error"
+    assert rows["d-corrupt-member.tar/sample000.flac"]["status"] == "ok"
+    assert rows["d-corrupt-member.tar/sample002.flac"]["status"] == "ok"
+    assert rows["e-null.parquet#3"]["error_kind"] == "empty"
+    assert rows["f-no-audio.parquet"]["error_kind"] == "unsupported"
+    assert manifest["counts"]["files"] == len(rows) == manifest["counts"]["ok"] + manifest["counts"]["error"]
+    assert os.environ.get("AWS_ENDPOINT_URL_S3") == s3_endpoint
