@@ -203,12 +203,13 @@ def bench_pipeline(ckpt: str, cache_uri: str, paths: list[str], work: str, batch
 
 def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
     """The usual script: a per-file loop of librosa.load(sr=48000) + laion-clap's CLAP_Module."""
-    import laion_clap
     import librosa
     import torch
 
-    import das_core.encoder  # noqa: F401  (sets HF_HUB_OFFLINE=1 before laion_clap imports transformers)
+    from das_core.offline import hf_offline
 
+    with hf_offline():      # laion_clap loads tokenizers at import: local-only, or it hangs retrying the network
+        import laion_clap
     torch.set_num_threads(threads)
     model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="transformer")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
