@@ -208,10 +208,11 @@ def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
 
     from das_core.offline import hf_offline
 
+    torch.set_num_threads(threads)
     with hf_offline():      # laion_clap loads tokenizers at import: local-only, or it hangs retrying the network
         import laion_clap
-    torch.set_num_threads(threads)
-    model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="transformer")
+
+        model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="transformer")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     # CLAP_Module.load_ckpt deletes a position_ids key these checkpoints do not have: load directly.
     model.model.load_state_dict({k[len("module."):]: v for k, v in state.items()})
