@@ -1,4 +1,4 @@
-"""Checkpoints with random weights and the real LAION-CLAP architecture, in LAION's format.
+"""Checkpoints with random weights and the real LAION-CLAP architecture, in LAION's and Hugging Face's formats.
 
 The only source of weights for the tests, the benchmark and the offline
 demo: the network code, the file format and the loading path are exactly
@@ -9,6 +9,7 @@ with such weights are meaningless, and outputs made with them say so.
 from __future__ import annotations
 
 import os
+import shutil
 
 from das_core.checkpoint import RANDOM_WEIGHTS_NAME, Architecture
 from das_core.encoder import ROBERTA_BASE_CONFIG, build_model
@@ -101,8 +102,11 @@ def write_random_hf_checkpoint(folder: str, *, audio: str = "test-tiny", fusion:
         for name, param in model.named_parameters():
             if name.endswith("relative_position_bias_table"):
                 param.normal_(0.0, 0.02)
-    os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    ClapFeatureExtractor(frequency_min=50, frequency_max=14_000).save_pretrained(folder)
+    partial = folder.rstrip("/") + ".partial"     # saved aside and renamed: a folder is never half written
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    ClapFeatureExtractor(frequency_min=50, frequency_max=14_000).save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
     return folder

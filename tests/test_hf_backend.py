@@ -72,7 +72,7 @@ def test_features_equal_feature_extractor(hf_model):
     got = enc.front_end(torch.from_numpy(np.stack([repeat_pad(w) for w in waves])))
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert want.shape == (3, 4 if enc.arch.enable_fusion else 1, WINDOW_SAMPLES // 480 + 1, 64)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)      # bit-identical on CPU here
     assert float((got - want).abs().mean()) < 1e-5
 
 
