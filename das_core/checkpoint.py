@@ -133,7 +133,7 @@ def _download_hub(repo_id: str) -> str:
             raise CheckpointError(
                 f"checkpoint {repo_id!r} is no local file or folder, and as a Hugging Face hub id it could not be "
                 f"fetched ({why}). Pass a local folder instead: on a "
-                f"machine with network run `huggingface-cli download {repo_id} --local-dir /models/"
+                f"machine with network run `hf download {repo_id} --local-dir /models/"
                 f"{repo_id.split('/')[-1]}`, copy that folder here (or to s3://) and use --checkpoint "
                 f"/models/{repo_id.split('/')[-1]}; or set HF_HUB_OFFLINE=0 where the hub is reachable.") from None
     read_hf_config(folder)
