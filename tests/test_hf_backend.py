@@ -272,3 +272,64 @@ def test_build_cache_with_hf_folder(hf_folder, tmp_path):
     assert cache.dim == enc.dim
     np.testing.assert_allclose(cache.clean, enc.embed_text(["sound of dog bark", "sound of siren",
                                                             "sound of jackhammer"]), atol=1e-6)
+
+
+_BLOCK_NAMES = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+                "attn.relative_position_bias_table": "attention.self.relative_position_bias_table",
+                "attn.relative_position_index": "attention.self.relative_position_index",
+                "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+
+
+def laion_audio_to_hf(state: dict) -> dict:
+    """A LAION HTSAT audio tower and projection, renamed to transformers' ClapModel layout (qkv split in three).
+
+    Written here from the two modules' parameter names: transformers 5.23 ships no conversion script.
+    The LAION tower's STFT / mel buffers and its classification head (tscam_conv, head) have no
+    counterpart: the hf backend computes the features itself and the embedding never uses the head.
+    """
+    out = {}
+    for key, value in state.items():
+        if key.startswith("audio_projection."):
+            out[key.replace(".0.", ".linear1.").replace(".2.", ".linear2.")] = value
+            continue
+        if not key.startswith("audio_branch.") or key.split(".")[1] in (
+                "spectrogram_extractor", "logmel_extractor", "tscam_conv", "head"):
+            continue
+        name = "audio_model.audio_encoder." + key[len("audio_branch."):].replace("bn0.", "batch_norm.", 1)
+        if ".blocks." in name:
+            head, rest = name.split(".blocks.", 1)
+            block, param = rest.split(".", 1)
+            if param == "attn_mask":                 # derived from the window geometry; transformers recomputes it
+                continue
+            if param.startswith("attn.qkv."):       # one [3d, d] projection in LAION, three [d, d] in transformers
+                for part, chunk in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                    out[f"{head}.blocks.{block}.attention.self.{part}.{param.rsplit('.', 1)[1]}"] = chunk.clone()
+                continue
+            stem = next(k for k in _BLOCK_NAMES if param == k or param.startswith(k + "."))
+            name = f"{head}.blocks.{block}.{_BLOCK_NAMES[stem]}{param[len(stem):]}"
+        out[name] = value
+    return out
+
+
+@pytest.mark.slow
+def test_laion_checkpoint_converted_to_hf_embeds_the_same_audio(tiny_ckpt, tmp_path, record_property):
+    """The same HTSAT-tiny weights through both backends: laion-clap's own front end and model, and
+    das's front end + transformers' ClapModel. The text towers cannot be compared: this LAION checkpoint
+    has LAION's CLIP-style text tower, which ClapModel does not have."""
+    from safetensors.torch import save_file
+    from transformers import ClapModel
+
+    folder = write_random_hf_checkpoint(str(tmp_path / "converted"), audio="HTSAT-tiny", projection_dim=512)
+    model = ClapModel.from_pretrained(folder, local_files_only=True)
+    converted = laion_audio_to_hf(ckpt.load_state_dict(tiny_ckpt))
+    own = model.state_dict()
+    audio_keys = {k for k in own if k.startswith(("audio_model.", "audio_projection."))}
+    assert set(converted) == audio_keys
+    own.update(converted)
+    save_file({k: v.contiguous() for k, v in own.items()}, os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+    x = np.stack([repeat_pad(w) for w in clips([10.0, 3.3, 7.5])])
+    laion = ClapEncoder.from_checkpoint(tiny_ckpt).embed_audio(x)
+    hf = ClapEncoder.from_checkpoint(folder).embed_audio(x)
+    record_property("laion_vs_hf_max_cosine_distance", max_cosine_distance(hf, laion))
+    assert max_cosine_distance(hf, laion) <= 1e-5
