@@ -234,7 +234,8 @@ class ClapEncoder:
             from das_core.hf_clap import load_hf_clap
 
             hf = load_hf_clap(local)
-            return cls(hf.model, hf.arch, encoder_id=hf.encoder_id, name=ckpt.display_name(uri), device=device,
+            # the name (recorded in drift caches next to the fingerprint) says which backend made the embeddings
+            return cls(hf.model, hf.arch, encoder_id=hf.encoder_id, name="hf:" + ckpt.display_name(uri), device=device,
                        precision=precision, tokenizer=hf.tokenizer, max_batch_size=max_batch_size,
                        batch_invariant=batch_invariant, front_end=hf.front_end)
         loaded = load_clap(local, before_build=lambda arch: (

@@ -128,7 +128,7 @@ def test_backend_is_detected_and_described(hf_folder, hf_fused_folder, tiny_ckpt
     assert "fusion (aff_2d)" in ckpt.describe(hf_fused_folder)["architecture"]
     assert ckpt.describe(tiny_ckpt)["backend"] == "laion"
     enc = ClapEncoder.from_checkpoint(hf_folder)
-    assert enc.backend == "hf" and enc.name == "hf-tiny" and enc.encoder_id == ckpt.fingerprint(hf_folder)
+    assert enc.backend == "hf" and enc.name == "hf:hf-tiny" and enc.encoder_id == ckpt.fingerprint(hf_folder)
     assert ClapEncoder.from_checkpoint(tiny_ckpt).backend == "laion"
 
 
@@ -268,7 +268,7 @@ def test_build_cache_with_hf_folder(hf_folder, tmp_path):
     assert main(["--labels", str(labels), "--checkpoint", hf_folder, "--out", str(out)]) == 0
     cache = DriftCache.load(str(out))
     enc = ClapEncoder.from_checkpoint(hf_folder)
-    assert cache.encoder_id == enc.encoder_id and cache.encoder_name == "hf-tiny"
+    assert cache.encoder_id == enc.encoder_id and cache.encoder_name == "hf:hf-tiny"
     assert cache.dim == enc.dim
     np.testing.assert_allclose(cache.clean, enc.embed_text(["sound of dog bark", "sound of siren",
                                                             "sound of jackhammer"]), atol=1e-6)
@@ -333,3 +333,34 @@ def test_laion_checkpoint_converted_to_hf_embeds_the_same_audio(tiny_ckpt, tmp_p
     hf = ClapEncoder.from_checkpoint(folder).embed_audio(x)
     record_property("laion_vs_hf_max_cosine_distance", max_cosine_distance(hf, laion))
     assert max_cosine_distance(hf, laion) <= 1e-5
+
+
+def test_label_with_hf_folder(hf_folder, ray_local, tmp_path):
+    """das label end to end on the hf backend: Ray actors load the folder, embeddings and manifest say so."""
+    import pyarrow.parquet as pq
+    from conftest import write_audio
+
+    from das_core.cache import DriftCache
+    from jobs.label import LabelConfig, run
+
+    (tmp_path / "in").mkdir()
+    write_audio(tmp_path / "in" / "a.wav", sine(440, 3.0, 16000), 16000)
+    write_audio(tmp_path / "in" / "b.flac", sine(880, 12.0, 44100), 44100, fmt="FLAC")
+    enc = ClapEncoder.from_checkpoint(hf_folder)
+    cache_uri = str(tmp_path / "cache.npz")
+    DriftCache.build(enc.embed_text, ["siren", "dog_bark"], ["traffic noise"], encoder_id=enc.encoder_id,
+                     encoder_name=enc.name).save(cache_uri)
+    out = str(tmp_path / "out")
+    manifest = run(LabelConfig(input=str(tmp_path / "in"), cache=cache_uri, checkpoint=hf_folder, out=out,
+                               embedding_dtype="float32", progress_every_s=1e9))
+    assert manifest["status"] == "complete" and manifest["counts"]["ok"] == 2
+    assert manifest["checkpoint"]["backend"] == "hf" and manifest["checkpoint"]["fingerprint"] == enc.encoder_id
+    segments = pq.read_table(os.path.join(out, "segments")).to_pandas().sort_values(["path", "segment"])
+    assert len(segments) == 3 and set(segments.label) <= {"siren", "dog_bark"}
+    # the 3 s clip's one window, as das_core.audio delivers it, embedded in this process
+    from das_core.audio import load_mono48k
+
+    window = repeat_pad(load_mono48k((tmp_path / "in" / "a.wav").read_bytes(), "a.wav"))
+    ours = enc.embed_audio(window[None])[0]
+    stored = np.asarray(segments[segments.path.str.endswith("a.wav")].embedding.iloc[0], dtype=np.float32)
+    assert float(ours @ stored) > 1 - 1e-5
