@@ -71,11 +71,10 @@ def load_model(folder: str):
                                    f"({str(exc).splitlines()[0][:300]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    bad = {k: sorted(str(x) for x in v)[:8] for k, v in info.items() if k != "error_msgs" and v}
-    if bad or info.get("error_msgs"):
-        raise ckpt.CheckpointError(f"{folder}: the weights do not fit config.json: "
-                                   + "; ".join(f"{k} {v}" for k, v in bad.items())
-                                   + "; ".join(info.get("error_msgs") or []))
+    problems = [f"{kind} {sorted(str(x) for x in keys)[:8]}" for kind, keys in info.items()
+                if kind != "error_msgs" and keys] + [str(m) for m in info.get("error_msgs") or []]
+    if problems:
+        raise ckpt.CheckpointError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems))
     return model.eval()
 
 

@@ -241,7 +241,9 @@ import json, os
 import huggingface_hub.constants as c
 names = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
 before = (dict(os.environ), {n: getattr(c, n) for n in names})
-import das_core.encoder, das_core.checkpoint, das_core.hf_clap, das_core.random_checkpoint, das_core.cache
+import importlib, pkgutil, das_core
+for module in pkgutil.iter_modules(das_core.__path__):
+    importlib.import_module("das_core." + module.name)
 from das_core.offline import hf_offline
 after_import = (dict(os.environ), {n: getattr(c, n) for n in names})
 with hf_offline() as offline:
@@ -335,6 +337,7 @@ def test_laion_checkpoint_converted_to_hf_embeds_the_same_audio(tiny_ckpt, tmp_p
     assert max_cosine_distance(hf, laion) <= 1e-5
 
 
+@pytest.mark.slow
 def test_label_with_hf_folder(hf_folder, ray_local, tmp_path):
     """das label end to end on the hf backend: Ray actors load the folder, embeddings and manifest say so."""
     import pyarrow.parquet as pq
