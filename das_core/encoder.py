@@ -17,8 +17,8 @@ What this module guarantees for the laion backend:
   never imports the ``laion_clap`` package: it loads laion-clap's
   ``clap_module`` sub-package directly, within ``das_core.offline.hf_offline``
   (``HF_HUB_OFFLINE=1`` unless the user has set it, for that block only:
-  importing das changes no global state), builds a RoBERTa text tower from the configuration
-  its checkpoint implies (never downloading ``roberta-base`` weights), and
+  importing das changes no global state), builds a RoBERTa text tower from
+  the configuration its checkpoint implies (never downloading ``roberta-base`` weights), and
   verifies any RoBERTa tokenizer against the real vocabulary before use.
 * **Deterministic.** Inputs are exactly 10 s (480 000 samples), so the
   non-fusion path never reaches LAION's random crop. Fusion checkpoints get
