@@ -234,6 +234,23 @@ def test_hub_id_offline_fails_fast_with_instructions(tmp_path):
     assert "local folder" in lines[0]
 
 
+def test_hub_id_in_the_hugging_face_cache_loads_offline(hf_folder, tmp_path, monkeypatch):
+    """A hub id whose snapshot is in the cache (the hub's own layout) resolves offline, same fingerprint."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--laion--clap-tiny-test"
+    shutil.copytree(hf_folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    local = ckpt.resolve("laion/clap-tiny-test")
+    assert local == str(repo / "snapshots" / commit)
+    enc = ClapEncoder.from_checkpoint("laion/clap-tiny-test")
+    assert enc.encoder_id == ckpt.fingerprint(hf_folder) and enc.name == "hf:clap-tiny-test"
+
+
 def test_importing_das_changes_no_global_state():
     """Issue #12: a notebook that imports das keeps its Hugging Face downloads working."""
     code = """
