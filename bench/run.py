@@ -167,6 +167,40 @@ def profile_encoder(ckpt: str, windows: np.ndarray) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / total for e in top}
 
 
+def bench_hf_encoder(ckpt: str, work: str, sizes: Sizes, threads: int, batch_size: int) -> dict:
+    """Audio clips/s of the hf backend against the laion backend: the same unfused HTSAT-tiny audio tower
+    (patch width 96, depths 2-2-6-2, projection to 512), random weights, the same batch size, batch-invariant
+    mode, timed alternately in this run. Text towers differ (not timed). The hf figure includes das's float64
+    log-mel front end, whose share is reported separately."""
+    import torch
+
+    from das_core.encoder import ClapEncoder
+    from das_core.random_checkpoint import write_random_hf_checkpoint
+
+    folder = os.path.join(work, "HTSAT-tiny-hf-random")
+    if not os.path.isdir(folder):
+        write_random_hf_checkpoint(folder, audio="HTSAT-tiny", projection_dim=512)
+    torch.set_num_threads(threads)
+    windows = (0.1 * np.random.default_rng(1).standard_normal((batch_size, WINDOW_SAMPLES))).astype(np.float32)
+    encoders = {name: ClapEncoder.from_checkpoint(uri, max_batch_size=batch_size, batch_invariant=True)
+                for name, uri in (("laion", ckpt), ("hf", folder))}
+    calls = max(1, sizes.encoder_windows // batch_size)
+    rates: dict[str, float] = {}
+    for enc in encoders.values():
+        enc.embed_audio(windows)                                    # warm-up
+    for _ in range(2):                                              # alternate: both see the same load
+        for name, enc in encoders.items():
+            wall = best_of(lambda enc=enc: [enc.embed_audio(windows) for _ in range(calls)], 1)
+            rates[name] = max(rates.get(name, 0.0), calls * batch_size / wall)
+    hf = encoders["hf"]
+    with torch.inference_mode():
+        front_s = best_of(lambda: hf.front_end(torch.from_numpy(windows).to(hf.device)), 2)
+    log(f"hf backend {rates['hf']:.2f} clips/s, laion {rates['laion']:.2f} clips/s (HTSAT-tiny, batch {batch_size})")
+    return {"hf_encoder_clips_per_s": rates["hf"], "laion_encoder_clips_per_s_same_batch": rates["laion"],
+            "hf_over_laion_encoder": rates["hf"] / rates["laion"], "hf_batch_size": batch_size,
+            "hf_front_end_share": front_s / (batch_size / rates["hf"])}
+
+
 def make_cache(ckpt: str, labels: list[str], phrases: list[str]):
     from das_core.cache import DriftCache
     from das_core.encoder import ClapEncoder
@@ -211,13 +245,16 @@ def bench_pipeline(ckpt: str, cache_uri: str, paths: list[str], work: str, batch
 
 def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
     """The usual script: a per-file loop of librosa.load(sr=48000) + laion-clap's CLAP_Module."""
-    import laion_clap
     import librosa
     import torch
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")     # laion_clap loads tokenizers at import: never block on them
+    from das_core.offline import hf_offline
+
     torch.set_num_threads(threads)
-    model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="transformer")
+    with hf_offline():      # laion_clap loads tokenizers at import: local-only, or it hangs retrying the network
+        import laion_clap
+
+        model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="transformer")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     # CLAP_Module.load_ckpt deletes a position_ids key these checkpoints do not have: load directly.
     model.model.load_state_dict({k[len("module."):]: v for k, v in state.items()})
@@ -536,7 +573,8 @@ def bench_gpu(ckpt: str) -> dict:
 
 def table(results: dict) -> str:
     rows = [("metric", "value", "goal", "met")]
-    for key in ("encoder_clips_per_s", "encoder_best_batch_size", "pipeline_clips_per_s", "pipeline_over_encoder",
+    for key in ("encoder_clips_per_s", "encoder_best_batch_size", "hf_encoder_clips_per_s", "hf_over_laion_encoder",
+                "pipeline_clips_per_s", "pipeline_over_encoder",
                 "naive_clips_per_s", "pipeline_over_naive", "pipeline_over_naive_ceiling", "das_overhead",
                 "rescore_over_read",
                 "rescore_over_read_10_classes", "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s",
@@ -605,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.save(cache_uri)
 
     results.update(bench_encoder(ckpt, sizes, args.threads))
+    results.update(bench_hf_encoder(ckpt, work, sizes, args.threads, results["encoder_best_batch_size"]))
     paths = ensure_clips(os.path.join(work, f"clips-{sizes.clips}"), sizes.clips, 10.0)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     results.update(bench_pipeline(ckpt, cache_uri, paths, work, results["encoder_best_batch_size"], args.threads))

@@ -1,16 +1,28 @@
-"""Finding, fingerprinting, reading and recognising LAION-CLAP checkpoints.
+"""Finding, fingerprinting, reading and recognising CLAP checkpoints of both backends.
 
-``resolve`` turns what a user passes as ``--checkpoint`` into a local file:
+Two formats, told apart by what is there:
 
-* a local path;
-* an ``s3://`` object, downloaded once into ``$DAS_CACHE_DIR/checkpoints``
-  (default ``~/.cache/das``), keyed by the object's ETag and size;
+* **laion**: a LAION-CLAP ``.pt`` file (``{"state_dict": ...}`` or a bare state dict);
+* **hf**: a folder holding a saved ``transformers`` ``ClapModel``
+  (``config.json`` with ``model_type`` ``"clap"``, weights, tokenizer and
+  feature-extractor files).
+
+``resolve`` turns what a user passes as ``--checkpoint`` into a local file or folder:
+
+* a local path (file or folder);
+* an ``s3://`` object or folder prefix, downloaded once into
+  ``$DAS_CACHE_DIR/checkpoints`` (default ``~/.cache/das``), keyed by the
+  ETag and size of each object;
 * one of LAION's published names (``630k-audioset-best``, ...), downloaded
-  once from its public address; without network this fails within seconds
-  and says how to pass a local file instead.
+  once from its public address, or a Hugging Face hub id
+  (``laion/clap-htsat-unfused``) through the hub's own cache. Without network
+  (``HF_HUB_OFFLINE`` defaults to 1 inside das) these fail within seconds and
+  say how to pass a local file or folder instead.
 
-``fingerprint`` is the sha256 of the file's bytes: it identifies the model in
-drift caches and outputs, so that mismatched artefacts are refused.
+``fingerprint`` is the sha256 of the file's bytes, or for a folder of the
+names and bytes of every file that determines the embeddings (config, weights,
+tokenizer, feature extractor): it identifies the model in drift caches and
+outputs, so that mismatched artefacts are refused.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from das_core import storage
+from das_core.offline import hf_offline
 
 LAION_BASE_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/"
 PUBLISHED = {
@@ -38,8 +51,14 @@ PUBLISHED = {
     "music_speech_audioset": "music_speech_audioset_epoch_15_esc_89.98.pt",
 }
 DOWNLOAD_TIMEOUT_S = 10.0
-# The "name" recorded in checkpoints made by das_core.random_checkpoint.
+# The "name" recorded in checkpoints made by das_core.random_checkpoint (in config.json for HF folders).
 RANDOM_WEIGHTS_NAME = "das-random-weights"
+HF_RANDOM_WEIGHTS_KEY = "das_weights"
+# The files of a saved ClapModel that determine its embeddings: fingerprinted, fetched from s3 and the hub.
+HF_MODEL_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "model.safetensors.index.json",
+                  "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
+                  "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class CheckpointError(Exception):
@@ -57,18 +76,68 @@ def published_url(name: str) -> str | None:
 
 
 def resolve(uri: str) -> str:
-    """A local path holding the checkpoint ``uri`` names (see module docstring)."""
-    url = published_url(uri) if not (storage.is_s3(uri) or os.path.exists(uri)) else None
+    """A local file or folder holding the checkpoint ``uri`` names (see module docstring)."""
+    local = not storage.is_s3(uri) and os.path.exists(os.path.expanduser(uri))
+    url = published_url(uri) if not (storage.is_s3(uri) or local) else None
     if url:
         return _download_published(uri, url)
     if storage.is_s3(uri):
         return _download_s3(uri)
     path = os.path.abspath(os.path.expanduser(uri))
+    if os.path.isdir(path):
+        read_hf_config(path)            # refuse a folder that is not a saved ClapModel here, with the reason
+        return path
     if not os.path.isfile(path):
+        if _HUB_ID.match(uri):
+            return _download_hub(uri)
         names = ", ".join(PUBLISHED)
-        raise CheckpointError(f"checkpoint {uri} does not exist (not a file, an s3:// object, "
-                              f"or a published name: {names})")
+        raise CheckpointError(f"checkpoint {uri} does not exist (not a file, a folder, an s3:// object or prefix, "
+                              f"a Hugging Face hub id, or a published name: {names})")
     return path
+
+
+def is_hf_folder(local_path: str) -> bool:
+    """Whether ``local_path`` (as ``resolve`` returns it) is a Hugging Face ``ClapModel`` folder."""
+    return os.path.isdir(local_path)
+
+
+def read_hf_config(folder: str) -> dict:
+    """The ``config.json`` of a saved ``ClapModel``; anything else is refused with what was found."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"folder {folder} holds no config.json: a Hugging Face CLAP checkpoint is a folder "
+                              f"saved by ClapModel.save_pretrained (config.json, model.safetensors, tokenizer "
+                              f"and feature-extractor files)") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("model_type") != "clap":
+        kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{path} describes a {kind!r} model, not a CLAP model (model_type 'clap')")
+    return config
+
+
+def _download_hub(repo_id: str) -> str:
+    """The hub's snapshot folder of ``repo_id`` (its files that matter), local-only unless ``HF_HUB_OFFLINE=0``."""
+    from huggingface_hub import snapshot_download
+
+    with hf_offline() as offline:
+        try:
+            folder = snapshot_download(repo_id, allow_patterns=list(HF_MODEL_FILES), local_files_only=offline,
+                                       etag_timeout=DOWNLOAD_TIMEOUT_S)
+        except Exception as exc:        # the hub raises many kinds (offline, HTTP, timeouts, missing repo)
+            why = "offline (HF_HUB_OFFLINE=1, das's default) and not in the Hugging Face cache" if offline else \
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            raise CheckpointError(
+                f"checkpoint {repo_id!r} is no local file or folder, and as a Hugging Face hub id it could not be "
+                f"fetched ({why}). Pass a local folder instead: on a "
+                f"machine with network run `hf download {repo_id} --local-dir /models/"
+                f"{repo_id.split('/')[-1]}`, copy that folder here (or to s3://) and use --checkpoint "
+                f"/models/{repo_id.split('/')[-1]}; or set HF_HUB_OFFLINE=0 where the hub is reachable.") from None
+    read_hf_config(folder)
+    return folder
 
 
 def _download_published(name: str, url: str) -> str:
@@ -94,14 +163,19 @@ def _download_published(name: str, url: str) -> str:
     return target
 
 
+def _etag(info: dict) -> str:
+    return str(info.get("ETag") or info.get("etag") or "").strip('"')
+
+
 def _download_s3(uri: str) -> str:
     fs, path = storage.filesystem(uri)
     try:
         info = fs.info(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {uri} does not exist") from None
-    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-    key = hashlib.sha256(f"{uri}|{etag}|{info.get('size')}".encode()).hexdigest()[:24]
+    if info.get("type") == "directory":
+        return _download_s3_folder(uri, fs, path.rstrip("/"))
+    key = hashlib.sha256(f"{uri}|{_etag(info)}|{info.get('size')}".encode()).hexdigest()[:24]
     target = os.path.join(cache_dir(), "checkpoints", "s3", key, os.path.basename(path))
     if os.path.isfile(target):
         return target
@@ -118,8 +192,54 @@ def _download_s3(uri: str) -> str:
     return target
 
 
+def _download_s3_folder(uri: str, fs, path: str) -> str:
+    """An s3 ``ClapModel`` folder, fetched once: the cache key covers every fetched object's ETag and size."""
+    import fnmatch
+
+    listing = fs.find(path, detail=True)
+    wanted = {p: i for p, i in sorted(listing.items())
+              if "/" not in p[len(path) + 1:] and any(fnmatch.fnmatch(p.rsplit("/", 1)[1], pat)
+                                                     for pat in HF_MODEL_FILES)}
+    names = {p.rsplit("/", 1)[1] for p in wanted}
+    if "config.json" not in names:
+        raise CheckpointError(f"checkpoint {uri} is an s3 prefix without config.json: neither a .pt object nor "
+                              f"a saved Hugging Face ClapModel folder")
+    objects = "|".join(f"{p}:{_etag(i)}:{i.get('size')}" for p, i in wanted.items())
+    key = hashlib.sha256(f"{uri.rstrip('/')}|{objects}".encode()).hexdigest()[:24]
+    target = os.path.join(cache_dir(), "checkpoints", "s3", key, os.path.basename(path) or "model")
+    if os.path.isdir(target):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(target))
+    try:
+        for p in wanted:
+            fs.get_file(p, os.path.join(tmp, p.rsplit("/", 1)[1]))
+        os.replace(tmp, target)         # atomic: a folder in the cache is always complete
+    except OSError:
+        if not os.path.isdir(target):   # another process may have won the race with the same files
+            raise
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    read_hf_config(target)
+    return target
+
+
+def hf_model_files(folder: str) -> list[str]:
+    """Names of the files in ``folder`` that determine a ``ClapModel``'s embeddings, sorted."""
+    import fnmatch
+
+    return sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))
+                  and any(fnmatch.fnmatch(name, pat) for pat in HF_MODEL_FILES))
+
+
 def fingerprint(local_path: str) -> str:
-    """``sha256:<hex>`` of the file's bytes, memoised by (path, size, mtime)."""
+    """``sha256:<hex>`` of a file's bytes, or of a folder's model files (names and bytes); memoised per file."""
+    if os.path.isdir(local_path):
+        # the digests of each file, named, in order: any change of weights, config, tokenizer or feature
+        # extractor changes the fingerprint, and so does a file renamed or added
+        listing = [f"{name}\t{fingerprint(os.path.join(local_path, name))}" for name in hf_model_files(local_path)]
+        return "sha256:" + hashlib.sha256("\n".join(["das-hf-clap-folder", *listing]).encode()).hexdigest()
     st = os.stat(local_path)
     key = f"{os.path.realpath(local_path)}|{st.st_size}|{st.st_mtime_ns}"
     memo = os.path.join(cache_dir(), "fingerprints", hashlib.sha1(key.encode()).hexdigest() + ".json")
@@ -179,11 +299,16 @@ def load_state_dict(local_path: str) -> dict:
 
 
 def describe(local_path: str) -> dict:
-    """Provenance for manifests: architecture and whether the weights are das's random test weights.
+    """Provenance for manifests: backend, architecture and whether the weights are das's random test weights.
 
-    Memory-maps the file, so it is cheap even for large checkpoints.
+    Memory-maps the file (reads only config.json of a folder), so it is cheap even for large checkpoints.
     """
     import torch
+
+    if is_hf_folder(local_path):
+        config = read_hf_config(local_path)
+        return {"backend": "hf", "architecture": hf_architecture(config).describe(),
+                "weights": "random" if config.get(HF_RANDOM_WEIGHTS_KEY) == "random" else "trained"}
 
     try:
         obj = torch.load(local_path, map_location="cpu", weights_only=True, mmap=True)
@@ -192,26 +317,41 @@ def describe(local_path: str) -> dict:
     name = obj.get("name") if isinstance(obj, dict) else None
     state = load_state_dict(local_path) if not (isinstance(obj, dict) and "state_dict" in obj) else {
         (k[len("module."):] if k.startswith("module.") else k): v for k, v in obj["state_dict"].items()}
-    return {"architecture": detect(state).describe(),
+    return {"backend": "laion", "architecture": detect(state).describe(),
             "weights": "random" if name == RANDOM_WEIGHTS_NAME else "trained"}
 
 
 @dataclass(frozen=True)
 class Architecture:
-    audio: str                  # laion-clap amodel name: HTSAT-tiny | HTSAT-base | HTSAT-large
+    audio: str                  # laion-clap amodel name: HTSAT-tiny | HTSAT-base | HTSAT-large (or HTSAT(...) for hf)
     text: str                   # laion-clap tmodel name: roberta | transformer
     fusion_type: str | None     # None, or laion-clap's fusion type (aff_2d for LAION's fusion checkpoints)
+    backend: str = "laion"      # laion: laion-clap's CLAP module; hf: transformers' ClapModel
 
     @property
     def enable_fusion(self) -> bool:
         return self.fusion_type is not None
 
     def describe(self) -> str:
-        return f"{self.audio} audio tower, {self.text} text tower" + (
-            f", fusion ({self.fusion_type})" if self.fusion_type else "")
+        return (f"{self.audio} audio tower, {self.text} text tower"
+                + (f", fusion ({self.fusion_type})" if self.fusion_type else "")
+                + (", Hugging Face ClapModel" if self.backend == "hf" else ""))
 
 
 _HTSAT_WIDTH = {96: "HTSAT-tiny", 128: "HTSAT-base", 256: "HTSAT-large"}
+_HTSAT_DEPTHS = {"HTSAT-tiny": [2, 2, 6, 2], "HTSAT-base": [2, 2, 12, 2], "HTSAT-large": [2, 2, 12, 2]}
+
+
+def hf_architecture(config: dict) -> Architecture:
+    """The architecture a ``ClapModel`` config.json describes (HTSAT sizes named as laion-clap names them)."""
+    audio = config.get("audio_config") or {}
+    width = int(audio.get("patch_embeds_hidden_size", 96))
+    depths = list(audio.get("depths", [2, 2, 6, 2]))
+    name = _HTSAT_WIDTH.get(width)
+    if name is None or _HTSAT_DEPTHS[name] != depths:
+        name = f"HTSAT(width {width}, depths {'-'.join(str(d) for d in depths)})"
+    # transformers' fused HTSAT is LAION's aff_2d (its AFF block on the 2-d patch embedding)
+    return Architecture(name, "roberta", "aff_2d" if audio.get("enable_fusion") else None, backend="hf")
 
 
 def detect(state: dict) -> Architecture:

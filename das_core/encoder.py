@@ -1,6 +1,10 @@
 """The CLAP encoder: LAION-CLAP checkpoints, loaded offline-safely, embedding batches deterministically.
 
-What this module guarantees:
+Two backends behind one ``ClapEncoder``: ``laion`` (a LAION-CLAP ``.pt``,
+below) and ``hf`` (a saved ``transformers`` ``ClapModel`` folder, see
+``das_core.hf_clap``); ``from_checkpoint`` picks by what the checkpoint is.
+
+What this module guarantees for the laion backend:
 
 * **Same numbers as laion-clap.** The network is laion-clap's own ``CLAP``
   module, built from its own model configs; audio goes through LAION's int16
@@ -11,9 +15,10 @@ What this module guarantees:
   tokenizers at import time, which blocks for minutes offline or (with
   transformers 5) silently yields a 5-token RoBERTa tokenizer. This module
   never imports the ``laion_clap`` package: it loads laion-clap's
-  ``clap_module`` sub-package directly, sets ``HF_HUB_OFFLINE=1`` unless
-  the user has set it, builds a RoBERTa text tower from the configuration
-  its checkpoint implies (never downloading ``roberta-base`` weights), and
+  ``clap_module`` sub-package directly, within ``das_core.offline.hf_offline``
+  (``HF_HUB_OFFLINE=1`` unless the user has set it, for that block only:
+  importing das changes no global state), builds a RoBERTa text tower from
+  the configuration its checkpoint implies (never downloading ``roberta-base`` weights), and
   verifies any RoBERTa tokenizer against the real vocabulary before use.
 * **Deterministic.** Inputs are exactly 10 s (480 000 samples), so the
   non-fusion path never reaches LAION's random crop. Fusion checkpoints get
@@ -41,12 +46,7 @@ import numpy as np
 
 from das_core import checkpoint as ckpt
 from das_core.audio import SAMPLE_RATE, WINDOW_SAMPLES, dequantize_int16, int16_round_trip
-
-_OFFLINE_DEFAULTS = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from das_core.offline import hf_offline
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ROBERTA_VOCAB_SIZE = 50_265
@@ -68,23 +68,14 @@ class TokenizerError(EncoderError):
     """The RoBERTa tokenizer a checkpoint needs is missing or is not the real one."""
 
 
-def prepare_offline_environment() -> None:
-    """Make every Hugging Face call local-only unless the user chose otherwise (``HF_HUB_OFFLINE=0``)."""
-    for key, value in _OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if "huggingface_hub" in sys.modules:    # imported before us: its constants are already read
-        from huggingface_hub import constants
-
-        constants.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in ("1", "ON", "YES", "TRUE")
-
-
-prepare_offline_environment()
-
-
 @functools.cache
 def laion() -> object:
     """laion-clap's ``clap_module`` package, loaded without running ``laion_clap/__init__``."""
-    prepare_offline_environment()
+    with hf_offline():
+        return _load_clap_module()
+
+
+def _load_clap_module() -> object:
     if "clap_module" in sys.modules:        # laion_clap itself imports it under this top-level name
         return sys.modules["clap_module"]
     spec = importlib.util.find_spec("laion_clap")
@@ -148,9 +139,9 @@ def load_roberta_tokenizer(tokenizer_dir: str | None = None):
            "DAS_TOKENIZER_DIR=DIR, or fill the Hugging Face cache on a machine with network "
            "(python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('roberta-base')\") "
            "and copy ~/.cache/huggingface to this machine.")
-    offline = os.environ.get("HF_HUB_OFFLINE", "1").upper() in ("1", "ON", "YES", "TRUE")
     try:
-        tok = RobertaTokenizer.from_pretrained(source, local_files_only=offline)
+        with hf_offline() as offline:
+            tok = RobertaTokenizer.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError, TypeError) as exc:
         raise TokenizerError(f"this checkpoint's RoBERTa text tower needs the roberta-base tokenizer, which "
                              f"could not be loaded from {source!r} ({exc}). {how}") from None
@@ -184,11 +175,16 @@ def _hann_mel_fbanks(n_freqs: int, f_min: float, f_max: float, n_mels: int, samp
 
 
 class ClapEncoder:
-    """Turns 48 kHz windows and prompt strings into unit-norm LAION-CLAP embeddings."""
+    """Turns 48 kHz windows and prompt strings into unit-norm CLAP embeddings (laion or hf backend).
+
+    ``front_end``: for the hf backend, the ``das_core.hf_clap.LogMelFrontEnd``
+    that turns windows into the model's features (laion models compute their
+    own).
+    """
 
     def __init__(self, model, arch: ckpt.Architecture, *, encoder_id: str, name: str, device: str = "cpu",
                  precision: str = "fp32", tokenizer=None, max_batch_size: int | None = None,
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, front_end=None):
         import torch
 
         if precision not in PRECISIONS:
@@ -208,21 +204,41 @@ class ClapEncoder:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size or (64 if dev.type == "cuda" else 16)
         self.batch_invariant = batch_invariant
-        self.dim = int(self.model.audio_projection[-1].out_features)
+        self.backend = arch.backend
+        if self.backend == "hf":
+            if front_end is None or tokenizer is None:
+                raise EncoderError("the hf backend needs the folder's feature front end and tokenizer")
+            self.dim = int(self.model.audio_projection.linear2.out_features)
+        else:
+            self.dim = int(self.model.audio_projection[-1].out_features)
+        self.front_end = front_end
         self._mel_fb = None
 
     @classmethod
     def from_checkpoint(cls, uri: str, device: str = "cpu", precision: str = "fp32", *,
                         tokenizer_dir: str | None = None, max_batch_size: int | None = None,
                         batch_invariant: bool = False) -> ClapEncoder:
-        """Load a LAION-CLAP checkpoint by path, ``s3://`` URI or published name; the architecture is detected.
+        """Load a checkpoint by path, ``s3://`` URI, published name or hub id; backend and architecture are detected.
+
+        A ``.pt`` file is a LAION-CLAP checkpoint; a folder with a ``config.json``
+        of ``model_type`` ``"clap"`` is a Hugging Face ``ClapModel`` (its own
+        tokenizer is used; ``tokenizer_dir`` only serves LAION RoBERTa towers).
 
         ``batch_invariant``: run every forward pass on exactly ``max_batch_size``
         windows (zero-padded), so that a window's embedding is bit-identical
         whatever shares its batch. Kernels pick their summation order by
         shape; with one shape, reruns and resumed runs reproduce every bit.
         """
-        loaded = load_clap(uri, before_build=lambda arch: (
+        local = ckpt.resolve(uri)
+        if ckpt.is_hf_folder(local):
+            from das_core.hf_clap import load_hf_clap
+
+            hf = load_hf_clap(local)
+            # the name (recorded in drift caches next to the fingerprint) says which backend made the embeddings
+            return cls(hf.model, hf.arch, encoder_id=hf.encoder_id, name="hf:" + ckpt.display_name(uri), device=device,
+                       precision=precision, tokenizer=hf.tokenizer, max_batch_size=max_batch_size,
+                       batch_invariant=batch_invariant, front_end=hf.front_end)
+        loaded = load_clap(local, before_build=lambda arch: (
             load_roberta_tokenizer(tokenizer_dir) if arch.text == "roberta" else None))
         return cls(loaded.model, loaded.arch, encoder_id=loaded.encoder_id, name=ckpt.display_name(uri),
                    device=device, precision=precision, tokenizer=loaded.extra, max_batch_size=max_batch_size,
@@ -267,17 +283,26 @@ class ClapEncoder:
                 n = len(part)
                 if self.batch_invariant and n < self.max_batch_size:
                     part = np.concatenate([part, np.zeros((self.max_batch_size - n, part.shape[1]), part.dtype)])
-                chunk = torch.from_numpy(part).to(self.device)
-                longer = torch.zeros((len(chunk), 1), dtype=torch.bool, device=self.device)
-                if self.arch.enable_fusion:
-                    mel = self._log_mel(chunk)
-                    batch = {"mel_fusion": mel.unsqueeze(1).expand(-1, 4, -1, -1).contiguous(), "longer": longer}
-                else:
-                    batch = {"waveform": chunk, "longer": longer}
-                emb = self.model.encode_audio(batch, device=self.device)["embedding"]
-                emb = self.model.audio_projection(emb)
+                emb = self._project_audio(torch.from_numpy(part).to(self.device))
                 out[start:start + n] = F.normalize(emb[:n].float(), dim=-1).cpu().numpy()
         return out
+
+    def _project_audio(self, chunk):
+        """Projected, not yet normalised audio embeddings of one chunk of windows."""
+        import torch
+
+        if self.backend == "hf":
+            from das_core.hf_clap import audio_embeddings
+
+            return audio_embeddings(self.model, self.front_end(chunk))
+        longer = torch.zeros((len(chunk), 1), dtype=torch.bool, device=self.device)
+        if self.arch.enable_fusion:
+            mel = self._log_mel(chunk)
+            batch = {"mel_fusion": mel.unsqueeze(1).expand(-1, 4, -1, -1).contiguous(), "longer": longer}
+        else:
+            batch = {"waveform": chunk, "longer": longer}
+        emb = self.model.encode_audio(batch, device=self.device)["embedding"]
+        return self.model.audio_projection(emb)
 
     def _log_mel(self, wave):
         """laion-clap's ``get_mel`` for fusion inputs: power mel spectrogram in dB, ``[n, frames, mel_bins]``."""
@@ -296,7 +321,15 @@ class ClapEncoder:
 
     # ----------------------------------------------------------------- text
     def tokenize(self, texts: Sequence[str]):
-        """Token inputs for the text tower: LAION's CLIP BPE for ``transformer``, roberta-base's otherwise."""
+        """Token inputs for the text tower: LAION's CLIP BPE for ``transformer``, roberta-base's (or, hf
+        backend, the folder's own, padded to the longest prompt, cut at the tower's positions) otherwise."""
+        if self.backend == "hf":
+            from das_core.hf_clap import max_text_tokens
+
+            text_config = self.model.config.text_config.to_dict()
+            enc = self.tokenizer(list(texts), padding="longest", truncation=True, return_tensors="pt",
+                                 max_length=max_text_tokens(self.tokenizer, text_config))
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if self.arch.text == "transformer":
             return laion().tokenize(list(texts), context_length=TEXT_CONTEXT)
         if self.tokenizer is None:
@@ -313,7 +346,11 @@ class ClapEncoder:
         import torch.nn.functional as F
 
         with torch.inference_mode(), self._autocast():
-            if isinstance(tokens, dict):
+            if self.backend == "hf":
+                from das_core.hf_clap import text_embeddings
+
+                emb = text_embeddings(self.model, {k: v.to(self.device) for k, v in tokens.items()})
+            elif isinstance(tokens, dict):
                 tokens = {k: v.to(self.device) for k, v in tokens.items()}
                 emb = self.model.encode_text(tokens, device=self.device)
             else:
@@ -367,6 +404,9 @@ def load_clap(uri: str, before_build=None) -> LoadedClap:
     encoder uses it to refuse a missing tokenizer early.
     """
     local = ckpt.resolve(uri)
+    if ckpt.is_hf_folder(local):
+        raise ckpt.CheckpointError(f"{uri} is a Hugging Face ClapModel folder, not a LAION-CLAP .pt: load it "
+                                   f"with ClapEncoder.from_checkpoint")
     state = ckpt.load_state_dict(local)
     arch = ckpt.detect(state)
     extra = before_build(arch) if before_build else None

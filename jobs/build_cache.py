@@ -19,7 +19,9 @@ def build_parser(prog: str = "das build-cache") -> argparse.ArgumentParser:
                    help="class labels, one per line (local path or s3://); dataset spellings such as dog_bark "
                         "are turned into prompt text ('dog bark')")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="LAION-CLAP checkpoint: local path, s3:// URI or a published name (630k-audioset-best, ...)")
+                   help="CLAP checkpoint: LAION .pt (local path, s3:// URI or a published name such as "
+                        "630k-audioset-best) or Hugging Face ClapModel folder (local, s3:// prefix or hub id such "
+                        "as laion/clap-htsat-unfused)")
     p.add_argument("--out", required=True, metavar="URI", help="where to write the cache (.npz; local or s3://)")
     p.add_argument("--noise-phrases", metavar="FILE",
                    help="noise phrases, one per line (default: 8 urban-scene phrases, see README)")
@@ -28,7 +30,8 @@ def build_parser(prog: str = "das build-cache") -> argparse.ArgumentParser:
     p.add_argument("--clean-template", default=CLEAN_TEMPLATE, help=f"default {CLEAN_TEMPLATE!r}")
     p.add_argument("--noisy-template", default=NOISY_TEMPLATE, help=f"default {NOISY_TEMPLATE!r}")
     p.add_argument("--tokenizer-dir", metavar="DIR",
-                   help="roberta-base tokenizer files, for checkpoints with a RoBERTa text tower when offline")
+                   help="roberta-base tokenizer files, for LAION checkpoints with a RoBERTa text tower when "
+                        "offline (Hugging Face folders carry their own tokenizer)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu; text encoding is cheap)")
     add_common_options(p)
     return p

@@ -288,7 +288,8 @@ def build_parser(prog: str = "das evaluate") -> argparse.ArgumentParser:
                    help="TAU Urban Acoustic Scenes 2019 root (tab-separated meta.csv, audio/), or any folder of "
                         "noise recordings (scene unknown)")
     d.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="LAION-CLAP checkpoint: path, s3:// URI or published name (630k-audioset-best, ...)")
+                   help="CLAP checkpoint: LAION .pt (path, s3:// URI or published name such as "
+                        "630k-audioset-best) or Hugging Face ClapModel folder (path, s3:// prefix or hub id)")
     d.add_argument("--out", required=True, metavar="DIR",
                    help="output folder or s3:// prefix; holds the encoded stores, so reruns are cheap")
     d.add_argument("--limit", type=int, metavar="N",

@@ -33,7 +33,8 @@ def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
                           "manifest (.csv/.parquet) with a 'path' column and an optional unique 'id' column")
     io_.add_argument("--cache", required=True, metavar="URI", help="drift cache made by `das build-cache`")
     io_.add_argument("--checkpoint", required=True, metavar="CKPT",
-                     help="LAION-CLAP checkpoint the cache was built with: path, s3:// URI or published name")
+                     help="CLAP checkpoint the cache was built with: LAION .pt (path, s3:// URI, published "
+                          "name) or Hugging Face ClapModel folder (path, s3:// prefix, hub id)")
     io_.add_argument("--out", required=True, metavar="URI", help="output folder or s3:// prefix")
     io_.add_argument("--extensions", default=",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS),
                      help="audio file extensions to pick up when listing a folder or prefix")

@@ -8,7 +8,7 @@ import pytest
 
 KEYS = ("encoder_clips_per_s", "pipeline_clips_per_s", "pipeline_over_encoder", "naive_clips_per_s",
         "pipeline_over_naive", "das_overhead", "rescore_over_read", "rss_ratio_60_over_10_min", "peak_rss_gib",
-        "cache_build_s", "decode_per_core", "decode_scaling")
+        "cache_build_s", "decode_per_core", "decode_scaling", "hf_encoder_clips_per_s", "hf_over_laion_encoder")
 
 
 def test_bench_smoke(tmp_path):
@@ -21,7 +21,8 @@ def test_bench_smoke(tmp_path):
     measured = history[0]["results"]
     for key in KEYS:
         assert isinstance(measured[key], float) and measured[key] == measured[key], key   # a number, not NaN
-    for key in ("encoder_clips_per_s", "pipeline_clips_per_s", "naive_clips_per_s", "decode_per_core",
+    for key in ("encoder_clips_per_s", "hf_encoder_clips_per_s", "pipeline_clips_per_s", "naive_clips_per_s",
+                "decode_per_core",
                 "peak_rss_gib", "cache_build_s"):
         assert measured[key] > 0, key
     assert measured["pipeline_over_encoder"] == pytest.approx(

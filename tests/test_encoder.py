@@ -44,8 +44,11 @@ def max_cosine_distance(a, b):
 @pytest.fixture(scope="session")
 def laion_reference(tiny_ckpt):
     """laion-clap's create_model + its own preprocessing and embedding functions."""
-    import laion_clap  # noqa: F401  (its import-time tokenizer loads are local-only here)
-    from laion_clap.training.data import get_audio_features
+    from das_core.offline import hf_offline
+
+    with hf_offline():      # laion_clap loads tokenizers at import: local-only, or it hangs retrying the network
+        import laion_clap  # noqa: F401
+        from laion_clap.training.data import get_audio_features
 
     model, cfg = laion().create_model("HTSAT-tiny", "transformer", precision="fp32", device="cpu")
     state = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)["state_dict"]
