@@ -308,7 +308,8 @@ def describe(local_path: str) -> dict:
     if is_hf_folder(local_path):
         config = read_hf_config(local_path)
         return {"backend": "hf", "architecture": hf_architecture(config).describe(),
-                "weights": "random" if config.get(HF_RANDOM_WEIGHTS_KEY) == "random" else "trained"}
+                "weights": "random" if config.get(HF_RANDOM_WEIGHTS_KEY) == "random" else "trained",
+                "logit_scale": _hf_logit_scale(local_path)}
 
     try:
         obj = torch.load(local_path, map_location="cpu", weights_only=True, mmap=True)
@@ -317,8 +318,24 @@ def describe(local_path: str) -> dict:
     name = obj.get("name") if isinstance(obj, dict) else None
     state = load_state_dict(local_path) if not (isinstance(obj, dict) and "state_dict" in obj) else {
         (k[len("module."):] if k.startswith("module.") else k): v for k, v in obj["state_dict"].items()}
+    scale = state.get("logit_scale_a")
     return {"backend": "laion", "architecture": detect(state).describe(),
-            "weights": "random" if name == RANDOM_WEIGHTS_NAME else "trained"}
+            "weights": "random" if name == RANDOM_WEIGHTS_NAME else "trained",
+            "logit_scale": float(scale.float().exp()) if scale is not None else None}
+
+
+def _hf_logit_scale(folder: str) -> float | None:
+    """``exp(logit_scale_a)`` read from the folder's safetensors weights without loading the model."""
+    import math
+
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(folder, name), framework="pt") as f:
+                if "logit_scale_a" in f.keys():
+                    return math.exp(float(f.get_tensor("logit_scale_a").float()))
+    return None
 
 
 @dataclass(frozen=True)

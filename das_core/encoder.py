@@ -214,6 +214,11 @@ class ClapEncoder:
         self.front_end = front_end
         self._mel_fb = None
 
+    @property
+    def logit_scale(self) -> float:
+        """The audio-to-text logit scale CLAP was trained with (``exp`` of the learned ``logit_scale_a``)."""
+        return float(self.model.logit_scale_a.detach().float().exp().cpu())
+
     @classmethod
     def from_checkpoint(cls, uri: str, device: str = "cpu", precision: str = "fp32", *,
                         tokenizer_dir: str | None = None, max_batch_size: int | None = None,

@@ -65,7 +65,28 @@ class Skipped:
 
 
 INPUT_SCHEMA = pa.schema([pa.field("file_id", pa.string()), pa.field("path", pa.string()),
-                          pa.field("size", pa.int64())])
+                          pa.field("size", pa.int64()), pa.field("shard", pa.string())])
+SHARD_KINDS = {".tar": "tar", ".parquet": "parquet"}
+
+
+def shard_kind(name: str) -> str | None:
+    """``tar`` or ``parquet`` for a shard's name, None for anything else."""
+    lower = name.lower()
+    return next((kind for ext, kind in SHARD_KINDS.items() if lower.endswith(ext)), None)
+
+
+def _is_audio_parquet(uri: str) -> bool:
+    """A single ``.parquet`` input is a shard when it has an audio column, a manifest otherwise."""
+    import pyarrow.parquet as pq
+
+    from das_core.shards import audio_column_of
+
+    try:
+        with storage.open_input(uri) as f:
+            schema = pq.ParquetFile(f).schema_arrow
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return audio_column_of(schema, None) is not None
 
 
 def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> tuple[pa.Table, Skipped]:
@@ -79,7 +100,7 @@ def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS)
     unknown. A single audio file is a one-file input.
     """
     skipped = Skipped()
-    if uri.lower().endswith(MANIFEST_EXTENSIONS):
+    if uri.lower().endswith(MANIFEST_EXTENSIONS) and not (uri.lower().endswith(".parquet") and _is_audio_parquet(uri)):
         return _read_manifest(uri), skipped
     uri = normalise_uri(uri)
     fs, path = storage.filesystem(uri)
@@ -87,26 +108,27 @@ def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS)
         raise InputError(f"input {uri} does not exist")
     if fs.isfile(path):
         size = fs.info(path).get("size")
-        return pa.table({"file_id": [posixpath.basename(path)], "path": [uri], "size": [size]},
-                        schema=INPUT_SCHEMA), skipped
+        return pa.table({"file_id": [posixpath.basename(path)], "path": [uri], "size": [size],
+                         "shard": [shard_kind(path)]}, schema=INPUT_SCHEMA), skipped
     root = path.rstrip("/")
     wanted = tuple(e.lower() for e in extensions)
-    ids, paths, sizes = [], [], []
+    ids, paths, sizes, shards = [], [], [], []
     for entry, info in sorted(fs.find(root, detail=True).items()):
         rel = entry[len(root):].lstrip("/")
         full = storage.to_uri(fs, entry, uri)
         if any(part.startswith((".", "_")) for part in rel.split("/")):
             skipped.add("hidden", full)
-        elif not rel.lower().endswith(wanted):
+        elif not rel.lower().endswith(wanted) and not shard_kind(rel):
             skipped.add("extension", full)
         else:
             ids.append(rel)
             paths.append(full)
             sizes.append(info.get("size"))
+            shards.append(shard_kind(rel))
     if not ids:
         raise InputError(f"no audio files under {uri} (extensions: {', '.join(extensions)}; "
                          f"{skipped.total} other object(s) skipped); use --extensions to choose others")
-    return pa.table({"file_id": ids, "path": paths, "size": sizes}, schema=INPUT_SCHEMA), skipped
+    return pa.table({"file_id": ids, "path": paths, "size": sizes, "shard": shards}, schema=INPUT_SCHEMA), skipped
 
 
 def list_inputs(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> list[InputFile]:
@@ -153,5 +175,7 @@ def _read_manifest(uri: str) -> pa.Table:
         raise InputError(f"manifest {uri}: id {dup!r} appears more than once")
     if not len(ids):
         raise InputError(f"manifest {uri} lists no files")
-    out = pa.table({"file_id": ids, "path": full, "size": pa.nulls(len(ids), pa.int64())}, schema=INPUT_SCHEMA)
+    shards = pa.array([shard_kind(p) for p in full.to_pylist()], pa.string())
+    out = pa.table({"file_id": ids, "path": full, "size": pa.nulls(len(ids), pa.int64()), "shard": shards},
+                   schema=INPUT_SCHEMA)
     return out.sort_by([("path", "ascending"), ("file_id", "ascending")])

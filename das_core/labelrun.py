@@ -37,7 +37,8 @@ DEFAULT_BATCH_SIZE = 16
 # Settings that must not change between a run and its --resume: each changes the rows.
 # batch_size and precision fix the encoder's floating-point path, so they are part of "exactly the same rows".
 RESUME_KEYS = ("input", "cache_fingerprint", "checkpoint_fingerprint", "snr_db", "seed", "noise", "top_k",
-               "embedding_dtype", "batch_size", "precision")
+               "embedding_dtype", "batch_size", "precision", "probabilities", "audio_column", "id_column",
+               "keep_metadata")
 
 
 class RunRefused(Exception):
@@ -64,6 +65,10 @@ class LabelConfig:
     resume: bool = False
     overwrite: bool = False
     dry_run: bool = False
+    probabilities: bool = False
+    audio_column: str | None = None
+    id_column: str | None = None
+    keep_metadata: bool = False
     max_error_fraction: float = 0.1
     files_per_unit: int = 64
     unit_bytes: int = 512 * 2**20
@@ -126,7 +131,9 @@ def settings_of(c: LabelConfig, cache_fingerprint: str, checkpoint_id: str) -> d
     return {"input": normalise_uri(c.input), "cache_fingerprint": cache_fingerprint,
             "checkpoint_fingerprint": checkpoint_id, "snr_db": c.snr_db, "seed": c.seed,
             "noise": normalise_uri(c.noise) if c.noise else None, "top_k": c.top_k,
-            "embedding_dtype": c.embedding_dtype, "batch_size": c.batch_size, "precision": c.precision}
+            "embedding_dtype": c.embedding_dtype, "batch_size": c.batch_size, "precision": c.precision,
+            "probabilities": c.probabilities, "audio_column": c.audio_column, "id_column": c.id_column,
+            "keep_metadata": c.keep_metadata}
 
 
 def _list(c: LabelConfig) -> tuple[pa.Table, Skipped, tuple[str, ...]]:
@@ -214,9 +221,11 @@ class RunCounts:
     segments: int = 0
     windows: int = 0
     errors_by_kind: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
     nodes: set = field(default_factory=set)
 
     def add(self, stats: dict) -> None:
+        self.skipped.update(json.loads(stats.get("skipped") or "{}"))
         self.ok += stats["files_ok"]
         self.error += stats["files_error"]
         self.files += stats["files_ok"] + stats["files_error"]
@@ -228,9 +237,11 @@ class RunCounts:
     def total(self, prior: dict) -> dict:
         kinds = Counter(prior.get("errors_by_kind") or {})
         kinds.update(self.errors_by_kind)
+        skipped = Counter(prior.get("skipped_members") or {})
+        skipped.update(self.skipped)
         return {"files": prior["files"] + self.files, "ok": prior["ok"] + self.ok,
                 "error": prior["error"] + self.error, "segments": prior["segments"] + self.segments,
-                "errors_by_kind": dict(sorted(kinds.items()))}
+                "errors_by_kind": dict(sorted(kinds.items())), "skipped_members": dict(sorted(skipped.items()))}
 
 
 def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> dict:
@@ -250,10 +261,19 @@ def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> d
                     "file_pooling": "max over windows"},
         "work": {"units": len(p.units), "inputs": p.n_inputs, "files_per_unit": c.files_per_unit,
                  "unit_bytes": c.unit_bytes, "chunk_windows": c.windows_per_chunk},
-        "skipped": p.skipped.as_dict(),
+        "skipped": _skipped(p, counts),
         "counts": counts,
         "runs": runs,
     }
+
+
+def _skipped(p: LabelPlan, counts: dict) -> dict:
+    """Inputs not labelled: what the listing skipped, plus shard members skipped while decoding."""
+    listed = p.skipped.as_dict()
+    by_reason = Counter(listed["by_reason"])
+    by_reason.update(counts.get("skipped_members") or {})
+    return {"total": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items())),
+            "examples": listed["examples"]}
 
 
 def new_run_entry(p: LabelPlan) -> dict:

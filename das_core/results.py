@@ -23,6 +23,7 @@ duplicating. ``das rescore`` writes ``part-<unit>-all`` (segments) and
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -59,6 +60,7 @@ def _label_fields() -> list[pa.Field]:
         pa.field("top_k_scores", pa.list_(pa.float32())),
         pa.field("zs_label", pa.string()),
         pa.field("zs_score", pa.float32()),
+        pa.field("top_k_probs", pa.list_(pa.float32())),     # with --probabilities, else null
     ]
 
 
@@ -77,19 +79,27 @@ def segments_schema(embedding_dtype: str = "float16") -> pa.Schema:
     ])
 
 
-FILES_SCHEMA = pa.schema([
-    pa.field("file_id", pa.string(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
-    pa.field("error_kind", pa.string()),
-    pa.field("n_segments", pa.int32(), nullable=False),
-    pa.field("duration_s", pa.float64()),
-    pa.field("sample_rate", pa.int32()),
-    pa.field("channels", pa.int32()),
-    pa.field("decoder", pa.string()),
-    *_label_fields(),
-])
+def files_schema(embedding_dtype: str = "float16") -> pa.Schema:
+    return pa.schema([
+        pa.field("file_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),
+        pa.field("n_segments", pa.int32(), nullable=False),
+        pa.field("duration_s", pa.float64()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("channels", pa.int32()),
+        pa.field("decoder", pa.string()),
+        pa.field("key", pa.string()),              # WebDataset key / Parquet audio path of a shard member
+        pa.field("metadata", pa.string()),         # the sample's .json, with --keep-metadata
+        *_label_fields(),
+        pa.field("embedding", pa.list_(EMBEDDING_TYPES[embedding_dtype])),   # normalised mean of its windows
+    ])
+
+
+FILES_SCHEMA = files_schema()
+
 
 def _null_mask(n: int, rows: np.ndarray) -> np.ndarray:
     mask = np.ones(n, dtype=bool)
@@ -133,6 +143,8 @@ def labelled_columns(lab: Labelled | None, n: int, rows: np.ndarray | None = Non
                                rows, k, mask),
         "zs_label": name_column(lab.zs_index),
         "zs_score": pa.array(_spread(lab.zs_score.astype(np.float32), n, rows), mask=mask, type=pa.float32()),
+        "top_k_probs": (_lists(pa.array(lab.top_k_probs.reshape(-1), type=pa.float32()), n, rows, k, mask)
+                        if lab.top_k_probs is not None else pa.nulls(n, type=pa.list_(pa.float32()))),
     }
 
 
@@ -203,9 +215,24 @@ class FileOutcome:
     sample_rate: int | None
     channels: int | None
     decoder: str | None = None
+    key: str | None = None
+    metadata: str | None = None
+    embedding: np.ndarray | None = None      # the file embedding (normalised mean of its windows), ok files
 
 
-def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: dict[str, int]) -> pa.Table:
+def mean_embedding(windows: np.ndarray) -> np.ndarray:
+    """A file's embedding: the normalised mean of its window embeddings (as stored), in float64."""
+    total = np.asarray(windows, dtype=np.float64).sum(axis=0)
+    return normalised(total)
+
+
+def normalised(total: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(total)
+    return total / norm if norm > 0 else total
+
+
+def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: dict[str, int],
+                embedding_dtype: str = "float16") -> pa.Table:
     """The ``files`` rows of ``outcomes`` in (path, file_id) order; ``lab`` labels the ok ones, in the order
     they have in ``outcomes``; ``n_segments`` counts each ok file's windows."""
     ok_order = [i for i, o in enumerate(outcomes) if o.status == OK]
@@ -223,6 +250,8 @@ def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: d
         "sample_rate": pa.array([o.sample_rate for o in ordered], pa.int32()),
         "channels": pa.array([o.channels for o in ordered], pa.int32()),
         "decoder": pa.array([o.decoder for o in ordered], pa.string()),
+        "key": pa.array([o.key for o in ordered], pa.string()),
+        "metadata": pa.array([o.metadata for o in ordered], pa.string()),
     }
     ok_positions = np.array([p for p, i in enumerate(order) if i in rank], dtype=np.int64)
     if lab is not None and len(ok_positions):
@@ -230,12 +259,15 @@ def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: d
     else:
         lab = None
     cols.update(labelled_columns(lab, len(ordered), ok_positions))
-    return pa.table(cols, schema=FILES_SCHEMA)
+    with_emb = np.array([i for i, o in enumerate(ordered) if o.embedding is not None], dtype=np.int64)
+    emb = np.stack([ordered[i].embedding for i in with_emb]) if len(with_emb) else None
+    cols["embedding"] = embedding_array(emb, len(ordered), with_emb, embedding_dtype)
+    return pa.table(cols, schema=files_schema(embedding_dtype))
 
 
 def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: DriftCache, top_k: int,
-                 embedding_dtype: str, scores: tuple[np.ndarray, np.ndarray] | None = None
-                 ) -> tuple[pa.Table, pa.Table]:
+                 embedding_dtype: str, scores: tuple[np.ndarray, np.ndarray] | None = None,
+                 logit_scale: float | None = None) -> tuple[pa.Table, pa.Table]:
     """The ``segments`` and ``files`` tables for whole files (file labels: max over their windows).
 
     ``scores``: the ``window_scores`` of ``windows``' rows, when the caller has them (not computed twice).
@@ -256,9 +288,11 @@ def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: D
     if ok_ids:
         owner = np.array([index[f] for f in segs.column("file_id").to_pylist()], dtype=np.int64)
         kept = (scores[0][rows], scores[1][rows]) if scores is not None and rows is not None else None
-        file_lab = label_files(embeddings_to_numpy(segs.column("embedding")), owner, len(ok_ids), cache, top_k,
-                               scores=kept)
-    return segs, files_table(outcomes, file_lab, Counter(segs.column("file_id").to_pylist()))
+        emb = embeddings_to_numpy(segs.column("embedding"))
+        file_lab = label_files(emb, owner, len(ok_ids), cache, top_k, scores=kept, logit_scale=logit_scale)
+        outcomes = [o if o.status != OK else dataclasses.replace(o, embedding=mean_embedding(emb[owner == index[
+            o.file_id]])) for o in outcomes]
+    return segs, files_table(outcomes, file_lab, Counter(segs.column("file_id").to_pylist()), embedding_dtype)
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:

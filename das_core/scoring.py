@@ -42,6 +42,7 @@ class Labelled:
     top_k_scores: np.ndarray         # (n, k) float32
     zs_index: np.ndarray             # (n,) plain zero-shot winner
     zs_score: np.ndarray             # (n,) float32
+    top_k_probs: np.ndarray | None = None   # (n, k) float32: softmax over all classes of the scaled DAS scores
 
     @property
     def score(self) -> np.ndarray:
@@ -64,13 +65,29 @@ class Labelled:
 
     def take(self, rows: np.ndarray) -> Labelled:
         return Labelled(self.names, self.top_k_index[rows], self.top_k_scores[rows], self.zs_index[rows],
-                        self.zs_score[rows])
+                        self.zs_score[rows], None if self.top_k_probs is None else self.top_k_probs[rows])
 
 
-def _labelled(das: np.ndarray, plain: np.ndarray, labels: tuple[str, ...], k: int) -> Labelled:
+def probabilities(das: np.ndarray, logit_scale: float) -> np.ndarray:
+    """Softmax over all classes of ``logit_scale`` x the DAS scores (CLAP's training calibration), float64.
+
+    One distribution over the classes per row: not independent multi-label confidences.
+    """
+    logits = np.asarray(das, dtype=np.float64) * logit_scale
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _labelled(das: np.ndarray, plain: np.ndarray, labels: tuple[str, ...], k: int,
+              logit_scale: float | None = None) -> Labelled:
     idx, vals = top_k(das, k)
     zs = np.argmax(plain, axis=1)
-    return Labelled(labels, idx, vals.astype(np.float32), zs, plain[np.arange(len(zs)), zs].astype(np.float32))
+    probs = None
+    if logit_scale is not None:
+        probs = np.take_along_axis(probabilities(das, logit_scale), idx, axis=1).astype(np.float32)
+    return Labelled(labels, idx, vals.astype(np.float32), zs, plain[np.arange(len(zs)), zs].astype(np.float32),
+                    probs)
 
 
 def window_scores(embeddings: np.ndarray, cache: DriftCache) -> tuple[np.ndarray, np.ndarray]:
@@ -79,19 +96,21 @@ def window_scores(embeddings: np.ndarray, cache: DriftCache) -> tuple[np.ndarray
 
 
 def label_windows(embeddings: np.ndarray, cache: DriftCache, k: int,
-                  scores: tuple[np.ndarray, np.ndarray] | None = None) -> Labelled:
+                  scores: tuple[np.ndarray, np.ndarray] | None = None, logit_scale: float | None = None) -> Labelled:
     """Label each window from its embedding (or from its ``window_scores``, when already computed)."""
     das, plain = scores if scores is not None else window_scores(embeddings, cache)
-    return _labelled(das, plain, cache.labels, k)
+    return _labelled(das, plain, cache.labels, k, logit_scale)
 
 
-def label_pooled(das_max: np.ndarray, plain_max: np.ndarray, cache: DriftCache, k: int) -> Labelled:
+def label_pooled(das_max: np.ndarray, plain_max: np.ndarray, cache: DriftCache, k: int,
+                 logit_scale: float | None = None) -> Labelled:
     """Label files from scores already max-pooled over their windows (pieces of long files pooled apart)."""
-    return _labelled(das_max, plain_max, cache.labels, k)
+    return _labelled(das_max, plain_max, cache.labels, k, logit_scale)
 
 
 def label_files(embeddings: np.ndarray, file_index: np.ndarray, n_files: int, cache: DriftCache,
-                k: int, scores: tuple[np.ndarray, np.ndarray] | None = None) -> Labelled:
+                k: int, scores: tuple[np.ndarray, np.ndarray] | None = None,
+                logit_scale: float | None = None) -> Labelled:
     """Label files by max-pooling their windows' scores; ``file_index[i]`` is window i's file (0..n_files-1).
 
     Every file must have at least one window. ``scores``: the windows' ``window_scores``, when already computed.
@@ -105,4 +124,4 @@ def label_files(embeddings: np.ndarray, file_index: np.ndarray, n_files: int, ca
     das, plain = scores if scores is not None else window_scores(np.asarray(embeddings), cache)
     pooled_das = np.maximum.reduceat(das[order], starts, axis=0)
     pooled_plain = np.maximum.reduceat(plain[order], starts, axis=0)
-    return _labelled(pooled_das, pooled_plain, cache.labels, k)
+    return _labelled(pooled_das, pooled_plain, cache.labels, k, logit_scale)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,9 @@ from das_core.audio import (
     repeat_pad,
     segment,
 )
+from das_core.inputs import DEFAULT_EXTENSIONS
 from das_core.noise import NoiseBank
+from das_core.shards import PARQUET, TAR, Member, Skips, parquet_members, tar_members
 
 WORK_DIR = "_work"
 WORK_MANIFEST = "units.parquet"
@@ -50,6 +52,7 @@ UNIT_SCHEMA = pa.schema([
     pa.field("file_ids", pa.list_(pa.string()), nullable=False),
     pa.field("paths", pa.list_(pa.string()), nullable=False),
     pa.field("bytes", pa.int64()),
+    pa.field("shard", pa.string()),       # null: plain files; "tar" or "parquet": one shard (das_core.shards)
 ])
 
 # What the decode stage hands the encoder: one row per chunk.
@@ -77,14 +80,16 @@ def plan_units(inputs: pa.Table, files_per_unit: int, unit_bytes: int, first_uni
     n = len(inputs)
     sizes = (inputs.column("size").fill_null(0).to_numpy().astype(np.int64) if "size" in inputs.column_names
              else np.zeros(n, dtype=np.int64))
+    shards = inputs.column("shard").to_pylist() if "shard" in inputs.column_names else [None] * n
     unit_of = np.empty(n, dtype=np.int64)
-    unit, count, total = 0, 0, 0
-    for i, size in enumerate(sizes.tolist()):
-        if count and (count >= files_per_unit or total + size > unit_bytes):
+    unit, count, total, alone = 0, 0, 0, False
+    for i, (size, shard) in enumerate(zip(sizes.tolist(), shards)):
+        if count and (alone or shard or count >= files_per_unit or total + size > unit_bytes):
             unit, count, total = unit + 1, 0, 0
         unit_of[i] = unit
         count += 1
         total += size
+        alone = shard is not None           # a shard is a unit of its own
     n_units = int(unit_of[-1]) + 1 if n else 0
     starts = np.searchsorted(unit_of, np.arange(n_units + 1)).astype(np.int32)
     offsets = pa.array(starts, pa.int32())
@@ -96,6 +101,7 @@ def plan_units(inputs: pa.Table, files_per_unit: int, unit_bytes: int, first_uni
         "file_ids": pa.ListArray.from_arrays(offsets, ids),
         "paths": pa.ListArray.from_arrays(offsets, paths),
         "bytes": pa.array(unit_bytes_col, pa.int64()),
+        "shard": pa.array([shards[int(s)] for s in starts[:-1]], pa.string()),
     }, schema=UNIT_SCHEMA)
 
 
@@ -121,7 +127,7 @@ def read_work_manifest(out: str) -> pa.Table | None:
     uri = work_manifest_uri(out)
     if not storage.exists(uri):
         return None
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=UNIT_SCHEMA)
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).cast(UNIT_SCHEMA)
 
 
 # ------------------------------------------------------------------ decoding a unit into chunks
@@ -132,6 +138,10 @@ class DecodeSettings:
     snr_db: float | None = None
     seed: int = 0
     noise_uris: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS   # audio members of tar shards
+    audio_column: str | None = None   # Parquet shards: default, the first struct of bytes/path or binary column
+    id_column: str | None = None      # Parquet shards: default <shard>#<row>
+    keep_metadata: bool = False       # tar shards: carry a sample's .json into `metadata`
 
 
 _BANKS: dict[tuple, NoiseBank] = {}
@@ -156,18 +166,20 @@ class _Chunk:
         self.audio = bytearray()
         self.windows: list[list] = []     # [file index in files, segment, start_s, end_s, noise_source]
         self.files: list[dict] = []       # files with windows here, or closing here
+        self.skipped: dict[str, int] = {}  # shard members not labelled, by reason (on the unit's last chunk)
 
     @property
     def free(self) -> int:
         return self.capacity - len(self.windows)
 
-    def file_entry(self, file_id: str, path: str, piece: int) -> int:
+    def file_entry(self, file_id: str, path: str, piece: int, extra: dict | None = None) -> int:
         if not self.files or self.files[-1]["file_id"] != file_id:
-            self.files.append({"file_id": file_id, "path": path, "piece": piece, "closes": False})
+            self.files.append({"file_id": file_id, "path": path, "piece": piece, "closes": False, **(extra or {})})
         return len(self.files) - 1
 
     def row(self, last: bool) -> pa.Table:
-        meta = json.dumps({"windows": self.windows, "files": self.files}, separators=(",", ":"))
+        meta = json.dumps({"windows": self.windows, "files": self.files, "skipped": self.skipped},
+                          separators=(",", ":"))
         return pa.table({"unit": [self.unit], "chunk": [self.index], "last": [last],
                          "n_windows": [len(self.windows)], "audio": [bytes(self.audio)], "meta": [meta]},
                         schema=CHUNK_SCHEMA)
@@ -179,62 +191,87 @@ def _expected_windows(stream: AudioStream) -> int:
     return window_count(int(round(stream.info.duration_s * SAMPLE_RATE)))
 
 
-def decode_unit(unit: str, file_ids: list[str], paths: list[str], settings: DecodeSettings) -> Iterator[pa.Table]:
-    """Decode one unit's files in order into chunk rows (``CHUNK_SCHEMA``), streamed.
+def _sources(file_id: str, path: str, shard: str | None, settings: DecodeSettings, skips: Skips
+             ) -> Iterator[Member]:
+    """What one work-manifest entry holds: itself (a plain file), or a shard's members."""
+    if shard == TAR:
+        return tar_members(file_id, path, settings.extensions, settings.keep_metadata, skips)
+    if shard == PARQUET:
+        return parquet_members(file_id, path, settings.audio_column, settings.id_column)
+    return iter([Member(file_id, path, lambda: storage.open_input(path))])
 
-    Every file ends in exactly one chunk with ``closes`` and its outcome, however
+
+def decode_unit(unit: str, file_ids: list[str], paths: list[str], settings: DecodeSettings,
+                shard: str | None = None) -> Iterator[pa.Table]:
+    """Decode one unit's files (or its shard's members) in order into chunk rows (``CHUNK_SCHEMA``), streamed.
+
+    Every input ends in exactly one chunk with ``closes`` and its outcome, however
     it fails; a unit always yields at least one chunk, the last one with ``last``.
     """
     bank = _noise_bank(settings)
-    chunk = _Chunk(unit, 0, settings.chunk_windows)
+    box = [_Chunk(unit, 0, settings.chunk_windows)]
+    skips = Skips({}, {})
     for file_id, path in zip(file_ids, paths):
-        pieces = 0
-        emitted = 0
-        meta: dict = {"duration_s": None, "sample_rate": None, "channels": None, "decoder": None}
-        outcome: dict = {"status": "ok", "error": None, "error_kind": None}
-        try:
-            with storage.open_input(path) as fileobj, AudioStream(fileobj, path) as stream:
-                info = stream.info
-                meta = {"duration_s": info.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,
-                        "decoder": getattr(stream, "decoder", "libsndfile")}
-                if chunk.windows and chunk.free < _expected_windows(stream) <= chunk.capacity:
-                    yield chunk.row(last=False)           # keep the file whole in the next chunk
-                    chunk = _Chunk(unit, chunk.index + 1, settings.chunk_windows)
-                for w in segment(stream.mono48k()):
-                    if chunk.free == 0:
-                        yield chunk.row(last=False)
-                        chunk = _Chunk(unit, chunk.index + 1, settings.chunk_windows)
-                        pieces += 1 if emitted else 0
-                    entry = chunk.file_entry(file_id, path, pieces)
-                    samples, noise_source = w.samples, None
-                    if bank is not None:
-                        mixed = bank.mix(w.real, settings.snr_db, seed=settings.seed, clip_id=file_id,
-                                         segment=w.index)
-                        samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
-                        noise_source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
-                                        else "skipped: zero-power clip or noise")
-                    chunk.audio += quantize_int16(samples).tobytes()
-                    chunk.windows.append([entry, w.index, w.start_s, w.end_s, noise_source])
-                    emitted += 1
-                meta["duration_s"] = stream.decoded_frames / info.sample_rate
-        except AudioDecodeError as exc:
-            outcome = {"status": "error", "error": str(exc), "error_kind": exc.kind}
-        except FileNotFoundError:
-            outcome = {"status": "error", "error": f"{path}: {MISSING}: no such file or object",
-                       "error_kind": MISSING}
-        except Exception as exc:  # noqa: BLE001 - one bad file must never fail its unit
-            outcome = {"status": "error", "error": f"{path}: {UNREADABLE}: {type(exc).__name__}: {exc}",
-                       "error_kind": UNREADABLE}
-        entry = chunk.file_entry(file_id, path, pieces)
-        chunk.files[entry].update(closes=True, n_emitted=emitted, **outcome, **meta)
-    yield chunk.row(last=True)
+        for member in _sources(file_id, path, shard, settings, skips):
+            yield from _decode_member(member, box, bank, settings)
+    box[0].skipped = skips.counts
+    yield box[0].row(last=True)
+
+
+def _decode_member(member: Member, box: list[_Chunk], bank: NoiseBank | None, settings: DecodeSettings
+                   ) -> Iterator[pa.Table]:
+    """Decode one input into ``box[0]`` (the chunk being filled), yielding every chunk it fills."""
+    file_id, path = member.file_id, member.path
+    extra = {"key": member.key, "metadata": member.metadata} if member.key or member.metadata else None
+    pieces = emitted = 0
+    meta: dict = {"duration_s": None, "sample_rate": None, "channels": None, "decoder": None}
+    outcome: dict = {"status": "ok", "error": None, "error_kind": None}
+    try:
+        if member.error is not None:
+            kind, message = member.error
+            raise AudioDecodeError(path, kind, message.removeprefix(f"{path}: "))
+        with member.open() as fileobj, AudioStream(fileobj, path) as stream:
+            info = stream.info
+            meta = {"duration_s": info.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,
+                    "decoder": getattr(stream, "decoder", "libsndfile")}
+            chunk = box[0]
+            if chunk.windows and chunk.free < _expected_windows(stream) <= chunk.capacity:
+                yield chunk.row(last=False)               # keep the file whole in the next chunk
+                box[0] = _Chunk(chunk.unit, chunk.index + 1, settings.chunk_windows)
+            for w in segment(stream.mono48k()):
+                if box[0].free == 0:
+                    yield box[0].row(last=False)
+                    box[0] = _Chunk(box[0].unit, box[0].index + 1, settings.chunk_windows)
+                    pieces += 1 if emitted else 0
+                chunk = box[0]
+                entry = chunk.file_entry(file_id, path, pieces, extra)
+                samples, noise_source = w.samples, None
+                if bank is not None:
+                    mixed = bank.mix(w.real, settings.snr_db, seed=settings.seed, clip_id=file_id, segment=w.index)
+                    samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
+                    noise_source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
+                                    else "skipped: zero-power clip or noise")
+                chunk.audio += quantize_int16(samples).tobytes()
+                chunk.windows.append([entry, w.index, w.start_s, w.end_s, noise_source])
+                emitted += 1
+            meta["duration_s"] = stream.decoded_frames / info.sample_rate
+    except AudioDecodeError as exc:
+        outcome = {"status": "error", "error": str(exc), "error_kind": exc.kind}
+    except FileNotFoundError:
+        outcome = {"status": "error", "error": f"{path}: {MISSING}: no such file or object", "error_kind": MISSING}
+    except Exception as exc:  # noqa: BLE001 - one bad file must never fail its unit
+        outcome = {"status": "error", "error": f"{path}: {UNREADABLE}: {type(exc).__name__}: {exc}",
+                   "error_kind": UNREADABLE}
+    entry = box[0].file_entry(file_id, path, pieces, extra)
+    box[0].files[entry].update(closes=True, n_emitted=emitted, **outcome, **meta)
 
 
 def decode_units(batch: pa.Table, settings: DecodeSettings) -> Iterator[pa.Table]:
     """Ray Data UDF over work-manifest rows: every unit of the batch, decoded into chunk rows."""
-    for unit, ids, paths in zip(batch.column("unit").to_pylist(), batch.column("file_ids").to_pylist(),
-                                batch.column("paths").to_pylist()):
-        yield from decode_unit(unit, ids, paths, settings)
+    shards = batch.column("shard").to_pylist() if "shard" in batch.column_names else [None] * len(batch)
+    for unit, ids, paths, shard in zip(batch.column("unit").to_pylist(), batch.column("file_ids").to_pylist(),
+                                       batch.column("paths").to_pylist(), shards):
+        yield from decode_unit(unit, ids, paths, settings, shard)
 
 
 @dataclass(frozen=True)
@@ -243,8 +280,9 @@ class ChunkMeta:
 
     windows: list[list]
     files: list[dict]
+    skipped: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> ChunkMeta:
         data = json.loads(text)
-        return cls(data["windows"], data["files"])
+        return cls(data["windows"], data["files"], data.get("skipped") or {})

@@ -15,6 +15,7 @@ part-way, and writes the unit's ``end`` part, which commits the unit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -37,6 +38,8 @@ from das_core.results import (
     embedding_array,
     files_table,
     labelled_columns,
+    mean_embedding,
+    normalised,
     part_name,
     segments_schema,
 )
@@ -51,6 +54,7 @@ PIECES_SCHEMA = pa.schema([
     pa.field("n_windows", pa.int32()),
     pa.field("das_max", pa.list_(pa.float32())),
     pa.field("zs_max", pa.list_(pa.float32())),
+    pa.field("emb_sum", pa.list_(pa.float64())),     # sum of the piece's window embeddings (as stored)
     pa.field("closes", pa.bool_()),
     pa.field("status", pa.string()),
     pa.field("error", pa.string()),
@@ -59,6 +63,8 @@ PIECES_SCHEMA = pa.schema([
     pa.field("sample_rate", pa.int32()),
     pa.field("channels", pa.int32()),
     pa.field("decoder", pa.string()),
+    pa.field("key", pa.string()),
+    pa.field("metadata", pa.string()),
 ])
 
 STATS_SCHEMA = pa.schema([
@@ -71,6 +77,7 @@ STATS_SCHEMA = pa.schema([
     pa.field("segments", pa.int64()),         # windows of the ok files that closed here
     pa.field("errors_by_kind", pa.string()),  # JSON {kind: n}
     pa.field("pieces", pa.bool_()),           # wrote a pieces part: finish_unit must read it
+    pa.field("skipped", pa.string()),         # JSON {reason: n} of shard members not labelled
     pa.field("node", pa.string()),
     pa.field("seconds", pa.float64()),
 ])
@@ -82,12 +89,14 @@ class WriteSettings:
     embedding_dtype: str = "float16"
     snr_db: float | None = None
     seed: int | None = None
+    logit_scale: float | None = None       # with --probabilities: top_k_probs from softmax(scale x scores)
 
 
-def _outcome(entry: dict) -> FileOutcome:
+def _outcome(entry: dict, embedding: np.ndarray | None = None) -> FileOutcome:
     return FileOutcome(entry["file_id"], entry["path"], entry["status"], entry.get("error"), entry.get("error_kind"),
                        entry.get("n_emitted", 0), entry.get("duration_s"), entry.get("sample_rate"),
-                       entry.get("channels"), entry.get("decoder"))
+                       entry.get("channels"), entry.get("decoder"), entry.get("key"), entry.get("metadata"),
+                       embedding)
 
 
 def _segments(meta: ChunkMeta, keep: np.ndarray, stored: np.ndarray | None, lab, ws: WriteSettings) -> pa.Table:
@@ -128,7 +137,7 @@ def write_chunk(store: OutputStore, unit: str, chunk: int, last: bool, meta: Chu
     das = plain = lab = None
     if n:
         das, plain = window_scores(stored.astype(np.float32), cache)
-        lab = label_windows(None, cache, ws.top_k, scores=(das, plain))
+        lab = label_windows(None, cache, ws.top_k, scores=(das, plain), logit_scale=ws.logit_scale)
     segments = _segments(meta, keep, stored, lab, ws)
     if len(segments):
         store.write_part(SEGMENTS_DIR, part_name(unit, chunk), segments)
@@ -136,31 +145,35 @@ def write_chunk(store: OutputStore, unit: str, chunk: int, last: bool, meta: Chu
     pieces = [i for i, f in enumerate(meta.files) if not whole[i]]
     if pieces:
         store.write_part(PIECES_DIR, part_name(unit, chunk), _pieces_table(meta, pieces, owner, keep, das, plain,
-                                                                          chunk))
+                                                                          stored, chunk))
     whole_ids = [i for i in range(len(meta.files)) if whole[i]]
     if whole_ids:
-        outcomes = [_outcome(meta.files[i]) for i in whole_ids]
         ok = [i for i in whole_ids if not failed[i]]
         file_lab = None
         counts: dict[str, int] = {}
+        embeddings: dict[int, np.ndarray] = {}
         if ok:
             in_ok = np.isin(owner, ok) & keep
             index = {f: j for j, f in enumerate(ok)}
             file_lab = label_files(None, np.array([index[o] for o in owner[in_ok]]), len(ok), cache, ws.top_k,
-                                   scores=(das[in_ok], plain[in_ok]))
+                                   scores=(das[in_ok], plain[in_ok]), logit_scale=ws.logit_scale)
             counts = {meta.files[i]["file_id"]: int(np.sum(owner[in_ok] == i)) for i in ok}
-        store.write_part(FILES_DIR, part_name(unit, chunk), files_table(outcomes, file_lab, counts))
+            embeddings = {i: mean_embedding(stored[(owner == i) & keep]) for i in ok}
+        outcomes = [_outcome(meta.files[i], embeddings.get(i)) for i in whole_ids]
+        store.write_part(FILES_DIR, part_name(unit, chunk), files_table(outcomes, file_lab, counts,
+                                                                       ws.embedding_dtype))
     return _stats(unit, chunk, last, n, meta, bool(pieces), time.monotonic() - started)
 
 
 def _pieces_table(meta: ChunkMeta, entries: list[int], owner: np.ndarray, keep: np.ndarray, das, plain,
-                  chunk: int) -> pa.Table:
-    das_max, zs_max, counts = [], [], []
+                  stored: np.ndarray | None, chunk: int) -> pa.Table:
+    das_max, zs_max, emb_sum, counts = [], [], [], []
     for i in entries:
         mine = (owner == i) & keep if len(owner) else np.zeros(0, dtype=bool)
         counts.append(int(mine.sum()))
         das_max.append(das[mine].max(axis=0) if mine.any() else None)
         zs_max.append(plain[mine].max(axis=0) if mine.any() else None)
+        emb_sum.append(stored[mine].astype(np.float64).sum(axis=0) if mine.any() else None)
     files = [meta.files[i] for i in entries]
 
     def col(key: str, typ: pa.DataType) -> pa.Array:
@@ -170,10 +183,12 @@ def _pieces_table(meta: ChunkMeta, entries: list[int], owner: np.ndarray, keep: 
         "file_id": col("file_id", pa.string()), "path": col("path", pa.string()),
         "chunk": pa.array([chunk] * len(files), pa.int32()), "piece": col("piece", pa.int32()),
         "n_windows": pa.array(counts, pa.int32()), "das_max": _float_lists(das_max), "zs_max": _float_lists(zs_max),
+        "emb_sum": pa.array(emb_sum, pa.list_(pa.float64())),
         "closes": col("closes", pa.bool_()), "status": col("status", pa.string()), "error": col("error", pa.string()),
         "error_kind": col("error_kind", pa.string()), "duration_s": col("duration_s", pa.float64()),
         "sample_rate": col("sample_rate", pa.int32()), "channels": col("channels", pa.int32()),
-        "decoder": col("decoder", pa.string()),
+        "decoder": col("decoder", pa.string()), "key": col("key", pa.string()),
+        "metadata": col("metadata", pa.string()),
     }, schema=PIECES_SCHEMA)
 
 
@@ -184,10 +199,12 @@ def _stats(unit: str, chunk: int, last: bool, n_windows: int, meta: ChunkMeta, p
     return {"unit": unit, "chunk": chunk, "last": last, "windows": n_windows, "files_ok": len(ok),
             "files_error": len(closed) - len(ok), "segments": sum(int(f.get("n_emitted", 0)) for f in ok),
             "errors_by_kind": json.dumps(dict(sorted(kinds.items()))), "pieces": pieces,
+            "skipped": json.dumps(meta.skipped),
             "node": os.environ.get("DAS_NODE_ID", os.uname().nodename), "seconds": seconds}
 
 
-def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: DriftCache, top_k: int) -> None:
+def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: DriftCache, ws: WriteSettings
+                ) -> None:
     """Commit ``unit``: rows of its spanning files (from the pieces parts of ``piece_chunks``), then its end part."""
     tables = [store.read_part(PIECES_DIR, part_name(unit, c)) for c in sorted(piece_chunks)]
     pieces = pa.concat_tables(tables) if tables else PIECES_SCHEMA.empty_table()
@@ -197,17 +214,19 @@ def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: D
         closing = next(r for r in rows if r["closes"])
         outcome = FileOutcome(file_id, closing["path"], closing["status"], closing["error"], closing["error_kind"],
                               0, closing["duration_s"], closing["sample_rate"], closing["channels"],
-                              closing["decoder"])
-        outcomes.append(outcome)
+                              closing["decoder"], closing["key"], closing["metadata"])
         if outcome.status != OK:
+            outcomes.append(outcome)
             _drop_windows(store, unit, file_id, [r["chunk"] for r in rows if r["n_windows"]])
             continue
+        total = np.sum([r["emb_sum"] for r in rows if r["emb_sum"] is not None], axis=0)
+        outcomes.append(dataclasses.replace(outcome, embedding=normalised(total)))
         pooled_das.append(np.max([r["das_max"] for r in rows if r["das_max"] is not None], axis=0))
         pooled_zs.append(np.max([r["zs_max"] for r in rows if r["zs_max"] is not None], axis=0))
         counts[file_id] = sum(r["n_windows"] for r in rows)
-    lab = (label_pooled(np.array(pooled_das, dtype=np.float32), np.array(pooled_zs, dtype=np.float32), cache, top_k)
-           if pooled_das else None)
-    store.write_part(FILES_DIR, part_name(unit, END_TAG), files_table(outcomes, lab, counts))
+    lab = (label_pooled(np.array(pooled_das, dtype=np.float32), np.array(pooled_zs, dtype=np.float32), cache,
+                        ws.top_k, ws.logit_scale) if pooled_das else None)
+    store.write_part(FILES_DIR, part_name(unit, END_TAG), files_table(outcomes, lab, counts, ws.embedding_dtype))
     for c in piece_chunks:
         store.remove_part(PIECES_DIR, part_name(unit, c))
 

@@ -44,6 +44,14 @@ def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
     io_.add_argument("--embedding-dtype", choices=("float16", "float32"), default="float16",
                      help="storage type of embeddings; scores are computed from the stored values")
     io_.add_argument("--top-k", type=int, default=5, help="classes kept per window and per file")
+    io_.add_argument("--probabilities", action="store_true",
+                     help="add top_k_probs: softmax over all classes of the checkpoint's logit scale x DAS scores")
+    io_.add_argument("--audio-column", metavar="NAME",
+                     help="Parquet shards: the column of audio bytes (default: the first struct of bytes/path, "
+                          "as Hugging Face datasets writes, or the first binary column)")
+    io_.add_argument("--id-column", metavar="NAME", help="Parquet shards: the column of ids (default <shard>#<row>)")
+    io_.add_argument("--keep-metadata", action="store_true",
+                     help="tar shards: carry each sample's .json into the files/ column 'metadata'")
     io_.add_argument("--dry-run", action="store_true",
                      help="plan and print what would be done (inputs, units, skipped, what --resume would skip); "
                           "starts no Ray and loads no model")
@@ -84,6 +92,8 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
         cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size, top_k=args.top_k,
         embedding_dtype=args.embedding_dtype, precision=args.precision, resume=args.resume,
         overwrite=args.overwrite, dry_run=args.dry_run, max_error_fraction=args.max_error_fraction,
+        probabilities=args.probabilities, audio_column=args.audio_column, id_column=args.id_column,
+        keep_metadata=args.keep_metadata,
         files_per_unit=args.files_per_unit, unit_bytes=int(args.unit_mib * 2**20), chunk_windows=args.chunk_windows,
         torch_threads=args.torch_threads, tokenizer_dir=args.tokenizer_dir)
 
@@ -169,12 +179,14 @@ def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) ->
     init_ray(gpus=c.num_gpus, cpus=actors * c.cpus_per_actor)     # refused now rather than an endless wait
     gpus_per_actor = c.num_gpus / actors if c.num_gpus > 0 else 0.0
     decode = DecodeSettings(chunk_windows=c.windows_per_chunk, snr_db=c.snr_db, seed=c.seed,
-                            noise_uris=p.noise_uris)
+                            noise_uris=p.noise_uris, extensions=c.extensions, audio_column=c.audio_column,
+                            id_column=c.id_column, keep_metadata=c.keep_metadata)
     encode = EncodeSettings(checkpoint=c.checkpoint, num_gpus_per_actor=gpus_per_actor,
                             cpus_per_actor=c.cpus_per_actor, precision=c.precision, torch_threads=c.torch_threads,
                             tokenizer_dir=c.tokenizer_dir)
     write = WriteSettings(top_k=c.top_k, embedding_dtype=c.embedding_dtype, snr_db=c.snr_db,
-                          seed=c.seed if c.snr_db is not None else None)
+                          seed=c.seed if c.snr_db is not None else None,
+                          logit_scale=p.checkpoint_info.get("logit_scale") if c.probabilities else None)
     log.info("labelling %d file(s) in %d unit(s) with %d encoder actor(s) (%s), %d class(es), lam=%g",
              p.todo_files, len(p.todo), actors, f"{gpus_per_actor:g} GPU each" if gpus_per_actor else "CPU",
              len(p.cache.labels), p.cache.lam)
@@ -187,7 +199,7 @@ def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) ->
             keep.setdefault(index[u] // per_group, []).append(u)
     env = worker_env()
     cache_box = [ray.put(p.cache)]
-    tracker, finisher = UnitTracker(), Finisher(c.out, cache_box, c.top_k, env)
+    tracker, finisher = UnitTracker(), Finisher(c.out, cache_box, write, env)
     errors_allowed = c.max_error_fraction * p.n_inputs
     last_progress = last_manifest = time.monotonic()
     first_output, aborted = None, None

@@ -137,14 +137,14 @@ class EncodeAndWrite:
 STATS_WITH_NODES = STATS_SCHEMA.append(pa.field("decoded_on", pa.string()))
 
 
-def finish_units(out: str, units: list[tuple[str, list[int]]], cache_box: list, top_k: int) -> int:
+def finish_units(out: str, units: list[tuple[str, list[int]]], cache_box: list, write: WriteSettings) -> int:
     """Ray task: commit whole units (``finish_unit`` for each)."""
     import ray
 
     cache = ray.get(cache_box[0])
     store = OutputStore(out)
     for unit, piece_chunks in units:
-        finish_unit(store, unit, piece_chunks, cache, top_k)
+        finish_unit(store, unit, piece_chunks, cache, write)
     return len(units)
 
 
@@ -176,13 +176,13 @@ class UnitTracker:
 class Finisher:
     """Commits whole units in Ray tasks, in batches, with a bounded number in flight."""
 
-    def __init__(self, out: str, cache_box: list, top_k: int, env: dict | None, batch: int = 64,
+    def __init__(self, out: str, cache_box: list, write: WriteSettings, env: dict | None, batch: int = 64,
                  every_s: float = 5.0, in_flight: int = 4):
         import ray
 
         self.task = ray.remote(finish_units).options(num_cpus=0.25, max_retries=3,
                                                       runtime_env={"env_vars": env} if env else None)
-        self.args = (out, cache_box, top_k)
+        self.args = (out, cache_box, write)
         self.pending: list[tuple[str, list[int]]] = []
         self.running: list = []
         self.batch, self.every_s, self.in_flight = batch, every_s, in_flight
@@ -198,8 +198,8 @@ class Finisher:
         import ray
 
         if self.pending:
-            out, cache_box, top_k = self.args
-            self.running.append(self.task.remote(out, self.pending, cache_box, top_k))
+            out, cache_box, write = self.args
+            self.running.append(self.task.remote(out, self.pending, cache_box, write))
             self.pending, self.last = [], time.monotonic()
         while len(self.running) > self.in_flight:
             done, self.running = ray.wait(self.running, num_returns=1)

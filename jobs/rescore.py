@@ -164,7 +164,8 @@ def _embedding_dtype(segments: pa.Table) -> str:
     raise ValueError(f"embedding column has type list<{value_type}>, expected list<float16> or list<float32>")
 
 
-def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k: int) -> tuple[pa.Table, pa.Table]:
+def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k: int,
+                   logit_scale: float | None = None) -> tuple[pa.Table, pa.Table]:
     """Re-label one committed part of a label output: the new ``segments`` and ``files`` tables.
 
     Window labels come from the stored embeddings cast to float32 (exactly what
@@ -176,30 +177,31 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
         raise ValueError(f"{segments.column('embedding').null_count} window(s) have no embedding")
     counts = Counter(segments.column("file_id").to_pylist())
     outcomes = []
-    if "decoder" not in files.column_names:
-        files = files.append_column("decoder", pa.nulls(len(files), pa.string()))
+    for name in ("decoder", "key", "metadata"):
+        if name not in files.column_names:
+            files = files.append_column(name, pa.nulls(len(files), pa.string()))
     for row in files.select(["file_id", "path", "status", "error", "error_kind", "n_segments", "duration_s",
-                             "sample_rate", "channels", "decoder"]).to_pylist():
+                             "sample_rate", "channels", "decoder", "key", "metadata"]).to_pylist():
         stored = counts.get(row["file_id"], 0)
         if row["status"] == OK and (stored == 0 or stored != row["n_segments"]):
             raise ValueError(f"file {row['path']} has n_segments={row['n_segments']} in files/ but "
                              f"{stored} window(s) in segments/: the label output is damaged")
         outcomes.append(FileOutcome(row["file_id"], row["path"], row["status"], row["error"], row["error_kind"],
                                     row["n_segments"], row["duration_s"], row["sample_rate"], row["channels"],
-                                    row["decoder"]))
+                                    row["decoder"], row["key"], row["metadata"]))
     windows = segments.drop_columns([n for n in ("label", "score", "top_k_labels", "top_k_scores", "zs_label",
-                                                 "zs_score") if n in segments.column_names])
+                                                 "zs_score", "top_k_probs") if n in segments.column_names])
     lab = scores = None
     if len(segments):
         scores = window_scores(embeddings_to_numpy(segments.column("embedding")), cache)
-        lab = label_windows(None, cache, top_k, scores=scores)
+        lab = label_windows(None, cache, top_k, scores=scores, logit_scale=logit_scale)
     for name, column in labelled_columns(lab, len(segments)).items():
         windows = windows.append_column(name, column)
-    return build_tables(outcomes, windows, cache, top_k, dtype, scores=scores)
+    return build_tables(outcomes, windows, cache, top_k, dtype, scores=scores, logit_scale=logit_scale)
 
 
 def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[str], file_parts: list[str],
-                 cache: DriftCache, top_k: int) -> dict:
+                 cache: DriftCache, top_k: int, logit_scale: float | None = None) -> dict:
     """Re-score committed label unit ``unit`` of ``embeddings`` (its parts) and commit it under ``out_run``."""
     label = OutputStore(embeddings)
 
@@ -211,7 +213,7 @@ def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[s
     segments = read(SEGMENTS_DIR, segment_parts)
     if segments is None:
         segments = segments_schema(_files_dtype(label)).empty_table()
-    new_segments, new_files = rescore_tables(segments, files, cache, top_k)
+    new_segments, new_files = rescore_tables(segments, files, cache, top_k, logit_scale)
     out = OutputStore(out_run)
     if len(new_segments):
         out.write_part(SEGMENTS_DIR, part_name(unit, "all"), new_segments)
@@ -224,7 +226,8 @@ def _files_dtype(store: OutputStore) -> str:
     return (manifest.get("settings") or {}).get("embedding_dtype") or "float16"
 
 
-def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: list, top_k: int) -> pa.Table:
+def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: list, top_k: int,
+                  logit_scale: float | None = None) -> pa.Table:
     """Ray Data UDF: label part names in, one PART_STATS_SCHEMA row per part out.
 
     A part that cannot be re-scored (unreadable, damaged) is reported in
@@ -239,7 +242,7 @@ def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: lis
         start = time.monotonic()
         counts, failure = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}, None
         try:
-            counts = rescore_part(embeddings, out_run, part, seg_parts, file_parts, cache, top_k)
+            counts = rescore_part(embeddings, out_run, part, seg_parts, file_parts, cache, top_k, logit_scale)
         except Exception as exc:  # noqa: BLE001 - reported per part, counted by the driver
             failure = f"{storage.join(embeddings, FILES_DIR, part_name(part, END_TAG))} (unit {part}): " \
                       f"{type(exc).__name__}: {exc}"
@@ -440,7 +443,8 @@ def _count(stats: list[dict], p: Plan) -> dict:
 
 
 def run_stages(parts: list[str], listing: StoreListing, embeddings: str, out_run: str, cache: DriftCache,
-               top_k: int, env: dict[str, str] | None = None) -> Iterator[pa.Table]:
+               top_k: int, env: dict[str, str] | None = None, logit_scale: float | None = None
+               ) -> Iterator[pa.Table]:
     """Stream PART_STATS_SCHEMA tables to the driver: one Ray Data row (and task) per committed label unit."""
     import ray
     import ray.data
@@ -451,7 +455,8 @@ def run_stages(parts: list[str], listing: StoreListing, embeddings: str, out_run
               "files": listing.parts_of(unit, FILES_DIR)} for unit in parts]
     ds = ray.data.from_items(items, override_num_blocks=len(parts))
     ds = ds.map_batches(rescore_parts, fn_kwargs={"embeddings": embeddings, "out_run": out_run,
-                                                  "cache_box": cache_box, "top_k": top_k},
+                                                  "cache_box": cache_box, "top_k": top_k,
+                                                  "logit_scale": logit_scale},
                         batch_size=1, batch_format="pyarrow", num_cpus=1, **remote)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
@@ -474,7 +479,11 @@ def run(c: RescoreConfig) -> dict:
     if p.todo:
         init_ray()
         scoring_start = last_progress = time.monotonic()
-        for batch in run_stages(p.todo, p.listing, c.embeddings, p.run_uri, p.cache, p.top_k, env=worker_env()):
+        label_settings = p.label_manifest.get("settings") or {}
+        scale = (p.label_manifest.get("checkpoint") or {}).get("logit_scale") if label_settings.get(
+            "probabilities") else None
+        for batch in run_stages(p.todo, p.listing, c.embeddings, p.run_uri, p.cache, p.top_k, env=worker_env(),
+                                logit_scale=scale):
             for row in batch.to_pylist():
                 stats.append(row)
                 if row["failure"]:

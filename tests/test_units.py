@@ -137,7 +137,7 @@ def test_a_long_file_failing_part_way_leaves_no_window_and_one_error_row(ray_loc
     assert rows["cut.flac"]["n_segments"] == 0 and "cut.flac" in rows["cut.flac"]["error"]
     assert set(segs.column("file_id").to_pylist()) == {"ok.wav"} and rows["ok.wav"]["n_segments"] == 2
     assert manifest["counts"] == {"files": 2, "ok": 1, "error": 1, "segments": 2,
-                                  "errors_by_kind": {"truncated": 1}}
+                                  "errors_by_kind": {"truncated": 1}, "skipped_members": {}}
     assert not os.listdir(tmp_path / "out" / "pieces")           # transient maxima are cleaned up
 
 
