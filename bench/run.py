@@ -37,6 +37,7 @@ GOALS = {
     "rescore_over_read_10_classes": (">=", 0.5),
     "rss_ratio_60_over_10_min": ("<=", 1.2),
     "decode_scaling": (">=", 0.8),
+    **{f"decode_over_codec_{ext}": ("<=", 1.3) for ext in ("wav", "flac", "ogg", "mp3", "m4a")},
 }
 
 
@@ -53,13 +54,16 @@ class Sizes:
     decode_files: int
     decode_seconds: float
     rescore_rows: int
+    codec_seconds: float = 120.0     # bench_codec: one 44.1 kHz stereo noise file per format
+    codec_repeats: int = 5
 
 
 FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
              cache_classes=527, cache_phrases=8, long_minutes=60, decode_files=12, decode_seconds=300,
              rescore_rows=200_000)
 SMOKE = Sizes(clips=8, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
-              cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000)
+              cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000,
+              codec_seconds=20.0, codec_repeats=2)
 
 
 def log(msg: str) -> None:
@@ -343,6 +347,95 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
             "decode_scaling": parallel / (per_core * cores), "cores": cores}
 
 
+CODEC_FORMATS = (("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"),
+                 ("mp3", "MP3", "MPEG_LAYER_III"), ("m4a", None, "aac"))
+
+
+def codec_file(seconds: float, ext: str, fmt: str | None, codec: str, rate: int = 44100) -> bytes:
+    """``seconds`` of stereo Gaussian noise encoded as ``ext``: libsndfile for ``fmt``, else PyAV with ``codec``."""
+    import io
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    pieces = [(0.1 * rng.standard_normal((int(min(10.0, seconds - t) * rate), 2))).astype(np.float32)
+              for t in np.arange(0.0, seconds, 10.0)]
+    if fmt is not None:
+        with sf.SoundFile(buf, "w", rate, 2, format=fmt, subtype=codec) as f:
+            for piece in pieces:        # 10 s writes: libsndfile's lossy encoders crash on huge ones
+                f.write(piece)
+        return buf.getvalue()
+    import av
+
+    with av.open(buf, "w", format="ipod" if ext == "m4a" else ext) as out:
+        stream = out.add_stream(codec, rate=rate, layout="stereo")
+        for piece in pieces:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece.T), format="fltp", layout="stereo")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def bare_decode(data: bytes, ext: str, block: int = 1 << 16) -> None:
+    """The codec alone: libsndfile's float32 read into one reused buffer, or PyAV's frame decode."""
+    import io
+
+    if ext in ("m4a",):
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            for _ in container.decode(audio=0):
+                pass
+        return
+    import soundfile as sf
+
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        out = np.empty((block, f.channels), dtype=np.float32)
+        while len(f.read(block, dtype="float32", out=out)) == block:
+            pass
+
+
+def decode_stage(data: bytes, name: str) -> int:
+    """The pipeline's decode stage over ``data``: windows as int16 bytes for the encoder; returns the count."""
+    import io
+
+    from das_core.audio import AudioStream, quantize_int16, segment
+
+    n = 0
+    with AudioStream(io.BytesIO(data), name) as stream:
+        for w in segment(stream.mono48k()):
+            quantize_int16(w.samples).tobytes()
+            n += 1
+    return n
+
+
+def bench_codec(sizes: Sizes) -> dict:
+    """Per window, single-threaded: the whole decode stage over the bare codec on the same bytes, per format."""
+    out: dict = {}
+    for ext, fmt, codec in CODEC_FORMATS:
+        try:
+            data = codec_file(sizes.codec_seconds, ext, fmt, codec)
+            windows = decode_stage(data, f"bench.{ext}")
+        except Exception as exc:  # noqa: BLE001 - a format this build cannot read is reported, not fatal
+            log(f"codec {ext}: not measured ({type(exc).__name__}: {exc})")
+            continue
+        bare, stage = [], []
+        for _ in range(sizes.codec_repeats):           # interleaved: both see the same load
+            bare.append(best_of(lambda d=data, e=ext: bare_decode(d, e), 1))
+            stage.append(best_of(lambda d=data, e=ext: decode_stage(d, f"bench.{e}"), 1))
+        bare_s, stage_s = min(bare), min(stage)
+        out[f"decode_over_codec_{ext}"] = stage_s / bare_s
+        out[f"decode_windows_per_core_{ext}"] = windows / stage_s
+        out[f"codec_ms_per_window_{ext}"] = {"bare": 1e3 * bare_s / windows, "stage": 1e3 * stage_s / windows}
+        log(f"codec {ext}: bare {1e3 * bare_s / windows:.2f} ms/window, stage {1e3 * stage_s / windows:.2f} "
+            f"({stage_s / bare_s:.2f}x), {windows / stage_s:.0f} windows/s per core")
+    return out
+
+
 def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, windows_per_file: int = 6) -> None:
     """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
     import pyarrow as pa
@@ -519,7 +612,9 @@ def table(results: dict) -> str:
                 "naive_clips_per_s", "pipeline_over_naive", "pipeline_over_naive_ceiling", "das_overhead",
                 "rescore_over_read",
                 "rescore_over_read_10_classes", "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s",
-                "decode_per_core", "decode_scaling", "pipeline_startup_s", "text_prefix_speedup",
+                "decode_per_core", "decode_scaling",
+                *(f"decode_{k}_{ext}" for ext, _, _ in CODEC_FORMATS for k in ("over_codec", "windows_per_core")),
+                "pipeline_startup_s", "text_prefix_speedup",
                 "topk_argpartition_speedup", "label_columns_vectorised_speedup", "gpu_clips_per_s"):
         if key not in results:
             continue
@@ -574,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     results["pipeline_over_encoder"] = results["pipeline_clips_per_s"] / results["encoder_clips_per_s"]
     log(f"pipeline: {results['pipeline_clips_per_s']:.2f} clips/s "
         f"({results['pipeline_over_encoder']:.2f} of the encoder alone)")
+    results.update(bench_codec(sizes))
     results.update(bench_decode(work, sizes))
     log(f"decode: {results['decode_per_core']:.1f} windows/s per core, scaling {results['decode_scaling']:.2f}")
     results.update(bench_rescore(cache, cache_uri, work, sizes))
