@@ -403,12 +403,11 @@ def decode_stage(data: bytes, name: str) -> int:
     """The pipeline's decode stage over ``data``: windows as int16 bytes for the encoder; returns the count."""
     import io
 
-    from das_core.audio import AudioStream, quantize_int16, segment
+    from das_core.audio import AudioStream
 
     n = 0
     with AudioStream(io.BytesIO(data), name) as stream:
-        for w in segment(stream.mono48k()):
-            quantize_int16(w.samples).tobytes()
+        for _window, _pcm in stream.int16_windows():
             n += 1
     return n
 
