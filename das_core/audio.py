@@ -191,8 +191,9 @@ def downmix(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Mean over channels of a ``(frames, channels)`` float32 block, into ``out``.
 
     Column sums in channel order, then one division: the same operations, in
-    the same order, as ``block.mean(axis=1, dtype=np.float32)`` does for up to
-    8 channels (bit-identical), at a tenth of its cost (no strided reduction).
+    the same order, as ``block.mean(axis=1, dtype=np.float32)`` for up to 7
+    channels (bit-identical; from 8 on numpy sums pairwise and the last bit
+    may differ), at a tenth of its cost (no strided reduction per row).
     """
     frames, channels = block.shape
     if out is None:
@@ -213,19 +214,23 @@ class AudioStream:
 
     ``source`` is bytes or a seekable binary file object; ``name`` is used in
     every error message and its extension picks the decoder: libsndfile, or
-    FFmpeg for ``FFMPEG_EXTENSIONS`` and for whatever libsndfile refuses.
-    ``decoder`` says which one read the file. Use as a context manager.
+    FFmpeg for ``FFMPEG_EXTENSIONS`` and for whatever libsndfile refuses
+    (``decoder=`` forces one). The ``decoder`` attribute then says which one
+    read the file. Use as a context manager.
 
     Fastest path for the pipeline: ``int16_windows()`` (or ``windows()`` plus
     ``quantize_int16(..., out=)`` when something, e.g. noise, is mixed in).
     """
 
-    def __init__(self, source: bytes | IO[bytes], name: str, *, block_frames: int = BLOCK_FRAMES):
+    def __init__(self, source: bytes | IO[bytes], name: str, *, block_frames: int = BLOCK_FRAMES,
+                 decoder: str | None = None):
         self.name = name
         fileobj = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
         if _size(fileobj) == 0:
             raise AudioDecodeError(name, EMPTY, "zero bytes")
-        self._reader = self._open(fileobj, name, block_frames)
+        if decoder not in (None, LIBSNDFILE, FFMPEG):
+            raise ValueError(f"decoder must be {LIBSNDFILE!r}, {FFMPEG!r} or None (choose), got {decoder!r}")
+        self._reader = self._open(fileobj, name, block_frames, decoder)
         self.info = self._reader.info
         self.decoder = LIBSNDFILE if isinstance(self._reader, _SndfileReader) else FFMPEG
         try:
@@ -235,8 +240,8 @@ class AudioStream:
             raise
 
     @staticmethod
-    def _open(fileobj: IO[bytes], name: str, block_frames: int) -> _Reader:
-        if name.lower().endswith(FFMPEG_EXTENSIONS):
+    def _open(fileobj: IO[bytes], name: str, block_frames: int, decoder: str | None) -> _Reader:
+        if decoder == FFMPEG or (decoder is None and name.lower().endswith(FFMPEG_EXTENSIONS)):
             from das_core.ffmpeg import FFmpegReader
 
             return FFmpegReader(fileobj, name, block_frames)
@@ -244,7 +249,8 @@ class AudioStream:
         try:
             return _SndfileReader(fileobj, name, block_frames)
         except AudioDecodeError as exc:
-            if exc.kind not in (NOT_AUDIO, UNREADABLE):     # libsndfile knows the format: its verdict stands
+            # libsndfile knows the format (or was asked for): its verdict stands
+            if decoder == LIBSNDFILE or exc.kind not in (NOT_AUDIO, UNREADABLE):
                 raise
             refused = exc.cause
         from das_core.ffmpeg import FFmpegReader

@@ -57,9 +57,10 @@ def _open_error(name: str, head: bytes, exc: Exception, libsndfile_refused: str 
             return AudioDecodeError(name, TRUNCATED, f"malformed or truncated {family} container: the header "
                                     f"or index FFmpeg needs is missing or cut off ({msg})")
     if isinstance(exc, av.error.InvalidDataError):
-        also = f"; libsndfile: {libsndfile_refused}" if libsndfile_refused else ""
-        return AudioDecodeError(name, NOT_AUDIO, f"not an audio file libsndfile or FFmpeg can read "
-                                f"(FFmpeg: {msg}{also})")
+        if libsndfile_refused:
+            return AudioDecodeError(name, NOT_AUDIO, f"not an audio file libsndfile or FFmpeg can read "
+                                    f"(FFmpeg: {msg}; libsndfile: {libsndfile_refused})")
+        return AudioDecodeError(name, NOT_AUDIO, f"not an audio file FFmpeg can read ({msg})")
     return AudioDecodeError(name, UNREADABLE, f"FFmpeg: {msg}")
 
 
