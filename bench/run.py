@@ -458,8 +458,8 @@ def decode_stage_before(data: bytes) -> int:
     return n
 
 
-def resample_alone(rate: int, frames: int, block: int = 1 << 16) -> float:
-    """Seconds soxr HQ takes, streamed in the decoder's blocks, to bring ``frames`` mono samples to 48 kHz."""
+def resample_alone(rate: int, frames: int, block: int = 1 << 16, quality: str = "HQ") -> float:
+    """CPU seconds soxr takes, streamed in the decoder's blocks, to bring ``frames`` mono samples to 48 kHz."""
     import soxr
 
     from das_core.audio import SAMPLE_RATE
@@ -469,7 +469,7 @@ def resample_alone(rate: int, frames: int, block: int = 1 << 16) -> float:
     mono = (0.1 * np.random.default_rng(0).standard_normal(frames)).astype(np.float32)
 
     def run():
-        rs = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        rs = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
         for i in range(0, len(mono), block):
             rs.resample_chunk(mono[i:i + block])
         rs.resample_chunk(mono[:0], last=True)
@@ -533,6 +533,11 @@ def bench_codec(work: str, sizes: Sizes) -> dict:
         log(f"codec {key}: bare {ms['bare']:.2f} ms/window, stage {ms['stage']:.2f} ({stage_s / bare_s:.2f}x; "
             f"soxr alone {ms['resample']:.2f}, the rest {ms['rest']:.2f}), {windows / stage_s:.0f} windows/s per core"
             + (f"; before this change {ms['before']:.2f}" if before else ""))
+        if key == "wav":        # what a cheaper soxr quality would save (the stage keeps HQ)
+            by_q = {q: 1e3 * min(resample_alone(rate, frames, quality=q) for _ in range(sizes.codec_repeats)) / windows
+                    for q in ("QQ", "LQ", "MQ", "HQ", "VHQ")}
+            out["soxr_ms_per_window_by_quality"] = by_q
+            log("soxr alone, ms per window by quality: " + ", ".join(f"{q} {v:.2f}" for q, v in by_q.items()))
     return out
 
 
