@@ -57,7 +57,13 @@ FFMPEG = "ffmpeg"
 FFMPEG_EXTENSIONS = (".m4a", ".m4b", ".m4r", ".mp4", ".aac", ".mov", ".3gp", ".3g2", ".webm", ".mka", ".mkv",
                      ".wma", ".asf", ".amr", ".ac3", ".eac3", ".mp2", ".mpa", ".dts", ".ape", ".wv", ".tta")
 
-BLOCK_FRAMES = 1 << 16
+# Decoded samples (frames x channels) per block: 2 MiB of float32. Larger blocks cut per-call overhead
+# (1 << 18 stereo frames measured 3-4 % faster per window than 1 << 16); memory stays a few MiB.
+BLOCK_SAMPLES = 1 << 19
+
+
+def block_frames_for(channels: int) -> int:
+    return max(1 << 12, BLOCK_SAMPLES // max(channels, 1))
 
 
 class AudioDecodeError(Exception):
@@ -146,7 +152,7 @@ class _Reader(Protocol):
 class _SndfileReader:
     """libsndfile: blocks read into one preallocated buffer and downmixed into another (no per-block allocation)."""
 
-    def __init__(self, fileobj: IO[bytes], name: str, block_frames: int):
+    def __init__(self, fileobj: IO[bytes], name: str, block_frames: int | None):
         self.name = name
         try:
             self._sf = sf.SoundFile(fileobj)
@@ -159,7 +165,7 @@ class _SndfileReader:
         self.extra_info = f.extra_info
         self.frames_read = 0
         self.truncation_slack = 0
-        self._block_frames = block_frames
+        self._block_frames = block_frames or block_frames_for(f.channels)
 
     def blocks(self) -> Iterator[np.ndarray]:
         info, n = self.info, self._block_frames
@@ -222,7 +228,7 @@ class AudioStream:
     ``quantize_int16(..., out=)`` when something, e.g. noise, is mixed in).
     """
 
-    def __init__(self, source: bytes | IO[bytes], name: str, *, block_frames: int = BLOCK_FRAMES,
+    def __init__(self, source: bytes | IO[bytes], name: str, *, block_frames: int | None = None,
                  decoder: str | None = None):
         self.name = name
         fileobj = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
@@ -240,7 +246,7 @@ class AudioStream:
             raise
 
     @staticmethod
-    def _open(fileobj: IO[bytes], name: str, block_frames: int, decoder: str | None) -> _Reader:
+    def _open(fileobj: IO[bytes], name: str, block_frames: int | None, decoder: str | None) -> _Reader:
         if decoder == FFMPEG or (decoder is None and name.lower().endswith(FFMPEG_EXTENSIONS)):
             from das_core.ffmpeg import FFmpegReader
 

@@ -35,6 +35,7 @@ from das_core.audio import (
     UNSUPPORTED,
     AudioDecodeError,
     AudioInfo,
+    block_frames_for,
 )
 
 # Containers whose stored duration is a measurement (index or header), not a bitrate estimate.
@@ -67,10 +68,10 @@ def _open_error(name: str, head: bytes, exc: Exception, libsndfile_refused: str 
 class FFmpegReader:
     """The first audio stream of a container FFmpeg opens, as mono float32 blocks of about ``block_frames``."""
 
-    def __init__(self, fileobj: IO[bytes], name: str, block_frames: int, libsndfile_refused: str | None = None):
+    def __init__(self, fileobj: IO[bytes], name: str, block_frames: int | None,
+                 libsndfile_refused: str | None = None):
         self.name = name
         self.frames_read = 0
-        self._block_frames = block_frames
         head = _peek(fileobj, 16)
         try:
             self._container = av.open(fileobj, mode="r", metadata_errors="ignore")
@@ -79,6 +80,7 @@ class FFmpegReader:
         try:
             self._stream = self._audio_stream()
             self.info, self.truncation_slack = self._info()
+            self._block_frames = block_frames or block_frames_for(2)    # one mono accumulator of 1 MiB
         except BaseException:
             self._container.close()
             raise
@@ -108,25 +110,31 @@ class FFmpegReader:
 
     def blocks(self) -> Iterator[np.ndarray]:
         info = self.info
+        rate, channels = info.sample_rate, info.channels
         acc = np.empty(self._block_frames, dtype=np.float32)
         fill = 0
         try:
             for frame in self._container.decode(self._stream):
-                planes = _float_planes(frame)
-                if frame.sample_rate != info.sample_rate or len(planes) != info.channels:
-                    raise AudioDecodeError(self.name, UNSUPPORTED, f"the stream changes to {frame.sample_rate} Hz, "
-                                           f"{len(planes)} channels after {self.frames_read + fill} frames")
                 n = frame.samples
+                # planar float32 (AAC, MP3, Vorbis, AC-3, WMA): read in place, the hot path kept inline
+                rows = ([np.frombuffer(p, np.float32, n) for p in frame.planes] if frame.format.name == "fltp"
+                        else _float_planes(frame))
+                if frame.sample_rate != rate or len(rows) != channels:
+                    raise AudioDecodeError(self.name, UNSUPPORTED, f"the stream changes to {frame.sample_rate} Hz, "
+                                           f"{len(rows)} channels after {self.frames_read + fill} frames")
                 if fill + n > len(acc):
                     if fill:
                         yield self._finish(acc, fill)
                         fill = 0
                     if n > len(acc):
                         acc = np.empty(n, dtype=np.float32)
-                _sum_planes(planes, acc[fill:fill + n])
+                if channels == 2:
+                    np.add(rows[0], rows[1], out=acc[fill:fill + n])
+                else:
+                    _sum_planes(rows, acc[fill:fill + n])
                 fill += n
         except (av.FFmpegError, EOFError, OSError) as exc:
-            decoded = (self.frames_read + fill) / max(info.sample_rate, 1)
+            decoded = (self.frames_read + fill) / max(rate, 1)
             kind = TRUNCATED if decoded > 0 else (EMPTY if info.frames == 0 else NOT_AUDIO)
             raise AudioDecodeError(self.name, kind, f"FFmpeg decoding failed after {decoded:.2f} s: "
                                    f"{getattr(exc, 'strerror', None) or exc}") from None
