@@ -164,7 +164,9 @@ class _SndfileReader:
         self.info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
         self.extra_info = f.extra_info
         self.frames_read = 0
-        self.truncation_slack = 0
+        # MPEG audio in a WAV: the 'fact' chunk counts the encoder's padding, libsndfile's decoder drops
+        # up to a frame (1 152 samples) of it; seen 504 frames short on an intact file
+        self.truncation_slack = 2 * 1152 if f.subtype.startswith("MPEG_LAYER") else 0
         self._block_frames = block_frames or block_frames_for(f.channels)
 
     def blocks(self) -> Iterator[np.ndarray]:
@@ -255,14 +257,20 @@ class AudioStream:
         try:
             return _SndfileReader(fileobj, name, block_frames)
         except AudioDecodeError as exc:
-            # libsndfile knows the format (or was asked for): its verdict stands
-            if decoder == LIBSNDFILE or exc.kind not in (NOT_AUDIO, UNREADABLE):
+            if decoder == LIBSNDFILE:
                 raise
-            refused = exc.cause
+            refused = exc
         from das_core.ffmpeg import FFmpegReader
 
         fileobj.seek(start)
-        return FFmpegReader(fileobj, name, block_frames, libsndfile_refused=refused)
+        try:
+            return FFmpegReader(fileobj, name, block_frames, libsndfile_refused=refused.cause)
+        except AudioDecodeError:
+            # a container libsndfile knows but calls malformed (a codec it lacks in a WAV 'fmt ' chunk, or
+            # a cut header): FFmpeg may read it; when it cannot either, libsndfile's verdict stands
+            if refused.kind == TRUNCATED:
+                raise refused from None
+            raise
 
     @property
     def decoded_frames(self) -> int:
@@ -320,7 +328,7 @@ class AudioStream:
         info, decoded = self.info, self.decoded_frames
         missing = info.frames - decoded
         slack = self._reader.truncation_slack       # None: the declared length is only an estimate
-        if info.frames_exact and missing > 0:
+        if info.frames_exact and missing > slack:
             raise AudioDecodeError(self.name, TRUNCATED, f"stream ends after {decoded} of {info.frames} "
                                    "declared frames")
         if not info.frames_exact and slack is not None and missing > slack:

@@ -15,7 +15,7 @@ detected three ways: an MP4/MOV or Matroska/WebM file that FFmpeg cannot open
 (its index or header is cut off: a truncated MP4 whose ``moov`` box was to
 come last); a decoder error after the first samples; and a stream ending more
 than 0.5 s + 2 % short of the duration a container stores in its header or
-index (MP4/MOV, Matroska/WebM, ASF/WMA). Durations FFmpeg estimates from the
+index (MP4/MOV, Matroska/WebM, ASF/WMA, WAV/W64/AIFF/CAF). Durations FFmpeg estimates from the
 bitrate (raw AAC/ADTS, MP3, AC-3, AMR) are no evidence and never trigger it.
 """
 
@@ -39,7 +39,7 @@ from das_core.audio import (
 )
 
 # Containers whose stored duration is a measurement (index or header), not a bitrate estimate.
-_DECLARED_LENGTH = {"mov", "mp4", "m4a", "matroska", "webm", "asf"}
+_DECLARED_LENGTH = {"mov", "mp4", "m4a", "matroska", "webm", "asf", "wav", "w64", "aiff", "caf"}
 _INT_SCALE = {"s16": 2.0 ** -15, "s32": 2.0 ** -31, "s64": 2.0 ** -63, "u8": 2.0 ** -7}
 _MAGIC = ((4, b"ftyp", "MP4/MOV"), (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"))
 

@@ -133,6 +133,20 @@ def test_decoder_falls_back_to_ffmpeg_when_libsndfile_refuses():
         assert stream.decoder == LIBSNDFILE
 
 
+def test_codecs_inside_wav_libsndfile_lacks_go_to_ffmpeg():
+    x = tones(3.0, 44100)
+    ac3_in_wav = encode(x, 44100, "wav", "ac3")        # libsndfile: "Malformed 'fmt ' chunk"
+    with AudioStream(ac3_in_wav, "broadcast.wav") as stream:
+        y = np.concatenate(list(stream.mono48k()))
+        assert stream.decoder == FFMPEG and stream.info.subtype == "ac3"
+    assert aligned_correlation(y[4800:-4800], soxr.resample(x.mean(axis=1), 44100, SAMPLE_RATE)[4800:-4800],
+                               SAMPLE_RATE // 4)[1] > 0.995
+    mp3_in_wav = encode(tones(2.0, 22050), 22050, "wav", "libmp3lame")
+    with AudioStream(mp3_in_wav, "voice.wav") as stream:   # libsndfile reads it; ends < 1 MPEG frame short
+        assert len(list(stream.int16_windows())) == 1 and stream.decoder == LIBSNDFILE
+        assert stream.info.frames - 2 * 1152 <= stream.decoded_frames < stream.info.frames
+
+
 def test_long_ffmpeg_file_streams_in_bounded_memory(tmp_path):
     minutes, rate = 10, 16000
     minute = tones(60.0, rate, 1)
