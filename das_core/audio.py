@@ -7,13 +7,19 @@ Everything the model sees is mono, 48 kHz, float32 in [-1, 1], cut into
   decoded by libsndfile (the fast path); everything else FFmpeg reads (AAC in
   M4A/MP4/MOV, Opus/Vorbis in WebM/Matroska, WMA, AMR, AC-3, ...) by FFmpeg
   through PyAV (``das_core.ffmpeg``). Both read a file object or bytes, never
-  a path, so S3 objects stream through ranged reads;
+  a path, so S3 objects stream through ranged reads; ``AudioStream.decoder``
+  says which one read a file;
 * channels are averaged to mono, then resampled with soxr's streaming
   resampler (quality "HQ"): a one-hour file is never held whole in memory;
 * windows follow METHOD.md §6: consecutive 10 s windows; a tail of at least
   1 s becomes one more window; a file shorter than 10 s is one window; short
   windows are repeat-padded exactly as LAION's ``repeatpad`` (whole repeats,
   then zeros).
+
+The pipeline's fast path is ``AudioStream.int16_windows()`` (or ``windows()``
+with ``quantize_int16(..., out=)`` when noise is mixed in): no allocation per
+block or window, results bit-identical to ``segment(mono48k())`` + LAION's
+``float32_to_int16``.
 """
 
 from __future__ import annotations
@@ -53,9 +59,9 @@ LIBSNDFILE = "libsndfile"
 FFMPEG = "ffmpeg"
 
 # Containers libsndfile cannot read: these go straight to FFmpeg. Any other
-# file libsndfile refuses is offered to FFmpeg too.
+# file libsndfile refuses (MP2 and MPA it reads) is offered to FFmpeg too.
 FFMPEG_EXTENSIONS = (".m4a", ".m4b", ".m4r", ".mp4", ".aac", ".mov", ".3gp", ".3g2", ".webm", ".mka", ".mkv",
-                     ".wma", ".asf", ".amr", ".ac3", ".eac3", ".mp2", ".mpa", ".dts", ".ape", ".wv", ".tta")
+                     ".wma", ".asf", ".amr", ".ac3", ".eac3", ".dts", ".ape", ".wv", ".tta")
 
 # Decoded samples (frames x channels) per block: 2 MiB of float32. Larger blocks cut per-call overhead
 # (1 << 18 stereo frames measured 3-4 % faster per window than 1 << 16); memory stays a few MiB.
