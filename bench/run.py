@@ -390,8 +390,9 @@ def codec_file(seconds: float, ext: str, fmt: str | None, codec: str, rate: int 
     return buf.getvalue()
 
 
-def bare_decode(data: bytes, ext: str, block: int = 1 << 16) -> None:
-    """The codec alone: libsndfile's float32 read into one reused buffer, or PyAV's frame decode."""
+def bare_decode(data: bytes, ext: str, block: int | None = None) -> None:
+    """The codec alone: libsndfile's float32 read into one reused buffer (in the stage's block size), or
+    PyAV's frame decode."""
     import io
 
     if ext in ("m4a",):
@@ -403,7 +404,10 @@ def bare_decode(data: bytes, ext: str, block: int = 1 << 16) -> None:
         return
     import soundfile as sf
 
+    from das_core.audio import block_frames_for
+
     with sf.SoundFile(io.BytesIO(data)) as f:
+        block = block or block_frames_for(f.channels)
         out = np.empty((block, f.channels), dtype=np.float32)
         while len(f.read(block, dtype="float32", out=out)) == block:
             pass
