@@ -173,6 +173,27 @@ def test_long_ffmpeg_file_streams_in_bounded_memory(tmp_path):
     assert peak < 5 * WINDOW_SAMPLES * 4 < decoded_bytes / 10, f"peak {peak / 2**20:.1f} MiB"
 
 
+def test_ffmpeg_reads_s3_objects_in_ranged_reads(bucket, s3_endpoint):
+    import boto3
+
+    from das_core import storage
+
+    x = tones(25.0, 22050)
+    objects = {"clip.m4a": encode(x, 22050, "ipod", "aac"), "clip.webm": encode(tones(25.0, 48000), 48000,
+                                                                                  "webm", "libopus")}
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key, data in objects.items():
+        s3.put_object(Bucket=bucket, Key=f"a/{key}", Body=data)
+    for key, data in objects.items():
+        uri = f"s3://{bucket}/a/{key}"
+        with storage.open_input(uri, block_size=16 * 1024) as f, AudioStream(f, uri) as stream:
+            got = [pcm for _, pcm in stream.int16_windows()]
+            assert stream.decoder == FFMPEG
+        with AudioStream(data, key) as stream:          # the same bytes from memory: the same windows
+            assert got == [pcm for _, pcm in stream.int16_windows()]
+        assert len(got) == 3
+
+
 def video_only_mp4() -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
