@@ -76,6 +76,7 @@ CODECS = [
     ("ac3", "ac3", "ac3", 44100, 2, None, 0.995, FFMPEG),
     ("amr", "amr", "libopencore_amrnb", 8000, 1, 12200, 0.97, FFMPEG),
     ("mka", "matroska", "ac3", 48000, 2, None, 0.995, FFMPEG),
+    ("m4a", "ipod", "alac", 44100, 2, None, 0.9999, FFMPEG),        # lossless, decoded as planar int16
     ("mp2", "mp2", "mp2", 32000, 2, None, 0.995, LIBSNDFILE),       # libsndfile reads MPEG layer II
 ]
 
@@ -123,6 +124,20 @@ def test_same_wav_gives_the_same_samples_from_both_decoders(subtype, channels):
             out[decoder] = np.concatenate(list(stream.mono48k()))
     # the same integer scaling, downmix order and (chunk-invariant) soxr stream: bit for bit
     np.testing.assert_array_equal(out[FFMPEG], out[LIBSNDFILE])
+
+
+def test_lossless_alac_in_m4a_equals_the_same_pcm_in_wav():
+    x = tones(4.0, 44100)
+    pcm16 = (x * 32767).astype(np.int16)
+    wav = io.BytesIO()
+    sf.write(wav, pcm16, 44100, format="WAV", subtype="PCM_16")
+    alac = encode(x, 44100, "ipod", "alac")                 # the encoder gets the same int16 samples
+    with AudioStream(alac, "lossless.m4a") as stream:
+        assert stream.decoder == FFMPEG and stream.info.subtype == "alac"
+        from_alac = np.concatenate(list(stream.mono48k()))
+    with AudioStream(wav.getvalue(), "lossless.wav") as stream:
+        from_wav = np.concatenate(list(stream.mono48k()))
+    np.testing.assert_array_equal(from_alac, from_wav)       # planar int16 from FFmpeg, scaled as libsndfile
 
 
 def test_decoder_falls_back_to_ffmpeg_when_libsndfile_refuses():
