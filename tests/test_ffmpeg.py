@@ -78,6 +78,7 @@ CODECS = [
     ("mka", "matroska", "ac3", 48000, 2, None, 0.995, FFMPEG),
     ("m4a", "ipod", "alac", 44100, 2, None, 0.9999, FFMPEG),        # lossless, decoded as planar int16
     ("mp2", "mp2", "mp2", 32000, 2, None, 0.995, LIBSNDFILE),       # libsndfile reads MPEG layer II
+    ("mp3", "mp3", "libmp3lame", 32000, 2, None, 0.995, LIBSNDFILE),  # MP3 encoded by PyAV's LAME
 ]
 
 
