@@ -41,6 +41,7 @@ GOALS = {
     "driver_rss_ratio": ("<=", 1.2),
     "dry_run_s": ("<=", 60),
     "dry_run_peak_rss_gib": ("<=", 1.0),
+    **{f"decode_over_codec_{ext}": ("<=", 1.3) for ext in ("wav", "flac", "ogg", "mp3", "m4a", "wav48k", "wav_noisy")},
 }
 
 
@@ -60,6 +61,8 @@ class Sizes:
     driver_chunks: int = 200_000    # driver: chunk statistics absorbed
     dry_run_rows: int = 1_000_000   # das label --dry-run on a manifest of this many paths
     rss_clips: int = 64             # driver RSS: archives of this many and 4x as many 1 s clips
+    codec_seconds: float = 120.0     # bench_codec: one 44.1 kHz stereo noise file per format
+    codec_repeats: int = 7
 
 
 FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
@@ -67,7 +70,7 @@ FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, sc
              rescore_rows=200_000)
 SMOKE = Sizes(clips=8, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
               cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000,
-              driver_chunks=2_000, dry_run_rows=10_000, rss_clips=2)
+              driver_chunks=2_000, dry_run_rows=10_000, rss_clips=2, codec_seconds=20.0, codec_repeats=2)
 
 
 def log(msg: str) -> None:
@@ -121,6 +124,16 @@ def best_of(fn, repeats: int = 3) -> float:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def best_cpu_of(fn, repeats: int = 3) -> float:
+    """Least CPU time (this process, all threads) of ``repeats`` calls: other processes' load barely moves it."""
+    times = []
+    for _ in range(repeats):
+        t = time.process_time()
+        fn()
+        times.append(time.process_time() - t)
     return min(times)
 
 
@@ -388,6 +401,197 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
             "decode_scaling": parallel / (per_core * cores), "cores": cores}
 
 
+CODEC_FORMATS = (("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"),
+                 ("mp3", "MP3", "MPEG_LAYER_III"), ("m4a", None, "aac"))
+
+
+def codec_file(seconds: float, ext: str, fmt: str | None, codec: str, rate: int = 44100) -> bytes:
+    """``seconds`` of stereo Gaussian noise encoded as ``ext``: libsndfile for ``fmt``, else PyAV with ``codec``."""
+    import io
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    pieces = [(0.1 * rng.standard_normal((int(min(10.0, seconds - t) * rate), 2))).astype(np.float32)
+              for t in np.arange(0.0, seconds, 10.0)]
+    if fmt is not None:
+        with sf.SoundFile(buf, "w", rate, 2, format=fmt, subtype=codec) as f:
+            for piece in pieces:        # 10 s writes: libsndfile's lossy encoders crash on huge ones
+                f.write(piece)
+        return buf.getvalue()
+    import av
+
+    with av.open(buf, "w", format="ipod" if ext == "m4a" else ext) as out:
+        stream = out.add_stream(codec, rate=rate, layout="stereo")
+        for piece in pieces:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece.T), format="fltp", layout="stereo")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def bare_decode(data: bytes, ext: str, block: int | None = None) -> None:
+    """The codec alone: libsndfile's float32 read into one reused buffer (in the stage's block size), or
+    PyAV's frame decode."""
+    import io
+
+    if ext in ("m4a",):
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            for _ in container.decode(audio=0):
+                pass
+        return
+    import soundfile as sf
+
+    from das_core.audio import block_frames_for
+
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        block = block or block_frames_for(f.channels)
+        out = np.empty((block, f.channels), dtype=np.float32)
+        while len(f.read(block, dtype="float32", out=out)) == block:
+            pass
+
+
+def decode_stage(data: bytes, name: str, bank=None) -> int:
+    """The pipeline's decode stage over ``data``: windows as int16 bytes for the encoder; returns the count.
+
+    With a noise ``bank`` every window is mixed at 10 dB first, as ``das label --snr-db`` does."""
+    import io
+
+    from das_core.audio import AudioStream, quantize_int16, repeat_pad
+
+    n = 0
+    with AudioStream(io.BytesIO(data), name) as stream:
+        if bank is None:
+            for _window, _pcm in stream.int16_windows():
+                n += 1
+            return n
+        pcm = np.empty(WINDOW_SAMPLES, dtype=np.int16)
+        for w in stream.windows():
+            mixed = bank.mix(w.real, 10.0, seed=0, clip_id=name, segment=w.index)
+            samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
+            quantize_int16(samples, out=pcm).tobytes()
+            n += 1
+    return n
+
+
+def decode_stage_before(data: bytes) -> int:
+    """The decode stage as it was before the fast path (libsndfile formats), kept as the reference it is
+    measured against: soundfile's ``blocks`` (a new array per block), finiteness of every sample, ``mean``
+    downmix, copied windows, LAION's quantisation formula with its temporaries."""
+    import io
+
+    import soundfile as sf
+    import soxr
+
+    from das_core.audio import SAMPLE_RATE, segment
+
+    def mono(f):
+        rs = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        for block in f.blocks(1 << 16, dtype="float32", always_2d=True):
+            assert np.isfinite(block).all()
+            yield rs.resample_chunk(block.mean(axis=1, dtype=np.float32), last=False)
+        yield rs.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+    n = 0
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        for w in segment(mono(f)):
+            (np.clip(w.samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+            n += 1
+    return n
+
+
+def resample_alone(rate: int, frames: int, block: int = 1 << 16, quality: str = "HQ") -> float:
+    """CPU seconds soxr takes, streamed in the decoder's blocks, to bring ``frames`` mono samples to 48 kHz."""
+    import soxr
+
+    from das_core.audio import SAMPLE_RATE
+
+    if rate == SAMPLE_RATE:
+        return 0.0
+    mono = (0.1 * np.random.default_rng(0).standard_normal(frames)).astype(np.float32)
+
+    def run():
+        rs = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
+        for i in range(0, len(mono), block):
+            rs.resample_chunk(mono[i:i + block])
+        rs.resample_chunk(mono[:0], last=True)
+
+    return best_cpu_of(run, 1)
+
+
+def _rate_and_frames(data: bytes, name: str) -> tuple[int, int]:
+    import io
+
+    from das_core.audio import AudioStream
+
+    with AudioStream(io.BytesIO(data), name) as stream:
+        for _ in stream.windows():
+            pass
+        return stream.info.sample_rate, stream.decoded_frames
+
+
+def bench_codec(work: str, sizes: Sizes) -> dict:
+    """Per window, single-threaded CPU time: the whole decode stage over the bare codec on the same bytes.
+
+    Also times soxr alone on a signal as long as the file (``resample`` in ``codec_ms_per_window_*``): the
+    part of the stage no decoder change can remove. ``wav_noisy`` is the WAV stage with noise mixed in."""
+    from das_core.noise import NoiseBank
+
+    noise_path = os.path.join(work, "codec-noise.wav")
+    if not os.path.exists(noise_path):
+        import soundfile as sf
+
+        sf.write(noise_path, _sine_mix(30.0, 48000, 1, seed=99), 48000)
+    bank = NoiseBank([noise_path])
+    out: dict = {}
+    variants = [(ext, ext, fmt, codec, 44100, None) for ext, fmt, codec in CODEC_FORMATS]
+    variants += [("wav48k", "wav", "WAV", "PCM_16", 48000, None), ("wav_noisy", "wav", "WAV", "PCM_16", 44100, bank)]
+    for key, ext, fmt, codec, rate, with_bank in variants:
+        name = f"bench.{ext}"
+        try:
+            data = codec_file(sizes.codec_seconds, ext, fmt, codec, rate)
+            windows = decode_stage(data, name, with_bank)
+            rate, frames = _rate_and_frames(data, name)
+        except Exception as exc:  # noqa: BLE001 - a format this build cannot read is reported, not fatal
+            log(f"codec {key}: not measured ({type(exc).__name__}: {exc})")
+            continue
+        before = with_bank is None and ext != "m4a"
+        bare, stage, resample, old = [], [], [], []
+        for _ in range(sizes.codec_repeats):           # interleaved: all see the same load
+            bare.append(best_cpu_of(lambda d=data, e=ext: bare_decode(d, e), 1))
+            stage.append(best_cpu_of(lambda d=data, n=name, b=with_bank: decode_stage(d, n, b), 1))
+            resample.append(resample_alone(rate, frames))
+            if before:
+                old.append(best_cpu_of(lambda d=data: decode_stage_before(d), 1))
+        bare_s, stage_s, resample_s = min(bare), min(stage), min(resample)
+        if before:
+            out[f"decode_speedup_{key}"] = min(old) / stage_s
+        out[f"decode_over_codec_{key}"] = stage_s / bare_s
+        out[f"decode_windows_per_core_{key}"] = windows / stage_s
+        ms = {k: 1e3 * v / windows for k, v in (("bare", bare_s), ("stage", stage_s), ("resample", resample_s),
+                                                *((("before", min(old)),) if before else ()))}
+        ms["rest"] = ms["stage"] - ms["bare"] - ms["resample"]
+        out[f"codec_ms_per_window_{key}"] = ms
+        log(f"codec {key}: bare {ms['bare']:.2f} ms/window, stage {ms['stage']:.2f} ({stage_s / bare_s:.2f}x; "
+            f"soxr alone {ms['resample']:.2f}, the rest {ms['rest']:.2f}), {windows / stage_s:.0f} windows/s per core"
+            + (f"; before this change {ms['before']:.2f}" if before else ""))
+        if key == "wav":        # what a cheaper soxr quality would save (the stage keeps HQ)
+            times: dict[str, list[float]] = {q: [] for q in ("QQ", "LQ", "MQ", "HQ", "VHQ")}
+            for _ in range(sizes.codec_repeats):        # interleaved, as above
+                for q, t in times.items():
+                    t.append(resample_alone(rate, frames, quality=q))
+            by_q = {q: 1e3 * min(t) / windows for q, t in times.items()}
+            out["soxr_ms_per_window_by_quality"] = by_q
+            log("soxr alone, ms per window by quality: " + ", ".join(f"{q} {v:.2f}" for q, v in by_q.items()))
+    return out
+
+
 def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, windows_per_file: int = 6) -> None:
     """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
     import pyarrow as pa
@@ -578,7 +782,10 @@ def table(results: dict) -> str:
                 "naive_clips_per_s", "pipeline_over_naive", "pipeline_over_naive_ceiling", "das_overhead",
                 "rescore_over_read",
                 "rescore_over_read_10_classes", "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s",
-                "decode_per_core", "decode_scaling", "pipeline_startup_s", "text_prefix_speedup",
+                "decode_per_core", "decode_scaling",
+                *(f"decode_{k}_{ext}" for ext in (*(f[0] for f in CODEC_FORMATS), "wav48k", "wav_noisy")
+                  for k in ("over_codec", "windows_per_core", "speedup")),
+                "pipeline_startup_s", "text_prefix_speedup",
                 "topk_argpartition_speedup", "label_columns_vectorised_speedup", "gpu_clips_per_s"):
         if key not in results:
             continue
@@ -650,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     results["pipeline_over_encoder"] = results["pipeline_clips_per_s"] / results["encoder_clips_per_s"]
     log(f"pipeline: {results['pipeline_clips_per_s']:.2f} clips/s "
         f"({results['pipeline_over_encoder']:.2f} of the encoder alone)")
+    results.update(bench_codec(work, sizes))
     results.update(bench_decode(work, sizes))
     log(f"decode: {results['decode_per_core']:.1f} windows/s per core, scaling {results['decode_scaling']:.2f}")
     results.update(bench_rescore(cache, cache_uri, work, sizes))

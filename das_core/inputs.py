@@ -13,7 +13,10 @@ import pyarrow.compute as pc
 from das_core import storage
 
 DEFAULT_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
-                      ".snd", ".caf", ".w64", ".rf64")
+                      ".snd", ".caf", ".w64", ".rf64",
+                      # MPEG layer II (libsndfile) and what FFmpeg decodes (das_core.audio.FFMPEG_EXTENSIONS)
+                      ".m4a", ".m4b", ".m4r", ".mp4", ".aac", ".mov", ".3gp", ".3g2", ".webm", ".mka", ".mkv",
+                      ".wma", ".asf", ".amr", ".ac3", ".eac3", ".mp2", ".mpa", ".dts", ".ape", ".wv", ".tta")
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
 
 

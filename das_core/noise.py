@@ -49,10 +49,17 @@ def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: Decibels) -> np.nda
     """
     if len(noise) != len(clean):
         raise ValueError(f"noise has {len(noise)} samples, clean has {len(clean)}: use loop_excerpt first")
-    gain = noise_gain(clean, noise, snr_db)
+    return _mix(clean, noise, noise_gain(clean, noise, snr_db))
+
+
+def _mix(clean: np.ndarray, noise: np.ndarray, gain: float | None) -> np.ndarray:
+    """``clean + gain * noise`` in float64, rounded once to float32; ``clean`` itself for ``gain=None``."""
     if gain is None:
         return np.array(clean, dtype=np.float32, copy=True)
-    return (clean.astype(np.float64) + gain * noise.astype(np.float64)).astype(np.float32)
+    acc = noise.astype(np.float64)          # in place: the same operations as clean64 + gain * noise64
+    acc *= gain
+    acc += clean
+    return acc.astype(np.float32)
 
 
 def realised_snr_db(clean: np.ndarray, mixed: np.ndarray) -> Decibels:
@@ -63,10 +70,18 @@ def realised_snr_db(clean: np.ndarray, mixed: np.ndarray) -> Decibels:
 
 def loop_excerpt(noise: np.ndarray, offset: int, length: int) -> np.ndarray:
     """``length`` samples of ``noise`` from ``offset``, wrapping around its end as often as needed."""
-    if len(noise) == 0:
+    n = len(noise)
+    if n == 0:
         raise ValueError("noise recording has no samples")
-    idx = (offset + np.arange(length)) % len(noise)
-    return noise[idx]
+    if length > 64 * n:     # many short loops: one gather beats a slice per loop
+        return noise[(offset + np.arange(length)) % n]
+    out = np.empty(length, dtype=noise.dtype)
+    pos, src = 0, offset % n
+    while pos < length:     # slices instead of a modulo gather: the same samples, a tenth of the time
+        take = min(n - src, length - pos)
+        out[pos:pos + take] = noise[src:src + take]
+        pos, src = pos + take, 0
+    return out
 
 
 def noise_rng(seed: int, clip_id: str, segment: int, snr_db: Decibels) -> np.random.Generator:
@@ -145,6 +160,5 @@ class NoiseBank:
         recording = self.recording(choice.index)
         offset = choice.offset(len(recording))
         excerpt = loop_excerpt(recording, offset, len(clean))
-        gain = noise_gain(clean, excerpt, snr_db)
-        mixed = mix_at_snr(clean, excerpt, snr_db)
-        return NoisyClip(mixed, self.uris[choice.index], offset / SAMPLE_RATE, gain)
+        gain = noise_gain(clean, excerpt, snr_db)          # once: mix_at_snr would compute it again
+        return NoisyClip(_mix(clean, excerpt, gain), self.uris[choice.index], offset / SAMPLE_RATE, gain)

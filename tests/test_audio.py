@@ -159,3 +159,72 @@ def test_int16_round_trip_matches_laion_formula():
     assert q.dtype == np.int16 and q.max() == 32767 and q.min() == -32767
     expected = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16) / 32767.0
     np.testing.assert_array_equal(audio.int16_round_trip(x), expected.astype(np.float32))
+
+
+def old_path_int16(data: bytes, block=1 << 16) -> list[bytes]:
+    """The decode stage as it was: libsndfile blocks, mean downmix, soxr HQ, copied windows, LAION's formula."""
+    import soxr
+
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        rs = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        mono = [rs.resample_chunk(b.mean(axis=1, dtype=np.float32), last=False)
+                for b in f.blocks(block, dtype="float32", always_2d=True)]
+    mono.append(rs.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return [(np.clip(w.samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes() for w in segment(mono)]
+
+
+@pytest.mark.parametrize("fmt, subtype, rate, channels, seconds", [
+    ("WAV", "PCM_16", 44100, 2, 23.4), ("FLAC", "PCM_24", 32000, 6, 10.0), ("WAV", "FLOAT", 48000, 2, 10.7),
+    ("OGG", "VORBIS", 22050, 1, 0.8)])
+def test_fast_path_is_bit_identical_to_the_old_one(fmt, subtype, rate, channels, seconds):
+    rng = np.random.default_rng(5)
+    x = np.clip(0.4 * rng.standard_normal((int(seconds * rate), channels)), -1.1, 1.1).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format=fmt, subtype=subtype)
+    data = buf.getvalue()
+    with AudioStream(data, f"x.{fmt.lower()}") as stream:
+        fast = [(w.index, w.start, w.length, pcm) for w, pcm in stream.int16_windows()]
+    old = old_path_int16(data)
+    assert len(fast) == len(old) == window_count(int(round(seconds * SAMPLE_RATE)))
+    assert [pcm for *_, pcm in fast] == old
+    with AudioStream(data, "x") as stream:       # the public per-window API gives the same windows
+        assert [(w.index, w.start, w.length) for w in segment(stream.mono48k())] == [f[:3] for f in fast]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5, 6, 7, 8, 12])
+def test_downmix_matches_numpy_mean(channels):
+    block = np.random.default_rng(channels).standard_normal((5000, channels)).astype(np.float32)
+    mean = block.mean(axis=1, dtype=np.float32)
+    if channels < 8:        # numpy adds up to 7 values in order: the same operations
+        np.testing.assert_array_equal(audio.downmix(block), mean)
+    else:                   # from 8 on numpy sums pairwise: the last bit may differ
+        np.testing.assert_allclose(audio.downmix(block), mean, rtol=0, atol=1e-6)
+
+
+def test_quantize_into_buffers_is_laions_formula_bit_for_bit():
+    rng = np.random.default_rng(3)
+    x = np.r_[rng.uniform(-1.5, 1.5, 100_000), [-1.0, 1.0, -0.0, 0.0, 1 / 32767, -1 / 32767, 0.99999994,
+                                                 -0.99999994, 1.0000001, 3e38, -3e38]].astype(np.float32)
+    old = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+    out, scratch = np.empty(len(x), np.int16), np.empty(len(x), np.float32)
+    got = audio.quantize_int16(x, out=out, scratch=scratch)
+    assert got is out and got.dtype == np.int16
+    np.testing.assert_array_equal(got, old)
+    np.testing.assert_array_equal(audio.quantize_int16(x), old)
+    batch = x[:99_990].reshape(10, -1)
+    np.testing.assert_array_equal(audio.quantize_int16(batch), (np.clip(batch, -1, 1) * 32767.0).astype(np.int16))
+
+
+def test_windows_share_one_buffer_and_match_segment():
+    x = np.sin(np.arange(250_000, dtype=np.float32) / 7.0)
+    blocks = [x[i:i + 30_000] for i in range(0, len(x), 30_000)]
+    copied = [(w.start, w.length, w.samples) for w in segment(blocks, window=100_000, hop=40_000, min_tail=5)]
+    reused = []
+    for w in segment(blocks, window=100_000, hop=40_000, min_tail=5, reuse=True):
+        reused.append((w.start, w.length, w.samples.copy(), w.samples))
+    assert [r[:2] for r in reused] == [c[:2] for c in copied]
+    for (_, _, got, _), (_, _, want) in zip(reused, copied):
+        np.testing.assert_array_equal(got, want)
+    assert len({id(r[3]) for r in reused}) == 1
+    short = [w.samples.copy() for w in segment([x[:7]], window=20, hop=20, min_tail=1, reuse=True)]
+    np.testing.assert_array_equal(short[0], repeat_pad(x[:7], 20))

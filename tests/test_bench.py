@@ -28,3 +28,6 @@ def test_bench_smoke(tmp_path):
     assert measured["pipeline_over_encoder"] == pytest.approx(
         measured["pipeline_clips_per_s"] / measured["encoder_clips_per_s"])
     assert "pipeline_over_encoder" in proc.stdout and ">= 0.85" in proc.stdout
+    for fmt in ("wav", "flac", "ogg", "mp3", "m4a"):        # the decode stage over the bare codec, per format
+        assert measured[f"decode_over_codec_{fmt}"] > 0 and measured[f"decode_windows_per_core_{fmt}"] > 0, fmt
+    assert "decode_over_codec_m4a" in proc.stdout and "<= 1.3" in proc.stdout

@@ -80,3 +80,16 @@ def test_bank_survives_pickling(bank):
     bank.recording(0)
     clone = pickle.loads(pickle.dumps(bank))
     assert clone.uris == bank.uris and not clone._cache
+
+
+@pytest.mark.parametrize("n, offset, length", [(1000, 0, 1000), (1000, 999, 5), (1000, 250, 3500), (7, 3, 480_000),
+                                               (480_000, 123_456, 480_000), (100, 150, 64 * 100)])
+def test_loop_excerpt_is_the_modulo_gather(n, offset, length):
+    noise = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    np.testing.assert_array_equal(loop_excerpt(noise, offset, length), noise[(offset + np.arange(length)) % n])
+
+
+def test_mix_is_the_float64_formula_bit_for_bit():
+    gain = noise_gain(CLEAN, NOISE, 3.0)
+    want = (CLEAN.astype(np.float64) + gain * NOISE.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(mix_at_snr(CLEAN, NOISE, 3.0), want)
