@@ -457,27 +457,24 @@ def bare_decode(data: bytes, ext: str, block: int | None = None) -> None:
             pass
 
 
-def decode_stage(data: bytes, name: str, bank=None) -> int:
-    """The pipeline's decode stage over ``data``: windows as int16 bytes for the encoder; returns the count.
+_STAGE_FILES: dict[str, str] = {}
 
-    With a noise ``bank`` every window is mixed at 10 dB first, as ``das label --snr-db`` does."""
-    import io
 
-    from das_core.audio import AudioStream, quantize_int16, repeat_pad
+def decode_stage(data: bytes, name: str, noise_path: str | None = None) -> int:
+    """das label's decode stage over ``data`` (``das_core.units.decode_unit``: the file's windows as int16
+    bytes packed into chunk rows for the encoder); returns the number of windows.
 
-    n = 0
-    with AudioStream(io.BytesIO(data), name) as stream:
-        if bank is None:
-            for _window, _pcm in stream.int16_windows():
-                n += 1
-            return n
-        pcm = np.empty(WINDOW_SAMPLES, dtype=np.int16)
-        for w in stream.windows():
-            mixed = bank.mix(w.real, 10.0, seed=0, clip_id=name, segment=w.index)
-            samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
-            quantize_int16(samples, out=pcm).tobytes()
-            n += 1
-    return n
+    With ``noise_path`` every window is mixed at 10 dB first, as ``das label --snr-db`` does."""
+    from das_core.units import DecodeSettings, decode_unit
+
+    path = _STAGE_FILES.get(name)
+    if path is None:
+        fd, path = tempfile.mkstemp(suffix=os.path.splitext(name)[1], prefix="das-bench-stage-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _STAGE_FILES[name] = path
+    settings = DecodeSettings(snr_db=10.0 if noise_path else None, noise_uris=(noise_path,) if noise_path else ())
+    return sum(t.column("n_windows")[0].as_py() for t in decode_unit("u00000000", [name], [path], settings))
 
 
 def decode_stage_before(data: bytes) -> int:
@@ -541,19 +538,17 @@ def bench_codec(work: str, sizes: Sizes) -> dict:
 
     Also times soxr alone on a signal as long as the file (``resample`` in ``codec_ms_per_window_*``): the
     part of the stage no decoder change can remove. ``wav_noisy`` is the WAV stage with noise mixed in."""
-    from das_core.noise import NoiseBank
-
     noise_path = os.path.join(work, "codec-noise.wav")
     if not os.path.exists(noise_path):
         import soundfile as sf
 
         sf.write(noise_path, _sine_mix(30.0, 48000, 1, seed=99), 48000)
-    bank = NoiseBank([noise_path])
     out: dict = {}
     variants = [(ext, ext, fmt, codec, 44100, None) for ext, fmt, codec in CODEC_FORMATS]
-    variants += [("wav48k", "wav", "WAV", "PCM_16", 48000, None), ("wav_noisy", "wav", "WAV", "PCM_16", 44100, bank)]
+    variants += [("wav48k", "wav", "WAV", "PCM_16", 48000, None),
+                 ("wav_noisy", "wav", "WAV", "PCM_16", 44100, noise_path)]
     for key, ext, fmt, codec, rate, with_bank in variants:
-        name = f"bench.{ext}"
+        name = f"bench-{key}.{ext}"
         try:
             data = codec_file(sizes.codec_seconds, ext, fmt, codec, rate)
             windows = decode_stage(data, name, with_bank)

@@ -38,7 +38,6 @@ from das_core.audio import (
     AudioStream,
     quantize_int16,
     repeat_pad,
-    segment,
 )
 from das_core.inputs import DEFAULT_EXTENSIONS
 from das_core.noise import NoiseBank
@@ -218,6 +217,32 @@ def decode_unit(unit: str, file_ids: list[str], paths: list[str], settings: Deco
     yield box[0].row(last=True)
 
 
+@dataclass(frozen=True)
+class _Placed:
+    """Where a window sits in its file, and the noise mixed into it (``None``: clean)."""
+
+    index: int
+    start_s: float
+    end_s: float
+    noise_source: str | None = None
+
+
+def _int16_windows(stream: AudioStream, bank: NoiseBank | None, settings: DecodeSettings, file_id: str
+                   ) -> Iterator[tuple[_Placed, bytes]]:
+    """The file's windows as the encoder's int16 bytes, noise mixed in first when the run asks for it."""
+    if bank is None:
+        for w, pcm in stream.int16_windows():
+            yield _Placed(w.index, w.start_s, w.end_s), pcm
+        return
+    out = np.empty(WINDOW_SAMPLES, dtype=np.int16)
+    for w in stream.windows():
+        mixed = bank.mix(w.real, settings.snr_db, seed=settings.seed, clip_id=file_id, segment=w.index)
+        samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
+        source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
+                  else "skipped: zero-power clip or noise")
+        yield _Placed(w.index, w.start_s, w.end_s, source), quantize_int16(samples, out=out).tobytes()
+
+
 def _decode_member(member: Member, box: list[_Chunk], bank: NoiseBank | None, settings: DecodeSettings
                    ) -> Iterator[pa.Table]:
     """Decode one input into ``box[0]`` (the chunk being filled), yielding every chunk it fills."""
@@ -238,21 +263,15 @@ def _decode_member(member: Member, box: list[_Chunk], bank: NoiseBank | None, se
             if chunk.windows and chunk.free < _expected_windows(stream) <= chunk.capacity:
                 yield chunk.row(last=False)               # keep the file whole in the next chunk
                 box[0] = _Chunk(chunk.unit, chunk.index + 1, settings.chunk_windows)
-            for w in segment(stream.mono48k()):
+            for w, pcm in _int16_windows(stream, bank, settings, file_id):
                 if box[0].free == 0:
                     yield box[0].row(last=False)
                     box[0] = _Chunk(box[0].unit, box[0].index + 1, settings.chunk_windows)
                     pieces += 1 if emitted else 0
                 chunk = box[0]
                 entry = chunk.file_entry(file_id, path, pieces, extra)
-                samples, noise_source = w.samples, None
-                if bank is not None:
-                    mixed = bank.mix(w.real, settings.snr_db, seed=settings.seed, clip_id=file_id, segment=w.index)
-                    samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
-                    noise_source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
-                                    else "skipped: zero-power clip or noise")
-                chunk.audio += quantize_int16(samples).tobytes()
-                chunk.windows.append([entry, w.index, w.start_s, w.end_s, noise_source])
+                chunk.audio += pcm
+                chunk.windows.append([entry, w.index, w.start_s, w.end_s, w.noise_source])
                 emitted += 1
             meta["duration_s"] = stream.decoded_frames / info.sample_rate
     except AudioDecodeError as exc:
