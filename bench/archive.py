@@ -197,3 +197,94 @@ def bench_driver_rss(ckpt: str, cache_uri: str, work: str, small: int, ratio: in
     big = small * ratio
     return {"driver_rss_ratio": peaks[big] / peaks[small], "driver_peak_rss_gib": peaks[big] / 2**30,
             "driver_rss_archives": [small, big]}
+
+
+def bench_shards(work: str, clips: int, shards: int = 8) -> dict:
+    """On moto's S3: ``clips`` short clips as single objects against the same clips in ``shards`` tar shards,
+    through das's decode stage (one process); windows/s of each, and their ratio."""
+    import io
+
+    import soundfile as sf
+    import webdataset as wds
+
+    from das_core.units import DecodeSettings, decode_unit
+
+    server = _moto()
+    try:
+        import boto3
+
+        from das_core import storage
+
+        s3 = boto3.client("s3", endpoint_url=storage.s3_endpoint())
+        rng = np.random.default_rng(4)
+        t = np.arange(16000 * 2) / 16000
+        blobs = []
+        for i in range(clips):
+            buf = io.BytesIO()
+            sf.write(buf, (0.2 * np.sin(2 * np.pi * (200 + i % 50 * 10) * t) + 0.01 * rng.standard_normal(len(t)))
+                     .astype(np.float32), 16000, format="FLAC")
+            blobs.append(buf.getvalue())
+            s3.put_object(Bucket="bench", Key=f"objects/clip{i:05d}.flac", Body=blobs[-1])
+        per_shard = -(-clips // shards)
+        for k in range(shards):
+            local = os.path.join(work, f"shard-{k}.tar")
+            with wds.TarWriter(local) as sink:
+                for i in range(k * per_shard, min(clips, (k + 1) * per_shard)):
+                    sink.write({"__key__": f"clip{i:05d}", "flac": blobs[i]})
+            s3.upload_file(local, "bench", f"shards/{k:03d}.tar")
+        settings = DecodeSettings()
+
+        def objects() -> int:
+            ids = [f"clip{i:05d}.flac" for i in range(clips)]
+            paths = [f"s3://bench/objects/{f}" for f in ids]
+            return sum(r.column("n_windows")[0].as_py() for u in range(0, clips, 64)
+                       for r in decode_unit(f"u{u:08d}", ids[u:u + 64], paths[u:u + 64], settings))
+
+        def tars() -> int:
+            return sum(r.column("n_windows")[0].as_py() for k in range(shards)
+                       for r in decode_unit(f"u{k:08d}", [f"{k:03d}.tar"], [f"s3://bench/shards/{k:03d}.tar"],
+                                            settings, shard="tar"))
+
+        t_obj, n_obj = min((_timed(objects) for _ in range(2)), key=lambda x: x[0])
+        t_tar, n_tar = min((_timed(tars) for _ in range(2)), key=lambda x: x[0])
+        assert n_obj == n_tar == clips
+    finally:
+        server.stop()
+        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+    return {"shards_windows_per_s_objects": n_obj / t_obj, "shards_windows_per_s_tar": n_tar / t_tar,
+            "shards_tar_over_objects": t_obj / t_tar, "shards_clips": clips}
+
+
+def _timed(fn) -> tuple[float, int]:
+    t = time.perf_counter()
+    n = fn()
+    return time.perf_counter() - t, n
+
+
+def bench_ffmpeg_vs_sndfile(seconds: float, repeats: int) -> dict:
+    """Per-core decode rate (windows/s, the whole stage) of the FFmpeg path against libsndfile on the same
+    FLAC and OGG/Vorbis bytes."""
+    import io
+
+    import soundfile as sf
+
+    from das_core.audio import AudioStream
+
+    rng = np.random.default_rng(5)
+    x = (0.1 * rng.standard_normal((int(seconds * 44100), 2))).astype(np.float32)
+    out = {}
+    for fmt, sub, ext in (("FLAC", "PCM_16", "flac"), ("OGG", "VORBIS", "ogg")):
+        buf = io.BytesIO()
+        sf.write(buf, x, 44100, format=fmt, subtype=sub)
+        data = buf.getvalue()
+        rates = {}
+        for decoder in ("libsndfile", "ffmpeg"):
+            def run(decoder=decoder, data=data, ext=ext) -> int:
+                with AudioStream(io.BytesIO(data), f"bench.{ext}", decoder=decoder) as stream:
+                    return sum(1 for _ in stream.int16_windows())
+            best = min(_timed(run) for _ in range(repeats))
+            rates[decoder] = best[1] / best[0]
+        out[f"ffmpeg_windows_per_core_{ext}"] = rates["ffmpeg"]
+        out[f"sndfile_windows_per_core_{ext}"] = rates["libsndfile"]
+        out[f"ffmpeg_over_sndfile_{ext}"] = rates["ffmpeg"] / rates["libsndfile"]
+    return out

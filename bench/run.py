@@ -63,6 +63,7 @@ class Sizes:
     rss_clips: int = 64             # driver RSS: archives of this many and 4x as many 1 s clips
     codec_seconds: float = 120.0     # bench_codec: one 44.1 kHz stereo noise file per format
     codec_repeats: int = 7
+    shard_clips: int = 2000          # bench_shards: clips as single S3 objects vs in 8 tar shards
 
 
 FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
@@ -70,7 +71,8 @@ FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, sc
              rescore_rows=200_000)
 SMOKE = Sizes(clips=8, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
               cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000,
-              driver_chunks=2_000, dry_run_rows=10_000, rss_clips=2, codec_seconds=20.0, codec_repeats=2)
+              driver_chunks=2_000, dry_run_rows=10_000, rss_clips=2, codec_seconds=20.0, codec_repeats=2,
+              shard_clips=16)
 
 
 def log(msg: str) -> None:
@@ -798,7 +800,14 @@ def table(results: dict) -> str:
 
 
 def bench_archive(ckpt: str, cache, cache_uri: str, work: str, sizes: Sizes) -> dict:
-    from bench.archive import bench_driver, bench_driver_rss, bench_dry_run, bench_write
+    from bench.archive import (
+        bench_driver,
+        bench_driver_rss,
+        bench_dry_run,
+        bench_ffmpeg_vs_sndfile,
+        bench_shards,
+        bench_write,
+    )
 
     out = bench_driver(sizes.driver_chunks)
     log(f"driver: {out['driver_windows_per_s']:.0f} windows/s absorbed on one core")
@@ -810,6 +819,12 @@ def bench_archive(ckpt: str, cache, cache_uri: str, work: str, sizes: Sizes) -> 
     log(f"dry run on {sizes.dry_run_rows} paths: {out['dry_run_s']:.1f} s, {out['dry_run_peak_rss_gib']:.2f} GiB")
     out.update(bench_driver_rss(ckpt, cache_uri, work, sizes.rss_clips, 4))
     log(f"driver peak RSS {out['driver_peak_rss_gib']:.2f} GiB; x4 archive: ratio {out['driver_rss_ratio']:.2f}")
+    out.update(bench_shards(work, sizes.shard_clips))
+    log(f"S3 decode stage: {out['shards_windows_per_s_objects']:.0f} windows/s from single objects, "
+        f"{out['shards_windows_per_s_tar']:.0f} from tar shards")
+    out.update(bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats))
+    log("FFmpeg over libsndfile, per core: " + ", ".join(
+        f"{e} {out[f'ffmpeg_over_sndfile_{e}']:.2f}" for e in ("flac", "ogg")))
     return out
 
 
