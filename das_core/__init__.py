@@ -2,6 +2,44 @@
 
 Noise-robust zero-shot audio labelling with LAION-CLAP and Drift-Augmented
 Scoring (DAS). See README.md and ../shared/METHOD.md for the method.
+
+The public API is importable from here; names load lazily, so ``import
+das_core`` stays cheap (no torch) until one of them is used::
+
+    from das_core import DriftCache, embed_file, label_embeddings, load_encoder
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "DriftCache": "das_core.cache",
+    "CacheError": "das_core.cache",
+    "CacheMismatchError": "das_core.cache",
+    "ClapEncoder": "das_core.encoder",
+    "load_encoder": "das_core.api",
+    "embed_file": "das_core.api",
+    "embed_array": "das_core.api",
+    "label_embeddings": "das_core.api",
+    "Embedded": "das_core.api",
+    "Labels": "das_core.api",
+    "mix_at_snr": "das_core.noise",
+    "accuracy": "das_core.metrics",
+    "mean_average_precision": "das_core.metrics",
+    "OutputStore": "das_core.results",
+    "AudioStream": "das_core.audio",
+    "AudioDecodeError": "das_core.audio",
+    "LabelConfig": "das_core.labelrun",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'das_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
