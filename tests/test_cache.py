@@ -76,6 +76,18 @@ def test_scores_do_not_depend_on_the_batch():
         np.testing.assert_array_equal(cache.scores(z[i:i + 7])[0], together[i])
 
 
+def test_float32_blocks_are_batch_invariant_at_real_sizes():
+    from das_core.cache import PROJECT_ROWS, project_rows
+
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((3 * PROJECT_ROWS + 11, 512)).astype(np.float32)
+    w = rng.standard_normal((527, 512)).astype(np.float32)
+    together = project_rows(z, w)
+    for start, n in ((0, 1), (5, 300), (PROJECT_ROWS - 3, 7), (700, PROJECT_ROWS), (2 * PROJECT_ROWS, 50)):
+        np.testing.assert_array_equal(project_rows(z[start:start + n], w), together[start:start + n])
+    np.testing.assert_allclose(together, (z.astype(np.float64) @ w.astype(np.float64).T), rtol=0, atol=2e-4)
+
+
 def test_zero_drift_class_warns_and_stays_finite():
     enc = TableEncoder(dim=4, overrides={"sound of calm": [0, 0, 0, 1], "calm with p": [0, 0, 0, 1],
                                          "calm with q": [0, 0, 0, 1]})
