@@ -402,8 +402,44 @@ class OutputStore:
         return self._read_committed(FILES_DIR, units, columns, FILES_SCHEMA)
 
     def read_segments(self, units: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:
-        """The ``segments`` rows of the committed units (or of ``units``)."""
-        return self._read_committed(SEGMENTS_DIR, units, columns, segments_schema())
+        """The ``segments`` rows of the committed units (or of ``units``).
+
+        A ``das rescore`` run that references its label output's embeddings (its manifest's ``embeddings``
+        without ``copied``) gets them from there, unit by unit, in its own row order.
+        """
+        source = self.embedding_source()
+        if source is None or (columns is not None and "embedding" not in columns):
+            return self._read_committed(SEGMENTS_DIR, units, columns, segments_schema())
+        listing = self.listing()
+        wanted = listing.committed_units() if units is None else units
+        own = [c for c in (columns or segments_schema().names) if c != "embedding"]
+        src = OutputStore(source)
+        src_listing = src.listing()
+        tables = [_with_embeddings(t, src, src_listing, u)
+                  for u in wanted for t in self.read_unit(u, SEGMENTS_DIR, listing, sorted(set(own) | {
+                      "file_id", "segment"}))]
+        if not tables:
+            return self._read_committed(SEGMENTS_DIR, [], columns, segments_schema())
+        table = pa.concat_tables(tables, promote_options="permissive")
+        return table.select(columns or [n for n in segments_schema().names if n in table.column_names])
+
+    def embedding_source(self) -> str | None:
+        """The label output whose embeddings this (rescore) output references, or None."""
+        manifest = self.read_manifest() or {}
+        emb = manifest.get("embeddings") or {}
+        return emb.get("source") if emb.get("source") and not emb.get("copied") else None
+
+
+def _with_embeddings(table: pa.Table, source: OutputStore, listing: StoreListing, unit: str) -> pa.Table:
+    """``table`` (one unit's re-scored windows) with the embedding column of the same windows in ``source``."""
+    keys = [("file_id", "ascending"), ("segment", "ascending")]
+    table = table.sort_by(keys)
+    parts = source.read_unit(unit, SEGMENTS_DIR, listing, ["file_id", "segment", "embedding"])
+    stored = pa.concat_tables(parts).sort_by(keys)
+    if not (stored.column("file_id").equals(table.column("file_id"))
+            and stored.column("segment").equals(table.column("segment"))):
+        raise ValueError(f"{source.uri}: unit {unit} no longer holds the windows this run re-scored")
+    return table.append_column("embedding", stored.column("embedding"))
 
 
 def count_outcomes(files: pa.Table) -> dict:

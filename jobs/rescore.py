@@ -7,7 +7,9 @@ are ignored.
 Output (``--out``) holds one folder per run, so that nightly runs sit side by
 side::
 
-    OUT/run_id=<ID>/segments/part-<unit>-all.parquet   same schema as das label; embeddings carried over
+    OUT/run_id=<ID>/segments/part-<unit>-all.parquet   das label's schema; the embedding column only with
+                                                       --copy-embeddings (readers follow the manifest's
+                                                       "embeddings" to the label output otherwise)
     OUT/run_id=<ID>/files/part-<unit>-end.parquet      one row per input file, error rows included (commit mark)
     OUT/run_id=<ID>/_manifest.json                     settings, cache, counts, watermark
 
@@ -100,6 +102,7 @@ class RescoreConfig:
     since_last_run: bool = False
     top_k: int | None = None             # default: the label run's top_k
     overwrite: bool = False
+    copy_embeddings: bool = False        # default: segments/ reference the label run's embeddings
     progress_every_s: float = 15.0
 
 
@@ -125,13 +128,17 @@ def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
                    help="classes kept per window and per file (default: the label run's --top-k)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/run_id=ID/ when it already holds a run (otherwise refused)")
+    p.add_argument("--copy-embeddings", action="store_true",
+                   help="write the window embeddings into this run's segments/ too (default: the run references "
+                        "the label output's, which das readers follow)")
     add_common_options(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RescoreConfig:
     return RescoreConfig(embeddings=args.embeddings, cache=args.cache, out=args.out, run_id=args.run_id,
-                         since_last_run=args.since_last_run, top_k=args.top_k, overwrite=args.overwrite)
+                         since_last_run=args.since_last_run, top_k=args.top_k, overwrite=args.overwrite,
+                         copy_embeddings=args.copy_embeddings)
 
 
 def check_config(c: RescoreConfig) -> None:
@@ -201,7 +208,8 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
 
 
 def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[str], file_parts: list[str],
-                 cache: DriftCache, top_k: int, logit_scale: float | None = None) -> dict:
+                 cache: DriftCache, top_k: int, logit_scale: float | None = None,
+                 copy_embeddings: bool = True) -> dict:
     """Re-score committed label unit ``unit`` of ``embeddings`` (its parts) and commit it under ``out_run``."""
     label = OutputStore(embeddings)
 
@@ -215,6 +223,8 @@ def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[s
         segments = segments_schema(_files_dtype(label)).empty_table()
     new_segments, new_files = rescore_tables(segments, files, cache, top_k, logit_scale)
     out = OutputStore(out_run)
+    if not copy_embeddings:
+        new_segments = new_segments.drop_columns(["embedding"])   # read back through the label output
     if len(new_segments):
         out.write_part(SEGMENTS_DIR, part_name(unit, "all"), new_segments)
     out.write_part(FILES_DIR, part_name(unit, END_TAG), new_files)
@@ -227,7 +237,7 @@ def _files_dtype(store: OutputStore) -> str:
 
 
 def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: list, top_k: int,
-                  logit_scale: float | None = None) -> pa.Table:
+                  logit_scale: float | None = None, copy_embeddings: bool = True) -> pa.Table:
     """Ray Data UDF: label part names in, one PART_STATS_SCHEMA row per part out.
 
     A part that cannot be re-scored (unreadable, damaged) is reported in
@@ -242,7 +252,8 @@ def rescore_parts(batch: pa.Table, embeddings: str, out_run: str, cache_box: lis
         start = time.monotonic()
         counts, failure = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}, None
         try:
-            counts = rescore_part(embeddings, out_run, part, seg_parts, file_parts, cache, top_k, logit_scale)
+            counts = rescore_part(embeddings, out_run, part, seg_parts, file_parts, cache, top_k, logit_scale,
+                                  copy_embeddings)
         except Exception as exc:  # noqa: BLE001 - reported per part, counted by the driver
             failure = f"{storage.join(embeddings, FILES_DIR, part_name(part, END_TAG))} (unit {part}): " \
                       f"{type(exc).__name__}: {exc}"
@@ -403,6 +414,8 @@ def _manifest(p: Plan, status: str, counts: dict, this_run: dict, covered: set[s
         "job": "rescore",
         "status": status,
         "das_version": __version__,
+        "format_version": FORMAT_VERSION,
+        "embeddings": {"source": p.embeddings, "copied": c.copy_embeddings},
         "run_id": p.run_id,
         "settings": {"embeddings": p.embeddings, "cache_fingerprint": cache.fingerprint,
                      "checkpoint_fingerprint": p.checkpoint_id, "top_k": p.top_k,
@@ -443,8 +456,8 @@ def _count(stats: list[dict], p: Plan) -> dict:
 
 
 def run_stages(parts: list[str], listing: StoreListing, embeddings: str, out_run: str, cache: DriftCache,
-               top_k: int, env: dict[str, str] | None = None, logit_scale: float | None = None
-               ) -> Iterator[pa.Table]:
+               top_k: int, env: dict[str, str] | None = None, logit_scale: float | None = None,
+               copy_embeddings: bool = True) -> Iterator[pa.Table]:
     """Stream PART_STATS_SCHEMA tables to the driver: one Ray Data row (and task) per committed label unit."""
     import ray
     import ray.data
@@ -456,7 +469,7 @@ def run_stages(parts: list[str], listing: StoreListing, embeddings: str, out_run
     ds = ray.data.from_items(items, override_num_blocks=len(parts))
     ds = ds.map_batches(rescore_parts, fn_kwargs={"embeddings": embeddings, "out_run": out_run,
                                                   "cache_box": cache_box, "top_k": top_k,
-                                                  "logit_scale": logit_scale},
+                                                  "logit_scale": logit_scale, "copy_embeddings": copy_embeddings},
                         batch_size=1, batch_format="pyarrow", num_cpus=1, **remote)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
@@ -483,7 +496,7 @@ def run(c: RescoreConfig) -> dict:
         scale = (p.label_manifest.get("checkpoint") or {}).get("logit_scale") if label_settings.get(
             "probabilities") else None
         for batch in run_stages(p.todo, p.listing, c.embeddings, p.run_uri, p.cache, p.top_k, env=worker_env(),
-                                logit_scale=scale):
+                                logit_scale=scale, copy_embeddings=c.copy_embeddings):
             for row in batch.to_pylist():
                 stats.append(row)
                 if row["failure"]:

@@ -8,6 +8,7 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import sine, write_audio
 
@@ -131,8 +132,15 @@ def test_rescore_with_a_new_cache_relabels_everything(labelled, other_cache_uri,
     cache = DriftCache.load(other_cache_uri)
     assert manifest["cache"]["labels"] == OTHER_LABELS and manifest["settings"]["top_k"] == 2
     before, after = read(labelled, "segments"), read(os.path.join(out, "run_id=other"), "segments")
-    # embeddings are carried over unchanged, float16 as stored
+    # embeddings are not copied: readers follow the manifest to the label output's, float16 as stored
     assert after.column("embedding").equals(before.column("embedding"))
+    on_disk = pq.read_table(os.path.join(out, "run_id=other", "segments"))
+    assert "embedding" not in on_disk.column_names and manifest["embeddings"]["copied"] is False
+    copied = rescore_run(RescoreConfig(embeddings=labelled, cache=other_cache_uri, out=out, run_id="copied",
+                                       top_k=2, copy_embeddings=True))
+    assert copied["embeddings"]["copied"] is True
+    assert "embedding" in pq.read_table(os.path.join(out, "run_id=copied", "segments")).column_names
+    assert read(os.path.join(out, "run_id=copied"), "segments").equals(after)
     emb = embeddings_to_numpy(after.column("embedding"))
     expected = label_windows(emb, cache, 2)
     assert after.column("label").to_pylist() == expected.label
