@@ -102,3 +102,32 @@ def ray_local(s3_endpoint):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_cache(encoder, tmp_path_factory) -> str:
+    """A drift cache of three classes for the tiny test checkpoint."""
+    from das_core.cache import DriftCache
+
+    uri = str(tmp_path_factory.mktemp("small-cache") / "cache.npz")
+    DriftCache.build(encoder.embed_text, ["siren", "dog_bark", "engine_idling"], ["traffic noise"],
+                     encoder_id=encoder.encoder_id).save(uri)
+    return uri
+
+
+def label_run(src, cache: str, ckpt: str, out, **kw) -> dict:
+    """``das label`` through its library call, with every error kept and no progress lines."""
+    from jobs.label import LabelConfig, run
+
+    kw.setdefault("max_error_fraction", 1.0)
+    kw.setdefault("progress_every_s", 1e9)
+    return run(LabelConfig(input=str(src), cache=cache, checkpoint=ckpt, out=str(out), **kw))
+
+
+def read_output(out):
+    """(segments, files) of a label output's committed units, sorted."""
+    from das_core.results import OutputStore
+
+    store = OutputStore(str(out))
+    return (store.read_segments().sort_by([("file_id", "ascending"), ("segment", "ascending")]),
+            store.read_files().sort_by([("file_id", "ascending")]))

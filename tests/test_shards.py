@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import sine
+from conftest import label_run, read_output, sine
 
 from das_core.shards import Skips, parquet_members, tar_members, webdataset_key
 
@@ -97,32 +97,7 @@ def test_parquet_members(tmp_path):
 
 # ------------------------------------------------------------------ das label on shards (Ray)
 
-@pytest.fixture(scope="module")
-def shard_cache(tiny_ckpt, encoder, tmp_path_factory):
-    from das_core.cache import DriftCache
-
-    uri = str(tmp_path_factory.mktemp("shard-cache") / "cache.npz")
-    DriftCache.build(encoder.embed_text, LABELS, ["traffic noise"], encoder_id=encoder.encoder_id).save(uri)
-    return uri
-
-
-def _label(src, cache, ckpt, out, **kw):
-    from jobs.label import LabelConfig, run
-
-    kw.setdefault("max_error_fraction", 1.0)
-    kw.setdefault("progress_every_s", 1e9)
-    return run(LabelConfig(input=str(src), cache=cache, checkpoint=ckpt, out=str(out), **kw))
-
-
-def _rows(out):
-    from das_core.results import OutputStore
-
-    store = OutputStore(str(out))
-    return (store.read_segments().sort_by([("file_id", "ascending"), ("segment", "ascending")]),
-            store.read_files().sort_by([("file_id", "ascending")]))
-
-
-def test_the_same_audio_gives_the_same_numbers_in_any_packing(ray_local, tiny_ckpt, shard_cache, tmp_path):
+def test_the_same_audio_gives_the_same_numbers_in_any_packing(ray_local, tiny_ckpt, small_cache, tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     for key, data in CLIPS.items():
@@ -133,12 +108,12 @@ def test_the_same_audio_gives_the_same_numbers_in_any_packing(ray_local, tiny_ck
     hf = tmp_path / "hf" / "data"
     hf.mkdir(parents=True)
     write_hf_parquet(hf / "train-00000-of-00001.parquet")
-    m_plain = _label(plain, shard_cache, tiny_ckpt, tmp_path / "out-plain")
-    m_tar = _label(shards, shard_cache, tiny_ckpt, tmp_path / "out-tar", keep_metadata=True)
-    m_hf = _label(tmp_path / "hf", shard_cache, tiny_ckpt, tmp_path / "out-hf")
-    s_plain, f_plain = _rows(tmp_path / "out-plain")
-    s_tar, f_tar = _rows(tmp_path / "out-tar")
-    s_hf, f_hf = _rows(tmp_path / "out-hf")
+    m_plain = label_run(plain, small_cache, tiny_ckpt, tmp_path / "out-plain")
+    m_tar = label_run(shards, small_cache, tiny_ckpt, tmp_path / "out-tar", keep_metadata=True)
+    m_hf = label_run(tmp_path / "hf", small_cache, tiny_ckpt, tmp_path / "out-hf")
+    s_plain, f_plain = read_output(tmp_path / "out-plain")
+    s_tar, f_tar = read_output(tmp_path / "out-tar")
+    s_hf, f_hf = read_output(tmp_path / "out-hf")
     assert f_tar.column("file_id").to_pylist() == [f"000.tar/{k}.flac" for k in CLIPS]
     assert f_tar.column("key").to_pylist() == list(CLIPS)
     assert all("cc-by" in m for m in f_tar.column("metadata").to_pylist())
@@ -155,7 +130,7 @@ def test_the_same_audio_gives_the_same_numbers_in_any_packing(ray_local, tiny_ck
     assert m_plain["counts"]["segments"] == m_tar["counts"]["segments"] == m_hf["counts"]["segments"]
 
 
-def test_hostile_shards_become_error_rows_and_the_rest_is_labelled(ray_local, tiny_ckpt, shard_cache, tmp_path,
+def test_hostile_shards_become_error_rows_and_the_rest_is_labelled(ray_local, tiny_ckpt, small_cache, tmp_path,
                                                                    s3_endpoint, bucket):
     import boto3
 
@@ -177,8 +152,8 @@ def test_hostile_shards_become_error_rows_and_the_rest_is_labelled(ray_local, ti
     pq.write_table(pa.table({"text": ["no audio here"]}), buf)
     s3.put_object(Bucket=bucket, Key="shards/f-no-audio.parquet", Body=buf.getvalue())
     out = f"s3://{bucket}/labels"
-    manifest = _label(f"s3://{bucket}/shards", shard_cache, tiny_ckpt, out)
-    _, files = _rows(out)
+    manifest = label_run(f"s3://{bucket}/shards", small_cache, tiny_ckpt, out)
+    _, files = read_output(out)
     rows = {r["file_id"]: r for r in files.to_pylist()}
     assert [rows[f"a-good.tar/{k}.flac"]["status"] for k in CLIPS] == ["ok"] * 3
     assert rows["b-cut.tar/sample000.flac"]["status"] == "ok"

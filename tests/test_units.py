@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pyarrow as pa
-import pytest
 import soundfile as sf
-from conftest import sine
+from conftest import label_run, read_output, sine
 
 from das_core.audio import SAMPLE_RATE, window_count
 from das_core.units import ChunkMeta, DecodeSettings, decode_unit, plan_units, read_work_manifest, write_work_manifest
@@ -92,36 +91,9 @@ def test_an_empty_unit_of_bad_files_still_yields_its_last_chunk(tmp_path):
 
 # ------------------------------------------------------------------ the label run on units (Ray)
 
-LABELS = ["siren", "dog_bark", "engine_idling"]
 
 
-@pytest.fixture(scope="module")
-def unit_cache(tiny_ckpt, encoder, tmp_path_factory):
-    from das_core.cache import DriftCache
-
-    uri = str(tmp_path_factory.mktemp("units-cache") / "cache.npz")
-    DriftCache.build(encoder.embed_text, LABELS, ["traffic noise"], encoder_id=encoder.encoder_id).save(uri)
-    return uri
-
-
-def _label(src, cache, ckpt, out, **kw):
-    from jobs.label import LabelConfig, run
-
-    kw.setdefault("max_error_fraction", 1.0)
-    kw.setdefault("progress_every_s", 1e9)
-    return run(LabelConfig(input=str(src), cache=cache, checkpoint=ckpt, out=str(out), **kw))
-
-
-def _tables(out):
-    from das_core.results import OutputStore
-
-    store = OutputStore(str(out))
-    segs = store.read_segments().sort_by([("file_id", "ascending"), ("segment", "ascending")])
-    files = store.read_files().sort_by([("file_id", "ascending")])
-    return segs, files
-
-
-def test_a_long_file_failing_part_way_leaves_no_window_and_one_error_row(ray_local, tiny_ckpt, unit_cache,
+def test_a_long_file_failing_part_way_leaves_no_window_and_one_error_row(ray_local, tiny_ckpt, small_cache,
                                                                          tmp_path):
     src = tmp_path / "audio"
     src.mkdir()
@@ -130,8 +102,8 @@ def test_a_long_file_failing_part_way_leaves_no_window_and_one_error_row(ray_loc
     sf.write(buf, sine(300, 60.0, 16000, amp=0.3), 16000, format="FLAC")
     data = buf.getvalue()
     (src / "cut.flac").write_bytes(data[: len(data) * 2 // 3])      # decodes ~40 s, then ends early
-    manifest = _label(src, unit_cache, tiny_ckpt, tmp_path / "out", chunk_windows=2)
-    segs, files = _tables(tmp_path / "out")
+    manifest = label_run(src, small_cache, tiny_ckpt, tmp_path / "out", chunk_windows=2)
+    segs, files = read_output(tmp_path / "out")
     rows = {r["file_id"]: r for r in files.to_pylist()}
     assert rows["cut.flac"]["status"] == "error" and rows["cut.flac"]["error_kind"] == "truncated"
     assert rows["cut.flac"]["n_segments"] == 0 and "cut.flac" in rows["cut.flac"]["error"]
@@ -141,23 +113,23 @@ def test_a_long_file_failing_part_way_leaves_no_window_and_one_error_row(ray_loc
     assert not os.listdir(tmp_path / "out" / "pieces")           # transient maxima are cleaned up
 
 
-def test_resume_picks_up_files_added_to_the_input(ray_local, tiny_ckpt, unit_cache, tmp_path):
+def test_resume_picks_up_files_added_to_the_input(ray_local, tiny_ckpt, small_cache, tmp_path):
     src = tmp_path / "audio"
     src.mkdir()
     _wav(src / "a.wav", 3.0)
     _wav(src / "b.wav", 11.0)
-    _label(src, unit_cache, tiny_ckpt, tmp_path / "out", files_per_unit=1)
+    label_run(src, small_cache, tiny_ckpt, tmp_path / "out", files_per_unit=1)
     _wav(src / "c.wav", 5.0)
-    manifest = _label(src, unit_cache, tiny_ckpt, tmp_path / "out", files_per_unit=1, resume=True)
+    manifest = label_run(src, small_cache, tiny_ckpt, tmp_path / "out", files_per_unit=1, resume=True)
     assert manifest["runs"][-1]["units_to_do"] == 1 and manifest["runs"][-1]["files_to_do"] == 1
     assert manifest["counts"]["files"] == 3 and manifest["work"]["units"] == 3
-    _, files = _tables(tmp_path / "out")
+    _, files = read_output(tmp_path / "out")
     assert files.column("file_id").to_pylist() == ["a.wav", "b.wav", "c.wav"]
     assert read_work_manifest(str(tmp_path / "out")).column("unit").to_pylist() == [
         "u00000000", "u00000001", "u00000002"]
 
 
-def test_dry_run_plans_without_ray_or_model(tiny_ckpt, unit_cache, tmp_path):
+def test_dry_run_plans_without_ray_or_model(tiny_ckpt, small_cache, tmp_path):
     src = tmp_path / "audio"
     src.mkdir()
     for i in range(5):
@@ -166,7 +138,7 @@ def test_dry_run_plans_without_ray_or_model(tiny_ckpt, unit_cache, tmp_path):
     (src / ".hidden.wav").write_bytes(b"x")
     out = tmp_path / "out"
     code = (f"import sys; from jobs.label import main; "
-            f"rc = main(['--input', {str(src)!r}, '--cache', {unit_cache!r}, '--checkpoint', {tiny_ckpt!r}, "
+            f"rc = main(['--input', {str(src)!r}, '--cache', {small_cache!r}, '--checkpoint', {tiny_ckpt!r}, "
             f"'--out', {str(out)!r}, '--dry-run', '--files-per-unit', '2']); "
             f"print('MODULES', 'ray' in sys.modules, 'jobs.pipeline' in sys.modules); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
