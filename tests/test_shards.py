@@ -14,7 +14,6 @@ from das_core.shards import Skips, parquet_members, tar_members, webdataset_key
 
 pytestmark = pytest.mark.integration
 
-LABELS = ["siren", "dog_bark", "engine_idling"]
 
 
 def flac(seconds: float, freq: float, rate: int = 16000) -> bytes:
