@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 KEYS = ("encoder_clips_per_s", "pipeline_clips_per_s", "pipeline_over_encoder", "naive_clips_per_s",
         "pipeline_over_naive", "das_overhead", "rescore_over_read", "rss_ratio_60_over_10_min", "peak_rss_gib",
         "cache_build_s", "decode_per_core", "decode_scaling", "hf_encoder_clips_per_s", "hf_over_laion_encoder")

@@ -6,6 +6,8 @@ from das_core import checkpoint as ckpt
 from das_core.cache import DriftCache
 from jobs.build_cache import main
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 
 def run(capsys, *args):
     rc = main(list(args))

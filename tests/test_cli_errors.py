@@ -13,6 +13,8 @@ from conftest import free_port
 
 from jobs.common import JobFailed, UsageError, run_main
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -33,6 +33,8 @@ from das_core.evaluation import (
 )
 from jobs import evaluate as ev
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 LAM_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 CONDITIONS = (None, 0.0)
 

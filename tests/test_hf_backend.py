@@ -17,6 +17,8 @@ from das_core.audio import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat
 from das_core.encoder import ClapEncoder, TokenizerError
 from das_core.random_checkpoint import byte_level_tokenizer, write_random_hf_checkpoint
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 TEXTS = ["sound of dog bark", "siren with traffic noise", "This is a sound of jackhammer.", "wind"]
 
 

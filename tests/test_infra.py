@@ -23,6 +23,8 @@ import pytest
 import yaml
 from conftest import free_port, sine, write_audio
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 VENV_BIN = Path(sys.executable).parent

@@ -18,6 +18,8 @@ from das_core.results import OutputStore
 from jobs.common import JobFailed, UsageError
 from jobs.label import LabelConfig, main, run
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 LABELS = ["siren", "dog_bark", "engine_idling", "white_noise"]
 
 # name -> (seconds, rate, channels, format, subtype)

@@ -23,6 +23,8 @@ from jobs.label import run as label_run
 from jobs.rescore import RescoreConfig, build_parser, check_config, config_from_args, main, watermark_void_reason
 from jobs.rescore import run as rescore_run
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 LABELS = ["siren", "dog_bark", "engine_idling"]
 OTHER_LABELS = ["bird_song", "rain", "car_horn", "speech"]
 SCORE_COLUMNS = ("score", "top_k_scores", "zs_score")

@@ -17,6 +17,8 @@ from conftest import free_port
 
 from das_core import storage
 
+pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import soundfile as sf
 from conftest import label_run, read_output, sine
 
@@ -93,6 +94,7 @@ def test_an_empty_unit_of_bad_files_still_yields_its_last_chunk(tmp_path):
 
 
 
+@pytest.mark.integration
 def test_a_long_file_failing_part_way_leaves_no_window_and_one_error_row(ray_local, tiny_ckpt, small_cache,
                                                                          tmp_path):
     src = tmp_path / "audio"
@@ -113,6 +115,7 @@ def test_a_long_file_failing_part_way_leaves_no_window_and_one_error_row(ray_loc
     assert not os.listdir(tmp_path / "out" / "pieces")           # transient maxima are cleaned up
 
 
+@pytest.mark.integration
 def test_resume_picks_up_files_added_to_the_input(ray_local, tiny_ckpt, small_cache, tmp_path):
     src = tmp_path / "audio"
     src.mkdir()
@@ -129,6 +132,7 @@ def test_resume_picks_up_files_added_to_the_input(ray_local, tiny_ckpt, small_ca
         "u00000000", "u00000001", "u00000002"]
 
 
+@pytest.mark.integration
 def test_dry_run_plans_without_ray_or_model(tiny_ckpt, small_cache, tmp_path):
     src = tmp_path / "audio"
     src.mkdir()
