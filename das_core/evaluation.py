@@ -124,8 +124,10 @@ def pool_windows(window_scores: np.ndarray, owner: np.ndarray, n: int) -> np.nda
 
 
 def _project(z: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    # float64 accumulation, as DriftCache does, so a row's score does not depend on its batch
-    return (np.asarray(z, np.float64) @ np.asarray(matrix, np.float64).T).astype(np.float32)
+    # the scorer's own batch-invariant product (das_core.cache.project_rows), as every DAS score is computed
+    from das_core.cache import project_rows
+
+    return project_rows(np.asarray(z, np.float32), np.asarray(matrix, np.float32))
 
 
 @dataclass
