@@ -207,7 +207,7 @@ def test_report_table_equals_results_json(us8k):
     assert "10 clips x 2 conditions + 4 noise recordings = 24" in report
     # the broken clip is reported for both conditions, with its cause
     failed = report.split("## Clips and recordings that could not be decoded", 1)[1]
-    assert failed.count("`9999-8-0-0.wav`") == 2 and "unreadable" in failed
+    assert failed.count("`9999-8-0-0.wav`") == 2 and "not_audio" in failed
     for method in BASELINES[2:]:
         assert f"- `{method}`: " in report.split("## What the Acevedo variants need", 1)[1]
 

@@ -124,9 +124,15 @@ def test_bf16_autocast_runs_on_cpu(hf_folder):
 
 def test_backend_is_detected_and_described(hf_folder, hf_fused_folder, tiny_ckpt):
     info = ckpt.describe(hf_folder)
+    scale = info.pop("logit_scale")
     assert info == {"backend": "hf", "weights": "random",
                     "architecture": "HTSAT(width 16, depths 1-1) audio tower, roberta text tower, "
                                     "Hugging Face ClapModel"}
+    from transformers import ClapModel
+
+    model = ClapModel.from_pretrained(hf_folder)       # the scale CLAP scores audio against text with
+    assert scale == pytest.approx(float(model.logit_scale_a.exp()), rel=1e-6)
+    assert ClapEncoder.from_checkpoint(hf_folder).logit_scale == pytest.approx(scale, rel=1e-6)
     assert "fusion (aff_2d)" in ckpt.describe(hf_fused_folder)["architecture"]
     assert ckpt.describe(tiny_ckpt)["backend"] == "laion"
     enc = ClapEncoder.from_checkpoint(hf_folder)
