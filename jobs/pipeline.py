@@ -302,10 +302,11 @@ DECODE_MEMORY_BYTES = 768 * 2**20
 BLOCK_BYTES = 32 * 2**20
 
 
-# A decode task whose process dies is retried. Unbounded on purpose, and still finite: with
-# ``DecodeProgress`` every death after a unit's first either moves the next attempt past an input or
-# gives that input up, so a unit is tried at most about twice per input.
-DECODE_MAX_RETRIES = -1
+# Retries. Ray Data retries a task whose process died without limit (max_retries=-1) and restarts a pool
+# actor that died, retrying its call (max_restarts=-1, max_task_retries=-1). das relies on those defaults
+# (tests/test_faults.py fails without them) rather than passing them: Ray 2.60 deprecates extra remote
+# arguments to map_batches. Unbounded decode retries still end: with ``DecodeProgress``, every death after
+# a unit's second either moves the next attempt past an input or gives that input up.
 
 # Test-only switches (das_core.units.TEST_CRASH_ENV, das_core.storage.TEST_FAIL_WRITE_ENV), forwarded to
 # workers when set so that tests/test_faults.py can inject faults into them.
@@ -352,15 +353,13 @@ def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, d
     # The memory request differs from the actors' resources, which also keeps Ray Data from fusing decoding
     # into the encoder actors: decoding stays a pool of CPU tasks running beside the encoder.
     ds = ds.map_batches(decode_task, fn_kwargs={"settings": decode, "progress": progress}, batch_size=1,
-                        batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env,
-                        max_retries=DECODE_MAX_RETRIES)
-    # A killed encoder actor is restarted and its call retried (a chunk's parts have fixed names: a retry
-    # overwrites); Ray Data's defaults, set here so that a change of defaults cannot drop them.
+                        batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
+    # A killed encoder actor is restarted and its call retried: a chunk's parts have fixed names, so the retry
+    # overwrites whatever the dead call wrote (see "Retries" above).
     ds = ds.map_batches(EncodeAndWrite, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box,
                                                                "out": out, "write": write},
                         batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-                        num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, runtime_env=runtime_env,
-                        max_restarts=-1, max_task_retries=-1)
+                        num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, runtime_env=runtime_env)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield from batch.to_pylist()
