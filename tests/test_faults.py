@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import os
 import signal
 import socket
@@ -350,3 +351,96 @@ def test_transient_s3_failures(reference, archive, cache_uri, tiny_ckpt, s3_endp
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
     assert manifest["status"] == "complete" and manifest["counts"]["files"] == len(CLIPS)
     assert_same_rows(out, reference, drop=("path",))
+
+
+# ------------------------------------------------------------------ the pieces, without a cluster
+
+
+def test_decode_progress_gives_up_only_after_two_known_deaths():
+    from jobs.pipeline import DecodeProgress
+
+    p = DecodeProgress()
+    assert p.begin("u1") == (False, {})
+    p.at("u1", 0, "a.wav")
+    p.at("u1", 1, "b.wav")                                 # first attempt dies here: position not trusted
+    assert p.begin("u1") == (True, {})
+    p.at("u1", 0, "a.wav")
+    p.at("u1", 1, "b.wav")                                 # a careful attempt dies: one known death
+    assert p.begin("u1") == (True, {})
+    p.at("u1", 0, "a.wav")
+    p.at("u1", 1, "b.wav")                                 # second known death on b.wav
+    assert p.begin("u1") == (True, {1: "b.wav"})
+    p.at("u1", 2, "c.wav")
+    p.done("u1")
+    assert p.units == {} and p.begin("u1") == (False, {})  # a finished unit is forgotten
+    p.done("u1")
+    assert p.begin("u2") == (False, {})
+    p.at("u2", 0, "x.wav")
+    assert p.begin("u2") == (True, {})                     # deaths at different inputs never add up
+    p.at("u2", 0, "x.wav")
+    assert p.begin("u2") == (True, {})
+    p.at("u2", 1, "y.wav")
+    assert p.begin("u2") == (True, {})
+
+
+def test_unit_tracker_ignores_repeated_chunks():
+    from jobs.pipeline import UnitTracker
+
+    t = UnitTracker()
+
+    def stats(chunk: int, last: bool = False, pieces: bool = False) -> dict:
+        return {"unit": "u1", "chunk": chunk, "last": last, "pieces": pieces}
+
+    assert t.add(stats(0, pieces=True)) is None
+    assert t.is_repeat(stats(0)) and t.add(stats(0, pieces=True)) is None
+    assert t.add(stats(2, last=True)) is None
+    assert t.add(stats(1, pieces=True)) == ("u1", [0, 1])
+    assert t.is_repeat(stats(1)) and t.add(stats(2, last=True)) is None and t.open_units == 0
+
+
+def test_failed_local_write_leaves_nothing(tmp_path, monkeypatch):
+    from jobs.label import write_failure
+
+    target = tmp_path / "files" / "part-u00000001-end.parquet"
+    monkeypatch.setenv(storage.TEST_FAIL_WRITE_ENV, "u00000001-end")
+    with pytest.raises(OSError) as caught:
+        storage.write_bytes_atomic(str(target), b"x" * 1000)
+    assert caught.value.filename == str(target) and caught.value.strerror == os.strerror(28)
+    assert os.listdir(target.parent) == []                 # the temporary file is gone too
+    try:
+        raise RuntimeError("the task failed") from caught.value
+    except RuntimeError as wrapped:
+        assert write_failure(wrapped) is caught.value
+    assert write_failure(ValueError("no")) is None
+
+
+def test_decode_unit_skips_what_the_watch_gave_up(tmp_path):
+    from das_core.units import DecodeSettings, decode_unit
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"f{i}.wav"))
+        (tmp_path / f"f{i}.wav").write_bytes(_wav(3.0, i))
+
+    class Watch:
+        def __init__(self):
+            self.calls: list[tuple] = []
+
+        def begin(self, unit: str) -> dict[int, str]:
+            self.calls.append(("begin", unit))
+            return {1: paths[1]}
+
+        def at(self, unit: str, position: int, path: str) -> None:
+            self.calls.append(("at", position))
+
+        def done(self, unit: str) -> None:
+            self.calls.append(("done", unit))
+
+    watch = Watch()
+    rows = [t.to_pylist()[0] for t in decode_unit("u1", ["a", "b", "c"], paths, DecodeSettings(chunk_windows=2),
+                                                  watch=watch)]
+    files = [f for r in rows for f in json.loads(r["meta"])["files"] if f["closes"]]
+    assert [(f["file_id"], f["status"], f["error_kind"]) for f in files] == [
+        ("a", "ok", None), ("b", "error", DECODER_CRASH), ("c", "ok", None)]
+    assert files[1]["error"] == f"{paths[1]}: {DECODER_CRASH}: the decoder process died twice while decoding {paths[1]}"
+    assert watch.calls == [("begin", "u1"), ("at", 0), ("at", 2), ("done", "u1")]
