@@ -19,7 +19,6 @@ resumed unit gives the same chunks, the same part names and the same rows.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -212,11 +211,15 @@ class DecodeWatch(Protocol):
     its ``try`` with it: only someone outside the process can tell which input killed it.
     """
 
-    def begin(self, unit: str) -> dict[int, str]:
-        """An attempt at ``unit`` starts; returns the inputs (position in the unit -> path) to give up on."""
+    def begin(self, unit: str) -> tuple[dict[int, str], int]:
+        """An attempt at ``unit`` starts: the inputs to give up on (position in the unit -> path), and the
+        highest chunk index any earlier attempt began filling (-1: none)."""
 
     def at(self, unit: str, position: int, path: str) -> None:
         """The attempt is about to decode the input at ``position`` (counted over shard members too)."""
+
+    def chunk(self, unit: str, index: int) -> None:
+        """The attempt begins filling chunk ``index`` (the ones before it are sent on)."""
 
     def done(self, unit: str) -> None:
         """The attempt decoded every input of ``unit``."""
@@ -233,6 +236,33 @@ def _crash_for_tests(path: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _give_up(member: Member, box: list[_Chunk], reached: int) -> Iterator[pa.Table]:
+    """Close ``member`` as a ``decoder_crash`` error without decoding it.
+
+    Ray keeps the chunks a dead attempt already sent (a retry's output with the same index is dropped), and
+    those may hold the first windows of this input. So the error goes into the first chunk no earlier
+    attempt began filling (emitting empty chunks up to it), marked as the last piece of a spanning file:
+    ``finish_unit`` then writes its row and takes out any windows an earlier attempt sent.
+    """
+    while box[0].index <= reached:
+        yield box[0].row(last=False)
+        box[0] = _Chunk(box[0].unit, box[0].index + 1, box[0].capacity)
+    extra = {"key": member.key, "metadata": member.metadata} if member.key or member.metadata else None
+    entry = box[0].file_entry(member.file_id, member.path, 1, extra)
+    box[0].files[entry].update(
+        closes=True, n_emitted=0, status="error", error_kind=DECODER_CRASH,
+        error=f"{member.path}: {DECODER_CRASH}: the decoder process died twice while decoding {member.path}",
+        duration_s=None, sample_rate=None, channels=None, decoder=None)
+
+
+def _reported(rows: Iterator[pa.Table], unit: str, watch: DecodeWatch | None) -> Iterator[pa.Table]:
+    """``rows``, telling ``watch`` after each one that the next chunk is being filled."""
+    for row in rows:
+        yield row
+        if watch is not None:
+            watch.chunk(unit, row.column("chunk")[0].as_py() + 1)
+
+
 def decode_unit(unit: str, file_ids: list[str], paths: list[str], settings: DecodeSettings,
                 shard: str | None = None, watch: DecodeWatch | None = None) -> Iterator[pa.Table]:
     """Decode one unit's files (or its shard's members) in order into chunk rows (``CHUNK_SCHEMA``), streamed.
@@ -245,18 +275,18 @@ def decode_unit(unit: str, file_ids: list[str], paths: list[str], settings: Deco
     bank = _noise_bank(settings)
     box = [_Chunk(unit, 0, settings.chunk_windows)]
     skips = Skips({}, {})
-    crashed = watch.begin(unit) if watch is not None else {}
+    crashed, reached = watch.begin(unit) if watch is not None else ({}, -1)
     position = 0
     for file_id, path in zip(file_ids, paths):
         for member in _sources(file_id, path, shard, settings, skips):
             if position in crashed:
-                member = dataclasses.replace(member, error=(
-                    DECODER_CRASH, f"the decoder process died twice while decoding {member.path}"))
-            elif watch is not None:
-                watch.at(unit, position, member.path)
-            if member.error is None:
-                _crash_for_tests(member.path)
-            yield from _decode_member(member, box, bank, settings)
+                yield from _reported(_give_up(member, box, reached), unit, watch)
+            else:
+                if watch is not None:
+                    watch.at(unit, position, member.path)
+                if member.error is None:
+                    _crash_for_tests(member.path)
+                yield from _reported(_decode_member(member, box, bank, settings), unit, watch)
             position += 1
     box[0].skipped = skips.counts
     if watch is not None:

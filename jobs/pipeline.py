@@ -97,61 +97,73 @@ class DecodeProgress:
     input, no wait), so a message may be lost with the process. Retries of a unit that died report each
     position and wait for it (``careful``); a careful attempt that dies therefore died at a known input,
     and an input two careful attempts died on is given up (``decoder_crash``). One death is never enough:
-    a node can die for other reasons. Memory: only units being decoded are held.
+    a node can die for other reasons. ``reached``: the highest chunk index an attempt began filling (see
+    ``das_core.units._give_up``). Memory: only units being decoded are held.
     """
 
     def __init__(self):
         self.units: dict[str, dict] = {}
 
-    def begin(self, unit: str) -> tuple[bool, dict[int, str]]:
-        """(careful, inputs to give up on) for a new attempt at ``unit``."""
+    def begin(self, unit: str) -> tuple[bool, dict[int, str], int]:
+        """(careful, inputs to give up on, chunk reached) for a new attempt at ``unit``."""
         state = self.units.get(unit)
         if state is None:
-            self.units[unit] = {"careful": False, "at": None, "deaths": {}, "paths": {}}
-            return False, {}
+            self.units[unit] = {"careful": False, "at": None, "deaths": {}, "paths": {}, "reached": -1}
+            return False, {}, -1
         if state["careful"] and state["at"] is not None:          # the last attempt died there
             position, path = state["at"]
             state["deaths"][position] = state["deaths"].get(position, 0) + 1
             state["paths"][position] = path
         state["careful"], state["at"] = True, None
-        return True, {p: state["paths"][p] for p, n in state["deaths"].items() if n >= 2}
+        return True, {p: state["paths"][p] for p, n in state["deaths"].items() if n >= 2}, state["reached"]
 
     def at(self, unit: str, position: int, path: str) -> None:
         if unit in self.units:
             self.units[unit]["at"] = (position, path)
+
+    def chunk(self, unit: str, index: int) -> None:
+        if unit in self.units:
+            self.units[unit]["reached"] = max(self.units[unit]["reached"], index)
 
     def done(self, unit: str) -> None:
         self.units.pop(unit, None)
 
 
 class ActorWatch:
-    """``das_core.units.DecodeWatch`` backed by the run's ``DecodeProgress`` actor."""
+    """``das_core.units.DecodeWatch`` backed by the run's ``DecodeProgress`` actor; without it (the actor
+    died), decoding goes on unwatched."""
 
     def __init__(self, progress):
         self.progress = progress
         self.careful = False
 
-    def begin(self, unit: str) -> dict[int, str]:
+    def begin(self, unit: str) -> tuple[dict[int, str], int]:
         import ray
 
         try:
-            self.careful, crashed = ray.get(self.progress.begin.remote(unit))
+            self.careful, crashed, reached = ray.get(self.progress.begin.remote(unit))
         except ray.exceptions.RayActorError:
-            self.progress = None          # the tracker is gone: decode on, as without one
-            return {}
-        return crashed
+            self.progress = None
+            return {}, -1
+        return crashed, reached
 
-    def at(self, unit: str, position: int, path: str) -> None:
+    def _tell(self, method: str, *args) -> None:
         import ray
 
         if self.progress is None:
             return
-        ref = self.progress.at.remote(unit, position, path)
-        if self.careful:
+        ref = getattr(self.progress, method).remote(*args)
+        if self.careful:                      # a retry of a unit that died: wait, so a death is placed exactly
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError:
                 self.progress = None
+
+    def at(self, unit: str, position: int, path: str) -> None:
+        self._tell("at", unit, position, path)
+
+    def chunk(self, unit: str, index: int) -> None:
+        self._tell("chunk", unit, index)
 
     def done(self, unit: str) -> None:
         if self.progress is not None:

@@ -360,27 +360,29 @@ def test_decode_progress_gives_up_only_after_two_known_deaths():
     from jobs.pipeline import DecodeProgress
 
     p = DecodeProgress()
-    assert p.begin("u1") == (False, {})
+    assert p.begin("u1") == (False, {}, -1)
     p.at("u1", 0, "a.wav")
+    p.chunk("u1", 1)
     p.at("u1", 1, "b.wav")                                 # first attempt dies here: position not trusted
-    assert p.begin("u1") == (True, {})
+    assert p.begin("u1") == (True, {}, 1)
     p.at("u1", 0, "a.wav")
     p.at("u1", 1, "b.wav")                                 # a careful attempt dies: one known death
-    assert p.begin("u1") == (True, {})
+    p.chunk("u1", 3)
+    assert p.begin("u1") == (True, {}, 3)
     p.at("u1", 0, "a.wav")
     p.at("u1", 1, "b.wav")                                 # second known death on b.wav
-    assert p.begin("u1") == (True, {1: "b.wav"})
+    assert p.begin("u1") == (True, {1: "b.wav"}, 3)
     p.at("u1", 2, "c.wav")
     p.done("u1")
-    assert p.units == {} and p.begin("u1") == (False, {})  # a finished unit is forgotten
+    assert p.units == {} and p.begin("u1") == (False, {}, -1)  # a finished unit is forgotten
     p.done("u1")
-    assert p.begin("u2") == (False, {})
+    assert p.begin("u2") == (False, {}, -1)
     p.at("u2", 0, "x.wav")
-    assert p.begin("u2") == (True, {})                     # deaths at different inputs never add up
+    assert p.begin("u2") == (True, {}, -1)                 # deaths at different inputs never add up
     p.at("u2", 0, "x.wav")
-    assert p.begin("u2") == (True, {})
+    assert p.begin("u2") == (True, {}, -1)
     p.at("u2", 1, "y.wav")
-    assert p.begin("u2") == (True, {})
+    assert p.begin("u2") == (True, {}, -1)
 
 
 def test_unit_tracker_ignores_repeated_chunks():
@@ -414,6 +416,32 @@ def test_failed_local_write_leaves_nothing(tmp_path, monkeypatch):
     assert write_failure(ValueError("no")) is None
 
 
+class FakeWatch:
+    """A ``DecodeWatch`` in memory: what a unit's attempts reported, and what to give up."""
+
+    def __init__(self, crashed: dict[int, str], reached: int = -1):
+        self.crashed, self.reached = crashed, reached
+        self.calls: list[tuple] = []
+
+    def begin(self, unit: str) -> tuple[dict[int, str], int]:
+        self.calls.append(("begin", unit))
+        return self.crashed, self.reached
+
+    def at(self, unit: str, position: int, path: str) -> None:
+        self.calls.append(("at", position))
+
+    def chunk(self, unit: str, index: int) -> None:
+        self.calls.append(("chunk", index))
+
+    def done(self, unit: str) -> None:
+        self.calls.append(("done", unit))
+
+
+def _closing(rows: list[dict]) -> list[tuple]:
+    return [(r["chunk"], f["file_id"], f["status"], f["error_kind"], f["piece"])
+            for r in rows for f in json.loads(r["meta"])["files"] if f["closes"]]
+
+
 def test_decode_unit_skips_what_the_watch_gave_up(tmp_path):
     from das_core.units import DecodeSettings, decode_unit
 
@@ -421,26 +449,52 @@ def test_decode_unit_skips_what_the_watch_gave_up(tmp_path):
     for i in range(3):
         paths.append(str(tmp_path / f"f{i}.wav"))
         (tmp_path / f"f{i}.wav").write_bytes(_wav(3.0, i))
-
-    class Watch:
-        def __init__(self):
-            self.calls: list[tuple] = []
-
-        def begin(self, unit: str) -> dict[int, str]:
-            self.calls.append(("begin", unit))
-            return {1: paths[1]}
-
-        def at(self, unit: str, position: int, path: str) -> None:
-            self.calls.append(("at", position))
-
-        def done(self, unit: str) -> None:
-            self.calls.append(("done", unit))
-
-    watch = Watch()
+    watch = FakeWatch({1: paths[1]})
     rows = [t.to_pylist()[0] for t in decode_unit("u1", ["a", "b", "c"], paths, DecodeSettings(chunk_windows=2),
                                                   watch=watch)]
-    files = [f for r in rows for f in json.loads(r["meta"])["files"] if f["closes"]]
-    assert [(f["file_id"], f["status"], f["error_kind"]) for f in files] == [
-        ("a", "ok", None), ("b", "error", DECODER_CRASH), ("c", "ok", None)]
-    assert files[1]["error"] == f"{paths[1]}: {DECODER_CRASH}: the decoder process died twice while decoding {paths[1]}"
-    assert watch.calls == [("begin", "u1"), ("at", 0), ("at", 2), ("done", "u1")]
+    assert _closing(rows) == [(0, "a", "ok", None, 0), (0, "b", "error", DECODER_CRASH, 1), (0, "c", "ok", None, 0)]
+    error = next(f for f in json.loads(rows[0]["meta"])["files"] if f["file_id"] == "b")["error"]
+    assert error == f"{paths[1]}: {DECODER_CRASH}: the decoder process died twice while decoding {paths[1]}"
+    assert watch.calls == [("begin", "u1"), ("at", 0), ("at", 2), ("done", "u1")]   # b is not decoded again
+
+
+def test_give_up_after_a_dead_attempt_sent_windows(tmp_path, encoder):
+    """Ray keeps the chunks a dead attempt sent (a retry's chunk of the same index is dropped): when those
+    hold the first windows of the input given up, the unit still commits one error row for it and none
+    of its windows."""
+    from das_core.units import ChunkMeta, DecodeSettings, decode_unit
+    from das_core.writer import WriteSettings, finish_unit, write_chunk
+
+    names = {"a": 3.0, "p": 45.0, "c": 12.0}            # p: 5 windows, over three chunks of 2
+    paths = []
+    for i, (name, seconds) in enumerate(names.items()):
+        paths.append(str(tmp_path / f"{name}.wav"))
+        (tmp_path / f"{name}.wav").write_bytes(_wav(seconds, i))
+    settings, ids = DecodeSettings(chunk_windows=2), list(names)
+    first = FakeWatch({})
+    sent = []
+    for row in decode_unit("u00000000", ids, paths, settings, watch=first):
+        sent.append(row.to_pylist()[0])
+        if len(sent) == 2:                                 # chunks 0 (a, p) and 1 (p) sent, then it dies
+            break
+    assert [f["file_id"] for f in json.loads(sent[1]["meta"])["files"]] == ["p"]    # p's windows were sent
+    reached = max(c[1] for c in first.calls if c[0] == "chunk")
+    retry = [t.to_pylist()[0] for t in decode_unit("u00000000", ids, paths, settings,
+                                                   watch=FakeWatch({1: paths[1]}, reached))]
+    rows = sent + retry[len(sent):]                        # what Ray hands on: first come by index
+    assert [r["chunk"] for r in rows] == list(range(len(rows)))
+    cache = DriftCache.build(encoder.embed_text, LABELS, ["traffic noise"], encoder_id=encoder.encoder_id)
+    store, ws = OutputStore(str(tmp_path / "out")), WriteSettings()
+    piece_chunks = []
+    for r in rows:
+        n = r["n_windows"]
+        windows = np.frombuffer(r["audio"], dtype=np.int16).reshape(n, -1) if n else None
+        stored = encoder.embed_audio_int16(windows).astype(np.float16) if n else None
+        stats = write_chunk(store, r["unit"], r["chunk"], r["last"], ChunkMeta.parse(r["meta"]), stored, cache, ws)
+        piece_chunks += [r["chunk"]] if stats["pieces"] else []
+    finish_unit(store, "u00000000", piece_chunks, cache, ws)
+    files = {f["file_id"]: f for f in store.read_files().to_pylist()}
+    assert sorted(files) == ["a", "c", "p"] and files["p"]["error_kind"] == DECODER_CRASH
+    assert files["a"]["status"] == files["c"]["status"] == "ok"
+    segments = store.read_segments().column("file_id").to_pylist()
+    assert "p" not in segments and segments.count("a") == 1 and segments.count("c") == 2
