@@ -151,6 +151,7 @@ def run(c: LabelConfig) -> dict:
         raise JobFailed(f"cannot write {failure.filename or c.out} ({failure.strerror or failure}); the units "
                         f"committed so far are kept: free space or fix the permissions of {c.out}, then rerun "
                         "with --resume") from None
+    _remove_temporaries(store)
     wall = time.monotonic() - t0
     total = counts.total(p.prior_counts)
     this_run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -171,6 +172,16 @@ def run(c: LabelConfig) -> dict:
     if failed:
         raise JobFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ (see the 'error' column)")
     return manifest
+
+
+def _remove_temporaries(store) -> None:
+    """A worker killed while writing a part leaves its hidden temporary file: the run is over, remove them."""
+    from das_core import storage
+    from das_core.results import FILES_DIR, PIECES_DIR, SEGMENTS_DIR
+
+    removed = sum(storage.remove_temporaries(store.path(sub)) for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR))
+    if removed:
+        log.info("removed %d temporary file(s) left by workers that died while writing", removed)
 
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)

@@ -346,6 +346,8 @@ def test_transient_s3_failures(reference, archive, cache_uri, tiny_ckpt, s3_endp
         manifest = run(LabelConfig(input=f"s3://{bucket}/archive", cache=cache_uri, checkpoint=tiny_ckpt, out=out,
                                    **RUN))
         injected = proxy.unavailable + proxy.resets
+        print(f"proxy: {proxy.requests} requests, {proxy.unavailable} 503, {proxy.resets} resets, "
+              f"{proxy.delayed} delayed, {proxy.retried} retried after a failure")
         assert proxy.unavailable > 0 and proxy.resets > 0 and proxy.delayed > 0
         assert proxy.retried >= injected - 2 > 0      # failed requests came back (a listing may not repeat exactly)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
@@ -398,6 +400,16 @@ def test_unit_tracker_ignores_repeated_chunks():
     assert t.add(stats(2, last=True)) is None
     assert t.add(stats(1, pieces=True)) == ("u1", [0, 1])
     assert t.is_repeat(stats(1)) and t.add(stats(2, last=True)) is None and t.open_units == 0
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    (tmp_path / ".tmp-abc123").write_bytes(b"half a part")
+    (tmp_path / "part-u00000000-c00000.parquet").write_bytes(b"kept")
+    (tmp_path / ".tmp-dir").mkdir()
+    assert storage.list_files(str(tmp_path)) == [str(tmp_path / "part-u00000000-c00000.parquet")]   # unseen
+    assert storage.remove_temporaries(str(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == [".tmp-dir", "part-u00000000-c00000.parquet"]
+    assert storage.remove_temporaries(str(tmp_path / "absent")) == 0
 
 
 def test_failed_local_write_leaves_nothing(tmp_path, monkeypatch):
