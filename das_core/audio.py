@@ -53,6 +53,7 @@ NON_FINITE = "non_finite"
 UNREADABLE = "unreadable"
 UNSUPPORTED = "unsupported"
 MISSING = "missing"
+DECODER_CRASH = "decoder_crash"     # the decoding process died twice on this input (das_core.units)
 
 # Which decoder read a file (``AudioStream.decoder``).
 LIBSNDFILE = "libsndfile"

@@ -14,6 +14,7 @@ whose message names the URI, the cause and what to do.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import tempfile
@@ -296,6 +297,36 @@ def open_input(uri: str, block_size: int = 8 * 2**20) -> Iterator[IO[bytes]]:
         f.close()
 
 
+# Local writes go to a hidden temporary file beside the target (listings skip hidden names), then a rename.
+TEMP_PREFIX = ".tmp-"
+
+
+def remove_temporaries(uri: str) -> int:
+    """Delete the temporary files that writers killed mid-write left directly in the local folder ``uri``
+    (S3 writes leave none); how many. Call it only when no writer is running there."""
+    if is_s3(uri):
+        return 0
+    try:
+        entries = list(os.scandir(os.path.abspath(os.path.expanduser(uri))))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    stale = [e.path for e in entries if e.name.startswith(TEMP_PREFIX) and e.is_file(follow_symlinks=False)]
+    for path in stale:
+        os.unlink(path)
+    return len(stale)
+
+
+# Test-only: a write whose path contains this text fails with ENOSPC, as on a full disk
+# (tests/test_faults.py). Never set it in production.
+TEST_FAIL_WRITE_ENV = "DAS_TEST_FAIL_WRITE"
+
+
+def _fail_for_tests(path: str) -> None:
+    fail_on = os.environ.get(TEST_FAIL_WRITE_ENV)
+    if fail_on and fail_on in path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` so that readers see the old object or the whole new one, never a part.
 
@@ -306,21 +337,26 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     """
     fs, path = filesystem(uri)
     if is_s3(uri):
+        _fail_for_tests(path)
         with _named_errors(uri, "cannot write"), fs.open(path, "wb") as f:
             f.write(data)
         invalidate(uri)
         return
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
     try:
         os.fchmod(fd, default_file_mode())      # mkstemp makes 0o600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            _fail_for_tests(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            os.unlink(tmp)                      # a failed write leaves nothing behind, not even hidden
+        if isinstance(exc, OSError) and exc.filename is None:
+            # ENOSPC from write() names no file: name the part that could not be written
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 
 

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +33,7 @@ import pyarrow.parquet as pq
 
 from das_core import storage
 from das_core.audio import (
+    DECODER_CRASH,
     MISSING,
     SAMPLE_RATE,
     UNREADABLE,
@@ -200,20 +204,93 @@ def _sources(file_id: str, path: str, shard: str | None, settings: DecodeSetting
     return iter([Member(file_id, path, lambda: storage.open_input(path))])
 
 
+class DecodeWatch(Protocol):
+    """Where the attempts at decoding a unit are (the pipeline keeps it in a Ray actor, ``jobs.pipeline``).
+
+    A process that dies while decoding (a native decoder's segfault, the OOM killer) takes
+    its ``try`` with it: only someone outside the process can tell which input killed it.
+    """
+
+    def begin(self, unit: str) -> tuple[dict[int, str], int]:
+        """An attempt at ``unit`` starts: the inputs to give up on (position in the unit -> path), and the
+        highest chunk index any earlier attempt began filling (-1: none)."""
+
+    def at(self, unit: str, position: int, path: str) -> None:
+        """The attempt is about to decode the input at ``position`` (counted over shard members too)."""
+
+    def chunk(self, unit: str, index: int) -> None:
+        """The attempt begins filling chunk ``index`` (the ones before it are sent on)."""
+
+    def done(self, unit: str) -> None:
+        """The attempt decoded every input of ``unit``."""
+
+
+# Test-only: a decode process that reaches an input whose path contains this text kills itself, as a
+# crashing native decoder would (tests/test_faults.py). Never set it in production.
+TEST_CRASH_ENV = "DAS_TEST_CRASH_ON"
+
+
+def _crash_for_tests(path: str) -> None:
+    crash_on = os.environ.get(TEST_CRASH_ENV)
+    if crash_on and crash_on in path:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _give_up(member: Member, box: list[_Chunk], reached: int) -> Iterator[pa.Table]:
+    """Close ``member`` as a ``decoder_crash`` error without decoding it.
+
+    Ray keeps the chunks a dead attempt already sent (a retry's output with the same index is dropped), and
+    those may hold the first windows of this input. So the error goes into the first chunk no earlier
+    attempt began filling (emitting empty chunks up to it), marked as the last piece of a spanning file:
+    ``finish_unit`` then writes its row and takes out any windows an earlier attempt sent.
+    """
+    while box[0].index <= reached:
+        yield box[0].row(last=False)
+        box[0] = _Chunk(box[0].unit, box[0].index + 1, box[0].capacity)
+    extra = {"key": member.key, "metadata": member.metadata} if member.key or member.metadata else None
+    entry = box[0].file_entry(member.file_id, member.path, 1, extra)
+    box[0].files[entry].update(
+        closes=True, n_emitted=0, status="error", error_kind=DECODER_CRASH,
+        error=f"{member.path}: {DECODER_CRASH}: the decoder process died twice while decoding {member.path}",
+        duration_s=None, sample_rate=None, channels=None, decoder=None)
+
+
+def _reported(rows: Iterator[pa.Table], unit: str, watch: DecodeWatch | None) -> Iterator[pa.Table]:
+    """``rows``, telling ``watch`` after each one that the next chunk is being filled."""
+    for row in rows:
+        yield row
+        if watch is not None:
+            watch.chunk(unit, row.column("chunk")[0].as_py() + 1)
+
+
 def decode_unit(unit: str, file_ids: list[str], paths: list[str], settings: DecodeSettings,
-                shard: str | None = None) -> Iterator[pa.Table]:
+                shard: str | None = None, watch: DecodeWatch | None = None) -> Iterator[pa.Table]:
     """Decode one unit's files (or its shard's members) in order into chunk rows (``CHUNK_SCHEMA``), streamed.
 
     Every input ends in exactly one chunk with ``closes`` and its outcome, however
     it fails; a unit always yields at least one chunk, the last one with ``last``.
+    With ``watch``, an input on which earlier attempts' processes died twice is not
+    decoded again: it becomes an error row (``decoder_crash``).
     """
     bank = _noise_bank(settings)
     box = [_Chunk(unit, 0, settings.chunk_windows)]
     skips = Skips({}, {})
+    crashed, reached = watch.begin(unit) if watch is not None else ({}, -1)
+    position = 0
     for file_id, path in zip(file_ids, paths):
         for member in _sources(file_id, path, shard, settings, skips):
-            yield from _decode_member(member, box, bank, settings)
+            if position in crashed:
+                yield from _reported(_give_up(member, box, reached), unit, watch)
+            else:
+                if watch is not None:
+                    watch.at(unit, position, member.path)
+                if member.error is None:
+                    _crash_for_tests(member.path)
+                yield from _reported(_decode_member(member, box, bank, settings), unit, watch)
+            position += 1
     box[0].skipped = skips.counts
+    if watch is not None:
+        watch.done(unit)
     yield box[0].row(last=True)
 
 
@@ -285,12 +362,13 @@ def _decode_member(member: Member, box: list[_Chunk], bank: NoiseBank | None, se
     box[0].files[entry].update(closes=True, n_emitted=emitted, **outcome, **meta)
 
 
-def decode_units(batch: pa.Table, settings: DecodeSettings) -> Iterator[pa.Table]:
+def decode_units(batch: pa.Table, settings: DecodeSettings, watch: DecodeWatch | None = None
+                 ) -> Iterator[pa.Table]:
     """Ray Data UDF over work-manifest rows: every unit of the batch, decoded into chunk rows."""
     shards = batch.column("shard").to_pylist() if "shard" in batch.column_names else [None] * len(batch)
     for unit, ids, paths, shard in zip(batch.column("unit").to_pylist(), batch.column("file_ids").to_pylist(),
                                        batch.column("paths").to_pylist(), shards):
-        yield from decode_unit(unit, ids, paths, settings, shard)
+        yield from decode_unit(unit, ids, paths, settings, shard, watch)
 
 
 @dataclass(frozen=True)

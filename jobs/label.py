@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import sys
 import time
 
@@ -140,7 +141,17 @@ def run(c: LabelConfig) -> dict:
     store.write_manifest(run_manifest(p, "running", p.prior_counts, runs + [this_run]))
     counts = RunCounts()
     t0 = time.monotonic()
-    aborted, first_output = _label(p, counts, this_run, runs, t0)
+    try:
+        aborted, first_output = _label(p, counts, this_run, runs, t0)
+    except Exception as exc:
+        failure = write_failure(exc)
+        if failure is None:
+            raise
+        # the part being written was a hidden temporary file, now removed: what is visible is committed
+        raise JobFailed(f"cannot write {failure.filename or c.out} ({failure.strerror or failure}); the units "
+                        f"committed so far are kept: free space or fix the permissions of {c.out}, then rerun "
+                        "with --resume") from None
+    _remove_temporaries(store)
     wall = time.monotonic() - t0
     total = counts.total(p.prior_counts)
     this_run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -163,6 +174,34 @@ def run(c: LabelConfig) -> dict:
     return manifest
 
 
+def _remove_temporaries(store) -> None:
+    """A worker killed while writing a part leaves its hidden temporary file: the run is over, remove them."""
+    from das_core import storage
+    from das_core.results import FILES_DIR, PIECES_DIR, SEGMENTS_DIR
+
+    removed = sum(storage.remove_temporaries(store.path(sub)) for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR))
+    if removed:
+        log.info("removed %d temporary file(s) left by workers that died while writing", removed)
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_failure(exc: BaseException) -> OSError | None:
+    """The disk-full or permission error behind ``exc``, which a worker's write may have raised (Ray wraps it)."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)       # a Ray task error: the worker's own exception
+        if isinstance(cause, BaseException) and cause is not exc:
+            exc = cause
+            continue
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        if exc is None:
+            return None
+    return None
+
+
 def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) -> tuple[str | None, tuple | None]:
     """Run the pipeline over the units to do; the driver only counts and commits whole units."""
     import ray
@@ -170,7 +209,7 @@ def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) ->
     from das_core.labelrun import run_manifest
     from das_core.units import DecodeSettings, units_per_row_group, work_manifest_uri
     from das_core.writer import WriteSettings
-    from jobs.pipeline import EncodeSettings, Finisher, UnitTracker, run_stages
+    from jobs.pipeline import EncodeSettings, Finisher, UnitTracker, run_stages, with_test_env
 
     c = p.config
     if not len(p.todo):
@@ -197,7 +236,7 @@ def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) ->
         keep = {}
         for u in p.todo.column("unit").to_pylist():
             keep.setdefault(index[u] // per_group, []).append(u)
-    env = worker_env()
+    env = with_test_env(worker_env())
     cache_box = [ray.put(p.cache)]
     tracker, finisher = UnitTracker(), Finisher(c.out, cache_box, write, env)
     errors_allowed = c.max_error_fraction * p.n_inputs
@@ -205,6 +244,8 @@ def _label(p: LabelPlan, counts, this_run: dict, runs: list[dict], t0: float) ->
     first_output, aborted = None, None
     for stats in run_stages(work_manifest_uri(c.out), keep, c.out, decode, encode, write, cache_box=cache_box,
                             actors=actors, batch_size=c.batch_size, env=env):
+        if tracker.is_repeat(stats):
+            continue                  # a retried task's chunk, already counted (its part was overwritten)
         counts.add(stats)
         now = time.monotonic()
         if first_output is None:

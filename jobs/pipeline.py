@@ -89,10 +89,92 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def decode_task(batch: pa.Table, settings: DecodeSettings) -> Iterator[pa.Table]:
-    """``decode_units`` tagged with the node that ran it."""
+class DecodeProgress:
+    """Ray actor, one per run: where each unit's decode attempt is, to find inputs that kill their process.
+
+    A new attempt at a unit whose last attempt never said ``done`` means that attempt's process died. The
+    first death is only noted: the first attempt reports its position fire-and-forget (one message per
+    input, no wait), so a message may be lost with the process. Retries of a unit that died report each
+    position and wait for it (``careful``); a careful attempt that dies therefore died at a known input,
+    and an input two careful attempts died on is given up (``decoder_crash``). One death is never enough:
+    a node can die for other reasons. ``reached``: the highest chunk index an attempt began filling (see
+    ``das_core.units._give_up``). Memory: only units being decoded are held.
+    """
+
+    def __init__(self):
+        self.units: dict[str, dict] = {}
+
+    def begin(self, unit: str) -> tuple[bool, dict[int, str], int]:
+        """(careful, inputs to give up on, chunk reached) for a new attempt at ``unit``."""
+        state = self.units.get(unit)
+        if state is None:
+            self.units[unit] = {"careful": False, "at": None, "deaths": {}, "paths": {}, "reached": -1}
+            return False, {}, -1
+        if state["careful"] and state["at"] is not None:          # the last attempt died there
+            position, path = state["at"]
+            state["deaths"][position] = state["deaths"].get(position, 0) + 1
+            state["paths"][position] = path
+        state["careful"], state["at"] = True, None
+        return True, {p: state["paths"][p] for p, n in state["deaths"].items() if n >= 2}, state["reached"]
+
+    def at(self, unit: str, position: int, path: str) -> None:
+        if unit in self.units:
+            self.units[unit]["at"] = (position, path)
+
+    def chunk(self, unit: str, index: int) -> None:
+        if unit in self.units:
+            self.units[unit]["reached"] = max(self.units[unit]["reached"], index)
+
+    def done(self, unit: str) -> None:
+        self.units.pop(unit, None)
+
+
+class ActorWatch:
+    """``das_core.units.DecodeWatch`` backed by the run's ``DecodeProgress`` actor; without it (the actor
+    died), decoding goes on unwatched."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.careful = False
+
+    def begin(self, unit: str) -> tuple[dict[int, str], int]:
+        import ray
+
+        try:
+            self.careful, crashed, reached = ray.get(self.progress.begin.remote(unit))
+        except ray.exceptions.RayActorError:
+            self.progress = None
+            return {}, -1
+        return crashed, reached
+
+    def _tell(self, method: str, *args) -> None:
+        import ray
+
+        if self.progress is None:
+            return
+        ref = getattr(self.progress, method).remote(*args)
+        if self.careful:                      # a retry of a unit that died: wait, so a death is placed exactly
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self.progress = None
+
+    def at(self, unit: str, position: int, path: str) -> None:
+        self._tell("at", unit, position, path)
+
+    def chunk(self, unit: str, index: int) -> None:
+        self._tell("chunk", unit, index)
+
+    def done(self, unit: str) -> None:
+        if self.progress is not None:
+            self.progress.done.remote(unit)
+
+
+def decode_task(batch: pa.Table, settings: DecodeSettings, progress=None) -> Iterator[pa.Table]:
+    """``decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
     node = _node_id()
-    for chunk in decode_units(batch, settings):
+    watch = ActorWatch(progress) if progress is not None else None
+    for chunk in decode_units(batch, settings, watch):
         yield chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
 
 
@@ -152,19 +234,30 @@ class UnitTracker:
     """Driver side: which units have all their chunks written, and which chunks wrote pieces."""
 
     def __init__(self):
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, set[int]] = {}
         self.expected: dict[str, int] = {}
         self.pieces: dict[str, list[int]] = {}
+        self.whole: set[str] = set()
+
+    def is_repeat(self, stats: dict) -> bool:
+        """A chunk already counted: a retried task may hand the driver its statistics twice; the part it
+        wrote has the same name and overwrote the first, so it must neither count nor commit twice."""
+        unit = stats["unit"]
+        return unit in self.whole or stats["chunk"] in self.seen.get(unit, ())
 
     def add(self, stats: dict) -> tuple[str, list[int]] | None:
+        """Count a chunk (repeats are ignored); the unit and its pieces' chunks once the unit is whole."""
+        if self.is_repeat(stats):
+            return None
         unit = stats["unit"]
-        self.seen[unit] = self.seen.get(unit, 0) + 1
+        self.seen.setdefault(unit, set()).add(stats["chunk"])
         if stats["pieces"]:
             self.pieces.setdefault(unit, []).append(stats["chunk"])
         if stats["last"]:
             self.expected[unit] = stats["chunk"] + 1
-        if self.seen[unit] == self.expected.get(unit):
+        if len(self.seen[unit]) == self.expected.get(unit):
             del self.seen[unit], self.expected[unit]
+            self.whole.add(unit)
             return unit, sorted(self.pieces.pop(unit, []))
         return None
 
@@ -221,6 +314,23 @@ DECODE_MEMORY_BYTES = 768 * 2**20
 BLOCK_BYTES = 32 * 2**20
 
 
+# Retries. Ray Data retries a task whose process died without limit (max_retries=-1) and restarts a pool
+# actor that died, retrying its call (max_restarts=-1, max_task_retries=-1). das relies on those defaults
+# (tests/test_faults.py fails without them) rather than passing them: Ray 2.60 deprecates extra remote
+# arguments to map_batches. Unbounded decode retries still end: with ``DecodeProgress``, every death after
+# a unit's second either moves the next attempt past an input or gives that input up.
+
+# Test-only switches (das_core.units.TEST_CRASH_ENV, das_core.storage.TEST_FAIL_WRITE_ENV), forwarded to
+# workers when set so that tests/test_faults.py can inject faults into them.
+TEST_ENV = ("DAS_TEST_CRASH_ON", "DAS_TEST_FAIL_WRITE")
+
+
+def with_test_env(env: dict[str, str]) -> dict[str, str]:
+    import os
+
+    return {**env, **{k: os.environ[k] for k in TEST_ENV if os.environ.get(k)}}
+
+
 def configure_data_context() -> None:
     """Ray Data settings of das's pipelines (the driver's context; it travels with the dataset)."""
     import ray.data
@@ -249,15 +359,21 @@ def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, d
         encode = dataclasses.replace(encode, max_batch_size=batch_size)
     configure_data_context()
     runtime_env = {"env_vars": env} if env else None
+    progress = ray.remote(DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
     ds = ray.data.read_datasource(WorkManifestDatasource(manifest_uri, keep), num_cpus=1,
                                   memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
     # The memory request differs from the actors' resources, which also keeps Ray Data from fusing decoding
     # into the encoder actors: decoding stays a pool of CPU tasks running beside the encoder.
-    ds = ds.map_batches(decode_task, fn_kwargs={"settings": decode}, batch_size=1, batch_format="pyarrow",
-                        num_cpus=1, memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
+    ds = ds.map_batches(decode_task, fn_kwargs={"settings": decode, "progress": progress}, batch_size=1,
+                        batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
+    # A killed encoder actor is restarted and its call retried: a chunk's parts have fixed names, so the retry
+    # overwrites whatever the dead call wrote (see "Retries" above).
     ds = ds.map_batches(EncodeAndWrite, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box,
                                                                "out": out, "write": write},
                         batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                         num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, runtime_env=runtime_env)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield from batch.to_pylist()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield from batch.to_pylist()
+    finally:
+        ray.kill(progress)
