@@ -271,6 +271,8 @@ def test_rescore_reads_and_writes_s3(labelled, cache_uri, bucket, tmp_path):
         os.makedirs(local / key)
         for obj in listing:
             s3.download_file(bucket, obj["Key"], str(local / key / obj["Key"].rsplit("/", 1)[1]))
+    # the run's manifest names where its embeddings are (the label output on S3): the reader joins them back
+    s3.download_file(bucket, "rescored/run_id=s3/_manifest.json", str(local / "_manifest.json"))
     assert_same_labels(read(labelled, "segments"), read(str(local), "segments"))
     assert_same_labels(read(labelled, "files"), read(str(local), "files"))
     # the watermark works on S3 too: listing runs, reading the previous manifest
