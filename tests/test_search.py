@@ -1,0 +1,178 @@
+"""das search: text and audio queries over a real das label output, on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import sine, write_audio
+
+from das_core import storage
+from das_core.cache import DriftCache
+from das_core.prompts import DEFAULT_NOISE_PHRASES
+from das_core.results import OutputStore, embeddings_to_numpy
+from das_core.search import FILE, text_queries
+from jobs.label import LabelConfig
+from jobs.label import run as label_run
+from jobs.search import SearchConfig, main, run
+
+pytestmark = pytest.mark.integration
+
+LABELS = ["siren", "dog_bark", "engine_idling"]
+# name -> (seconds, rate, frequency): one-window clips and multi-window files, distinct content each
+CLIPS = {"a.wav": (3.0, 16000, 440.0), "b.flac": (25.0, 22050, 880.0), "sub/c.wav": (12.0, 8000, 300.0),
+         "d.wav": (5.0, 16000, 1500.0)}
+
+
+def write_clips(folder) -> None:
+    rng = np.random.default_rng(3)
+    for i, (name, (seconds, rate, freq)) in enumerate(CLIPS.items()):
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        x = sine(freq, seconds, rate, amp=0.3)
+        x += (0.05 * (i + 1) * rng.standard_normal(len(x))).astype(np.float32)
+        write_audio(path, x, rate)
+
+
+@pytest.fixture(scope="module")
+def cache_uri(encoder, tmp_path_factory) -> str:
+    cache = DriftCache.build(encoder.embed_text, LABELS, DEFAULT_NOISE_PHRASES[:3], encoder_id=encoder.encoder_id,
+                             encoder_name=encoder.name)
+    uri = str(tmp_path_factory.mktemp("caches") / "labels.npz")
+    cache.save(uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("search-archive")
+    write_clips(root)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def labelled(ray_local, tiny_ckpt, cache_uri, archive, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("search-label") / "out")
+    label_run(LabelConfig(input=archive, cache=cache_uri, checkpoint=tiny_ckpt, out=out, files_per_unit=1,
+                          progress_every_s=1e9))
+    return out
+
+
+def brute_force(table, vectors: np.ndarray, top: int) -> list[list[tuple[str, float, float]]]:
+    """Every row scored at once in one process: the reference ranking, per query."""
+    z = embeddings_to_numpy(table.column("embedding")).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    scores = z @ vectors.T
+    ids, starts = table.column("file_id").to_pylist(), table.column("start_s").to_pylist()
+    ranked = []
+    for j in range(scores.shape[1]):
+        order = sorted(range(len(ids)), key=lambda i: -scores[i, j])[:top]
+        ranked.append([(ids[i], starts[i], scores[i, j]) for i in order])
+    return ranked
+
+
+def test_like_finds_its_own_window_first(labelled, tiny_ckpt, archive):
+    hits = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, like=[os.path.join(archive, "a.wav")],
+                            top=3))
+    first = hits.to_pylist()[0]
+    assert first["rank"] == 1 and first["file_id"] == "a.wav" and first["start_s"] == 0.0
+    assert abs(first["score"] - 1.0) <= 1e-3
+    assert hits.column("rank").to_pylist() == [1, 2, 3]
+    assert all(s < first["score"] for s in hits.column("score").to_pylist()[1:])
+
+
+def test_like_finds_its_own_file_first(labelled, tiny_ckpt, archive):
+    hits = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, like=[os.path.join(archive, "b.flac")],
+                            level=FILE, top=4))
+    rows = hits.to_pylist()
+    assert rows[0]["file_id"] == "b.flac" and abs(rows[0]["score"] - 1.0) <= 1e-3
+    assert rows[0]["start_s"] == 0.0 and rows[0]["end_s"] == pytest.approx(25.0)
+    assert sorted(r["file_id"] for r in rows) == sorted(CLIPS)        # a file once, every file ranked
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_distributed_top_n_equals_brute_force(labelled, tiny_ckpt, encoder, lam):
+    texts = ["a siren wailing", "a dog barking at night"]
+    queries = text_queries(encoder.embed_text, texts, DEFAULT_NOISE_PHRASES, lam)
+    assert len(OutputStore(labelled).listing().committed_units()) == len(CLIPS)   # several units to merge
+    hits = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=texts, top=4, lam=lam))
+    expected = brute_force(pq.read_table(os.path.join(labelled, "segments")), queries.weights(), 4)
+    for j, text in enumerate(texts):
+        got = [h for h in hits.to_pylist() if h["query"] == text]
+        assert [(h["file_id"], h["start_s"]) for h in got] == [(f, s) for f, s, _ in expected[j]]
+        assert np.allclose([h["score"] for h in got], [s for _, _, s in expected[j]], atol=1e-6)
+
+
+def test_drift_bonus_changes_text_scores(labelled, tiny_ckpt):
+    plain = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=["engine humming"], top=1))
+    bonus = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=["engine humming"], top=1, lam=1.0))
+    assert plain.column("score")[0].as_py() != pytest.approx(bonus.column("score")[0].as_py(), abs=1e-6)
+
+
+def test_file_embedding_is_the_normalised_mean_of_its_windows(labelled):
+    store = OutputStore(labelled)
+    segments, files = store.read_segments(), store.read_files()
+    seg_emb = embeddings_to_numpy(segments.column("embedding")).astype(np.float64)
+    owners = np.array(segments.column("file_id").to_pylist())
+    file_emb = embeddings_to_numpy(files.column("embedding"))
+    for fid, stored in zip(files.column("file_id").to_pylist(), file_emb):
+        mean = seg_emb[owners == fid].sum(axis=0)
+        mean /= np.linalg.norm(mean)
+        assert (owners == fid).sum() == store.read_files().to_pandas().set_index("file_id").n_segments[fid]
+        assert np.abs(stored - mean).max() <= 2e-3          # float16 storage: ~1e-3 relative
+        assert np.linalg.norm(stored) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_cli_prints_the_table_and_writes_parquet(labelled, tiny_ckpt, tmp_path, capsys):
+    out = str(tmp_path / "hits.parquet")
+    assert main(["--embeddings", labelled, "--checkpoint", tiny_ckpt, "--text", "a siren", "--text", "rain",
+                 "--top", "2", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "query" in printed and "start-end" in printed and "das search: 4 match(es) for 2 queries" in printed
+    table = pq.read_table(out)
+    assert table.column_names == ["query", "rank", "file_id", "path", "start_s", "end_s", "score"]
+    assert table.column("query").to_pylist() == ["a siren", "a siren", "rain", "rain"]
+    assert table.column("rank").to_pylist() == [1, 2, 1, 2]
+
+
+def test_min_score_drops_weak_matches(labelled, tiny_ckpt, archive):
+    hits = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, like=[os.path.join(archive, "a.wav")],
+                            top=10, min_score=0.999))
+    assert hits.column("file_id").to_pylist() == ["a.wav"]
+
+
+def test_another_checkpoint_is_refused(labelled, other_ckpt, capsys):
+    assert main(["--embeddings", labelled, "--checkpoint", other_ckpt, "--text", "a siren"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "das search: error:" in err[0] and "made with checkpoint" in err[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], "no query"),
+    (["--text", "x", "--top", "0"], "--top"),
+    (["--text", "x", "--lam", "-1"], "--lam"),
+])
+def test_bad_arguments_are_one_line_exit_2(labelled, tiny_ckpt, capsys, argv, words):
+    assert main(["--embeddings", labelled, "--checkpoint", tiny_ckpt, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+def test_not_a_label_output_is_refused(tmp_path, tiny_ckpt, capsys):
+    assert main(["--embeddings", str(tmp_path), "--checkpoint", tiny_ckpt, "--text", "x"]) == 2
+    assert "_manifest.json" in capsys.readouterr().err
+
+
+def test_s3_output_is_searched_and_written(ray_local, tiny_ckpt, cache_uri, archive, bucket):
+    out = f"s3://{bucket}/labels/run1"
+    label_run(LabelConfig(input=archive, cache=cache_uri, checkpoint=tiny_ckpt, out=out, files_per_unit=2,
+                          progress_every_s=1e9))
+    hits_uri = f"s3://{bucket}/search/hits.parquet"
+    hits = run(SearchConfig(embeddings=out, checkpoint=tiny_ckpt, like=[os.path.join(archive, "d.wav")], top=2,
+                            out=hits_uri))
+    assert hits.column("file_id")[0].as_py() == "d.wav"
+    stored = pq.read_table(io.BytesIO(storage.read_bytes(hits_uri)))
+    assert stored.equals(hits)
