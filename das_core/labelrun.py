@@ -76,6 +76,7 @@ class LabelConfig:
     torch_threads: int | None = None
     tokenizer_dir: str | None = None
     progress_every_s: float = 15.0
+    report: bool = True                  # write OUT/report/ at the end (das report)
     manifest_every_s: float = 60.0
 
     def check(self) -> None:

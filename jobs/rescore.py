@@ -101,6 +101,7 @@ class RescoreConfig:
     top_k: int | None = None             # default: the label run's top_k
     overwrite: bool = False
     progress_every_s: float = 15.0
+    report: bool = True                  # write the run's report/ at the end (das report)
 
 
 def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
@@ -125,13 +126,16 @@ def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
                    help="classes kept per window and per file (default: the label run's --top-k)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/run_id=ID/ when it already holds a run (otherwise refused)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write OUT/run_id=ID/report/ (report.md and figures, see `das report`) at the end")
     add_common_options(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RescoreConfig:
     return RescoreConfig(embeddings=args.embeddings, cache=args.cache, out=args.out, run_id=args.run_id,
-                         since_last_run=args.since_last_run, top_k=args.top_k, overwrite=args.overwrite)
+                         since_last_run=args.since_last_run, top_k=args.top_k, overwrite=args.overwrite,
+                         report=not args.no_report)
 
 
 def check_config(c: RescoreConfig) -> None:
@@ -507,6 +511,10 @@ def run(c: RescoreConfig) -> dict:
     manifest = _manifest(p, status, counts, this_run, covered)
     store.write_manifest(manifest)
     _print_summary(manifest, p, wall, scoring_s)
+    if c.report:
+        from jobs.report import report_after_job
+
+        report_after_job(p.run_uri)
     if failures:
         raise JobFailed(f"{len(failures)} of {len(p.todo)} unit(s) could not be re-scored, e.g. {failures[0]}. "
                         f"The other units are in {p.run_uri}; this run is not a --since-last-run watermark")
