@@ -125,6 +125,13 @@ def _pyplot():
     return plt
 
 
+def _integer_counts(axis) -> None:
+    """Counts are whole numbers: no 0.25 ticks on a count axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -143,6 +150,7 @@ def _hbar(ax, items: list[tuple[str, int]], title: str, xlabel: str, color: str 
     ax.bar_label(bars, fmt="%d", fontsize=7, padding=2)
     ax.margins(x=0.12)
     ax.grid(axis="x", alpha=0.3)
+    _integer_counts(ax.xaxis)
 
 
 def label_distribution_png(t: Tally) -> bytes:
@@ -168,6 +176,7 @@ def changes_png(t: Tally) -> bytes:
     axes[0].bar(x + 0.2, [t.windows - kept_w, t.files_ok - kept_f], 0.4, label="label changed", color="#C44E52")
     axes[0].set_xticks(x, ["windows", "files"])
     axes[0].set_ylabel("count")
+    _integer_counts(axes[0].yaxis)
     axes[0].set_title("DAS vs plain zero-shot", fontsize=11)
     axes[0].legend(fontsize=8)
     if changes:
@@ -196,6 +205,7 @@ def score_hist_png(t: Tally) -> bytes:
         ax.set_title(f"{lb} ({int(counts.sum())} windows)", fontsize=9)
         ax.set_xlabel("DAS score (cosine + lam x drift)")
         ax.set_ylabel("windows")
+        _integer_counts(ax.yaxis)
     fig.suptitle(f"DAS score of the top label, {len(labels)} most frequent labels", fontsize=12)
     fig.tight_layout()
     return _png(fig)
@@ -223,6 +233,7 @@ def durations_png(t: Tally) -> bytes:
         ax.set_xscale("log")
     ax.set_xlabel("duration (s)" + (", log scale" if log_scale else ""))
     ax.set_ylabel("files")
+    _integer_counts(ax.yaxis)
     ax.set_title(f"Durations of the labelled files (n = {len(d)}, total {d.sum() / 3600:.2f} h)", fontsize=11)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -276,7 +287,8 @@ def timeline_png(windows: pa.Table, path: str, duration_s: float) -> bytes:
     shown = order[:12]
     fig, ax = plt.subplots(figsize=(12, max(1.8, 0.5 + 0.22 * -(-len(shown) // 2))))
     for lb, start, end in zip(labels, starts, ends):
-        ax.barh(0, (end - start) / unit, left=start / unit, height=0.8, color=colour[lb], linewidth=0)
+        ax.barh(0, (end - start) / unit, left=start / unit, height=0.8, color=colour[lb], edgecolor="white",
+                linewidth=0.6)
     ax.set_yticks([])
     ax.set_xlim(0, max(duration_s, 1e-6) / unit)
     ax.set_xlabel("time (min)" if minutes else "time (s)")
