@@ -14,6 +14,7 @@ from das_core import storage
 from das_core.cache import DriftCache
 from das_core.prompts import DEFAULT_NOISE_PHRASES
 from das_core.results import OutputStore, embeddings_to_numpy
+from das_core.scoring import probabilities
 from das_core.search import FILE, text_queries
 from jobs.label import LabelConfig
 from jobs.label import run as label_run
@@ -57,7 +58,7 @@ def archive(tmp_path_factory) -> str:
 def labelled(ray_local, tiny_ckpt, cache_uri, archive, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("search-label") / "out")
     label_run(LabelConfig(input=archive, cache=cache_uri, checkpoint=tiny_ckpt, out=out, files_per_unit=1,
-                          progress_every_s=1e9))
+                          probabilities=True, progress_every_s=1e9))
     return out
 
 
@@ -176,3 +177,29 @@ def test_s3_output_is_searched_and_written(ray_local, tiny_ckpt, cache_uri, arch
     assert hits.column("file_id")[0].as_py() == "d.wav"
     stored = pq.read_table(io.BytesIO(storage.read_bytes(hits_uri)))
     assert stored.equals(hits)
+
+
+def test_probabilities_are_one_softmax_over_the_classes(labelled, cache_uri):
+    """das label --probabilities: top_k_probs is the head of one distribution over all classes per row."""
+    import json
+
+    cache = DriftCache.load(cache_uri)
+    scale = json.load(open(os.path.join(labelled, "_manifest.json")))["checkpoint"]["logit_scale"]
+    assert scale > 1
+    segments = pq.read_table(os.path.join(labelled, "segments"))
+    das = cache.scores(embeddings_to_numpy(segments.column("embedding")))
+    full = probabilities(das, scale)
+    np.testing.assert_allclose(full.sum(axis=1), 1.0, atol=1e-9)
+    stored = np.array(segments.column("top_k_probs").to_pylist(), dtype=np.float64)
+    assert stored.shape == (len(segments), len(LABELS))
+    assert (stored >= 0).all() and (stored <= 1).all()
+    assert (np.diff(stored, axis=1) <= 0).all()                        # best class first
+    np.testing.assert_allclose(stored, -np.sort(-full, axis=1), atol=1e-6)
+    # files: the same softmax of the file's scores (max over its windows)
+    owners = np.array(segments.column("file_id").to_pylist())
+    for row in pq.read_table(os.path.join(labelled, "files")).to_pylist():
+        pooled = das[owners == row["file_id"]].max(axis=0, keepdims=True)
+        expected = -np.sort(-probabilities(pooled, scale)[0])
+        probs = np.array(row["top_k_probs"])
+        assert (probs >= 0).all() and (probs <= 1).all() and (np.diff(probs) <= 0).all()
+        np.testing.assert_allclose(probs, expected, atol=1e-6)
