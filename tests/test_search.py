@@ -15,7 +15,7 @@ from das_core.cache import DriftCache
 from das_core.prompts import DEFAULT_NOISE_PHRASES
 from das_core.results import OutputStore, embeddings_to_numpy
 from das_core.scoring import probabilities
-from das_core.search import FILE, text_queries
+from das_core.search import FILE, Queries, score_embeddings, text_queries, top_rows
 from jobs.label import LabelConfig
 from jobs.label import run as label_run
 from jobs.search import SearchConfig, main, run
@@ -203,3 +203,26 @@ def test_probabilities_are_one_softmax_over_the_classes(labelled, cache_uri):
         probs = np.array(row["top_k_probs"])
         assert (probs >= 0).all() and (probs <= 1).all() and (np.diff(probs) <= 0).all()
         np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_top_rows_is_a_sorted_ranking_per_query():
+    rng = np.random.default_rng(1)
+    for n, m, top in [(1, 1, 10), (7, 3, 10), (500, 20, 10), (40, 4, 40)]:
+        scores = rng.standard_normal((n, m)).astype(np.float32)
+        scores[::9] = 0.25                                   # ties, ordered by row
+        for threshold in (None, 0.2):
+            got = top_rows(scores, top, threshold)
+            for j in range(m):
+                ranked = sorted(range(n), key=lambda i: (-scores[i, j], i))[:top]
+                assert list(got[j]) == [i for i in ranked if threshold is None or scores[i, j] >= threshold]
+
+
+def test_scores_are_cosines_plus_the_drift_bonus():
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((30, 16)) * 3.0                  # not unit norm: renormalised before the product
+    q, d = rng.standard_normal((2, 16)), rng.standard_normal((2, 16))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    queries = Queries(("a", "b"), q.astype(np.float32), d.astype(np.float32), lam=0.3)
+    unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+    np.testing.assert_allclose(score_embeddings(z, queries), unit @ q.T + 0.3 * unit @ d.T, atol=1e-5)
