@@ -198,30 +198,41 @@ def encode_queries(c: SearchConfig, label_settings: dict) -> Queries:
 
 def search_units(batch: pa.Table, embeddings: str, queries_box: list, top: int, min_score: float | None,
                  level: str) -> pa.Table:
-    """Ray Data UDF: unit rows in, each unit's own best ``top`` rows per query out (``HITS_SCHEMA``)."""
+    """Ray Data UDF: a group of units in (one row, its units' part lists), the group's best ``top`` rows per
+    query out (``HITS_SCHEMA``). Units are read one at a time; only their top rows are kept in between."""
     import ray
 
     queries = ray.get(queries_box[0])
     store = OutputStore(embeddings)
     folder, columns = (SEGMENTS_DIR, SEGMENT_COLUMNS) if level == SEGMENT else (FILES_DIR, FILE_COLUMNS)
     out = []
-    for parts in batch.column("parts").to_pylist():
-        tables = [store.read_part(folder, name, columns) for name in parts]
-        if tables:
-            table = pa.concat_tables(tables, promote_options="permissive")
-            out.append(unit_hits(table, queries, top, min_score, level))
-    return pa.concat_tables([HITS_SCHEMA.empty_table(), *out])
+    for group in batch.column("parts").to_pylist():
+        for parts in group:
+            tables = [store.read_part(folder, name, columns) for name in parts]
+            if tables:
+                table = pa.concat_tables(tables, promote_options="permissive")
+                out.append(unit_hits(table, queries, top, min_score, level))
+    # the top N of a union is the top N of its parts' top N: send the group's, not each unit's
+    return merge_hits(out, queries.names, top) if out else HITS_SCHEMA.empty_table()
+
+
+def units_per_task(n_units: int, cpus: float) -> int:
+    """Units one task ranks: enough tasks to keep every CPU busy (4 per CPU), no more, since each task costs
+    Ray Data tens of milliseconds whatever it holds."""
+    return max(1, math.ceil(n_units / max(1, int(4 * cpus))))
 
 
 def run_stages(units: list[str], listing: StoreListing, embeddings: str, queries: Queries, top: int,
                min_score: float | None, level: str, env: dict[str, str] | None = None) -> Iterator[pa.Table]:
-    """One Ray Data row (and task) per committed unit; streams each unit's few hits to the driver."""
+    """One Ray Data row (and task) per group of committed units; streams each group's few hits to the driver."""
     import ray
     import ray.data
 
     remote = {"runtime_env": {"env_vars": env}} if env else {}
     folder = SEGMENTS_DIR if level == SEGMENT else FILES_DIR
-    items = [{"unit": u, "parts": listing.parts_of(u, folder)} for u in units]
+    size = units_per_task(len(units), ray.cluster_resources().get("CPU", 1))
+    items = [{"units": units[i:i + size], "parts": [listing.parts_of(u, folder) for u in units[i:i + size]]}
+             for i in range(0, len(units), size)]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(search_units, fn_kwargs={"embeddings": embeddings, "queries_box": [ray.put(queries)],
                                                  "top": top, "min_score": min_score, "level": level},

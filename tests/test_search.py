@@ -107,6 +107,17 @@ def test_distributed_top_n_equals_brute_force(labelled, tiny_ckpt, encoder, lam)
         assert np.allclose([h["score"] for h in got], [s for _, _, s in expected[j]], atol=1e-6)
 
 
+def test_units_grouped_per_task_give_the_same_ranking(labelled, tiny_ckpt, monkeypatch):
+    import jobs.search
+
+    config = SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=["a siren", "rain"], top=3)
+    one_per_task = run(config)
+    monkeypatch.setattr(jobs.search, "units_per_task", lambda n_units, cpus: 3)     # groups of 3 and 1 units
+    assert run(config).equals(one_per_task)
+    monkeypatch.undo()
+    assert [jobs.search.units_per_task(n, 2) for n in (1, 8, 9, 400)] == [1, 1, 2, 50]
+
+
 def test_drift_bonus_changes_text_scores(labelled, tiny_ckpt):
     plain = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=["engine humming"], top=1))
     bonus = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=["engine humming"], top=1, lam=1.0))
