@@ -146,3 +146,17 @@ def test_top_with_other_keeps_every_count():
     assert len(top) == 21 and top[-1][0] == "other (30 labels)"
     assert sum(v for _, v in top) == counts.total()
     assert top_with_other(Counter({"a": 2, "b": 1}), 20) == [("a", 2), ("b", 1)]
+
+
+def test_no_report_flags_reach_the_configs():
+    from jobs.label import build_parser as label_parser
+    from jobs.label import config_from_args as label_config
+    from jobs.rescore import build_parser as rescore_parser
+    from jobs.rescore import config_from_args as rescore_config
+
+    base = ["--input", "in", "--cache", "c.npz", "--checkpoint", "x.pt", "--out", "out"]
+    assert label_config(label_parser().parse_args(base)).report is True
+    assert label_config(label_parser().parse_args([*base, "--no-report"])).report is False
+    base = ["--embeddings", "e", "--cache", "c.npz", "--out", "out"]
+    assert rescore_config(rescore_parser().parse_args(base)).report is True
+    assert rescore_config(rescore_parser().parse_args([*base, "--no-report"])).report is False

@@ -156,6 +156,21 @@ def test_min_score_drops_weak_matches(labelled, tiny_ckpt, archive):
     assert hits.column("file_id").to_pylist() == ["a.wav"]
 
 
+def test_a_rescore_run_folder_is_searched(labelled, tiny_ckpt, cache_uri, archive, tmp_path):
+    from jobs.rescore import RescoreConfig
+    from jobs.rescore import run as rescore_run
+
+    rescore_run(RescoreConfig(embeddings=labelled, cache=cache_uri, out=str(tmp_path), run_id="r1",
+                              progress_every_s=1e9, report=False))
+    run_dir = str(tmp_path / "run_id=r1")
+    for level in ("segment", FILE):
+        config = SearchConfig(checkpoint=tiny_ckpt, like=[os.path.join(archive, "d.wav")], level=level, top=3,
+                              embeddings=run_dir)
+        hits = run(config)
+        assert hits.equals(run(SearchConfig(**{**config.__dict__, "embeddings": labelled})))
+        assert hits.column("file_id")[0].as_py() == "d.wav"
+
+
 def test_another_checkpoint_is_refused(labelled, other_ckpt, capsys):
     assert main(["--embeddings", labelled, "--checkpoint", other_ckpt, "--text", "a siren"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -182,6 +197,7 @@ def test_s3_output_is_searched_and_written(ray_local, tiny_ckpt, cache_uri, arch
     out = f"s3://{bucket}/labels/run1"
     label_run(LabelConfig(input=archive, cache=cache_uri, checkpoint=tiny_ckpt, out=out, files_per_unit=2,
                           progress_every_s=1e9))
+    assert storage.exists(f"{out}/report/report.md") and storage.exists(f"{out}/report/label_distribution.png")
     hits_uri = f"s3://{bucket}/search/hits.parquet"
     hits = run(SearchConfig(embeddings=out, checkpoint=tiny_ckpt, like=[os.path.join(archive, "d.wav")], top=2,
                             out=hits_uri))
