@@ -414,6 +414,7 @@ def _manifest(p: Plan, status: str, counts: dict, this_run: dict, covered: set[s
                      "snr_db": settings.get("snr_db"), "seed": settings.get("seed"), "noise": settings.get("noise")},
         "cache": {"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels),
                   "lam": cache.lam, "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
+                  "clean_templates": list(cache.clean_templates) or None,     # a prompt ensemble, if any
                   "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
         "checkpoint": dict(label.get("checkpoint") or {"fingerprint": p.checkpoint_id}),
         "windows": label.get("windows"),
