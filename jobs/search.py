@@ -240,6 +240,21 @@ def run_stages(units: list[str], listing: StoreListing, embeddings: str, queries
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
+def check_columns(store: OutputStore, listing: StoreListing, units: list[str], level: str) -> None:
+    """Refuse, before any task, an output whose parts lack what ``level`` ranks (one part's schema is read)."""
+    folder, columns = (SEGMENTS_DIR, SEGMENT_COLUMNS) if level == SEGMENT else (FILES_DIR, FILE_COLUMNS)
+    parts = next((p for u in units if (p := listing.parts_of(u, folder))), None)
+    if parts is None:
+        return
+    uri = store.path(folder, parts[0])
+    have = set(pq.read_schema(io.BytesIO(storage.read_bytes(uri))).names)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        hint = ("it was written by a das without file embeddings: use --level segment, or relabel it"
+                if level != SEGMENT and missing == ["embedding"] else "it is not a das label or rescore output")
+        raise UsageError(f"{uri} has no column {', '.join(missing)} (needed by --level {level}); {hint}")
+
+
 def run(c: SearchConfig) -> pa.Table:
     """Search ``c.embeddings``; returns the ranked matches (``HITS_SCHEMA``), printed and written to ``c.out``."""
     from das_core.search import format_hits
@@ -250,6 +265,7 @@ def run(c: SearchConfig) -> pa.Table:
     units = listing.committed_units()
     if not units:
         raise UsageError(f"{c.embeddings} has no committed unit yet: nothing to search")
+    check_columns(OutputStore(c.embeddings), listing, units, c.level)
     start = time.monotonic()
     queries = encode_queries(c, manifest.get("settings") or {})
     log.info("searching %d unit(s) of %s at %s level for %d quer%s", len(units), c.embeddings, c.level,

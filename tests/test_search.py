@@ -171,6 +171,23 @@ def test_a_rescore_run_folder_is_searched(labelled, tiny_ckpt, cache_uri, archiv
         assert hits.column("file_id")[0].as_py() == "d.wav"
 
 
+def test_files_without_embeddings_are_refused_at_file_level(labelled, tiny_ckpt, tmp_path, capsys):
+    """An output of a das before file embeddings: --level file says so in one line, --level segment works."""
+    import shutil
+
+    old = str(tmp_path / "old")
+    shutil.copytree(labelled, old)
+    files_dir = os.path.join(old, "files")
+    for name in os.listdir(files_dir):
+        path = os.path.join(files_dir, name)
+        pq.write_table(pq.read_table(path).drop_columns(["embedding"]), path)
+    argv = ["--embeddings", old, "--checkpoint", tiny_ckpt, "--text", "a siren"]
+    assert main([*argv, "--level", "file"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no column embedding" in err[0] and "--level segment" in err[0]
+    assert main(argv) == 0
+
+
 def test_another_checkpoint_is_refused(labelled, other_ckpt, capsys):
     assert main(["--embeddings", labelled, "--checkpoint", other_ckpt, "--text", "a siren"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
