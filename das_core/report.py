@@ -411,6 +411,7 @@ def build_report(uri: str) -> tuple[str, dict[str, bytes]]:
 def write_report(uri: str) -> str:
     """Write ``uri/report/report.md`` and its figures (local or s3://); returns the report's URI."""
     text, figures = build_report(uri)
+    storage.remove(storage.join(uri, REPORT_DIR), recursive=True)      # no figure of an earlier report survives
     for name, data in figures.items():
         storage.write_bytes_atomic(storage.join(uri, REPORT_DIR, name), data)
     target = storage.join(uri, REPORT_DIR, REPORT_MD)

@@ -114,8 +114,10 @@ def test_report_counts_equal_the_parquet(labelled):
 
 def test_cli_rewrites_the_report_and_refuses_a_non_output(labelled, tmp_path, capsys):
     os.remove(os.path.join(labelled, REPORT_DIR, "scores.png"))
+    stale = os.path.join(labelled, REPORT_DIR, "timeline_9.png")          # from an earlier, larger report
+    open(stale, "wb").write(PNG_MAGIC)
     assert main([labelled]) == 0
-    assert os.path.exists(os.path.join(labelled, REPORT_DIR, "scores.png"))
+    assert os.path.exists(os.path.join(labelled, REPORT_DIR, "scores.png")) and not os.path.exists(stale)
     assert "das report: written to" in capsys.readouterr().out
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
