@@ -189,7 +189,10 @@ def encode_queries(c: SearchConfig, label_settings: dict) -> Queries:
     if c.texts:
         queries = queries.concat(text_queries(encoder.embed_text, c.texts, phrases, c.lam))
     for uri in c.like:
-        like = audio_query(uri, embed_like(encoder, uri))
+        try:
+            like = audio_query(uri, embed_like(encoder, uri))
+        except ValueError as exc:          # silence: no direction to search along
+            raise UsageError(f"--like {exc}") from None
         queries = queries.concat(Queries(like.names, like.vectors, like.drift, c.lam))
     return queries
 
