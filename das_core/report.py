@@ -157,7 +157,7 @@ def label_distribution_png(t: Tally) -> bytes:
     plt = _pyplot()
     files, windows = top_with_other(t.files_by_label), top_with_other(t.windows_by_label)
     rows = max(len(files), len(windows), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.28 * rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(2.6, 1.2 + 0.28 * rows)))
     _hbar(axes[0], files, f"DAS top label of files (n = {t.files_ok})", "files")
     _hbar(axes[1], windows, f"DAS top label of 10 s windows (n = {t.windows})", "windows", color="#55A868")
     fig.suptitle("Label distribution", fontsize=13)
@@ -214,7 +214,7 @@ def score_hist_png(t: Tally) -> bytes:
 def errors_png(t: Tally) -> bytes:
     plt = _pyplot()
     items = t.errors_by_kind.most_common()
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(items)))
+    fig, ax = plt.subplots(figsize=(8, max(2.2, 1.2 + 0.35 * len(items))))
     _hbar(ax, items, f"Files that could not be labelled, by kind (n = {t.errors_by_kind.total()})", "files",
           color="#C44E52")
     fig.tight_layout()
@@ -254,7 +254,7 @@ def run_rates(manifest: dict) -> list[dict]:
 
 def throughput_png(runs: list[dict]) -> bytes:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.45 * len(runs)))
+    fig, ax = plt.subplots(figsize=(8, max(2.2, 1.4 + 0.45 * len(runs))))
     names = [r["started"].replace("T", " ").split("+")[0] for r in runs][::-1]
     y = np.arange(len(runs))
     overall = [r["rate"] for r in runs][::-1]
