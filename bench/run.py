@@ -244,7 +244,7 @@ def bench_pipeline(ckpt: str, cache_uri: str, paths: list[str], work: str, batch
             os.replace(folder + ".partial", folder)
         cfg = LabelConfig(input=folder, cache=cache_uri, checkpoint=ckpt, out=os.path.join(work, f"pipeline-out-{n}"),
                           overwrite=True, batch_size=batch_size, torch_threads=threads, cpus_per_actor=1,
-                          max_error_fraction=0.0, progress_every_s=1e9)
+                          max_error_fraction=0.0, progress_every_s=1e9, report=False)
         t = time.perf_counter()
         manifest = run(cfg)
         walls[n] = time.perf_counter() - t
@@ -345,7 +345,8 @@ def bench_rss(ckpt: str, cache_uri: str, work: str, sizes: Sizes, threads: int) 
         ray.shutdown()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
         run(LabelConfig(input=folder, cache=cache_uri, checkpoint=ckpt, out=os.path.join(work, f"rss-out-{name}"),
-                        overwrite=True, torch_threads=threads, max_error_fraction=0.0, progress_every_s=1e9))
+                        overwrite=True, torch_threads=threads, max_error_fraction=0.0, progress_every_s=1e9,
+                        report=False))
         peaks[name] = _worker_peaks()
         shown = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in peaks[name].items())
         log(f"peak RSS ({minutes:g} min file): {shown}")
@@ -694,10 +695,10 @@ def bench_rescore(cache, cache_uri: str, work: str, sizes: Sizes) -> dict:
     rows = sum(pq.read_metadata(os.path.join(segments_dir, f)).num_rows for f in os.listdir(segments_dir))
     out = os.path.join(work, "rescore-out")
     run(RescoreConfig(embeddings=labels, cache=cache_uri, out=out, run_id="warmup", overwrite=True,
-                      progress_every_s=1e9))
+                      progress_every_s=1e9, report=False))
     t = time.perf_counter()
     run(RescoreConfig(embeddings=labels, cache=cache_uri, out=out, run_id="bench", overwrite=True,
-                      progress_every_s=1e9))
+                      progress_every_s=1e9, report=False))
     rescore_s = time.perf_counter() - t
     breakdown = rescore_breakdown(labels, cache)
     bound = matmul_bound_rows_per_s(cache.dim, len(cache.labels))
@@ -792,7 +793,8 @@ def table(results: dict) -> str:
                 "pipeline_clips_per_s", "pipeline_over_encoder",
                 "naive_clips_per_s", "pipeline_over_naive", "pipeline_over_naive_ceiling", "das_overhead",
                 "rescore_over_read",
-                "rescore_over_read_10_classes", "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s",
+                "rescore_over_read_10_classes", "search_rows_per_s_1q", "search_over_read_1q", "search_rows_per_s_100q",
+                "search_over_read_100q", "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s",
                 "decode_per_core", "decode_scaling",
                 *(f"decode_{k}_{ext}" for ext in (*(f[0] for f in CODEC_FORMATS), "wav48k", "wav_noisy")
                   for k in ("over_codec", "windows_per_core", "speedup")),
@@ -839,6 +841,18 @@ def bench_archive(ckpt: str, cache, cache_uri: str, work: str, sizes: Sizes) -> 
     out.update(bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats))
     log("FFmpeg over libsndfile, per core: " + ", ".join(
         f"{e} {out[f'ffmpeg_over_sndfile_{e}']:.2f}" for e in ("flac", "ogg")))
+    return out
+
+
+def bench_search_figures(cache, work: str, sizes: Sizes) -> dict:
+    from bench.search import bench_search
+
+    out = bench_search(cache, work, sizes.rescore_rows, best_of)
+    log(f"search over {out['search_rows']} windows: " + ", ".join(
+        f"{m} quer{'y' if m == 1 else 'ies'} {out[f'search_rows_per_s_{m}q']:.0f} rows/s "
+        f"({out[f'search_over_read_{m}q']:.2f} of a plain read; one unit in-process "
+        f"{out[f'search_unit_rows_per_s_{m}q']:.0f} rows/s)" for m in (1, 100))
+        + f"; plain read {out['read_rows_per_s']:.0f} rows/s")
     return out
 
 
@@ -894,6 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     results["rescore_part_seconds_10_classes"] = small_result["rescore_part_seconds"]
     log(f"rescore, 10 classes: {small_result['rescore_over_read']:.2f} of a plain read")
     log("one part (s): " + ", ".join(f"{k} {v:.4f}" for k, v in results["rescore_part_seconds"].items()))
+    results.update(bench_search_figures(cache, work, sizes))
     ray.shutdown()
     results.update(bench_naive(ckpt, paths, args.threads))
     results["pipeline_over_naive"] = results["pipeline_clips_per_s"] / results["naive_clips_per_s"]

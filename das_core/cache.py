@@ -96,6 +96,7 @@ class DriftCache:
     drift_direction: np.ndarray = field(repr=False)   # Dhat (K, d) float32
     drift_norm: np.ndarray = field(repr=False)        # ||D_c|| (K,) float32
     encoder_name: str | None = None
+    clean_templates: tuple[str, ...] = ()              # the prompt ensemble behind C, when more than one template
     weights: np.ndarray = field(init=False, repr=False)  # W = C + lam * Dhat
 
     def __post_init__(self):
@@ -115,22 +116,31 @@ class DriftCache:
         lam: float = 0.1,
         encoder_id: str | None = None,
         encoder_name: str | None = None,
+        clean_templates: Sequence[str] | None = None,
     ) -> DriftCache:
-        """Encode ``K * (1 + P)`` prompts in one call to ``encode_text`` and derive C, Dhat and W.
+        """Encode ``K * (T + P)`` prompts in one call to ``encode_text`` and derive C, Dhat and W.
 
         ``labels`` are dataset labels (``dog_bark``); their prompt text is
         ``label_text(label)`` (``dog bark``). ``encoder_id`` is the checkpoint
         fingerprint, recorded so that jobs can refuse a cache made with
         another model.
+
+        ``clean_templates``: a prompt ensemble for the clean prototype, used
+        instead of ``clean_template``: ``C_c`` is the mean of the T unit
+        embeddings, renormalised (as open_clip builds its zero-shot
+        classifier). The drift is still taken relative to that ``C_c``. One
+        template gives exactly the cache of ``clean_template=`` that template.
         """
         labels = tuple(labels)
         phrases = tuple(p.strip() for p in noise_phrases)
-        validate_build_inputs(labels, phrases, clean_template, noisy_template, lam)
+        templates = tuple(clean_templates) if clean_templates is not None else (clean_template,)
+        validate_clean_templates(templates)
+        validate_build_inputs(labels, phrases, templates[0], noisy_template, lam)
         texts = tuple(label_text(lb) for lb in labels)
-        prompts = [clean_template.format(label=t) for t in texts]
+        prompts = [t.format(label=text) for t in templates for text in texts]
         prompts += [noisy_template.format(label=t, noise=p) for t in texts for p in phrases]
         emb = np.asarray(encode_text(prompts), dtype=np.float64)
-        k, p = len(labels), len(phrases)
+        k, p, n_clean = len(labels), len(phrases), len(templates) * len(labels)
         if emb.ndim != 2 or emb.shape[0] != len(prompts):
             raise ValueError(f"encode_text returned shape {emb.shape} for {len(prompts)} prompts")
         if not np.isfinite(emb).all():
@@ -138,8 +148,8 @@ class DriftCache:
         norms = np.linalg.norm(emb, axis=1)
         if np.abs(norms - 1.0).max() > UNIT_NORM_TOL:
             raise ValueError(f"encode_text must return unit-norm rows (norms {norms.min():.4f}..{norms.max():.4f})")
-        clean = emb[:k]
-        noisy = emb[k:].reshape(k, p, -1)
+        clean = emb[:k] if len(templates) == 1 else ensemble_prototypes(emb[:n_clean].reshape(len(templates), k, -1))
+        noisy = emb[n_clean:].reshape(k, p, -1)
         drift = (noisy - clean[:, None, :]).mean(axis=1)
         drift_norm = np.linalg.norm(drift, axis=1)
         has_direction = drift_norm > ZERO_DRIFT_EPS
@@ -149,9 +159,9 @@ class DriftCache:
             lost = [labels[i] for i in np.flatnonzero(~has_direction)]
             warnings.warn(f"{len(lost)} class(es) have no drift direction (||D_c|| <= {ZERO_DRIFT_EPS}); "
                           f"their DAS bonus is 0: {', '.join(lost[:10])}", RuntimeWarning, stacklevel=2)
-        return cls(labels, texts, phrases, clean_template, noisy_template, float(lam), encoder_id,
+        return cls(labels, texts, phrases, templates[0], noisy_template, float(lam), encoder_id,
                    clean.astype(np.float32), direction.astype(np.float32), drift_norm.astype(np.float32),
-                   encoder_name)
+                   encoder_name, templates if len(templates) > 1 else ())
 
     # -------------------------------------------------------------- scoring
     @property
@@ -160,7 +170,7 @@ class DriftCache:
 
     @property
     def n_text_encodings(self) -> int:
-        return len(self.labels) * (1 + len(self.noise_phrases))
+        return len(self.labels) * (max(1, len(self.clean_templates)) + len(self.noise_phrases))
 
     @property
     def zero_drift_labels(self) -> tuple[str, ...]:
@@ -203,6 +213,8 @@ class DriftCache:
             "encoder_id": self.encoder_id,
             "encoder_name": self.encoder_name,
             "dim": self.dim,
+            # only an ensemble adds the key, so single-template caches keep their fingerprints
+            **({"clean_templates": list(self.clean_templates)} if self.clean_templates else {}),
         }
 
     @property
@@ -210,7 +222,8 @@ class DriftCache:
         """Identity of what the scores depend on: checkpoint, templates, phrases, labels, lam."""
         meta = self.metadata()
         return _fingerprint({k: meta[k] for k in ("format_version", "labels", "label_texts", "noise_phrases",
-                                                   "clean_template", "noisy_template", "lam", "encoder_id")})
+                                                   "clean_template", "noisy_template", "lam", "encoder_id",
+                                                   "clean_templates") if k in meta})
 
     def check_encoder(self, encoder_id: str, checkpoint: str = "the checkpoint") -> None:
         """Refuse to score embeddings of another model with this cache."""
@@ -262,7 +275,8 @@ class DriftCache:
         try:
             cache = cls(tuple(meta["labels"]), tuple(meta["label_texts"]), tuple(meta["noise_phrases"]),
                         meta["clean_template"], meta["noisy_template"], float(meta["lam"]), meta["encoder_id"],
-                        arrays["clean"], arrays["drift_direction"], arrays["drift_norm"], meta.get("encoder_name"))
+                        arrays["clean"], arrays["drift_direction"], arrays["drift_norm"], meta.get("encoder_name"),
+                        tuple(meta.get("clean_templates") or ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"{name} is a damaged DAS drift cache (metadata: {exc})") from None
         k = len(cache.labels)
@@ -280,6 +294,23 @@ class DriftCache:
         except FileNotFoundError:
             raise CacheError(f"drift cache {uri} does not exist: build one with `das build-cache`") from None
         return cls.from_bytes(data, name=uri)
+
+
+def ensemble_prototypes(emb: np.ndarray) -> np.ndarray:
+    """``(T, K, d)`` prompt embeddings -> ``(K, d)``: normalise each, average over templates, renormalise."""
+    unit = emb / np.linalg.norm(emb, axis=2, keepdims=True)
+    mean = unit.mean(axis=0)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def validate_clean_templates(templates: Sequence[str]) -> None:
+    """Refuse an empty ensemble, duplicates, and templates without ``{label}`` (ValueError)."""
+    if not templates:
+        raise ValueError("no clean template given")
+    if len(set(templates)) != len(templates):
+        raise ValueError("clean templates contain duplicates")
+    for t in templates:
+        check_template(t, {"label"}, "clean template")
 
 
 def validate_build_inputs(labels: Sequence[str], phrases: Sequence[str], clean_template: str, noisy_template: str,

@@ -76,6 +76,7 @@ class LabelConfig:
     torch_threads: int | None = None
     tokenizer_dir: str | None = None
     progress_every_s: float = 15.0
+    report: bool = True                  # write OUT/report/ at the end (das report)
     manifest_every_s: float = 60.0
 
     def check(self) -> None:
@@ -255,6 +256,7 @@ def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> d
         "settings": settings_of(c, cache.fingerprint, p.checkpoint_id),
         "cache": {"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels),
                   "lam": cache.lam, "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
+                  "clean_templates": list(cache.clean_templates) or None,     # a prompt ensemble, if any
                   "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
         "checkpoint": {"uri": c.checkpoint, "fingerprint": p.checkpoint_id, **p.checkpoint_info},
         "windows": {"window_s": WINDOW_SECONDS, "hop_s": WINDOW_SECONDS, "min_tail_s": MIN_TAIL_SECONDS,

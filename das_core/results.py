@@ -360,7 +360,7 @@ class OutputStore:
         storage.write_bytes_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
     def remove_all(self) -> None:
-        for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR, "_work"):
+        for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR, "_work", "report"):      # report/: das report's
             storage.remove(self.path(sub), recursive=True)
         storage.remove(self.path(MANIFEST))
 

@@ -28,6 +28,9 @@ def build_parser(prog: str = "das build-cache") -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=0.1,
                    help="weight of the drift bonus (default 0.1, chosen here; the paper only calls it small)")
     p.add_argument("--clean-template", default=CLEAN_TEMPLATE, help=f"default {CLEAN_TEMPLATE!r}")
+    p.add_argument("--clean-templates", metavar="FILE",
+                   help="a prompt ensemble for the clean prototype: templates with {label}, one per line; C_c is "
+                        "the renormalised mean of their unit embeddings (instead of --clean-template)")
     p.add_argument("--noisy-template", default=NOISY_TEMPLATE, help=f"default {NOISY_TEMPLATE!r}")
     p.add_argument("--tokenizer-dir", metavar="DIR",
                    help="roberta-base tokenizer files, for LAION checkpoints with a RoBERTa text tower when "
@@ -48,9 +51,9 @@ def check_device(device: str) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    from das_core.cache import DriftCache, validate_build_inputs
+    from das_core.cache import DriftCache, validate_build_inputs, validate_clean_templates
     from das_core.encoder import ClapEncoder
-    from das_core.prompts import DEFAULT_NOISE_PHRASES
+    from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES
 
     # everything that can be refused is refused before the model is loaded
     check_output_file(args.out)
@@ -60,8 +63,16 @@ def build(args: argparse.Namespace) -> int:
     if not labels:
         raise UsageError(f"labels file {args.labels} has no labels (only blank lines or # comments); "
                          "write one label per line")
+    templates = None
+    if args.clean_templates:
+        if args.clean_template != CLEAN_TEMPLATE:
+            raise UsageError("give either --clean-template or --clean-templates, not both")
+        templates = read_lines_from(args.clean_templates, "clean templates")
     try:
-        validate_build_inputs(labels, phrases, args.clean_template, args.noisy_template, args.lam)
+        if templates is not None:
+            validate_clean_templates(templates)
+        validate_build_inputs(labels, phrases, templates[0] if templates else args.clean_template,
+                              args.noisy_template, args.lam)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_device(args.device)
@@ -70,13 +81,15 @@ def build(args: argparse.Namespace) -> int:
     encoder = ClapEncoder.from_checkpoint(args.checkpoint, device=args.device, tokenizer_dir=args.tokenizer_dir)
     cache = DriftCache.build(encoder.embed_text, labels, phrases, clean_template=args.clean_template,
                              noisy_template=args.noisy_template, lam=args.lam, encoder_id=encoder.encoder_id,
-                             encoder_name=encoder.name)
+                             encoder_name=encoder.name, clean_templates=templates)
     cache.save(args.out)
     zero = cache.zero_drift_labels
     print(f"drift cache written to {args.out}\n"
           f"  classes:           {len(cache.labels)}\n"
           f"  noise phrases:     {len(cache.noise_phrases)}\n"
-          f"  text encodings:    {cache.n_text_encodings} (= {len(cache.labels)} x (1 + {len(cache.noise_phrases)}))\n"
+          f"  clean templates:   {len(cache.clean_templates) or 1}\n"
+          f"  text encodings:    {cache.n_text_encodings} (= {len(cache.labels)} x "
+          f"({len(cache.clean_templates) or 1} + {len(cache.noise_phrases)}))\n"
           f"  lam:               {cache.lam}\n"
           f"  checkpoint:        {encoder.name} ({encoder.arch.describe()}) {encoder.encoder_id}\n"
           f"  cache fingerprint: {cache.fingerprint}\n"

@@ -674,7 +674,8 @@ def encode_stores(p: Plan, text: TextEmbeddings) -> dict[str, int]:
             result = label_run(LabelConfig(
                 input=job.input, cache=cache_uri, checkpoint=c.checkpoint, out=job.uri, snr_db=job.snr_db,
                 noise=job.noise, seed=job.seed, num_gpus=c.num_gpus, actors=c.actors, batch_size=batch_size,
-                tokenizer_dir=c.tokenizer_dir, resume=state == "partial", max_error_fraction=c.max_error_fraction))
+                tokenizer_dir=c.tokenizer_dir, resume=state == "partial", max_error_fraction=c.max_error_fraction,
+                report=False))       # an intermediate encoding run: the evaluation writes its own results
         except JobFailed as exc:
             raise JobFailed(f"encoding {job.name}: {exc}") from None
         encoded[job.name] = int(result["runs"][-1].get("segments_done") or 0)

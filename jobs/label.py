@@ -76,6 +76,8 @@ def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
                       help="windows per chunk: what one block, actor call or write holds at most (default: whole "
                            "encoder batches, at least 32 windows, about 30 MiB of audio)")
     comp.add_argument("--tokenizer-dir", metavar="DIR", help="roberta-base tokenizer files (RoBERTa checkpoints)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write OUT/report/ (report.md and figures, see `das report`) at the end")
     p.add_argument("--max-error-fraction", type=float, default=0.1,
                    help="fail (exit 1) if more than this share of files cannot be decoded; their rows are kept")
     add_common_options(p)
@@ -96,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
         probabilities=args.probabilities, audio_column=args.audio_column, id_column=args.id_column,
         keep_metadata=args.keep_metadata,
         files_per_unit=args.files_per_unit, unit_bytes=int(args.unit_mib * 2**20), chunk_windows=args.chunk_windows,
-        torch_threads=args.torch_threads, tokenizer_dir=args.tokenizer_dir)
+        torch_threads=args.torch_threads, tokenizer_dir=args.tokenizer_dir, report=not args.no_report)
 
 
 def plan(c: LabelConfig) -> LabelPlan:
@@ -169,6 +171,10 @@ def run(c: LabelConfig) -> dict:
     store.write_manifest(manifest)
     print(summary(manifest, c.out, wall, counts.segments, p.n_inputs, this_run.get("steady_segments_per_s")),
           flush=True)
+    if c.report:
+        from jobs.report import report_after_job
+
+        report_after_job(c.out)
     if failed:
         raise JobFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ (see the 'error' column)")
     return manifest

@@ -104,6 +104,7 @@ class RescoreConfig:
     overwrite: bool = False
     copy_embeddings: bool = False        # default: segments/ reference the label run's embeddings
     progress_every_s: float = 15.0
+    report: bool = True                  # write the run's report/ at the end (das report)
 
 
 def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
@@ -131,6 +132,8 @@ def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
     p.add_argument("--copy-embeddings", action="store_true",
                    help="write the window embeddings into this run's segments/ too (default: the run references "
                         "the label output's, which das readers follow)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write OUT/run_id=ID/report/ (report.md and figures, see `das report`) at the end")
     add_common_options(p)
     return p
 
@@ -138,7 +141,7 @@ def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RescoreConfig:
     return RescoreConfig(embeddings=args.embeddings, cache=args.cache, out=args.out, run_id=args.run_id,
                          since_last_run=args.since_last_run, top_k=args.top_k, overwrite=args.overwrite,
-                         copy_embeddings=args.copy_embeddings)
+                         copy_embeddings=args.copy_embeddings, report=not args.no_report)
 
 
 def check_config(c: RescoreConfig) -> None:
@@ -423,6 +426,7 @@ def _manifest(p: Plan, status: str, counts: dict, this_run: dict, covered: set[s
                      "snr_db": settings.get("snr_db"), "seed": settings.get("seed"), "noise": settings.get("noise")},
         "cache": {"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels),
                   "lam": cache.lam, "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
+                  "clean_templates": list(cache.clean_templates) or None,     # a prompt ensemble, if any
                   "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
         "checkpoint": dict(label.get("checkpoint") or {"fingerprint": p.checkpoint_id}),
         "windows": label.get("windows"),
@@ -520,6 +524,10 @@ def run(c: RescoreConfig) -> dict:
     manifest = _manifest(p, status, counts, this_run, covered)
     store.write_manifest(manifest)
     _print_summary(manifest, p, wall, scoring_s)
+    if c.report:
+        from jobs.report import report_after_job
+
+        report_after_job(p.run_uri)
     if failures:
         raise JobFailed(f"{len(failures)} of {len(p.todo)} unit(s) could not be re-scored, e.g. {failures[0]}. "
                         f"The other units are in {p.run_uri}; this run is not a --since-last-run watermark")

@@ -10,7 +10,8 @@ pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make 
 
 KEYS = ("encoder_clips_per_s", "pipeline_clips_per_s", "pipeline_over_encoder", "naive_clips_per_s",
         "pipeline_over_naive", "das_overhead", "rescore_over_read", "rss_ratio_60_over_10_min", "peak_rss_gib",
-        "cache_build_s", "decode_per_core", "decode_scaling", "hf_encoder_clips_per_s", "hf_over_laion_encoder")
+        "cache_build_s", "decode_per_core", "decode_scaling", "hf_encoder_clips_per_s", "hf_over_laion_encoder",
+        "search_rows_per_s_1q", "search_over_read_1q", "search_rows_per_s_100q", "search_over_read_100q")
 
 
 def test_bench_smoke(tmp_path):

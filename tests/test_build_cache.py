@@ -73,3 +73,20 @@ def test_missing_labels_file(tmp_path, capsys):
     rc, _, stderr = run(capsys, "--labels", str(tmp_path / "nope.txt"), "--checkpoint", "x.pt",
                         "--out", str(tmp_path / "c.npz"))
     assert rc == 2 and "labels file" in stderr and "does not exist" in stderr
+
+
+def test_clean_template_ensemble_from_a_file(tmp_path, tiny_ckpt, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("dog_bark\nsiren\n")
+    templates = tmp_path / "templates.txt"
+    templates.write_text("sound of {label}\na recording of {label}\nthe noise a {label} makes\n")
+    out = tmp_path / "c.npz"
+    rc, stdout, stderr = run(capsys, "--labels", str(labels), "--checkpoint", tiny_ckpt, "--out", str(out),
+                             "--clean-templates", str(templates))
+    assert rc == 0, stderr
+    cache = DriftCache.load(str(out))
+    assert cache.clean_templates == ("sound of {label}", "a recording of {label}", "the noise a {label} makes")
+    assert "clean templates:   3" in stdout and "text encodings:    22 (= 2 x (3 + 8))" in stdout
+    rc, _, stderr = run(capsys, "--labels", str(labels), "--checkpoint", tiny_ckpt, "--out", str(out),
+                        "--clean-templates", str(templates), "--clean-template", "a {label}")
+    assert rc == 2 and "not both" in stderr

@@ -203,3 +203,42 @@ def test_build_with_real_encoder(encoder):
     assert cache.dim == 512
     z = encoder.embed_audio(np.zeros((1, 480000), dtype=np.float32))
     assert cache.scores(z).shape == (1, 4)
+
+
+def test_one_template_ensemble_is_todays_cache_exactly():
+    today = DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:x")
+    ensemble = DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:x",
+                                clean_templates=["sound of {label}"])
+    assert ensemble.to_bytes() == today.to_bytes() and ensemble.fingerprint == today.fingerprint
+    for name in ("clean", "drift_direction", "drift_norm", "weights"):
+        assert np.array_equal(getattr(ensemble, name), getattr(today, name)), name
+
+
+def test_two_template_ensemble_averages_unit_embeddings_and_keeps_the_drift_definition():
+    enc = TableEncoder()
+    templates = ["sound of {label}", "a recording of {label}"]
+    cache = DriftCache.build(enc, LABELS, PHRASES, encoder_id="sha256:x", clean_templates=templates)
+    single = DriftCache.build(TableEncoder(), LABELS, PHRASES, encoder_id="sha256:x")
+    assert len(enc.calls) == 1 and len(enc.calls[0]) == cache.n_text_encodings == len(LABELS) * (2 + len(PHRASES))
+    np.testing.assert_allclose(np.linalg.norm(cache.clean, axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(cache.clean, single.clean)
+    assert cache.fingerprint != single.fingerprint
+    for i, lb in enumerate(["dog bark", "siren", "engine idling", "jackhammer"]):
+        e = enc([t.format(label=lb) for t in templates]).astype(np.float64)
+        c = e.mean(axis=0) / np.linalg.norm(e.mean(axis=0))
+        np.testing.assert_allclose(cache.clean[i], c, atol=1e-6)
+        drift = (enc([f"{lb} with {p}" for p in PHRASES]).astype(np.float64) - c).mean(axis=0)
+        np.testing.assert_allclose(cache.drift_direction[i], drift / np.linalg.norm(drift), atol=1e-5)
+    loaded = DriftCache.from_bytes(cache.to_bytes())
+    assert loaded.clean_templates == tuple(templates) and loaded.fingerprint == cache.fingerprint
+    assert loaded.metadata()["clean_templates"] == templates
+
+
+@pytest.mark.parametrize("templates, message", [
+    ([], "no clean template"),
+    (["sound of {label}", "sound of {label}"], "duplicates"),
+    (["sound of {label}", "a noise"], "must contain {label}"),
+])
+def test_bad_ensembles_are_refused(templates, message):
+    with pytest.raises(ValueError, match=message):
+        DriftCache.build(TableEncoder(), LABELS, PHRASES, clean_templates=templates)

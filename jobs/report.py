@@ -1,0 +1,61 @@
+"""``das report OUT``: a Markdown report with figures of a ``das label`` output or a ``das rescore`` run folder.
+
+Writes ``OUT/report/report.md`` and its PNG figures (``das_core.report``). Reads the
+committed units one at a time on this process; no Ray, no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from das_core import storage
+from das_core.results import MANIFEST, OutputStore
+from jobs.common import UsageError, add_common_options, job_main, log
+
+
+def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=(
+        "Write OUT/report/report.md with PNG figures: label distribution, DAS against plain zero-shot, score "
+        "histograms, errors by kind, durations, throughput of each run, and the top label along time of the "
+        "longest files. OUT is the output of `das label` or a `das rescore` run folder (run_id=ID), local or s3://."))
+    p.add_argument("out", metavar="OUT", help="output folder or s3:// prefix of das label, or a das rescore run folder")
+    add_common_options(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> str:
+    return args.out
+
+
+def run(out: str) -> str:
+    """Write the report of ``out``; returns the URI of report.md."""
+    from das_core.report import write_report
+
+    try:
+        manifest = OutputStore(out).read_manifest()
+    except ValueError as exc:
+        raise UsageError(f"{storage.join(out, MANIFEST)} is not valid JSON ({exc})") from None
+    if manifest is None:
+        raise UsageError(f"{out} has no {MANIFEST}: it is not the output of `das label` or a `das rescore` run folder "
+                         "(for rescore output, give OUT/run_id=ID)")
+    target = write_report(out)
+    print(f"das report: written to {target}", flush=True)
+    return target
+
+
+def report_after_job(out: str) -> None:
+    """The report at the end of das label / das rescore: a failure is a warning, never the job's failure."""
+    try:
+        run(out)
+    except Exception as exc:  # noqa: BLE001 - the labels are written; a report problem must not fail the job
+        log.warning("could not write the report of %s (%s: %s); run `das report %s` to retry", out,
+                    type(exc).__name__, exc, out)
+
+
+def main(argv: list[str] | None = None, prog: str = "das report") -> int:
+    return job_main(argv, prog, build_parser, config_from_args, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m jobs.report"))

@@ -1,0 +1,164 @@
+"""das report: the Markdown report and its figures, from a real das label run and from a synthetic output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import sine, write_audio
+
+from das_core.cache import DriftCache
+from das_core.prompts import DEFAULT_NOISE_PHRASES
+from das_core.report import REPORT_DIR, REPORT_MD, tally, top_with_other
+from das_core.results import OutputStore
+from jobs.label import LabelConfig
+from jobs.label import run as label_run
+from jobs.report import main, report_after_job
+from jobs.rescore import RescoreConfig
+from jobs.rescore import run as rescore_run
+
+LABELS = ["siren", "dog_bark", "engine_idling", "rain"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.integration
+
+
+def assert_valid_png(path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC, path
+    assert os.path.getsize(path) > 5_000, path
+    pixels = mpimg.imread(path)
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 300, path
+    assert pixels[..., :3].std() > 0.05, path           # not a blank canvas
+    assert len(np.unique(pixels[..., :3].reshape(-1, 3), axis=0)) > 20, path
+
+
+def linked_figures(md: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
+
+
+@pytest.fixture(scope="module")
+def cache_uri(encoder, tmp_path_factory) -> str:
+    cache = DriftCache.build(encoder.embed_text, LABELS, DEFAULT_NOISE_PHRASES[:3], encoder_id=encoder.encoder_id,
+                             encoder_name=encoder.name)
+    uri = str(tmp_path_factory.mktemp("caches") / "labels.npz")
+    cache.save(uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def labelled(ray_local, tiny_ckpt, cache_uri, tmp_path_factory) -> str:
+    """A label output with a 45 s file, short clips and two broken files (its report written by das label)."""
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(5)
+    os.makedirs(root / "audio")
+    for name, (seconds, freq) in {"long.wav": (45.0, 440.0), "a.wav": (3.0, 880.0), "b.wav": (12.0, 300.0),
+                                  "c.wav": (2.0, 1500.0)}.items():
+        x = sine(freq, seconds, 16000, amp=0.3) + (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+        write_audio(root / "audio" / name, x, 16000)
+    (root / "audio" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt this is not a wav file")
+    (root / "audio" / "empty.wav").write_bytes(b"")
+    out = str(root / "out")
+    label_run(LabelConfig(input=str(root / "audio"), cache=cache_uri, checkpoint=tiny_ckpt, out=out,
+                          files_per_unit=2, max_error_fraction=1.0, progress_every_s=1e9))
+    return out
+
+
+def test_label_run_writes_a_report_with_valid_figures(labelled):
+    md_path = os.path.join(labelled, REPORT_DIR, REPORT_MD)
+    md = open(md_path).read()
+    figures = linked_figures(md)
+    for name in ("label_distribution.png", "das_vs_zero_shot.png", "scores.png", "errors.png", "durations.png",
+                 "throughput.png", "timeline_1.png"):
+        assert name in figures, name
+    for name in figures:
+        assert_valid_png(os.path.join(labelled, REPORT_DIR, name))
+    assert "long.wav" in md                      # the longest file gets the first timeline
+    assert md.index("long.wav") < md.index("timeline_1.png")
+
+
+def test_report_lists_the_error_kinds(labelled):
+    files = pq.read_table(os.path.join(labelled, "files")).to_pylist()
+    kinds = Counter(r["error_kind"] for r in files if r["status"] == "error")
+    assert sum(kinds.values()) == 2
+    md = open(os.path.join(labelled, REPORT_DIR, REPORT_MD)).read()
+    errors = md[md.index("## Errors by kind"):]
+    for kind, n in kinds.items():
+        assert f"| {kind} | {n} |" in errors
+    assert "6 = 4 ok + 2 error" in md
+
+
+def test_report_counts_equal_the_parquet(labelled):
+    store = OutputStore(labelled)
+    t = tally(store)
+    segments = pq.read_table(os.path.join(labelled, "segments")).to_pylist()
+    files = [r for r in pq.read_table(os.path.join(labelled, "files")).to_pylist() if r["status"] == "ok"]
+    assert t.windows == len(segments) and t.files_ok == len(files) == 4
+    assert t.windows_by_label == Counter(r["label"] for r in segments)
+    assert t.files_by_label == Counter(r["label"] for r in files)
+    assert t.window_changes == Counter((r["zs_label"], r["label"]) for r in segments if r["zs_label"] != r["label"])
+    assert sum(int(h.sum()) for h in t.score_hist.values()) == len(segments)
+    assert max(t.longest)[1] == "long.wav"
+
+
+def test_cli_rewrites_the_report_and_refuses_a_non_output(labelled, tmp_path, capsys):
+    os.remove(os.path.join(labelled, REPORT_DIR, "scores.png"))
+    stale = os.path.join(labelled, REPORT_DIR, "timeline_9.png")          # from an earlier, larger report
+    open(stale, "wb").write(PNG_MAGIC)
+    assert main([labelled]) == 0
+    assert os.path.exists(os.path.join(labelled, REPORT_DIR, "scores.png")) and not os.path.exists(stale)
+    assert "das report: written to" in capsys.readouterr().out
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "_manifest.json" in err[0]
+
+
+def test_a_report_failure_is_only_a_warning(tmp_path, caplog):
+    (tmp_path / "_manifest.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="das"):
+        report_after_job(str(tmp_path))            # must not raise
+    assert "could not write the report" in caplog.text
+
+
+def test_rescore_writes_its_report_unless_told_not_to(labelled, cache_uri, tmp_path):
+    rescore_run(RescoreConfig(embeddings=labelled, cache=cache_uri, out=str(tmp_path), run_id="r1",
+                              progress_every_s=1e9))
+    md = open(tmp_path / "run_id=r1" / REPORT_DIR / REPORT_MD).read()
+    assert "`das rescore`" in md and "label_distribution.png" in md
+    rescore_run(RescoreConfig(embeddings=labelled, cache=cache_uri, out=str(tmp_path), run_id="r2",
+                              progress_every_s=1e9, report=False))
+    assert not (tmp_path / "run_id=r2" / REPORT_DIR).exists()
+    assert json.load(open(tmp_path / "run_id=r2" / "_manifest.json"))["status"] == "complete"
+
+
+def test_top_with_other_keeps_every_count():
+    counts = Counter({f"label {i}": 100 - i for i in range(50)})
+    top = top_with_other(counts, 20)
+    assert len(top) == 21 and top[-1][0] == "other (30 labels)"
+    assert sum(v for _, v in top) == counts.total()
+    assert top_with_other(Counter({"a": 2, "b": 1}), 20) == [("a", 2), ("b", 1)]
+
+
+def test_no_report_flags_reach_the_configs():
+    from jobs.label import build_parser as label_parser
+    from jobs.label import config_from_args as label_config
+    from jobs.rescore import build_parser as rescore_parser
+    from jobs.rescore import config_from_args as rescore_config
+
+    base = ["--input", "in", "--cache", "c.npz", "--checkpoint", "x.pt", "--out", "out"]
+    assert label_config(label_parser().parse_args(base)).report is True
+    assert label_config(label_parser().parse_args([*base, "--no-report"])).report is False
+    base = ["--embeddings", "e", "--cache", "c.npz", "--out", "out"]
+    assert rescore_config(rescore_parser().parse_args(base)).report is True
+    assert rescore_config(rescore_parser().parse_args([*base, "--no-report"])).report is False
