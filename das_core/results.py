@@ -415,7 +415,7 @@ class OutputStore:
         own = [c for c in (columns or segments_schema().names) if c != "embedding"]
         src = OutputStore(source)
         src_listing = src.listing()
-        tables = [_with_embeddings(t, src, src_listing, u)
+        tables = [with_embeddings(t, src, src_listing, u)
                   for u in wanted for t in self.read_unit(u, SEGMENTS_DIR, listing, sorted(set(own) | {
                       "file_id", "segment"}))]
         if not tables:
@@ -430,7 +430,7 @@ class OutputStore:
         return emb.get("source") if emb.get("source") and not emb.get("copied") else None
 
 
-def _with_embeddings(table: pa.Table, source: OutputStore, listing: StoreListing, unit: str) -> pa.Table:
+def with_embeddings(table: pa.Table, source: OutputStore, listing: StoreListing, unit: str) -> pa.Table:
     """``table`` (one unit's re-scored windows) with the embedding column of the same windows in ``source``."""
     keys = [("file_id", "ascending"), ("segment", "ascending")]
     table = table.sort_by(keys)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from das_core import storage
-from das_core.results import FILES_DIR, MANIFEST, SEGMENTS_DIR, OutputStore, StoreListing
+from das_core.results import FILES_DIR, MANIFEST, SEGMENTS_DIR, OutputStore, StoreListing, with_embeddings
 from das_core.search import (
     FILE_COLUMNS,
     HITS_SCHEMA,
@@ -208,12 +208,19 @@ def search_units(batch: pa.Table, embeddings: str, queries_box: list, top: int, 
     queries = ray.get(queries_box[0])
     store = OutputStore(embeddings)
     folder, columns = (SEGMENTS_DIR, SEGMENT_COLUMNS) if level == SEGMENT else (FILES_DIR, FILE_COLUMNS)
+    # a rescore run that references its label output's window embeddings: join them back unit by unit
+    source = store.embedding_source() if level == SEGMENT else None
+    src = OutputStore(source) if source else None
+    src_listing = src.listing() if src else None
+    own = [c for c in columns if c != "embedding"] + ["segment"] if src else columns
     out = []
-    for group in batch.column("parts").to_pylist():
-        for parts in group:
-            tables = [store.read_part(folder, name, columns) for name in parts]
+    for units, group in zip(batch.column("units").to_pylist(), batch.column("parts").to_pylist()):
+        for unit, parts in zip(units, group):
+            tables = [store.read_part(folder, name, own) for name in parts]
             if tables:
                 table = pa.concat_tables(tables, promote_options="permissive")
+                if src is not None:
+                    table = with_embeddings(table, src, src_listing, unit).select(columns)
                 out.append(unit_hits(table, queries, top, min_score, level))
     # the top N of a union is the top N of its parts' top N: send the group's, not each unit's
     return merge_hits(out, queries.names, top) if out else HITS_SCHEMA.empty_table()
@@ -246,6 +253,8 @@ def run_stages(units: list[str], listing: StoreListing, embeddings: str, queries
 def check_columns(store: OutputStore, listing: StoreListing, units: list[str], level: str) -> None:
     """Refuse, before any task, an output whose parts lack what ``level`` ranks (one part's schema is read)."""
     folder, columns = (SEGMENTS_DIR, SEGMENT_COLUMNS) if level == SEGMENT else (FILES_DIR, FILE_COLUMNS)
+    if level == SEGMENT and store.embedding_source():
+        columns = [c for c in columns if c != "embedding"]      # joined back from the label output
     parts = next((p for u in units if (p := listing.parts_of(u, folder))), None)
     if parts is None:
         return
