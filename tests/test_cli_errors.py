@@ -301,3 +301,17 @@ def test_output_folder_checks(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(UsageError, match=r"--embeddings .*f/sub: .*/f is a file, not a folder"):
         check_output_folder(str(tmp_path / "f" / "sub"), "--embeddings")
+
+
+# ----------------------------------------------------------------- das label: refused before work, one line
+def test_label_empty_extensions_and_out_a_file(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    common = ["label", "--input", str(tmp_path), "--cache", "cache.npz", "--checkpoint", "x.pt"]
+    rc, out, wall = das(common + ["--out", str(tmp_path / "o"), "--extensions", ","], tmp_path)
+    assert rc == 2 and wall < 30
+    assert_one_line(out, "das label", "--extensions", "no audio extensions")
+    blocker = tmp_path / "out.txt"
+    blocker.write_text("")
+    rc, out, wall = das(common + ["--out", str(blocker)], tmp_path)
+    assert rc == 2 and wall < 30
+    assert_one_line(out, "das label", "out.txt is a file (a folder is expected)")
