@@ -275,7 +275,10 @@ def bench_ffmpeg_vs_sndfile(seconds: float, repeats: int) -> dict:
     out = {}
     for fmt, sub, ext in (("FLAC", "PCM_16", "flac"), ("OGG", "VORBIS", "ogg")):
         buf = io.BytesIO()
-        sf.write(buf, x, 44100, format=fmt, subtype=sub)
+        # in blocks: libsndfile's Vorbis encoder puts a whole write on the stack (it crashed on 120 s at once)
+        with sf.SoundFile(buf, "w", 44100, 2, format=fmt, subtype=sub) as f:
+            for start in range(0, len(x), 1 << 15):
+                f.write(x[start:start + (1 << 15)])
         data = buf.getvalue()
         rates = {}
         for decoder in ("libsndfile", "ffmpeg"):
