@@ -863,7 +863,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON file the run is appended to (default bench/results.json)")
     p.add_argument("--work", help="folder for generated inputs (default: bench/work, or a temporary one in --smoke)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every figure")
+    p.add_argument("--only", choices=("ffmpeg", "driver"),
+                   help="run one self-contained benchmark and print its figures (not appended to --results)")
     args = p.parse_args(argv)
+    if args.only:
+        from bench.archive import bench_driver, bench_ffmpeg_vs_sndfile
+
+        sizes = SMOKE if args.smoke else FULL
+        figures = (bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats) if args.only == "ffmpeg"
+                   else bench_driver(sizes.driver_chunks))
+        print("\n".join(f"{k:34s} {v:.3f}" for k, v in figures.items()))
+        return 0
     sizes = SMOKE if args.smoke else FULL
     work = args.work or (tempfile.mkdtemp(prefix="das-bench-") if args.smoke else os.path.join(HERE, "work"))
     os.makedirs(work, exist_ok=True)
