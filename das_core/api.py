@@ -54,10 +54,10 @@ def _embed_stream(encoder, stream: AudioStream, batch: int = 16) -> Embedded:
     return Embedded(np.array(starts), np.array(ends), emb)
 
 
-def embed_file(encoder, uri: str) -> Embedded:
-    """Embed a local file or ``s3://`` object (any format das reads), window by window."""
+def embed_file(encoder, uri: str, batch: int = 16) -> Embedded:
+    """Embed a local file or ``s3://`` object (any format das reads), window by window, ``batch`` at a time."""
     with storage.open_input(uri) as f, AudioStream(f, uri) as stream:
-        return _embed_stream(encoder, stream)
+        return _embed_stream(encoder, stream, batch)
 
 
 def embed_array(encoder, samples: np.ndarray, sample_rate: int) -> Embedded:

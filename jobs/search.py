@@ -153,20 +153,12 @@ def check_embeddings(c: SearchConfig) -> dict:
 
 def embed_like(encoder, uri: str) -> np.ndarray:
     """The window embeddings of an audio file, decoded and encoded as ``das label`` does; ``(n, d)``."""
-    from das_core.audio import AudioStream
+    from das_core.api import embed_file
 
-    parts, batch = [], []
-    with storage.open_input(uri) as fileobj, AudioStream(fileobj, uri) as stream:
-        for _, pcm in stream.int16_windows():
-            batch.append(np.frombuffer(pcm, dtype=np.int16).copy())
-            if len(batch) == LIKE_BATCH:
-                parts.append(encoder.embed_audio_int16(np.stack(batch)))
-                batch = []
-    if batch:
-        parts.append(encoder.embed_audio_int16(np.stack(batch)))
-    if not parts:
+    embedded = embed_file(encoder, uri, batch=LIKE_BATCH)
+    if not len(embedded.embeddings):
         raise UsageError(f"--like {uri}: no audio window could be decoded from it")
-    return np.concatenate(parts)
+    return embedded.embeddings
 
 
 def encode_queries(c: SearchConfig, label_settings: dict) -> Queries:
