@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from das_core import storage
+from das_core.errors import Refused
 from das_core.inputs import DEFAULT_EXTENSIONS
 
 log = logging.getLogger("das.datasets")
@@ -57,7 +58,7 @@ ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", 
 TAU_META = "meta.csv"
 
 
-class LayoutError(Exception):
+class LayoutError(Refused):
     """A dataset root whose files do not follow the published layout."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from das_core.baselines import TGAP_POOL_SIZE, acevedo_scores, background_profile, tgap_prototypes
 from das_core.cache import DriftCache
 from das_core.datasets import Dataset
+from das_core.errors import Refused
 
 METHODS = ("zs_das_template", "zs_laion_template", "das", "acevedo_zs_text", "acevedo_zs_audio",
            "acevedo_tgap_text", "acevedo_tgap_audio")
@@ -24,7 +25,7 @@ BASELINES = tuple(m for m in METHODS if m != "das")
 UNKNOWN_SCENE = "<unknown scene>"     # background key of noise whose scene is not known
 
 
-class EvaluationError(ValueError):
+class EvaluationError(Refused, ValueError):
     """Stores or splits that cannot give a result (missing clips, an empty split, ...)."""
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from das_core import storage
+from das_core.errors import Refused
 
 DEFAULT_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
                       ".snd", ".caf", ".w64", ".rf64",
@@ -20,7 +21,7 @@ DEFAULT_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", 
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
 
 
-class InputError(Exception):
+class InputError(Refused):
     """The input cannot be listed (missing, empty, or a manifest without a path column)."""
 
 

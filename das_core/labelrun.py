@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from das_core import __version__
+from das_core.errors import Refused
 from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.results import FORMAT_VERSION, MANIFEST, OutputStore, count_outcomes
@@ -41,7 +42,7 @@ RESUME_KEYS = ("input", "cache_fingerprint", "checkpoint_fingerprint", "snr_db",
                "keep_metadata")
 
 
-class RunRefused(Exception):
+class RunRefused(Refused):
     """A label run that cannot start as asked; the message says what to do."""
 
 

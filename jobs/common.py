@@ -13,10 +13,8 @@ import traceback
 from collections.abc import Callable
 
 from das_core import storage
-from das_core.audio import AudioDecodeError
-from das_core.cache import CacheError
-from das_core.checkpoint import CheckpointError
-from das_core.encoder import EncoderError
+from das_core.errors import (DEBUG_ENV, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Refused, RunFailed,  # noqa: F401
+                             describe_failure, one_line)
 
 log = logging.getLogger("das")
 _PROG = "das"          # the running command, for messages printed outside run_main
@@ -26,23 +24,14 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_D
                  "DAS_TOKENIZER_DIR", "DAS_CACHE_DIR")
 
 
-class UsageError(Exception):
-    """A bad argument or artefact, refused before any work starts (exit status 2)."""
+UsageError = Refused          # a bad argument or artefact, refused before any work starts (exit status 2)
+JobFailed = RunFailed         # the job ran but its result is not acceptable (exit status 1)
 
 
-class ClusterError(UsageError):
+class ClusterError(Refused):
     """The Ray cluster cannot be used: it does not answer, or lacks the resources asked for."""
 
 
-class JobFailed(Exception):
-    """The job ran but its result is not acceptable, e.g. too many bad files (exit status 1)."""
-
-
-# Refusals: the user can fix the cause; the message says how. Exit status 2.
-USER_ERRORS = (UsageError, storage.StorageError, CacheError, CheckpointError, EncoderError, AudioDecodeError,
-               FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
-DEBUG_ENV = "DAS_DEBUG"
 RAY_CONNECT_TIMEOUT_S = 60.0        # ray.init retries an absent cluster for minutes; das gives up after this
 RAY_PROBE_TIMEOUT_S = 5.0
 CLUSTER_WAIT_ENV = "DAS_CLUSTER_WAIT_S"
@@ -84,45 +73,10 @@ def s3_uris(args: argparse.Namespace) -> list[str]:
     return found
 
 
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _report(prog: str, message: str, debug: bool) -> None:
     if debug:
         traceback.print_exc(file=sys.stderr)
     print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """Ray re-raises a worker's exception wrapped (its text: a remote traceback); ``cause`` is the original."""
-    for _ in range(3):
-        cause = getattr(exc, "cause", None)
-        if not isinstance(cause, BaseException) or cause is exc:
-            break
-        exc = cause
-    return exc
-
-
-def describe_failure(exc: BaseException) -> tuple[int, str]:
-    """The exit status and the one-line message (without ``prog: error:``) for an exception out of a job.
-
-    2 for refusals (``USER_ERRORS``, including every ``storage.StorageError``
-    and raw botocore credential / connection errors), 1 for ``JobFailed``
-    and for anything unexpected (an internal error).
-    """
-    exc = _unwrap(exc)
-    if isinstance(exc, USER_ERRORS):
-        return EXIT_USAGE, one_line(exc)
-    if isinstance(exc, JobFailed):
-        return EXIT_FAILED, one_line(exc)
-    typed = storage.as_storage_error(exc, "an S3 object", "cannot use")
-    if typed is not None:
-        return EXIT_USAGE, one_line(typed)
-    text = one_line(exc)
-    text = text if len(text) <= 400 else text[:400] + " ..."
-    return EXIT_FAILED, (f"internal error ({type(exc).__name__}: {text}); rerun with --debug (or {DEBUG_ENV}=1) "
-                         "for the traceback and report it")
 
 
 def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None = None) -> int:

@@ -1,0 +1,74 @@
+"""The library's errors, and how each ends a job: one line and an exit status.
+
+``Refused`` (exit status 2): a bad argument, input or artefact; the message
+says what to do. Every refusal of the library derives from it, and so do the
+library's older error types (``CacheError``, ``CheckpointError`` ...), which
+``EXIT_2`` also lists. ``RunFailed`` (exit status 1): the job ran, but its
+result is not acceptable. Anything else is an internal error (exit status 1,
+traceback with ``--debug``).
+"""
+
+from __future__ import annotations
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+DEBUG_ENV = "DAS_DEBUG"
+
+
+class Refused(Exception):
+    """Work refused before it starts; the message says what to do (exit status 2)."""
+
+
+class ConfigError(Refused, ValueError):
+    """A setting out of range or inconsistent with another."""
+
+
+class RunFailed(Exception):
+    """The job ran but its result is not acceptable, e.g. too many bad files (exit status 1)."""
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Ray re-raises a worker's exception wrapped (its text: a remote traceback); ``cause`` is the original."""
+    for _ in range(3):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    return exc
+
+
+def refusal_types() -> tuple[type[BaseException], ...]:
+    from das_core import storage
+    from das_core.audio import AudioDecodeError
+    from das_core.cache import CacheError
+    from das_core.checkpoint import CheckpointError
+    from das_core.encoder import EncoderError
+
+    return (Refused, storage.StorageError, CacheError, CheckpointError, EncoderError, AudioDecodeError,
+            FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message (without ``prog: error:``) for an exception out of a job.
+
+    2 for refusals (``refusal_types``, including every ``storage.StorageError``
+    and raw botocore credential / connection errors), 1 for ``RunFailed``
+    and for anything unexpected (an internal error).
+    """
+    from das_core import storage
+
+    exc = unwrap(exc)
+    if isinstance(exc, refusal_types()):
+        return EXIT_USAGE, one_line(exc)
+    if isinstance(exc, RunFailed):
+        return EXIT_FAILED, one_line(exc)
+    typed = storage.as_storage_error(exc, "an S3 object", "cannot use")
+    if typed is not None:
+        return EXIT_USAGE, one_line(typed)
+    text = one_line(exc)
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return EXIT_FAILED, (f"internal error ({type(exc).__name__}: {text}); rerun with --debug (or {DEBUG_ENV}=1) "
+                         "for the traceback and report it")
