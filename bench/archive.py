@@ -30,7 +30,7 @@ def bench_driver(chunks: int) -> dict:
     itself (issue #10 measured 6 700 - 13 500 windows/s locally, about 1 000 with S3 output).
     """
     from das_core.labelrun import RunCounts
-    from jobs.pipeline import UnitTracker
+    from das_core.labelrun import UnitTracker
 
     rows = []
     for i in range(chunks):
