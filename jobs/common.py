@@ -13,16 +13,7 @@ import traceback
 from collections.abc import Callable
 
 from das_core import storage
-from das_core.errors import (  # noqa: F401
-    DEBUG_ENV,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    Refused,
-    RunFailed,
-    describe_failure,
-    one_line,
-)
+from das_core.errors import DEBUG_ENV, EXIT_INTERRUPTED, EXIT_USAGE, Refused, RunFailed, describe_failure, one_line
 from das_core.prompts import read_lines_from  # noqa: F401 - jobs read labels and phrases through it
 from das_core.storage import check_output_file, check_output_folder  # noqa: F401
 
