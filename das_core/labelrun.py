@@ -87,8 +87,11 @@ class LabelConfig:
     report: bool = True                  # write OUT/report/ at the end (das report)
     manifest_every_s: float = 60.0
 
+    def __post_init__(self):
+        self.check()
+
     def check(self) -> None:
-        """Refuse contradictory or out-of-range settings (before any I/O)."""
+        """Refuse contradictory or out-of-range settings (at construction, before any I/O)."""
         if self.resume and self.overwrite:
             raise RunRefused("--resume and --overwrite exclude each other")
         if (self.snr_db is None) != (self.noise is None):
