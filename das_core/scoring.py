@@ -33,6 +33,23 @@ def pool_max(window_scores: np.ndarray) -> np.ndarray:
     return np.max(np.atleast_2d(window_scores), axis=0)
 
 
+def max_by_file(window_scores: np.ndarray, file_index: np.ndarray, n_files: int) -> np.ndarray:
+    """(n_files, K): each file's ``pool_max`` over its windows (``file_index[i]``: window i's file, any order).
+
+    A file without a window (it could not be decoded) gets a row of NaN.
+    """
+    window_scores = np.atleast_2d(window_scores)
+    file_index = np.asarray(file_index, dtype=np.int64)
+    out = np.full((n_files, window_scores.shape[1]), np.nan, dtype=window_scores.dtype)
+    if len(file_index) == 0:
+        return out
+    order = np.argsort(file_index, kind="stable")
+    owner = file_index[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    out[owner[starts]] = np.maximum.reduceat(window_scores[order], starts, axis=0)
+    return out
+
+
 @dataclass(frozen=True)
 class Labelled:
     """Labels for n rows (windows or files), DAS and plain zero-shot side by side, as class indices."""
@@ -119,9 +136,6 @@ def label_files(embeddings: np.ndarray, file_index: np.ndarray, n_files: int, ca
     counts = np.bincount(file_index, minlength=n_files)
     if len(counts) != n_files or (counts == 0).any():
         raise ValueError("every file needs at least one window to be labelled, and file indices must be < n_files")
-    order = np.argsort(file_index, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     das, plain = scores if scores is not None else window_scores(np.asarray(embeddings), cache)
-    pooled_das = np.maximum.reduceat(das[order], starts, axis=0)
-    pooled_plain = np.maximum.reduceat(plain[order], starts, axis=0)
-    return _labelled(pooled_das, pooled_plain, cache.labels, k, logit_scale)
+    return _labelled(max_by_file(das, file_index, n_files), max_by_file(plain, file_index, n_files), cache.labels,
+                     k, logit_scale)
