@@ -3,26 +3,29 @@
 What it does, in order:
 
 1. Reads the dataset in its published layout and the noise recordings
-   (``das_core.datasets``), applies ``--limit`` / ``--noise-limit`` (``protocol``).
+   (``das_core.datasets``), applies ``--limit`` / ``--noise-limit``
+   (``protocol``).
 2. Text, once: the DAS drift cache for the dataset's labels, and in the same
    batched call every other prompt (LAION's template, Acevedo's anchors, the
    background-scene prompts), saved under ``OUT/text/`` as drift caches
    (``prompts``). A rerun that needs no new prompt loads no model.
 3. Audio, once per (clip, condition): each condition is one run of the label
-   job (the caller's ``run_label``, ``jobs.label.run`` for ``das evaluate``) over a manifest of the clips, into
-   ``OUT/store/<condition>/``; the noise recordings are encoded clean into
-   ``OUT/store/noise/``. A store whose manifest says ``complete`` and that holds
-   every clip is skipped, so a rerun or a new λ grid encodes nothing; an
-   interrupted one is resumed (``stores``).
+   job (the caller's ``run_label``: ``jobs.label.run`` for ``das evaluate``)
+   over a manifest of the clips, into ``OUT/store/<condition>/``; the noise
+   recordings are encoded clean into ``OUT/store/noise/``. A store whose
+   manifest says ``complete`` and that holds every clip is skipped, so a rerun
+   or a new λ grid encodes nothing; an interrupted one is resumed (``stores``).
 4. Scoring, from the stored window embeddings only: every window is scored,
    clip scores are the maximum over the clip's windows. Methods: plain
    zero-shot with the DAS clean template and with LAION's template, DAS over
-   the λ grid, Acevedo ZS-text / ZS-audio / TGAP-text / TGAP-audio (``scoring``, ``side``).
+   the λ grid, Acevedo ZS-text / ZS-audio / TGAP-text / TGAP-audio
+   (``scoring``; their side information: ``side``).
 5. λ is chosen on the tuning split alone, by the tuning metric averaged over
    all conditions (one λ for every SNR); only that λ is reported on the test
    split. Ties go to the smaller λ.
 6. Writes ``results.json``, ``results.csv``, ``per_class.csv``, ``report.md``,
-   ``snr_curves.png`` and ``evaluation.json`` under ``OUT`` (``report``, ``runner``).
+   ``snr_curves.png`` and ``evaluation.json`` under ``OUT`` (``report``;
+   the steps in order: ``runner``).
 
 Choices made here (documented in the report as well):
 

@@ -220,8 +220,10 @@ class EvaluateConfig:
 
     @classmethod
     def from_settings(cls, snrs: str = DEFAULT_SNRS, lam_grid: str = DEFAULT_LAM_GRID, **settings) -> EvaluateConfig:
-        """A config from settings as a command line gives them: ``snrs`` and ``lam_grid`` as text; other names
-        than the fields' are ignored."""
+        """A config from settings named as ``das evaluate``'s options: ``snrs`` and ``lam_grid`` as text.
+
+        Names that are not fields (``verbose``, ``s3_endpoint`` ...) are ignored.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(conditions=parse_conditions(snrs), lam_grid=parse_lam_grid(lam_grid),
                    **{k: v for k, v in settings.items() if k in names and k not in ("conditions", "lam_grid")})
