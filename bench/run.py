@@ -856,7 +856,7 @@ def bench_search_figures(cache, work: str, sizes: Sizes) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every benchmark still runs")
     p.add_argument("--results", default=os.path.join(HERE, "results.json"),
@@ -865,43 +865,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every figure")
     p.add_argument("--only", choices=("ffmpeg", "driver"),
                    help="run one self-contained benchmark and print its figures (not appended to --results)")
-    args = p.parse_args(argv)
-    if args.only:
-        from bench.archive import bench_driver, bench_ffmpeg_vs_sndfile
+    return p.parse_args(argv)
 
-        sizes = SMOKE if args.smoke else FULL
-        figures = (bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats) if args.only == "ffmpeg"
-                   else bench_driver(sizes.driver_chunks))
-        print("\n".join(f"{k:34s} {v:.3f}" for k, v in figures.items()))
-        return 0
-    sizes = SMOKE if args.smoke else FULL
-    work = args.work or (tempfile.mkdtemp(prefix="das-bench-") if args.smoke else os.path.join(HERE, "work"))
-    os.makedirs(work, exist_ok=True)
-    os.environ.setdefault("DAS_CACHE_DIR", os.path.join(work, "das-cache"))
+
+def run_only(which: str, sizes: Sizes) -> int:
+    from bench.archive import bench_driver, bench_ffmpeg_vs_sndfile
+
+    figures = (bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats) if which == "ffmpeg"
+               else bench_driver(sizes.driver_chunks))
+    print("\n".join(f"{k:34s} {v:.3f}" for k, v in figures.items()))
+    return 0
+
+
+def bench_on_ray(ckpt: str, cache, cache_uri: str, paths: list[str], work: str, sizes: Sizes, threads: int,
+                 results: dict) -> None:
+    """The figures measured on a local Ray instance: pipeline, decode, rescore and search."""
     import ray
 
-    from das_core.random_checkpoint import write_random_checkpoint
-
-    started = time.perf_counter()
-    ckpt = os.path.join(work, "HTSAT-tiny-transformer-random.pt")
-    if not os.path.exists(ckpt):
-        write_random_checkpoint(ckpt)
-    results: dict = {}
-    log(f"machine: {machine()}")
-
-    labels = [f"class_{i:03d}" for i in range(sizes.cache_classes)]
-    phrases = [f"noise kind {j}" for j in range(sizes.cache_phrases)]
-    cache, results["cache_build_s"] = make_cache(ckpt, labels, phrases)
-    results["cache_prompts"] = cache.n_text_encodings
-    log(f"cache build: {cache.n_text_encodings} prompts in {results['cache_build_s']:.1f} s")
-    cache_uri = os.path.join(work, "cache.npz")
-    cache.save(cache_uri)
-
-    results.update(bench_encoder(ckpt, sizes, args.threads))
-    results.update(bench_hf_encoder(ckpt, work, sizes, args.threads, results["encoder_best_batch_size"]))
-    paths = ensure_clips(os.path.join(work, f"clips-{sizes.clips}"), sizes.clips, 10.0)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
-    results.update(bench_pipeline(ckpt, cache_uri, paths, work, results["encoder_best_batch_size"], args.threads))
+    results.update(bench_pipeline(ckpt, cache_uri, paths, work, results["encoder_best_batch_size"], threads))
     results["pipeline_over_encoder"] = results["pipeline_clips_per_s"] / results["encoder_clips_per_s"]
     log(f"pipeline: {results['pipeline_clips_per_s']:.2f} clips/s "
         f"({results['pipeline_over_encoder']:.2f} of the encoder alone)")
@@ -913,14 +895,34 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(cache.labels)} classes)")
     small, small_uri = cache_subset(cache, work, 10)
     small_result = bench_rescore(small, small_uri, work, sizes)
-    results["rescore_over_read_10_classes"] = small_result["rescore_over_read"]
-    results["rescore_rows_per_s_10_classes"] = small_result["rescore_rows_per_s"]
-    results["rescore_part_seconds_10_classes"] = small_result["rescore_part_seconds"]
+    for key in ("rescore_over_read", "rescore_rows_per_s", "rescore_part_seconds"):
+        results[f"{key}_10_classes"] = small_result[key]
     log(f"rescore, 10 classes: {small_result['rescore_over_read']:.2f} of a plain read")
     log("one part (s): " + ", ".join(f"{k} {v:.4f}" for k, v in results["rescore_part_seconds"].items()))
     results.update(bench_search_figures(cache, work, sizes))
     ray.shutdown()
-    results.update(bench_naive(ckpt, paths, args.threads))
+
+
+def bench_all(work: str, sizes: Sizes, threads: int) -> dict:
+    from das_core.random_checkpoint import write_random_checkpoint
+
+    ckpt = os.path.join(work, "HTSAT-tiny-transformer-random.pt")
+    if not os.path.exists(ckpt):
+        write_random_checkpoint(ckpt)
+    results: dict = {}
+    log(f"machine: {machine()}")
+    labels = [f"class_{i:03d}" for i in range(sizes.cache_classes)]
+    phrases = [f"noise kind {j}" for j in range(sizes.cache_phrases)]
+    cache, results["cache_build_s"] = make_cache(ckpt, labels, phrases)
+    results["cache_prompts"] = cache.n_text_encodings
+    log(f"cache build: {cache.n_text_encodings} prompts in {results['cache_build_s']:.1f} s")
+    cache_uri = os.path.join(work, "cache.npz")
+    cache.save(cache_uri)
+    results.update(bench_encoder(ckpt, sizes, threads))
+    results.update(bench_hf_encoder(ckpt, work, sizes, threads, results["encoder_best_batch_size"]))
+    paths = ensure_clips(os.path.join(work, f"clips-{sizes.clips}"), sizes.clips, 10.0)
+    bench_on_ray(ckpt, cache, cache_uri, paths, work, sizes, threads, results)
+    results.update(bench_naive(ckpt, paths, threads))
     results["pipeline_over_naive"] = results["pipeline_clips_per_s"] / results["naive_clips_per_s"]
     log(f"naive script: {results['naive_clips_per_s']:.2f} clips/s")
     results.update(bench_scoring(sizes))
@@ -928,10 +930,22 @@ def main(argv: list[str] | None = None) -> int:
     results.update(bench_changes(ckpt, sizes))
     changes = ("text_prefix_speedup", "topk_argpartition_speedup", "label_columns_vectorised_speedup")
     log("speed-ups: " + ", ".join(f"{k} {results[k]:.1f}x" for k in changes))
-    results.update(bench_rss(ckpt, cache_uri, work, sizes, args.threads))
+    results.update(bench_rss(ckpt, cache_uri, work, sizes, threads))
     results.update(bench_archive(ckpt, cache, cache_uri, work, sizes))
     results.update(bench_gpu(ckpt))
+    return results
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.only:
+        return run_only(args.only, sizes)
+    work = args.work or (tempfile.mkdtemp(prefix="das-bench-") if args.smoke else os.path.join(HERE, "work"))
+    os.makedirs(work, exist_ok=True)
+    os.environ.setdefault("DAS_CACHE_DIR", os.path.join(work, "das-cache"))
+    started = time.perf_counter()
+    results = bench_all(work, sizes, args.threads)
     record = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "smoke": args.smoke,
               "machine": machine(), "duration_s": round(time.perf_counter() - started, 1), "results": results}
     history = []

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from das_core import __version__, storage
+from das_core.errors import Refused
 from das_core.prompts import CLEAN_TEMPLATE, NOISY_TEMPLATE, check_template, label_text
 
 FORMAT = "das-drift-cache"
@@ -37,9 +38,10 @@ ZERO_DRIFT_EPS = 1e-6
 UNIT_NORM_TOL = 1e-3
 
 TextEncoder = Callable[[list[str]], np.ndarray]
+DEFAULT_LAM = 0.1            # weight of the drift bonus; chosen here, the paper only calls it small
 
 
-class CacheError(Exception):
+class CacheError(Refused):
     """A file that is not a usable DAS drift cache (foreign, damaged or inconsistent)."""
 
 
@@ -113,7 +115,7 @@ class DriftCache:
         *,
         clean_template: str = CLEAN_TEMPLATE,
         noisy_template: str = NOISY_TEMPLATE,
-        lam: float = 0.1,
+        lam: float = DEFAULT_LAM,
         encoder_id: str | None = None,
         encoder_name: str | None = None,
         clean_templates: Sequence[str] | None = None,

@@ -38,6 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from das_core import storage
+from das_core.errors import Refused
 from das_core.offline import hf_offline
 
 LAION_BASE_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/"
@@ -61,7 +62,7 @@ HF_MODEL_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "m
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class CheckpointError(Exception):
+class CheckpointError(Refused):
     """A checkpoint that cannot be found, fetched, read or recognised."""
 
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from das_core import checkpoint as ckpt
 from das_core.audio import SAMPLE_RATE, WINDOW_SAMPLES, dequantize_int16, int16_round_trip
+from das_core.errors import Refused
 from das_core.offline import hf_offline
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -60,7 +61,10 @@ ROBERTA_BASE_CONFIG = {
 TEXT_CONTEXT = 77
 
 
-class EncoderError(Exception):
+DEFAULT_BATCH_SIZE = 16        # windows per forward pass of a label run (fixes its floating-point path)
+
+
+class EncoderError(Refused):
     """A problem with the encoder's configuration (device, precision, inputs)."""
 
 

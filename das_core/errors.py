@@ -1,9 +1,9 @@
 """The library's errors, and how each ends a job: one line and an exit status.
 
 ``Refused`` (exit status 2): a bad argument, input or artefact; the message
-says what to do. Every refusal of the library derives from it, and so do the
-library's older error types (``CacheError``, ``CheckpointError`` ...), which
-``EXIT_2`` also lists. ``RunFailed`` (exit status 1): the job ran, but its
+says what to do. Every refusal of the library derives from it (``CacheError``,
+``CheckpointError``, ``EncoderError``, ``RunRefused`` ...); storage errors and
+the OS's missing-file and permission errors are refusals too. ``RunFailed`` (exit status 1): the job ran, but its
 result is not acceptable. Anything else is an internal error (exit status 1,
 traceback with ``--debug``).
 """
@@ -43,12 +43,9 @@ def unwrap(exc: BaseException) -> BaseException:
 def refusal_types() -> tuple[type[BaseException], ...]:
     from das_core import storage
     from das_core.audio import AudioDecodeError
-    from das_core.cache import CacheError
-    from das_core.checkpoint import CheckpointError
-    from das_core.encoder import EncoderError
 
-    return (Refused, storage.StorageError, CacheError, CheckpointError, EncoderError, AudioDecodeError,
-            FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    return (Refused, storage.StorageError, AudioDecodeError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError)
 
 
 def describe_failure(exc: BaseException) -> tuple[int, str]:

@@ -17,23 +17,29 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import json
+import logging
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core import __version__
-from das_core.errors import Refused
+from das_core import __version__, storage
 from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
+from das_core.encoder import DEFAULT_BATCH_SIZE
+from das_core.errors import Refused, RunFailed
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
-from das_core.results import FORMAT_VERSION, MANIFEST, OutputStore, count_outcomes
-from das_core.units import plan_units, read_work_manifest
+from das_core.results import FILES_DIR, FORMAT_VERSION, MANIFEST, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
+from das_core.scoring import DEFAULT_TOP_K
+from das_core.units import DecodeSettings, plan_units, read_work_manifest, units_per_row_group, write_work_manifest
+from das_core.writer import EncodeSettings, WriteSettings
 
-DEFAULT_TOP_K = 5
-DEFAULT_BATCH_SIZE = 16
+log = logging.getLogger("das")
+
 
 # Settings that must not change between a run and its --resume: each changes the rows.
 # batch_size and precision fix the encoder's floating-point path, so they are part of "exactly the same rows".
@@ -106,6 +112,15 @@ class LabelConfig:
             return self.chunk_windows
         return self.batch_size * -(-32 // self.batch_size)
 
+    @property
+    def actor_count(self) -> int:
+        """``actors``; by default one per GPU, or one on CPU."""
+        return self.actors or (max(1, int(self.num_gpus)) if self.num_gpus > 0 else 1)
+
+    @property
+    def gpus_per_actor(self) -> float:
+        return self.num_gpus / self.actor_count if self.num_gpus > 0 else 0.0
+
 
 @dataclass
 class LabelPlan:
@@ -127,6 +142,35 @@ class LabelPlan:
     @property
     def todo_files(self) -> int:
         return int(pc.sum(pc.list_value_length(self.todo.column("file_ids"))).as_py() or 0)
+
+    def decode_settings(self) -> DecodeSettings:
+        c = self.config
+        return DecodeSettings(chunk_windows=c.windows_per_chunk, snr_db=c.snr_db, seed=c.seed,
+                              noise_uris=self.noise_uris, extensions=c.extensions, audio_column=c.audio_column,
+                              id_column=c.id_column, keep_metadata=c.keep_metadata)
+
+    def encode_settings(self) -> EncodeSettings:
+        c = self.config
+        return EncodeSettings(checkpoint=c.checkpoint, num_gpus_per_actor=c.gpus_per_actor,
+                              cpus_per_actor=c.cpus_per_actor, precision=c.precision, max_batch_size=c.batch_size,
+                              torch_threads=c.torch_threads, tokenizer_dir=c.tokenizer_dir)
+
+    def write_settings(self) -> WriteSettings:
+        c = self.config
+        return WriteSettings(top_k=c.top_k, embedding_dtype=c.embedding_dtype, snr_db=c.snr_db,
+                             seed=c.seed if c.snr_db is not None else None,
+                             logit_scale=self.checkpoint_info.get("logit_scale") if c.probabilities else None)
+
+    def row_groups_to_do(self) -> dict[int, list[str]] | None:
+        """Per row group of the work manifest, the units to do in it; None when every unit is to do."""
+        if len(self.todo) == len(self.units):
+            return None
+        per_group = units_per_row_group(len(self.units))
+        index = {u: i for i, u in enumerate(self.units.column("unit").to_pylist())}
+        keep: dict[int, list[str]] = {}
+        for u in self.todo.column("unit").to_pylist():
+            keep.setdefault(index[u] // per_group, []).append(u)
+        return keep
 
 
 def settings_of(c: LabelConfig, cache_fingerprint: str, checkpoint_id: str) -> dict:
@@ -328,3 +372,171 @@ def summary(manifest: dict, out: str, wall: float, segments_now: int, n_inputs: 
           f"  weights:   {manifest['checkpoint'].get('weights')}"
           + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
           + f"\n  output:    {out} (segments/, files/, _manifest.json)")
+
+
+class UnitTracker:
+    """Which units have all their chunks written, and which of their chunks wrote pieces."""
+
+    def __init__(self):
+        self.seen: dict[str, set[int]] = {}
+        self.expected: dict[str, int] = {}
+        self.pieces: dict[str, list[int]] = {}
+        self.whole: set[str] = set()
+
+    def is_repeat(self, stats: dict) -> bool:
+        """A chunk already counted: a retried task may hand the driver its statistics twice; the part it
+        wrote has the same name and overwrote the first, so it must neither count nor commit twice."""
+        unit = stats["unit"]
+        return unit in self.whole or stats["chunk"] in self.seen.get(unit, ())
+
+    def add(self, stats: dict) -> tuple[str, list[int]] | None:
+        """Count a chunk (repeats are ignored); the unit and its pieces' chunks once the unit is whole."""
+        if self.is_repeat(stats):
+            return None
+        unit = stats["unit"]
+        self.seen.setdefault(unit, set()).add(stats["chunk"])
+        if stats["pieces"]:
+            self.pieces.setdefault(unit, []).append(stats["chunk"])
+        if stats["last"]:
+            self.expected[unit] = stats["chunk"] + 1
+        if len(self.seen[unit]) == self.expected.get(unit):
+            del self.seen[unit], self.expected[unit]
+            self.whole.add(unit)
+            return unit, sorted(self.pieces.pop(unit, []))
+        return None
+
+    @property
+    def open_units(self) -> int:
+        return len(self.seen)
+
+
+class LabelRun:
+    """The driver's side of one label run, everything but Ray: what is written before, during and after.
+
+    ``start`` prepares OUT (--overwrite, --resume clean-up, the work manifest,
+    a ``running`` manifest); ``observe`` counts each chunk's statistics and
+    returns the unit they make whole, to be committed; ``finish`` writes the
+    final manifest, prints the summary and says whether the run failed.
+    """
+
+    def __init__(self, p: LabelPlan):
+        c = p.config
+        self.plan = p
+        self.runs = list((p.previous or {}).get("runs", [])) if c.resume else []
+        self.this_run = {**new_run_entry(p), "device": "cuda" if c.num_gpus > 0 else "cpu",
+                         "torch_threads": c.torch_threads}
+        self.counts, self.tracker = RunCounts(), UnitTracker()
+        self.t0 = self.last_progress = self.last_manifest = time.monotonic()
+        self.first_output: tuple[float, int] | None = None
+        self.aborted: str | None = None          # why the run stopped early
+        self.failure: RunFailed | None = None     # set by finish: the run's result is not acceptable
+
+    def start(self) -> bool:
+        """Prepare OUT; False (and a line printed) when --resume finds every unit committed."""
+        p, c, store = self.plan, self.plan.config, self.plan.store
+        if c.overwrite and store.has_output():
+            log.info("--overwrite: deleting previous results in %s", c.out)
+            store.remove_all()
+        if p.checkpoint_info.get("weights") == "random":
+            log.warning("checkpoint %s has RANDOM weights (a das test/demo checkpoint): labels are meaningless",
+                        c.checkpoint)
+        if c.resume and p.previous and not len(p.todo):
+            print(f"das label: nothing to do: all {len(p.units)} unit(s) of {c.out} are committed "
+                  f"(status {p.previous.get('status')})", flush=True)
+            return False
+        if c.resume and p.previous:
+            removed = store.remove_units(set(p.todo.column("unit").to_pylist()), store.listing())
+            log.info("resuming: %d of %d unit(s) committed, %d to do (%d file(s), %d of them new in the input); "
+                     "removed %d part(s) left by unfinished units", len(p.units) - len(p.todo), len(p.units),
+                     len(p.todo), p.todo_files, p.added_files, removed)
+        if p.write_work_manifest:
+            write_work_manifest(c.out, p.units)
+        self._write_manifest("running", p.prior_counts)
+        log.info("labelling %d file(s) in %d unit(s) with %d encoder actor(s) (%s), %d class(es), lam=%g",
+                 p.todo_files, len(p.todo), c.actor_count,
+                 f"{c.gpus_per_actor:g} GPU each" if c.gpus_per_actor else "CPU", len(p.cache.labels), p.cache.lam)
+        self.t0 = self.last_progress = self.last_manifest = time.monotonic()
+        return True
+
+    def _write_manifest(self, status: str, counts: dict) -> dict:
+        manifest = run_manifest(self.plan, status, counts, self.runs + [self.this_run])
+        self.plan.store.write_manifest(manifest)
+        return manifest
+
+    def observe(self, stats: dict, committed: int = 0) -> tuple[str, list[int]] | None:
+        """Count one chunk's statistics; the unit (with its pieces' chunks) they make whole, if any.
+
+        Sets ``aborted`` once more files failed than --max-error-fraction allows.
+        """
+        if self.tracker.is_repeat(stats):
+            return None               # a retried task's chunk, already counted (its part was overwritten)
+        p, c, counts = self.plan, self.plan.config, self.counts
+        counts.add(stats)
+        now = time.monotonic()
+        if self.first_output is None:
+            # start-up (Ray Data planning, actors importing and loading the model) ends with the first output
+            self.first_output = (now - self.t0, stats["windows"])
+        if now - self.last_progress >= c.progress_every_s:
+            self.last_progress = now
+            log.info("progress: %d/%d files done, %d unit(s) committed, %d segments, %d errors, %.2f segments/s",
+                     counts.files, p.todo_files, committed, counts.segments, counts.error,
+                     counts.windows / max(now - self.t0, 1e-9))
+        if now - self.last_manifest >= c.manifest_every_s:
+            self.last_manifest = now
+            self._write_manifest("running", counts.total(p.prior_counts))
+        errors = p.prior_counts["error"] + counts.error
+        if errors > c.max_error_fraction * p.n_inputs:
+            self.aborted = (f"more than {c.max_error_fraction:.0%} of {p.n_inputs} files failed to decode "
+                            f"({errors} so far); stopping early")
+        return self.tracker.add(stats)
+
+    def check_whole(self) -> None:
+        """After the pipeline: every unit it started is whole, unless the run stopped early."""
+        if self.aborted is None and self.tracker.open_units:
+            raise RuntimeError(f"pipeline ended with {self.tracker.open_units} unit(s) not whole")
+
+    def finish(self) -> dict:
+        """Write the final manifest and print the summary; RunFailed when too many files failed."""
+        p, c, counts, run = self.plan, self.plan.config, self.counts, self.this_run
+        removed = sum(storage.remove_temporaries(p.store.path(sub)) for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR))
+        if removed:
+            log.info("removed %d temporary file(s) left by workers that died while writing", removed)
+        wall = time.monotonic() - self.t0
+        total = counts.total(p.prior_counts)
+        run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "wall_time_s": round(wall, 3),
+                    "files_done": counts.files, "segments_done": counts.segments,
+                    "segments_per_s": round(counts.segments / wall, 4) if wall > 0 else None,
+                    "nodes": len(counts.nodes)})
+        if self.first_output is not None and wall > self.first_output[0] and counts.windows > self.first_output[1]:
+            run["startup_s"] = round(self.first_output[0], 3)
+            run["steady_segments_per_s"] = round((counts.windows - self.first_output[1])
+                                                 / (wall - self.first_output[0]), 4)
+        failed = self.aborted or (total["files"] and total["error"] > c.max_error_fraction * p.n_inputs and
+                                  f"{total['error']} of {total['files']} files failed to decode "
+                                  f"(more than --max-error-fraction {c.max_error_fraction:g})")
+        manifest = self._write_manifest("failed" if failed else "complete", total)
+        print(summary(manifest, c.out, wall, counts.segments, p.n_inputs, run.get("steady_segments_per_s")),
+              flush=True)
+        self.failure = (RunFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ "
+                                  "(see the 'error' column)") if failed else None)
+        return manifest
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_refusal(exc: BaseException, out: str) -> RunFailed | None:
+    """A RunFailed for the disk-full or permission error behind ``exc`` (a worker's write, wrapped by Ray)."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)       # a Ray task error: the worker's own exception
+        if isinstance(cause, BaseException) and cause is not exc:
+            exc = cause
+            continue
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            # the part being written was a hidden temporary file, now removed: what is visible is committed
+            return RunFailed(f"cannot write {exc.filename or out} ({exc.strerror or exc}); the units committed "
+                             f"so far are kept: free space or fix the permissions of {out}, then rerun with --resume")
+        exc = exc.__cause__ or exc.__context__
+        if exc is None:
+            return None
+    return None

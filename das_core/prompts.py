@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import string
+
+from das_core import storage
+from das_core.errors import Refused
+
+log = logging.getLogger("das")
 
 # METHOD.md §2: the DAS paper's templates, as far as they can be read.
 CLEAN_TEMPLATE = "sound of {label}"
@@ -105,3 +112,43 @@ def odd_text_reason(text: str) -> str | None:
     if text[0] in _ODD_FIRST or text[-1] in _ODD_LAST:
         return "starts or ends with punctuation"
     return None
+
+
+def _decode_text(data: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark); UTF-16 only when its byte-order mark says so."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
+
+
+def read_lines_from(uri: str, what: str) -> list[str]:
+    """The entries of a labels / noise-phrases file (local or s3://), one per line, read as people write them.
+
+    BOM, CRLF, blank lines and ``#`` comments are handled
+    (``das_core.prompts.numbered_lines``); an entry that looks like a mistake
+    (tab, control character, stray punctuation, very long) is kept with a
+    warning naming its line. A folder, a missing file or one that is not
+    text is refused (``Refused``).
+    """
+    if not storage.is_s3(uri) and os.path.isdir(os.path.expanduser(uri)):
+        raise Refused(f"{what} file {uri} is a folder (a text file with one entry per line is expected); "
+                         "pass the file itself")
+    try:
+        data = storage.read_bytes(uri)
+    except storage.StorageError:
+        raise
+    except FileNotFoundError:
+        raise Refused(f"{what} file {uri} does not exist (no such file); check the path") from None
+    except IsADirectoryError:
+        raise Refused(f"{what} file {uri} is a folder; pass the file itself") from None
+    try:
+        text = _decode_text(data)
+    except UnicodeDecodeError as exc:
+        raise Refused(f"{what} file {uri} is not UTF-8 text (undecodable byte at offset {exc.start}); "
+                         "save it as UTF-8 plain text") from None
+    lines = numbered_lines(text)
+    for number, content in lines:
+        reason = odd_text_reason(content)
+        if reason:
+            log.warning("%s file %s, line %d: %r %s; check that line", what, uri, number, content, reason)
+    return [content for _, content in lines]

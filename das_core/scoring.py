@@ -8,6 +8,8 @@ import numpy as np
 
 from das_core.cache import DriftCache
 
+DEFAULT_TOP_K = 5          # classes kept per window and per file, unless a run asks for another number
+
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the ``k`` best classes per row, best first.

@@ -25,6 +25,8 @@ from typing import IO
 
 import fsspec
 
+from das_core.errors import Refused
+
 S3_SCHEMES = ("s3://", "s3a://")
 
 # Bounded waits: an unreachable endpoint fails in about S3_RETRIES x S3_ATTEMPTS x S3_CONNECT_TIMEOUT_S.
@@ -387,3 +389,43 @@ def remove(uri: str, recursive: bool = False) -> None:
         if fs.exists(path):
             fs.rm(path, recursive=recursive)
     invalidate(uri)
+
+
+def _check_writable_parent(path: str, uri: str, option: str) -> None:
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):           # the folders to create: the nearest existing one must allow it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise Refused(f"{option} {uri}: {parent} is a file, not a folder; choose another location")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Refused(f"{option} {uri}: cannot write in {parent} (permission denied); "
+                      "choose a location you can write to")
+
+
+def check_output_file(uri: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or a place without write access."""
+    if is_s3(uri):
+        if uri.endswith("/"):
+            raise Refused(f"{option} {uri} names a folder (a file such as {uri}cache.npz is expected); "
+                             "give a file name")
+        return                     # the bucket was probed by run_main; S3 has no folders to collide with
+    path = os.path.abspath(os.path.expanduser(uri))
+    if os.path.isdir(path):
+        raise Refused(f"{option} {uri} is a folder (a file is expected); give a file name, "
+                         f"e.g. {os.path.join(uri, 'cache.npz')}")
+    _check_writable_parent(path, uri, option)
+
+
+def check_output_folder(uri: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+    if is_s3(uri):
+        return                     # the bucket was probed by run_main
+    path = os.path.abspath(os.path.expanduser(uri))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise Refused(f"{option} {uri} is a file (a folder is expected); choose another {option}")
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise Refused(f"{option} {uri}: cannot write in it (permission denied); "
+                             "choose a location you can write to")
+        return
+    _check_writable_parent(path, uri, option)

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from das_core import storage
@@ -124,6 +125,15 @@ def write_work_manifest(out: str, units: pa.Table) -> str:
     uri = work_manifest_uri(out)
     storage.write_bytes_atomic(uri, buf.getvalue())
     return uri
+
+
+def read_unit_group(uri: str, group: int, units: list[str] | None = None) -> pa.Table:
+    """Row group ``group`` of the work manifest at ``uri`` (one read task's units), only ``units`` if given."""
+    with storage.open_input(uri) as f:
+        table = pq.ParquetFile(f).read_row_group(group)
+    if units is not None:
+        table = table.filter(pc.is_in(table.column("unit"), pa.array(units, pa.string())))
+    return table
 
 
 def read_work_manifest(out: str) -> pa.Table | None:
@@ -228,6 +238,46 @@ class DecodeWatch(Protocol):
 # Test-only: a decode process that reaches an input whose path contains this text kills itself, as a
 # crashing native decoder would (tests/test_faults.py). Never set it in production.
 TEST_CRASH_ENV = "DAS_TEST_CRASH_ON"
+
+
+class DecodeProgress:
+    """Where each unit's decode attempt is, to find inputs that kill their process (a Ray actor, one per run).
+
+    A new attempt at a unit whose last attempt never said ``done`` means that attempt's process died. The
+    first death is only noted: the first attempt reports its position fire-and-forget (one message per
+    input, no wait), so a message may be lost with the process. Retries of a unit that died report each
+    position and wait for it (``careful``); a careful attempt that dies therefore died at a known input,
+    and an input two careful attempts died on is given up (``decoder_crash``). One death is never enough:
+    a node can die for other reasons. ``reached``: the highest chunk index an attempt began filling (see
+    ``das_core.units._give_up``). Memory: only units being decoded are held.
+    """
+
+    def __init__(self):
+        self.units: dict[str, dict] = {}
+
+    def begin(self, unit: str) -> tuple[bool, dict[int, str], int]:
+        """(careful, inputs to give up on, chunk reached) for a new attempt at ``unit``."""
+        state = self.units.get(unit)
+        if state is None:
+            self.units[unit] = {"careful": False, "at": None, "deaths": {}, "paths": {}, "reached": -1}
+            return False, {}, -1
+        if state["careful"] and state["at"] is not None:          # the last attempt died there
+            position, path = state["at"]
+            state["deaths"][position] = state["deaths"].get(position, 0) + 1
+            state["paths"][position] = path
+        state["careful"], state["at"] = True, None
+        return True, {p: state["paths"][p] for p, n in state["deaths"].items() if n >= 2}, state["reached"]
+
+    def at(self, unit: str, position: int, path: str) -> None:
+        if unit in self.units:
+            self.units[unit]["at"] = (position, path)
+
+    def chunk(self, unit: str, index: int) -> None:
+        if unit in self.units:
+            self.units[unit]["reached"] = max(self.units[unit]["reached"], index)
+
+    def done(self, unit: str) -> None:
+        self.units.pop(unit, None)
 
 
 def _crash_for_tests(path: str) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from das_core.audio import WINDOW_SAMPLES
 from das_core.cache import DriftCache
 from das_core.results import (
     END_TAG,
@@ -43,7 +44,7 @@ from das_core.results import (
     part_name,
     segments_schema,
 )
-from das_core.scoring import label_files, label_pooled, label_windows, window_scores
+from das_core.scoring import DEFAULT_TOP_K, label_files, label_pooled, label_windows, window_scores
 from das_core.units import ChunkMeta
 
 PIECES_SCHEMA = pa.schema([
@@ -81,11 +82,62 @@ STATS_SCHEMA = pa.schema([
     pa.field("node", pa.string()),
     pa.field("seconds", pa.float64()),
 ])
+# What an encoder actor hands the driver per chunk: the statistics and the node that decoded the chunk.
+STATS_WITH_NODES = STATS_SCHEMA.append(pa.field("decoded_on", pa.string()))
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How each encoder actor loads and runs the model."""
+
+    checkpoint: str
+    num_gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    precision: str = "fp32"
+    max_batch_size: int | None = None
+    torch_threads: int | None = None
+    tokenizer_dir: str | None = None
+
+
+class ChunkEncoder:
+    """The encode-and-write stage: embeds each chunk row's windows, scores them once and writes its parts.
+
+    One per encoder actor (``jobs/pipeline.py`` gives it the cache the driver
+    put in the object store); ``node`` tags the statistics it returns.
+    """
+
+    def __init__(self, settings: EncodeSettings, cache: DriftCache, out: str, write: WriteSettings, node: str):
+        from das_core.encoder import ClapEncoder
+
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        device = "cuda" if settings.num_gpus_per_actor > 0 else "cpu"
+        self.encoder = ClapEncoder.from_checkpoint(settings.checkpoint, device=device, precision=settings.precision,
+                                                   tokenizer_dir=settings.tokenizer_dir,
+                                                   max_batch_size=settings.max_batch_size, batch_invariant=True)
+        # the driver checked too; a worker may see another file at the same path
+        cache.check_encoder(self.encoder.encoder_id, settings.checkpoint)
+        self.cache, self.store, self.write, self.node = cache, OutputStore(out), write, node
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for row in batch.to_pylist():
+            n = row["n_windows"]
+            stored = None
+            if n:
+                windows = np.frombuffer(row["audio"], dtype=np.int16).reshape(n, WINDOW_SAMPLES)
+                stored = self.encoder.embed_audio_int16(windows).astype(self.write.embedding_dtype)
+            stats = write_chunk(self.store, row["unit"], row["chunk"], row["last"], ChunkMeta.parse(row["meta"]),
+                                stored, self.cache, self.write)
+            rows.append({**stats, "node": self.node, "decoded_on": row.get("decoded_on")})
+        return pa.Table.from_pylist(rows, schema=STATS_WITH_NODES)
 
 
 @dataclass(frozen=True)
 class WriteSettings:
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     embedding_dtype: str = "float16"
     snr_db: float | None = None
     seed: int | None = None
@@ -242,3 +294,10 @@ def _drop_windows(store: OutputStore, unit: str, file_id: str, chunks: list[int]
         else:
             store.remove_part(SEGMENTS_DIR, name)
 
+
+def finish_units(out: str, units: list[tuple[str, list[int]]], cache: DriftCache, ws: WriteSettings) -> int:
+    """Commit whole units (``finish_unit`` for each, as ``(unit, chunks with pieces)``); how many."""
+    store = OutputStore(out)
+    for unit, piece_chunks in units:
+        finish_unit(store, unit, piece_chunks, cache, ws)
+    return len(units)

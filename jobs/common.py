@@ -13,15 +13,17 @@ import traceback
 from collections.abc import Callable
 
 from das_core import storage
-from das_core.errors import (DEBUG_ENV, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Refused, RunFailed,  # noqa: F401
-                             describe_failure, one_line)
+from das_core.errors import DEBUG_ENV, EXIT_INTERRUPTED, EXIT_USAGE, Refused, RunFailed, describe_failure, one_line
+from das_core.prompts import read_lines_from  # noqa: F401 - jobs read labels and phrases through it
+from das_core.storage import check_output_file, check_output_folder  # noqa: F401
 
 log = logging.getLogger("das")
 _PROG = "das"          # the running command, for messages printed outside run_main
 
-# Variables a worker on another machine needs to see as the driver does.
+# Variables a worker on another machine needs to see as the driver does; the last two are test-only fault
+# switches (das_core.units.TEST_CRASH_ENV, das_core.storage.TEST_FAIL_WRITE_ENV, tests/test_faults.py).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE",
-                 "DAS_TOKENIZER_DIR", "DAS_CACHE_DIR")
+                 "DAS_TOKENIZER_DIR", "DAS_CACHE_DIR", "DAS_TEST_CRASH_ON", "DAS_TEST_FAIL_WRITE")
 
 
 UsageError = Refused          # a bad argument or artefact, refused before any work starts (exit status 2)
@@ -104,6 +106,12 @@ def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None
         status, message = describe_failure(exc)
         _report(prog, message, debug)
         return status
+
+
+def settings_from_args(cls, args: argparse.Namespace, **given):
+    """A das_core settings object from the parsed options of the same names (and ``given`` ones)."""
+    fields = cls.__dataclass_fields__
+    return cls(**{**{k: v for k, v in vars(args).items() if k in fields}, **given})
 
 
 def job_main(argv: list[str] | None, prog: str, build_parser, config_from_args, run) -> int:
@@ -207,85 +215,3 @@ def require_cluster_resources(gpus: float = 0.0, cpus: float = 0.0, wait_s: floa
                                + (f"; waited {wait_s:g} s for the autoscaler ({CLUSTER_WAIT_ENV})" if wait_s else ""))
         log.info("waiting up to %.0f s for the Ray cluster to offer %s", left, "; ".join(missing))
         time.sleep(min(15.0, left))
-
-
-def _decode_text(data: bytes) -> str:
-    """UTF-8 (with or without a byte-order mark); UTF-16 only when its byte-order mark says so."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    return data.decode("utf-8-sig")
-
-
-def read_lines_from(uri: str, what: str) -> list[str]:
-    """The entries of a labels / noise-phrases file (local or s3://), one per line, read as people write them.
-
-    BOM, CRLF, blank lines and ``#`` comments are handled
-    (``das_core.prompts.numbered_lines``); an entry that looks like a mistake
-    (tab, control character, stray punctuation, very long) is kept with a
-    warning naming its line. A folder, a missing file or one that is not
-    text is refused (``UsageError``).
-    """
-    from das_core.prompts import numbered_lines, odd_text_reason
-
-    if not storage.is_s3(uri) and os.path.isdir(os.path.expanduser(uri)):
-        raise UsageError(f"{what} file {uri} is a folder (a text file with one entry per line is expected); "
-                         "pass the file itself")
-    try:
-        data = storage.read_bytes(uri)
-    except storage.StorageError:
-        raise
-    except FileNotFoundError:
-        raise UsageError(f"{what} file {uri} does not exist (no such file); check the path") from None
-    except IsADirectoryError:
-        raise UsageError(f"{what} file {uri} is a folder; pass the file itself") from None
-    try:
-        text = _decode_text(data)
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{what} file {uri} is not UTF-8 text (undecodable byte at offset {exc.start}); "
-                         "save it as UTF-8 plain text") from None
-    lines = numbered_lines(text)
-    for number, content in lines:
-        reason = odd_text_reason(content)
-        if reason:
-            log.warning("%s file %s, line %d: %r %s; check that line", what, uri, number, content, reason)
-    return [content for _, content in lines]
-
-
-def _check_writable_parent(path: str, uri: str, option: str) -> None:
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):           # the folders to create: the nearest existing one must allow it
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"{option} {uri}: {parent} is a file, not a folder; choose another location")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {uri}: cannot write in {parent} (permission denied); "
-                         "choose a location you can write to")
-
-
-def check_output_file(uri: str, option: str = "--out") -> None:
-    """Refuse, before any work, an output file that cannot be written: a folder, or a place without write access."""
-    if storage.is_s3(uri):
-        if uri.endswith("/"):
-            raise UsageError(f"{option} {uri} names a folder (a file such as {uri}cache.npz is expected); "
-                             "give a file name")
-        return                     # the bucket was probed by run_main; S3 has no folders to collide with
-    path = os.path.abspath(os.path.expanduser(uri))
-    if os.path.isdir(path):
-        raise UsageError(f"{option} {uri} is a folder (a file is expected); give a file name, "
-                         f"e.g. {os.path.join(uri, 'cache.npz')}")
-    _check_writable_parent(path, uri, option)
-
-
-def check_output_folder(uri: str, option: str = "--out") -> None:
-    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
-    if storage.is_s3(uri):
-        return                     # the bucket was probed by run_main
-    path = os.path.abspath(os.path.expanduser(uri))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{option} {uri} is a file (a folder is expected); choose another {option}")
-    if os.path.isdir(path):
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"{option} {uri}: cannot write in it (permission denied); "
-                             "choose a location you can write to")
-        return
-    _check_writable_parent(path, uri, option)

@@ -1,10 +1,6 @@
 """``das demo`` / ``make demo``: generate a small archive and label it end to end with ``das label``.
 
-The checkpoint is, in this order: ``$DAS_CHECKPOINT``; LAION's
-``630k-audioset-best`` (downloaded into the local cache when the network
-allows); otherwise a checkpoint of the same HTSAT-tiny audio architecture
-with random weights. In the last case the manifest records
-``weights: random`` and the summary says the labels are meaningless.
+The example and its checkpoint: ``das_core.demo``.
 """
 
 from __future__ import annotations
@@ -13,68 +9,7 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
-from jobs.common import add_common_options, log, run_main
-
-LABELS = ["siren", "beep", "electric hum", "white noise", "dog bark", "engine idling"]
-RATE = 22050
-
-
-def _tone(freq, seconds, rate=RATE, amp=0.3):
-    t = np.arange(int(seconds * rate)) / rate
-    return amp * np.sin(2 * np.pi * freq * t)
-
-
-def generate_example(folder: str, seed: int = 0) -> list[str]:
-    """A few short files of sirens, beeps, hums and noise, in several formats and rates."""
-    import soundfile as sf
-
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    t = np.arange(int(12 * RATE)) / RATE
-    siren = 0.3 * np.sin(2 * np.pi * np.cumsum(700 + 300 * np.sin(2 * np.pi * 0.5 * t)) / RATE)
-    beeps = np.concatenate([np.r_[_tone(1000, 0.2), np.zeros(int(0.3 * RATE))] for _ in range(8)])
-    hum = sum(_tone(50 * k, 6.0, amp=0.2 / k) for k in (1, 2, 3))
-    noise = 0.1 * rng.standard_normal(int(3 * RATE))
-    clips = {
-        "siren.flac": (siren, RATE),
-        "beeps.wav": (beeps, RATE),
-        "mains-hum.ogg": (hum, RATE),
-        "noise.wav": (noise, RATE),
-        "siren-in-noise.flac": (siren[: 5 * RATE] + 0.05 * rng.standard_normal(5 * RATE), RATE),
-    }
-    paths = []
-    for name, (x, rate) in clips.items():
-        path = os.path.join(folder, name)
-        sf.write(path, x.astype(np.float32), rate)
-        paths.append(path)
-    return paths
-
-
-def resolve_demo_checkpoint() -> str:
-    from das_core import checkpoint as ckpt
-    from das_core.random_checkpoint import write_random_checkpoint
-
-    if os.environ.get("DAS_CHECKPOINT"):
-        log.info("using DAS_CHECKPOINT=%s", os.environ["DAS_CHECKPOINT"])
-        return os.environ["DAS_CHECKPOINT"]
-    try:
-        path = ckpt.resolve("630k-audioset-best")
-        log.info("using LAION's 630k-audioset-best (%s)", path)
-        return path
-    except ckpt.CheckpointError as exc:
-        log.debug("%s", exc)          # its advice names --checkpoint, an option the demo does not have
-        log.warning("LAION's 630k-audioset-best cannot be downloaded here; set DAS_CHECKPOINT to a local copy "
-                    "for real labels")
-    path = os.path.join(ckpt.cache_dir(), "checkpoints", "random", "HTSAT-tiny-transformer-random.pt")
-    if not os.path.isfile(path):
-        log.warning("writing a checkpoint with RANDOM weights (HTSAT-tiny audio tower, LAION's transformer text "
-                    "tower so that no tokenizer download is needed) to %s", path)
-        write_random_checkpoint(path)
-    print("\n*** No pretrained CLAP weights: running with RANDOM weights. The pipeline is real, the labels are "
-          "meaningless. Set DAS_CHECKPOINT=/path/to/630k-audioset-best.pt for real labels. ***\n", flush=True)
-    return path
+from jobs.common import add_common_options, run_main
 
 
 def build_parser(prog: str = "das demo") -> argparse.ArgumentParser:
@@ -85,25 +20,13 @@ def build_parser(prog: str = "das demo") -> argparse.ArgumentParser:
     return p
 
 
-def demo(args: argparse.Namespace) -> int:
-    from das_core.cache import DriftCache
-    from das_core.encoder import ClapEncoder
-    from das_core.prompts import DEFAULT_NOISE_PHRASES
-    from jobs.label import LabelConfig, run
+def demo(out: str) -> int:
+    from das_core.demo import prepare_demo
+    from das_core.labelrun import LabelConfig
+    from jobs.label import run
 
-    out = os.path.abspath(args.out)
-    audio_dir = os.path.join(out, "archive")
-    paths = generate_example(audio_dir)
-    log.info("generated %d example files in %s", len(paths), audio_dir)
-    with open(os.path.join(audio_dir, "broken.wav"), "wb") as f:
-        f.write(b"RIFF....WAVE this file was cut off")          # a bad file is reported, never dropped
-    checkpoint = resolve_demo_checkpoint()
-    encoder = ClapEncoder.from_checkpoint(checkpoint)
-    cache = DriftCache.build(encoder.embed_text, LABELS, DEFAULT_NOISE_PHRASES, encoder_id=encoder.encoder_id,
-                             encoder_name=encoder.name)
-    cache_uri = os.path.join(out, "cache.npz")
-    cache.save(cache_uri)
-    log.info("drift cache: %d classes x (1 + %d phrases) -> %s", len(LABELS), len(DEFAULT_NOISE_PHRASES), cache_uri)
+    out = os.path.abspath(out)
+    audio_dir, cache_uri, checkpoint = prepare_demo(out)
     results = os.path.join(out, "labels")
     run(LabelConfig(input=audio_dir, cache=cache_uri, checkpoint=checkpoint, out=results, overwrite=True,
                     max_error_fraction=0.5))
@@ -115,7 +38,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "das demo") -> int:
     args = build_parser(prog).parse_args(argv)
-    return run_main(prog, lambda: demo(args), args)
+    return run_main(prog, lambda: demo(args.out), args)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from das_core import storage
-from das_core.results import MANIFEST, OutputStore
-from jobs.common import UsageError, add_common_options, job_main, log
+from das_core.manifest import RunManifest
+from jobs.common import add_common_options, job_main, log
 
 
 def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
@@ -24,21 +23,11 @@ def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> str:
-    return args.out
-
-
 def run(out: str) -> str:
     """Write the report of ``out``; returns the URI of report.md."""
     from das_core.report import write_report
 
-    try:
-        manifest = OutputStore(out).read_manifest()
-    except ValueError as exc:
-        raise UsageError(f"{storage.join(out, MANIFEST)} is not valid JSON ({exc})") from None
-    if manifest is None:
-        raise UsageError(f"{out} has no {MANIFEST}: it is not the output of `das label` or a `das rescore` run folder "
-                         "(for rescore output, give OUT/run_id=ID)")
+    RunManifest.require(out, "das report; for rescore output, give OUT/run_id=ID")
     target = write_report(out)
     print(f"das report: written to {target}", flush=True)
     return target
@@ -54,7 +43,7 @@ def report_after_job(out: str) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "das report") -> int:
-    return job_main(argv, prog, build_parser, config_from_args, run)
+    return job_main(argv, prog, build_parser, lambda args: args.out, run)
 
 
 if __name__ == "__main__":

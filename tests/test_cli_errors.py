@@ -293,7 +293,7 @@ def test_evaluate_out_that_is_a_file(tmp_path):
 
 
 def test_output_folder_checks(tmp_path):
-    from jobs.common import check_output_folder
+    from das_core.storage import check_output_folder
 
     check_output_folder(str(tmp_path / "new" / "deeper"))
     check_output_folder(str(tmp_path))

@@ -358,50 +358,6 @@ def test_transient_s3_failures(reference, archive, cache_uri, tiny_ckpt, s3_endp
 # ------------------------------------------------------------------ the pieces, without a cluster
 
 
-def test_decode_progress_gives_up_only_after_two_known_deaths():
-    from jobs.pipeline import DecodeProgress
-
-    p = DecodeProgress()
-    assert p.begin("u1") == (False, {}, -1)
-    p.at("u1", 0, "a.wav")
-    p.chunk("u1", 1)
-    p.at("u1", 1, "b.wav")                                 # first attempt dies here: position not trusted
-    assert p.begin("u1") == (True, {}, 1)
-    p.at("u1", 0, "a.wav")
-    p.at("u1", 1, "b.wav")                                 # a careful attempt dies: one known death
-    p.chunk("u1", 3)
-    assert p.begin("u1") == (True, {}, 3)
-    p.at("u1", 0, "a.wav")
-    p.at("u1", 1, "b.wav")                                 # second known death on b.wav
-    assert p.begin("u1") == (True, {1: "b.wav"}, 3)
-    p.at("u1", 2, "c.wav")
-    p.done("u1")
-    assert p.units == {} and p.begin("u1") == (False, {}, -1)  # a finished unit is forgotten
-    p.done("u1")
-    assert p.begin("u2") == (False, {}, -1)
-    p.at("u2", 0, "x.wav")
-    assert p.begin("u2") == (True, {}, -1)                 # deaths at different inputs never add up
-    p.at("u2", 0, "x.wav")
-    assert p.begin("u2") == (True, {}, -1)
-    p.at("u2", 1, "y.wav")
-    assert p.begin("u2") == (True, {}, -1)
-
-
-def test_unit_tracker_ignores_repeated_chunks():
-    from jobs.pipeline import UnitTracker
-
-    t = UnitTracker()
-
-    def stats(chunk: int, last: bool = False, pieces: bool = False) -> dict:
-        return {"unit": "u1", "chunk": chunk, "last": last, "pieces": pieces}
-
-    assert t.add(stats(0, pieces=True)) is None
-    assert t.is_repeat(stats(0)) and t.add(stats(0, pieces=True)) is None
-    assert t.add(stats(2, last=True)) is None
-    assert t.add(stats(1, pieces=True)) == ("u1", [0, 1])
-    assert t.is_repeat(stats(1)) and t.add(stats(2, last=True)) is None and t.open_units == 0
-
-
 def test_temporaries_of_killed_writers_are_removed(tmp_path):
     (tmp_path / ".tmp-abc123").write_bytes(b"half a part")
     (tmp_path / "part-u00000000-c00000.parquet").write_bytes(b"kept")
@@ -413,7 +369,7 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path):
 
 
 def test_failed_local_write_leaves_nothing(tmp_path, monkeypatch):
-    from jobs.label import write_failure
+    from das_core.labelrun import write_refusal
 
     target = tmp_path / "files" / "part-u00000001-end.parquet"
     monkeypatch.setenv(storage.TEST_FAIL_WRITE_ENV, "u00000001-end")
@@ -424,8 +380,9 @@ def test_failed_local_write_leaves_nothing(tmp_path, monkeypatch):
     try:
         raise RuntimeError("the task failed") from caught.value
     except RuntimeError as wrapped:
-        assert write_failure(wrapped) is caught.value
-    assert write_failure(ValueError("no")) is None
+        refusal = write_refusal(wrapped, str(tmp_path))
+    assert str(target) in str(refusal) and "--resume" in str(refusal) and os.strerror(28) in str(refusal)
+    assert write_refusal(ValueError("no"), str(tmp_path)) is None
 
 
 class FakeWatch:

@@ -70,7 +70,8 @@ def test_ordinary_labels_are_not_flagged(text):
 
 
 def test_labels_file_is_read_with_warnings(tmp_path, caplog):
-    from jobs.common import UsageError, read_lines_from
+    from das_core.errors import Refused as UsageError
+    from das_core.prompts import read_lines_from
 
     path = tmp_path / "labels.txt"
     path.write_bytes("\ufeffdog_bark\r\ncar horn # honk\r\n\r\nsiren,\r\n".encode())

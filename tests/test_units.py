@@ -15,7 +15,15 @@ import soundfile as sf
 from conftest import label_run, read_output, sine
 
 from das_core.audio import SAMPLE_RATE, window_count
-from das_core.units import ChunkMeta, DecodeSettings, decode_unit, plan_units, read_work_manifest, write_work_manifest
+from das_core.units import (
+    ChunkMeta,
+    DecodeProgress,
+    DecodeSettings,
+    decode_unit,
+    plan_units,
+    read_work_manifest,
+    write_work_manifest,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,3 +172,30 @@ def test_work_manifest_is_valid_json_free_parquet(tmp_path):
     assert uri.endswith("_work/units.parquet") and os.path.exists(uri)
     assert json.dumps(units.to_pylist())          # plain values: readable by any Parquet reader
     assert np.array_equal(units.column("bytes").to_numpy(), [0, 0])
+
+
+def test_decode_progress_gives_up_only_after_two_known_deaths():
+    p = DecodeProgress()
+    assert p.begin("u1") == (False, {}, -1)
+    p.at("u1", 0, "a.wav")
+    p.chunk("u1", 1)
+    p.at("u1", 1, "b.wav")                                 # first attempt dies here: position not trusted
+    assert p.begin("u1") == (True, {}, 1)
+    p.at("u1", 0, "a.wav")
+    p.at("u1", 1, "b.wav")                                 # a careful attempt dies: one known death
+    p.chunk("u1", 3)
+    assert p.begin("u1") == (True, {}, 3)
+    p.at("u1", 0, "a.wav")
+    p.at("u1", 1, "b.wav")                                 # second known death on b.wav
+    assert p.begin("u1") == (True, {1: "b.wav"}, 3)
+    p.at("u1", 2, "c.wav")
+    p.done("u1")
+    assert p.units == {} and p.begin("u1") == (False, {}, -1)  # a finished unit is forgotten
+    p.done("u1")
+    assert p.begin("u2") == (False, {}, -1)
+    p.at("u2", 0, "x.wav")
+    assert p.begin("u2") == (True, {}, -1)                 # deaths at different inputs never add up
+    p.at("u2", 0, "x.wav")
+    assert p.begin("u2") == (True, {}, -1)
+    p.at("u2", 1, "y.wav")
+    assert p.begin("u2") == (True, {}, -1)

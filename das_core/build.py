@@ -1,0 +1,98 @@
+"""``das build-cache`` without the command line: its settings, its checks, the build and its summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from das_core.cache import DEFAULT_LAM
+from das_core.errors import ConfigError
+from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
+from das_core.storage import check_output_file
+
+log = logging.getLogger("das")
+
+@dataclass(frozen=True)
+class BuildConfig:
+    labels: str                          # labels file, one per line (local or s3://)
+    checkpoint: str
+    out: str                             # the cache file (.npz; local or s3://)
+    noise_phrases: str | None = None     # file; default DEFAULT_NOISE_PHRASES
+    lam: float = DEFAULT_LAM
+    clean_template: str = CLEAN_TEMPLATE
+    clean_templates: str | None = None   # file of templates: a prompt ensemble for the clean prototype
+    noisy_template: str = NOISY_TEMPLATE
+    tokenizer_dir: str | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    labels: list[str]
+    phrases: list[str]
+    templates: list[str] | None
+
+
+def check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu "
+                          "(the default; text encoding is cheap)")
+
+
+def read_inputs(c: BuildConfig) -> BuildInputs:
+    """Read and check everything the build needs; refused here, before any model is loaded."""
+    from das_core.cache import validate_build_inputs, validate_clean_templates
+
+    check_output_file(c.out)
+    labels = read_lines_from(c.labels, "labels")
+    phrases = read_lines_from(c.noise_phrases, "noise phrases") if c.noise_phrases else list(DEFAULT_NOISE_PHRASES)
+    if not labels:
+        raise ConfigError(f"labels file {c.labels} has no labels (only blank lines or # comments); "
+                          "write one label per line")
+    templates = None
+    if c.clean_templates:
+        if c.clean_template != CLEAN_TEMPLATE:
+            raise ConfigError("give either --clean-template or --clean-templates, not both")
+        templates = read_lines_from(c.clean_templates, "clean templates")
+    try:
+        if templates is not None:
+            validate_clean_templates(templates)
+        validate_build_inputs(labels, phrases, templates[0] if templates else c.clean_template,
+                              c.noisy_template, c.lam)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    check_device(c.device)
+    return BuildInputs(labels, phrases, templates)
+
+
+def build_cache(c: BuildConfig) -> str:
+    """Build and save the drift cache of ``c``; the summary to print."""
+    from das_core.cache import DriftCache
+    from das_core.encoder import ClapEncoder
+
+    given = read_inputs(c)
+    start = time.monotonic()
+    log.info("loading checkpoint %s", c.checkpoint)
+    encoder = ClapEncoder.from_checkpoint(c.checkpoint, device=c.device, tokenizer_dir=c.tokenizer_dir)
+    cache = DriftCache.build(encoder.embed_text, given.labels, given.phrases, clean_template=c.clean_template,
+                             noisy_template=c.noisy_template, lam=c.lam, encoder_id=encoder.encoder_id,
+                             encoder_name=encoder.name, clean_templates=given.templates)
+    cache.save(c.out)
+    zero = cache.zero_drift_labels
+    templates = len(cache.clean_templates) or 1
+    return (f"drift cache written to {c.out}\n"
+            f"  classes:           {len(cache.labels)}\n"
+            f"  noise phrases:     {len(cache.noise_phrases)}\n"
+            f"  clean templates:   {templates}\n"
+            f"  text encodings:    {cache.n_text_encodings} (= {len(cache.labels)} x "
+            f"({templates} + {len(cache.noise_phrases)}))\n"
+            f"  lam:               {cache.lam}\n"
+            f"  checkpoint:        {encoder.name} ({encoder.arch.describe()}) {encoder.encoder_id}\n"
+            f"  cache fingerprint: {cache.fingerprint}\n"
+            f"  without drift:     {', '.join(zero) if zero else 'none'}\n"
+            f"  time:              {time.monotonic() - start:.1f} s")

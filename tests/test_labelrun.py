@@ -1,0 +1,80 @@
+"""The label run without Ray (``das_core.labelrun``): plan settings, chunk accounting, the error budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import sine, write_audio
+
+from das_core.errors import RunFailed
+from das_core.labelrun import LabelConfig, LabelRun, UnitTracker, plan_run
+from das_core.results import OutputStore
+from das_core.units import read_work_manifest
+
+
+def stats(unit: str, chunk: int, *, last: bool, ok: int = 0, error: int = 0, windows: int = 0) -> dict:
+    return {"unit": unit, "chunk": chunk, "last": last, "windows": windows, "files_ok": ok, "files_error": error,
+            "segments": windows, "errors_by_kind": json.dumps({"corrupt": error} if error else {}),
+            "pieces": False, "skipped": "{}", "node": "n1", "seconds": 0.1, "decoded_on": "n2"}
+
+
+@pytest.fixture
+def archive(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        write_audio(tmp_path / "in" / f"clip{i}.wav", sine(440 + 100 * i, 1.0, 16000), 16000)
+    return str(tmp_path / "in")
+
+
+def test_plan_builds_each_stage_settings(archive, small_cache, tiny_ckpt, tmp_path):
+    c = LabelConfig(input=archive, cache=small_cache, checkpoint=tiny_ckpt, out=str(tmp_path / "out"), top_k=2,
+                    files_per_unit=2, batch_size=8, num_gpus=0, snr_db=None, probabilities=True)
+    p = plan_run(c)
+    assert len(p.units) == 2 and p.todo_files == 4 and p.row_groups_to_do() is None
+    assert p.decode_settings().chunk_windows == c.windows_per_chunk == 32
+    encode = p.encode_settings()
+    assert (encode.max_batch_size, encode.num_gpus_per_actor, c.actor_count) == (8, 0.0, 1)
+    write = p.write_settings()
+    assert write.top_k == 2 and write.seed is None and write.logit_scale == p.checkpoint_info["logit_scale"]
+
+
+def test_run_counts_chunks_commits_whole_units_and_stops_at_the_error_budget(archive, small_cache, tiny_ckpt,
+                                                                             tmp_path):
+    out = str(tmp_path / "out")
+    c = LabelConfig(input=archive, cache=small_cache, checkpoint=tiny_ckpt, out=out, files_per_unit=2,
+                    max_error_fraction=0.25, report=False)
+    run = LabelRun(plan_run(c))
+    assert run.start()
+    assert len(read_work_manifest(out)) == 2 and OutputStore(out).read_manifest()["status"] == "running"
+    assert run.observe(stats("u00000000", 1, last=True, ok=1, windows=1)) is None       # chunk 0 still out
+    assert run.observe(stats("u00000000", 0, last=False, ok=1, windows=1)) == ("u00000000", [])
+    assert run.observe(stats("u00000000", 0, last=False, ok=1, windows=1)) is None      # a retried chunk
+    assert run.aborted is None and run.counts.files == 2
+    run.observe(stats("u00000001", 0, last=True, error=2))        # 2 of 4 files failed: over a quarter
+    assert run.aborted and "stopping early" in run.aborted
+    run.check_whole()                                              # stopped early: open units are allowed
+    manifest = run.finish()
+    assert manifest["status"] == "failed" and manifest["counts"]["error"] == 2
+    assert isinstance(run.failure, RunFailed) and OutputStore(out).read_manifest()["status"] == "failed"
+
+
+def test_pipeline_that_leaves_a_unit_open_is_an_error(archive, small_cache, tiny_ckpt, tmp_path):
+    c = LabelConfig(input=archive, cache=small_cache, checkpoint=tiny_ckpt, out=str(tmp_path / "out"))
+    run = LabelRun(plan_run(c))
+    run.observe(stats("u00000000", 0, last=False, ok=1, windows=1))
+    with pytest.raises(RuntimeError, match="1 unit"):
+        run.check_whole()
+
+
+def test_unit_tracker_ignores_repeated_chunks():
+    t = UnitTracker()
+
+    def stats(chunk: int, last: bool = False, pieces: bool = False) -> dict:
+        return {"unit": "u1", "chunk": chunk, "last": last, "pieces": pieces}
+
+    assert t.add(stats(0, pieces=True)) is None
+    assert t.is_repeat(stats(0)) and t.add(stats(0, pieces=True)) is None
+    assert t.add(stats(2, last=True)) is None
+    assert t.add(stats(1, pieces=True)) == ("u1", [0, 1])
+    assert t.is_repeat(stats(1)) and t.add(stats(2, last=True)) is None and t.open_units == 0
