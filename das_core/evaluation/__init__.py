@@ -53,7 +53,6 @@ from das_core.evaluation.protocol import (
     DEFAULT_SEED,
     DEFAULT_SNRS,
     DEFAULT_TUNE_SPLITS,
-    DEFAULTS,
     Condition,
     EvaluateConfig,
     Plan,
@@ -70,7 +69,7 @@ from das_core.evaluation.side import SideInformation, side_information
 from das_core.evaluation.stores import ConditionData, EvaluationError, StoreData, read_store
 
 __all__ = [
-    "BASELINES", "CACHE_LAM", "DEFAULTS", "DEFAULT_LAM_GRID", "DEFAULT_MAX_ERROR_FRACTION", "DEFAULT_SEED",
+    "BASELINES", "CACHE_LAM", "DEFAULT_LAM_GRID", "DEFAULT_MAX_ERROR_FRACTION", "DEFAULT_SEED",
     "DEFAULT_SNRS", "DEFAULT_TUNE_SPLITS", "METHODS", "UNKNOWN_SCENE", "Condition", "ConditionData", "EvaluateConfig",
     "Evaluation", "EvaluationError", "Plan", "SideInformation", "StoreData", "TextEmbeddings", "TuneSplit",
     "choose_lam", "choose_tune_split", "evaluate", "parse_conditions", "parse_lam_grid", "parse_tune_split", "plan",

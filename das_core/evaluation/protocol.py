@@ -8,7 +8,6 @@ reads them from this module. Settings are checked when an
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Hashable, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from das_core.baselines import DEFAULT_TAU
+from das_core.cache import DEFAULT_LAM
 from das_core.datasets import (
     DATASETS,
     ESC50,
@@ -30,9 +30,9 @@ from das_core.datasets import (
     read_noise,
     stratified_subset,
 )
+from das_core.encoder import DEFAULT_BATCH_SIZE
 from das_core.errors import ConfigError
-from das_core.labelrun import DEFAULT_BATCH_SIZE
-from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE
+from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
 
 log = logging.getLogger("das.evaluation")
 
@@ -41,7 +41,7 @@ DEFAULT_LAM_GRID = "0,0.05,0.1,0.2,0.3,0.5,1.0"
 DEFAULT_TUNE_SPLITS = {URBANSOUND8K: "folds:1-5", ESC50: "folds:1-2", FSD50K: "hash:50"}
 DEFAULT_MAX_ERROR_FRACTION = 0.1
 DEFAULT_SEED = 0
-CACHE_LAM = 0.1                       # the lam stored in the cache the label job uses; evaluation sweeps its own
+CACHE_LAM = DEFAULT_LAM               # the lam stored in the cache the label job uses; evaluation sweeps its own
 SNR_RANGE_DB = (-60.0, 120.0)
 
 
@@ -186,7 +186,7 @@ class EvaluateConfig:
     seed: int = DEFAULT_SEED
     lam_grid: tuple[float, ...] = parse_lam_grid(DEFAULT_LAM_GRID)
     tune_split: str | None = None          # None: the dataset's default (DEFAULT_TUNE_SPLITS)
-    noise_phrases: tuple[str, ...] = DEFAULT_NOISE_PHRASES
+    noise_phrases: str | None = None       # file, one phrase a line; None: das_core.prompts.DEFAULT_NOISE_PHRASES
     tau: float = DEFAULT_TAU
     limit: int | None = None
     noise_limit: int | None = None
@@ -216,20 +216,6 @@ class EvaluateConfig:
             raise ConfigError("--batch-size and --actors must be at least 1, --num-gpus at least 0")
         if not 0.0 <= self.max_error_fraction <= 1.0:
             raise ConfigError("--max-error-fraction must be between 0 and 1")
-
-
-    @classmethod
-    def from_settings(cls, snrs: str = DEFAULT_SNRS, lam_grid: str = DEFAULT_LAM_GRID, **settings) -> EvaluateConfig:
-        """A config from settings named as ``das evaluate``'s options: ``snrs`` and ``lam_grid`` as text.
-
-        Names that are not fields (``verbose``, ``s3_endpoint`` ...) are ignored.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(conditions=parse_conditions(snrs), lam_grid=parse_lam_grid(lam_grid),
-                   **{k: v for k, v in settings.items() if k in names and k not in ("conditions", "lam_grid")})
-
-
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvaluateConfig) if f.default is not dataclasses.MISSING}
 
 
 def choose_tune_split(c: EvaluateConfig, dataset: Dataset) -> TuneSplit:
@@ -268,13 +254,10 @@ class Plan:
     split: TuneSplit
     is_tune: np.ndarray           # (n,) bool
     groups: list[Hashable]        # TGAP cross-fitting group of each clip: its fold, or the clip itself
+    phrases: tuple[str, ...]      # DAS noise phrases
     checkpoint_id: str
     checkpoint_info: dict
     n_available: int              # clips in the dataset before --limit
-
-    @property
-    def phrases(self) -> tuple[str, ...]:
-        return self.config.noise_phrases
 
 
 def _limited(c: EvaluateConfig, dataset: Dataset, split: TuneSplit) -> Dataset:
@@ -312,9 +295,11 @@ def plan(c: EvaluateConfig) -> Plan:
     groups: list[Hashable] = ([clip.fold for clip in dataset.clips] if dataset.folds
                               else [clip.clip_id for clip in dataset.clips])
     _check_split(c, dataset, split, is_tune, groups)
+    phrases = tuple(read_lines_from(c.noise_phrases, "noise phrases")) if c.noise_phrases else DEFAULT_NOISE_PHRASES
     try:
-        validate_build_inputs(dataset.label_names, c.noise_phrases, CLEAN_TEMPLATE, NOISY_TEMPLATE, CACHE_LAM)
+        validate_build_inputs(dataset.label_names, phrases, CLEAN_TEMPLATE, NOISY_TEMPLATE, CACHE_LAM)
     except ValueError as exc:
         raise ConfigError(f"{c.dataset} labels / noise phrases: {exc}") from None
     local = ckpt.resolve(c.checkpoint)
-    return Plan(c, dataset, noise, split, is_tune, groups, ckpt.fingerprint(local), ckpt.describe(local), n_available)
+    return Plan(c, dataset, noise, split, is_tune, groups, phrases, ckpt.fingerprint(local), ckpt.describe(local),
+                n_available)

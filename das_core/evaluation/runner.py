@@ -92,6 +92,7 @@ def _announce(p: Plan) -> None:
 def run_evaluation(c: EvaluateConfig, run_label: Callable[[LabelConfig], dict]) -> tuple[dict, str]:
     """Evaluate and write the outputs; returns the summary written to ``evaluation.json`` and the text to print."""
     t0 = time.monotonic()
+    storage.check_output_folder(c.out)
     check_previous(c)
     p = plan(c)
     _announce(p)
