@@ -10,7 +10,6 @@ from test_datasets import make_esc50, make_tau, make_urbansound8k
 
 from das_core.errors import ConfigError, Refused
 from das_core.evaluation import (
-    DEFAULTS,
     Condition,
     EvaluateConfig,
     parse_conditions,
@@ -64,11 +63,15 @@ def test_config_refuses_bad_settings_with_the_librarys_error():
     assert issubclass(ConfigError, Refused)
 
 
-def test_defaults_are_the_configs_and_settings_come_as_a_command_line_gives_them():
-    assert DEFAULTS["seed"] == 0 and DEFAULTS["tau"] == 0.5 and DEFAULTS["batch_size"] == 16
-    assert "dataset" not in DEFAULTS            # required: no default
-    c = EvaluateConfig.from_settings(dataset="esc50", root="r", noise_root="n", checkpoint="c", out="o",
-                                     snrs="clean,0", lam_grid="0.2,0", verbose=True, seed=3)
+def test_the_command_line_reads_its_defaults_off_the_config():
+    from jobs.evaluate import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--dataset", "esc50", "--root", "r", "--noise-root", "n", "--checkpoint", "c",
+                                      "--out", "o"])
+    assert config_from_args(args) == EvaluateConfig("esc50", "r", "n", "c", "o")
+    args = build_parser().parse_args(["--dataset", "esc50", "--root", "r", "--noise-root", "n", "--checkpoint", "c",
+                                      "--out", "o", "--snrs", "clean,0", "--lam-grid", "0.2,0", "--seed", "3"])
+    c = config_from_args(args)
     assert c.conditions == (Condition(None), Condition(0.0)) and c.lam_grid == (0.0, 0.2) and c.seed == 3
     assert dataclasses.replace(c, tau=0.25).tau == 0.25
 
@@ -89,6 +92,12 @@ def test_esc50_plan_uses_its_folds(tmp_path, tiny_ckpt):
     assert p.groups == [c.fold for c in p.dataset.clips]       # TGAP pools: the other folds
     assert [cd.title for cd in p.config.conditions] == [
         "clean", "20 dB", "10 dB", "5 dB", "0 dB", "-5 dB"]
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("rain\nwind noise\n")
+    assert plan(_config(*args, noise_phrases=str(phrases))).phrases == ("rain", "wind noise")
+    phrases.write_text("rain\nrain\n")
+    with pytest.raises(ConfigError, match="esc50 labels / noise phrases: noise phrases contain duplicates"):
+        plan(_config(*args, noise_phrases=str(phrases)))
     small = plan(_config(*args, limit=6))
     assert len(small.dataset.clips) == 6 and small.is_tune.any() and not small.is_tune.all()
     with pytest.raises(ConfigError, match="the test split is empty"):
