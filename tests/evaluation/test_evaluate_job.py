@@ -204,6 +204,33 @@ def test_report_table_equals_results_json(us8k):
         assert f"- `{method}`: " in report.split("## What the Acevedo variants need", 1)[1]
 
 
+def _zs_text_rows(emb64, sources, scene_of, prompts, anchors) -> list[np.ndarray]:
+    """Acevedo ZS-text per window, from scratch: b = mean over the scene's background prompts of their anchor sims."""
+    rows = []
+    for z, src in zip(emb64, sources):
+        b = np.zeros(len(anchors))
+        if src is not None:
+            scene = scene_of[src.rsplit("@", 1)[0]]
+            bg = np.stack([prompts[p] for p in background_prompts(scene)]).astype(np.float64)
+            b = (bg @ anchors.T).mean(axis=0)
+        rows.append((z @ anchors.T - 0.5 * b).astype(np.float32))
+    return rows
+
+
+def _tgap_audio_rows(emb, fids, sources, fold, scene_of, noise, anchors) -> list[np.ndarray]:
+    """Acevedo TGAP-audio per window, from scratch: the pool outside the clip's fold, the scene's recordings."""
+    rows = []
+    for z, fid, src in zip(emb.astype(np.float64), fids, sources):
+        pool = np.stack([e for e, f in zip(emb, fids) if fold[f] != fold[fid]])
+        protos = tgap_prototypes(anchors, pool).astype(np.float64)
+        b = np.zeros(len(anchors))
+        if src is not None:
+            scene = scene_of[src.rsplit("@", 1)[0]]
+            b = background_profile(protos, np.stack([e for u, e in noise.items() if scene_of[u] == scene]))
+        rows.append(acevedo_scores(z[None], protos, b, tau=0.5)[0])
+    return rows
+
+
 def test_metrics_agree_with_independent_computation(us8k):
     """Recompute from the stored Parquet embeddings with pyarrow and plain numpy, metadata read with csv."""
     out, root, noise_root = us8k["out"], us8k["root"], us8k["noise"]
@@ -243,31 +270,13 @@ def test_metrics_agree_with_independent_computation(us8k):
         assert _one(records, "zs_das_template", snr, "accuracy_fold_mean")["value"] == pytest.approx(fold_mean)
 
         # Acevedo ZS-text: background prompts of the scene of the noise actually mixed into each window
-        rows = []
-        for z, src in zip(emb64, sources):
-            if snr is None:
-                assert src is None
-                b = np.zeros(len(names))
-            else:
-                scene = scene_of[src.rsplit("@", 1)[0]]
-                bg = np.stack([prompts[p] for p in background_prompts(scene)]).astype(np.float64)
-                b = (bg @ anchors.T).mean(axis=0)
-            rows.append((z @ anchors.T - 0.5 * b).astype(np.float32))
-        acc_text = accuracy(_max_by_file(fids, rows), {2, 3})[0]
+        assert snr is not None or all(src is None for src in sources)      # clean: no background
+        acc_text = accuracy(_max_by_file(fids, _zs_text_rows(emb64, sources, scene_of, prompts, anchors)), {2, 3})[0]
         assert _one(records, "acevedo_zs_text", snr, "accuracy")["value"] == pytest.approx(acc_text)
 
         # Acevedo TGAP-audio: prototypes from the other folds' windows, profile from that scene's noise recordings
-        rows = []
-        for z, fid, src in zip(emb64, fids, sources):
-            pool = np.stack([e for e, f in zip(emb, fids) if fold[f] != fold[fid]])
-            protos = tgap_prototypes(anchors, pool).astype(np.float64)
-            if snr is None:
-                b = np.zeros(len(names))
-            else:
-                scene = scene_of[src.rsplit("@", 1)[0]]
-                recs = np.stack([e for e, u in zip(noise_emb, noise_ids) if scene_of[u] == scene])
-                b = background_profile(protos, recs)
-            rows.append(acevedo_scores(z[None], protos, b, tau=0.5)[0])
+        noise = {u: e for u, e in zip(noise_ids, noise_emb)}
+        rows = _tgap_audio_rows(emb, fids, sources, fold, scene_of, noise, anchors)
         acc_tgap = accuracy(_max_by_file(fids, rows), {2, 3})[0]
         assert _one(records, "acevedo_tgap_audio", snr, "accuracy")["value"] == pytest.approx(acc_tgap)
 
