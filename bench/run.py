@@ -359,6 +359,7 @@ def bench_rss(ckpt: str, cache_uri: str, work: str, sizes: Sizes, threads: int) 
 
 def bench_decode(work: str, sizes: Sizes) -> dict:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import ray
     import ray.data
 
@@ -389,12 +390,18 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
 
     configure_data_context()
 
+    def window_counts(table: pa.Table) -> pa.Table:
+        return table.select(["n_windows"])
+
     def stage():
-        # the stage alone: its blocks stay in the object store (count() reads block metadata only)
+        # the stage alone; only the window counts reach the driver (Ray Data's sum() would add a shuffle
+        # aggregation, whose actors compete with decoding for the cores)
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(decode_units, fn_kwargs={"settings": DecodeSettings()}, batch_size=1,
                             batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES)
-        return int(ds.sum("n_windows"))
+        ds = ds.map_batches(window_counts, batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES)
+        return sum(int(pc.sum(b.column("n_windows")).as_py() or 0)
+                   for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
 
     stage()                                              # warm-up: workers started, imports done
     t = time.perf_counter()
@@ -750,7 +757,7 @@ def bench_changes(ckpt: str, sizes: Sizes) -> dict:
     lab = _labelled(das, plain, tuple(f"c{i}" for i in range(das.shape[1])), 5)
     rows_s = best_of(lambda: _columns_row_by_row(lab, len(das)), 1)
     vector_s = best_of(lambda: labelled_columns(lab, len(das)), 1)
-    return {"text_prefix_speedup": text_full / text_prefix, "topk_argpartition_speedup": sort_s / partition_s,
+    return {"text_prefix_speedup": text_full / text_prefix, "topk_speedup": sort_s / partition_s,
             "label_columns_vectorised_speedup": rows_s / vector_s, "text_prompts_timed": len(prompts)}
 
 
@@ -787,19 +794,24 @@ def bench_gpu(ckpt: str) -> dict:
     return {"gpu_clips_per_s": out, "gpu_cosine_deviation_from_fp32": dev}
 
 
+TABLE_KEYS = (
+    "encoder_clips_per_s", "encoder_best_batch_size", "hf_encoder_clips_per_s", "hf_over_laion_encoder",
+    "pipeline_clips_per_s", "pipeline_over_encoder", "pipeline_startup_s", "naive_clips_per_s", "pipeline_over_naive",
+    "pipeline_over_naive_ceiling", "das_overhead", "rescore_rows_per_s", "rescore_over_read",
+    "rescore_over_read_10_classes", "matmul_bound_rows_per_s", "rescore_over_matmul_bound", "search_rows_per_s_1q",
+    "search_over_read_1q", "search_rows_per_s_100q", "search_over_read_100q", "rss_ratio_60_over_10_min",
+    "peak_rss_gib", "cache_build_s", "decode_per_core", "decode_scaling",
+    *(f"decode_{k}_{ext}" for ext in (*(f[0] for f in CODEC_FORMATS), "wav48k", "wav_noisy")
+      for k in ("over_codec", "windows_per_core", "speedup")),
+    "ffmpeg_over_sndfile_flac", "ffmpeg_over_sndfile_ogg", "driver_windows_per_s", "driver_rss_ratio",
+    "driver_peak_rss_gib", "dry_run_s", "dry_run_peak_rss_gib", "write_windows_per_s_local", "write_windows_per_s_s3",
+    "shards_tar_over_objects", "text_prefix_speedup", "topk_speedup", "topk_argpartition_speedup",
+    "label_columns_vectorised_speedup", "gpu_clips_per_s")
+
+
 def table(results: dict) -> str:
     rows = [("metric", "value", "goal", "met")]
-    for key in ("encoder_clips_per_s", "encoder_best_batch_size", "hf_encoder_clips_per_s", "hf_over_laion_encoder",
-                "pipeline_clips_per_s", "pipeline_over_encoder",
-                "naive_clips_per_s", "pipeline_over_naive", "pipeline_over_naive_ceiling", "das_overhead",
-                "rescore_over_read",
-                "rescore_over_read_10_classes", "search_rows_per_s_1q", "search_over_read_1q", "search_rows_per_s_100q",
-                "search_over_read_100q", "rss_ratio_60_over_10_min", "peak_rss_gib", "cache_build_s",
-                "decode_per_core", "decode_scaling",
-                *(f"decode_{k}_{ext}" for ext in (*(f[0] for f in CODEC_FORMATS), "wav48k", "wav_noisy")
-                  for k in ("over_codec", "windows_per_core", "speedup")),
-                "pipeline_startup_s", "text_prefix_speedup",
-                "topk_argpartition_speedup", "label_columns_vectorised_speedup", "gpu_clips_per_s"):
+    for key in TABLE_KEYS:
         if key not in results:
             continue
         value = results[key]
@@ -863,18 +875,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="JSON file the run is appended to (default bench/results.json)")
     p.add_argument("--work", help="folder for generated inputs (default: bench/work, or a temporary one in --smoke)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every figure")
-    p.add_argument("--only", choices=("ffmpeg", "driver"),
-                   help="run one self-contained benchmark and print its figures (not appended to --results)")
+    p.add_argument("--only", choices=("ffmpeg", "driver", "rescore", "decode"),
+                   help="run one benchmark and print its figures (not appended to --results); rescore reuses "
+                        "--work's inputs from a full run")
+    p.add_argument("--table", action="store_true", help="print the table of the last run in --results and stop")
     return p.parse_args(argv)
 
 
-def run_only(which: str, sizes: Sizes) -> int:
+def run_only(which: str, sizes: Sizes, work: str) -> int:
     from bench.archive import bench_driver, bench_ffmpeg_vs_sndfile
 
-    figures = (bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats) if which == "ffmpeg"
-               else bench_driver(sizes.driver_chunks))
-    print("\n".join(f"{k:34s} {v:.3f}" for k, v in figures.items()))
+    if which in ("rescore", "decode"):
+        figures = on_ray_only(which, work, sizes)
+    else:
+        figures = (bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats) if which == "ffmpeg"
+                   else bench_driver(sizes.driver_chunks))
+    print("\n".join(f"{k:34s} {v:.3f}" if isinstance(v, float) else f"{k:34s} {v}" for k, v in figures.items()))
     return 0
+
+
+def on_ray_only(which: str, work: str, sizes: Sizes) -> dict:
+    """The re-scoring or decode-stage figures alone (re-scoring: on the cache a full run left in ``work``)."""
+    import ray
+
+    from das_core.cache import DriftCache
+
+    cache_uri = os.path.join(work, "cache.npz")
+    if which == "rescore" and not os.path.exists(cache_uri):
+        raise SystemExit(f"{cache_uri} is missing: run `python -m bench.run` once first")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    try:
+        if which == "decode":
+            return bench_decode(work, sizes)
+        return bench_rescore(DriftCache.load(cache_uri), cache_uri, work, sizes)
+    finally:
+        ray.shutdown()
 
 
 def bench_on_ray(ckpt: str, cache, cache_uri: str, paths: list[str], work: str, sizes: Sizes, threads: int,
@@ -928,7 +963,7 @@ def bench_all(work: str, sizes: Sizes, threads: int) -> dict:
     results.update(bench_scoring(sizes))
     log(f"DAS scoring overhead over plain cosine: {results['das_overhead']:+.4f}")
     results.update(bench_changes(ckpt, sizes))
-    changes = ("text_prefix_speedup", "topk_argpartition_speedup", "label_columns_vectorised_speedup")
+    changes = ("text_prefix_speedup", "topk_speedup", "label_columns_vectorised_speedup")
     log("speed-ups: " + ", ".join(f"{k} {results[k]:.1f}x" for k in changes))
     results.update(bench_rss(ckpt, cache_uri, work, sizes, threads))
     results.update(bench_archive(ckpt, cache, cache_uri, work, sizes))
@@ -939,9 +974,14 @@ def bench_all(work: str, sizes: Sizes, threads: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
-    if args.only:
-        return run_only(args.only, sizes)
+    if args.table:
+        with open(args.results) as f:
+            last = json.load(f)[-1]
+        print(f"run of {last['when']} ({last['duration_s']:.0f} s):\n" + table(last["results"]))
+        return 0
     work = args.work or (tempfile.mkdtemp(prefix="das-bench-") if args.smoke else os.path.join(HERE, "work"))
+    if args.only:
+        return run_only(args.only, sizes, work)
     os.makedirs(work, exist_ok=True)
     os.environ.setdefault("DAS_CACHE_DIR", os.path.join(work, "das-cache"))
     started = time.perf_counter()

@@ -209,40 +209,51 @@ def _classes_by_id(uri: str, pairs: list[tuple[int, int, str]], id_col: str, nam
 
 
 # ------------------------------------------------------------------ readers
-def read_urbansound8k(root: str, check_audio: bool = True) -> Dataset:
+@dataclass(frozen=True)
+class _FoldLayout:
+    """A single-label dataset described by one CSV: file name, fold, class id and class name per clip."""
+
+    name: str                       # dataset name in messages
+    key: str                        # Dataset.name
+    meta: str                       # the CSV, relative to the root
+    columns: tuple[str, ...]        # the CSV's columns
+    file_col: str
+    id_col: str
+    label_col: str
+    fold_folders: bool              # audio/fold<k>/<file> (UrbanSound8K) or audio/<file> (ESC-50)
+
+
+_US8K = _FoldLayout("UrbanSound8K", URBANSOUND8K, US8K_META, US8K_COLUMNS, "slice_file_name", "classID", "class",
+                    fold_folders=True)
+_ESC50 = _FoldLayout("ESC-50", ESC50, ESC50_META, ESC50_COLUMNS, "filename", "target", "category",
+                     fold_folders=False)
+
+
+def _read_fold_layout(layout: _FoldLayout, root: str, check_audio: bool) -> Dataset:
     root = _root(root)
-    uri, text = _read_text(root, US8K_META, "UrbanSound8K")
-    rows = _read_rows(uri, text, US8K_COLUMNS)
+    uri, text = _read_text(root, layout.meta, layout.name)
     clips, pairs = [], []
-    for line, row in rows:
-        name = _nonempty(uri, line, row, "slice_file_name")
+    for line, row in _read_rows(uri, text, layout.columns):
+        name = _nonempty(uri, line, row, layout.file_col)
         fold = _int(uri, line, row, "fold")
-        label = _nonempty(uri, line, row, "class")
-        pairs.append((line, _int(uri, line, row, "classID"), label))
-        clips.append(Clip(name, storage.join(root, "audio", f"fold{fold}", name), (label,), fold))
-    _unique(uri, [c.clip_id for c in clips], "slice_file_name")
-    labels = _classes_by_id(uri, pairs, "classID", "class")
+        label = _nonempty(uri, line, row, layout.label_col)
+        pairs.append((line, _int(uri, line, row, layout.id_col), label))
+        audio = storage.join(root, "audio", f"fold{fold}", name) if layout.fold_folders else \
+            storage.join(root, "audio", name)
+        clips.append(Clip(name, audio, (label,), fold))
+    _unique(uri, [c.clip_id for c in clips], layout.file_col)
+    labels = _classes_by_id(uri, pairs, layout.id_col, layout.label_col)
     if check_audio:
-        _check_audio("UrbanSound8K", storage.join(root, "audio"), [c.uri for c in clips])
-    return Dataset(URBANSOUND8K, root, labels, tuple(clips), multi_label=False)
+        _check_audio(layout.name, storage.join(root, "audio"), [c.uri for c in clips])
+    return Dataset(layout.key, root, labels, tuple(clips), multi_label=False)
+
+
+def read_urbansound8k(root: str, check_audio: bool = True) -> Dataset:
+    return _read_fold_layout(_US8K, root, check_audio)
 
 
 def read_esc50(root: str, check_audio: bool = True) -> Dataset:
-    root = _root(root)
-    uri, text = _read_text(root, ESC50_META, "ESC-50")
-    rows = _read_rows(uri, text, ESC50_COLUMNS)
-    clips, pairs = [], []
-    for line, row in rows:
-        name = _nonempty(uri, line, row, "filename")
-        fold = _int(uri, line, row, "fold")
-        label = _nonempty(uri, line, row, "category")
-        pairs.append((line, _int(uri, line, row, "target"), label))
-        clips.append(Clip(name, storage.join(root, "audio", name), (label,), fold))
-    _unique(uri, [c.clip_id for c in clips], "filename")
-    labels = _classes_by_id(uri, pairs, "target", "category")
-    if check_audio:
-        _check_audio("ESC-50", storage.join(root, "audio"), [c.uri for c in clips])
-    return Dataset(ESC50, root, labels, tuple(clips), multi_label=False)
+    return _read_fold_layout(_ESC50, root, check_audio)
 
 
 def _read_vocabulary(root: str) -> tuple[str, ...]:

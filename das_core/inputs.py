@@ -79,6 +79,15 @@ def shard_kind(name: str) -> str | None:
     return next((kind for ext, kind in SHARD_KINDS.items() if lower.endswith(ext)), None)
 
 
+def shard_kinds(paths: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``shard_kind`` of every path, computed by Arrow (a manifest may list millions)."""
+    lower = pc.utf8_lower(paths)
+    kinds = pa.nulls(len(paths), pa.string())
+    for ext, kind in reversed(SHARD_KINDS.items()):           # the first matching extension wins, as in shard_kind
+        kinds = pc.if_else(pc.ends_with(lower, ext), pa.scalar(kind, pa.string()), kinds)
+    return kinds
+
+
 def _is_audio_parquet(uri: str) -> bool:
     """A single ``.parquet`` input is a shard when it has an audio column, a manifest otherwise."""
     import pyarrow.parquet as pq
@@ -179,7 +188,7 @@ def _read_manifest(uri: str) -> pa.Table:
         raise InputError(f"manifest {uri}: id {dup!r} appears more than once")
     if not len(ids):
         raise InputError(f"manifest {uri} lists no files")
-    shards = pa.array([shard_kind(p) for p in full.to_pylist()], pa.string())
+    shards = shard_kinds(full)
     out = pa.table({"file_id": ids, "path": full, "size": pa.nulls(len(ids), pa.int64()), "shard": shards},
                    schema=INPUT_SCHEMA)
     return out.sort_by([("path", "ascending"), ("file_id", "ascending")])

@@ -33,6 +33,7 @@ from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.encoder import DEFAULT_BATCH_SIZE
 from das_core.errors import Refused, RunFailed
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
+from das_core.manifest import RunManifest
 from das_core.results import FILES_DIR, FORMAT_VERSION, MANIFEST, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
 from das_core.scoring import DEFAULT_TOP_K
 from das_core.units import DecodeSettings, plan_units, read_work_manifest, units_per_row_group, write_work_manifest
@@ -134,7 +135,7 @@ class LabelPlan:
     n_inputs: int
     skipped: Skipped
     noise_uris: tuple[str, ...]
-    previous: dict | None
+    previous: RunManifest | None        # the manifest found in OUT (resume)
     prior_counts: dict                  # counts of the committed units (resume)
     write_work_manifest: bool           # a new plan, or a resume that appended units
     added_files: int = 0                # --resume: files new since the run was planned
@@ -203,7 +204,7 @@ def plan_run(c: LabelConfig) -> LabelPlan:
 
     c.check()
     store = OutputStore(c.out)
-    previous = store.read_manifest()
+    previous = RunManifest.read(c.out)
     has_output = store.has_output()
     if has_output and not (c.resume or c.overwrite):
         raise RunRefused(f"output {c.out} already holds results; pass --resume to continue that run or "
@@ -242,14 +243,14 @@ def _empty_files() -> pa.Table:
     return FILES_SCHEMA.empty_table()
 
 
-def _check_resumable(c: LabelConfig, previous: dict | None, settings: dict, units: pa.Table | None) -> None:
+def _check_resumable(c: LabelConfig, previous: RunManifest | None, settings: dict, units: pa.Table | None) -> None:
     if previous is None:
         raise RunRefused(f"output {c.out} has results but no {MANIFEST}: it was not written by das label; "
                          f"use --overwrite or another --out")
-    if previous.get("format_version") != FORMAT_VERSION:
-        raise RunRefused(f"output {c.out} was written by das {previous.get('das_version', '0.1')} in an older "
+    if previous.format_version != FORMAT_VERSION:
+        raise RunRefused(f"output {c.out} was written by das {previous.das_version} in an older "
                          f"layout; --resume cannot continue it: use --overwrite or another --out")
-    before = previous.get("settings", {})
+    before = previous.settings
     changed = [k for k in RESUME_KEYS if before.get(k) != settings[k]]
     if changed:
         raise RunRefused("cannot --resume with different settings (" + ", ".join(
@@ -290,28 +291,23 @@ class RunCounts:
                 "errors_by_kind": dict(sorted(kinds.items())), "skipped_members": dict(sorted(skipped.items()))}
 
 
-def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> dict:
+def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> RunManifest:
     """The ``_manifest.json`` of a label run (one schema, read back by rescore, evaluate and --resume)."""
     c, cache = p.config, p.cache
-    return {
-        "job": "label",
-        "status": status,
-        "das_version": __version__,
-        "format_version": FORMAT_VERSION,
-        "settings": settings_of(c, cache.fingerprint, p.checkpoint_id),
-        "cache": {"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels),
-                  "lam": cache.lam, "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
-                  "clean_templates": list(cache.clean_templates) or None,     # a prompt ensemble, if any
-                  "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
-        "checkpoint": {"uri": c.checkpoint, "fingerprint": p.checkpoint_id, **p.checkpoint_info},
-        "windows": {"window_s": WINDOW_SECONDS, "hop_s": WINDOW_SECONDS, "min_tail_s": MIN_TAIL_SECONDS,
-                    "file_pooling": "max over windows"},
-        "work": {"units": len(p.units), "inputs": p.n_inputs, "files_per_unit": c.files_per_unit,
-                 "unit_bytes": c.unit_bytes, "chunk_windows": c.windows_per_chunk},
-        "skipped": _skipped(p, counts),
-        "counts": counts,
-        "runs": runs,
-    }
+    return RunManifest(
+        job="label", status=status, das_version=__version__, format_version=FORMAT_VERSION,
+        settings=settings_of(c, cache.fingerprint, p.checkpoint_id),
+        cache={"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels),
+               "lam": cache.lam, "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
+               "clean_templates": list(cache.clean_templates) or None,     # a prompt ensemble, if any
+               "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
+        checkpoint={"uri": c.checkpoint, "fingerprint": p.checkpoint_id, **p.checkpoint_info},
+        counts=counts, runs=tuple(runs),
+        extra={"windows": {"window_s": WINDOW_SECONDS, "hop_s": WINDOW_SECONDS, "min_tail_s": MIN_TAIL_SECONDS,
+                           "file_pooling": "max over windows"},
+               "work": {"units": len(p.units), "inputs": p.n_inputs, "files_per_unit": c.files_per_unit,
+                        "unit_bytes": c.unit_bytes, "chunk_windows": c.windows_per_chunk},
+               "skipped": _skipped(p, counts)})
 
 
 def _skipped(p: LabelPlan, counts: dict) -> dict:
@@ -422,7 +418,7 @@ class LabelRun:
     def __init__(self, p: LabelPlan):
         c = p.config
         self.plan = p
-        self.runs = list((p.previous or {}).get("runs", [])) if c.resume else []
+        self.runs = list(p.previous.runs) if c.resume and p.previous else []
         self.this_run = {**new_run_entry(p), "device": "cuda" if c.num_gpus > 0 else "cpu",
                          "torch_threads": c.torch_threads}
         self.counts, self.tracker = RunCounts(), UnitTracker()
@@ -442,7 +438,7 @@ class LabelRun:
                         c.checkpoint)
         if c.resume and p.previous and not len(p.todo):
             print(f"das label: nothing to do: all {len(p.units)} unit(s) of {c.out} are committed "
-                  f"(status {p.previous.get('status')})", flush=True)
+                  f"(status {p.previous.status})", flush=True)
             return False
         if c.resume and p.previous:
             removed = store.remove_units(set(p.todo.column("unit").to_pylist()), store.listing())
@@ -460,8 +456,8 @@ class LabelRun:
 
     def _write_manifest(self, status: str, counts: dict) -> dict:
         manifest = run_manifest(self.plan, status, counts, self.runs + [self.this_run])
-        self.plan.store.write_manifest(manifest)
-        return manifest
+        manifest.write(self.plan.config.out)
+        return manifest.to_dict()
 
     def observe(self, stats: dict, committed: int = 0) -> tuple[str, list[int]] | None:
         """Count one chunk's statistics; the unit (with its pieces' chunks) they make whole, if any.

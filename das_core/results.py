@@ -290,8 +290,10 @@ def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: D
         kept = (scores[0][rows], scores[1][rows]) if scores is not None and rows is not None else None
         emb = embeddings_to_numpy(segs.column("embedding"))
         file_lab = label_files(emb, owner, len(ok_ids), cache, top_k, scores=kept, logit_scale=logit_scale)
-        outcomes = [o if o.status != OK else dataclasses.replace(o, embedding=mean_embedding(emb[owner == index[
-            o.file_id]])) for o in outcomes]
+        order = np.argsort(owner, kind="stable")         # each file's windows, in their order, as one slice
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(ok_ids)))])
+        outcomes = [o if o.status != OK else dataclasses.replace(o, embedding=mean_embedding(
+            emb[order[bounds[index[o.file_id]]:bounds[index[o.file_id] + 1]]])) for o in outcomes]
     return segs, files_table(outcomes, file_lab, Counter(segs.column("file_id").to_pylist()), embedding_dtype)
 
 

@@ -45,6 +45,7 @@ from das_core.audio import (
     repeat_pad,
 )
 from das_core.inputs import DEFAULT_EXTENSIONS
+from das_core.manifest import NoiseSource
 from das_core.noise import NoiseBank
 from das_core.shards import PARQUET, TAR, Member, Skips, parquet_members, tar_members
 
@@ -365,9 +366,9 @@ def _int16_windows(stream: AudioStream, bank: NoiseBank | None, settings: Decode
     for w in stream.windows():
         mixed = bank.mix(w.real, settings.snr_db, seed=settings.seed, clip_id=file_id, segment=w.index)
         samples = mixed.samples if w.length == WINDOW_SAMPLES else repeat_pad(mixed.samples)
-        source = (f"{mixed.noise_uri}@{mixed.offset_s:.3f}s" if mixed.gain is not None
-                  else "skipped: zero-power clip or noise")
-        yield _Placed(w.index, w.start_s, w.end_s, source), quantize_int16(samples, out=out).tobytes()
+        source = (NoiseSource.mixed(mixed.noise_uri, mixed.offset_s) if mixed.gain is not None
+                  else NoiseSource.not_mixed("zero-power clip or noise"))
+        yield _Placed(w.index, w.start_s, w.end_s, str(source)), quantize_int16(samples, out=out).tobytes()
 
 
 def _decode_member(member: Member, box: list[_Chunk], bank: NoiseBank | None, settings: DecodeSettings

@@ -183,7 +183,7 @@ def run_label(c: LabelConfig) -> dict:
     check_output_folder(c.out)
     run = LabelRun(plan_run(c))
     if not run.start():
-        return run.plan.previous
+        return run.plan.previous.to_dict()
     try:
         _run_units(run)
     except Exception as exc:

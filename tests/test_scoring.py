@@ -3,7 +3,7 @@ import pytest
 from test_cache import TableEncoder, unit_rows
 
 from das_core.cache import DriftCache
-from das_core.scoring import label_files, label_windows, max_by_file, pool_max, top_k
+from das_core.scoring import ARGMAX_TOP_K, label_files, label_windows, max_by_file, pool_max, segment_max, top_k
 
 
 def test_top_k_orders_and_breaks_ties_by_index():
@@ -12,6 +12,25 @@ def test_top_k_orders_and_breaks_ties_by_index():
     assert idx.tolist() == [[1, 2, 3], [0, 2, 3]]
     np.testing.assert_array_equal(val, [[0.5, 0.5, 0.2], [0.9, 0.3, 0.3]])
     assert top_k(s, 10)[0].shape == (2, 4)
+
+
+def test_top_k_paths_agree_and_a_straddling_tie_keeps_the_lower_index():
+    s = np.array([[0.2, 0.7, 0.7, 0.7, 0.1]], dtype=np.float32)
+    assert top_k(s, 2)[0].tolist() == [[1, 2]]                        # 3 tied for 2 places: lowest indices
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 60)).astype(np.float32)
+    for k in (1, 5, ARGMAX_TOP_K, ARGMAX_TOP_K + 1, 60):             # argmax passes and argpartition agree
+        idx, val = top_k(x, k)
+        ref = np.argsort(-x, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(idx, ref) and np.array_equal(val, np.take_along_axis(x, ref, axis=1))
+    x[0, 3] = np.nan                                                  # not finite: the general path
+    assert top_k(x, 3)[0].shape == (400, 3)
+
+
+def test_segment_max_equals_reduceat_for_short_and_long_runs():
+    x = np.random.default_rng(4).standard_normal((300, 7)).astype(np.float32)
+    for starts in (np.arange(0, 300, 10), np.arange(300), np.array([0, 1, 299])):
+        assert np.array_equal(segment_max(x, starts), np.maximum.reduceat(x, starts, axis=0))
 
 
 def test_pool_max():

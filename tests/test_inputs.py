@@ -1,0 +1,64 @@
+"""What to label (``das_core.inputs``): folder listings, manifests, extensions, shard kinds."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from das_core.inputs import (
+    InputError,
+    list_input_table,
+    normalise_extensions,
+    normalise_uri,
+    shard_kind,
+    shard_kinds,
+)
+
+
+def test_shard_kinds_agree_with_shard_kind():
+    paths = ["a.TAR", "b.flac", "c.tar.gz", "x/y.tar", "d.parquet", "e.Parquet.wav", "plain"]
+    assert shard_kinds(pa.array(paths)).to_pylist() == [shard_kind(p) for p in paths]
+    assert shard_kinds(pa.array(paths)).to_pylist()[:5] == ["tar", None, None, "tar", "parquet"]
+
+
+def test_extensions_and_uris_are_normalised(tmp_path, monkeypatch):
+    assert normalise_extensions(" WAV, .flac,,ogg ") == (".wav", ".flac", ".ogg")
+    with pytest.raises(InputError, match="no audio extensions"):
+        normalise_extensions(" , ")
+    monkeypatch.chdir(tmp_path)
+    assert normalise_uri("archive/") == normalise_uri("./archive") == str(tmp_path / "archive")
+    assert normalise_uri("s3://bucket/prefix/") == "s3://bucket/prefix"
+
+
+def test_folder_listing_skips_hidden_and_foreign_files_and_counts_them(tmp_path):
+    for rel in ("a.wav", "sub/b.FLAC", ".hidden.wav", "_tmp/c.wav", "notes.txt", "shards/s-0.tar"):
+        os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * 3)
+    table, skipped = list_input_table(str(tmp_path), (".wav", ".flac"))
+    assert table.column("file_id").to_pylist() == ["a.wav", "shards/s-0.tar", "sub/b.FLAC"]
+    assert table.column("shard").to_pylist() == [None, "tar", None]
+    assert table.column("size").to_pylist() == [3, 3, 3]
+    assert skipped.as_dict()["by_reason"] == {"extension": 1, "hidden": 2}
+    with pytest.raises(InputError, match="no audio files"):
+        list_input_table(str(tmp_path / "sub"), (".ogg",))
+
+
+def test_manifest_paths_are_taken_from_its_folder_and_ids_must_be_unique(tmp_path):
+    manifest = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"path": ["b.wav", "/abs/a.wav", "s3://bucket/c.tar"], "id": ["b", "a", "c"]}), manifest)
+    table, _ = list_input_table(str(manifest))
+    rows = table.to_pylist()
+    assert [r["path"] for r in rows] == ["/abs/a.wav", str(tmp_path / "b.wav"), "s3://bucket/c.tar"]
+    assert [r["file_id"] for r in rows] == ["a", "b", "c"] and rows[2]["shard"] == "tar"
+    (tmp_path / "dup.csv").write_text("path,id\nx.wav,1\ny.wav,1\n")
+    with pytest.raises(InputError, match="id '1' appears more than once"):
+        list_input_table(str(tmp_path / "dup.csv"))
+    (tmp_path / "empty.csv").write_text("path\nx.wav\n  \n")
+    with pytest.raises(InputError, match="row 2: empty path"):
+        list_input_table(str(tmp_path / "empty.csv"))
+    (tmp_path / "nopath.csv").write_text("file\nx.wav\n")
+    with pytest.raises(InputError, match="no 'path' column"):
+        list_input_table(str(tmp_path / "nopath.csv"))
