@@ -62,6 +62,23 @@ def pool_max(window_scores: np.ndarray) -> np.ndarray:
     return np.max(np.atleast_2d(window_scores), axis=0)
 
 
+def max_by_file(window_scores: np.ndarray, file_index: np.ndarray, n_files: int) -> np.ndarray:
+    """(n_files, K): each file's ``pool_max`` over its windows (``file_index[i]``: window i's file, any order).
+
+    A file without a window (it could not be decoded) gets a row of NaN.
+    """
+    window_scores = np.atleast_2d(window_scores)
+    file_index = np.asarray(file_index, dtype=np.int64)
+    out = np.full((n_files, window_scores.shape[1]), np.nan, dtype=window_scores.dtype)
+    if len(file_index) == 0:
+        return out
+    order = np.argsort(file_index, kind="stable")
+    owner = file_index[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    out[owner[starts]] = segment_max(window_scores[order], starts)
+    return out
+
+
 @dataclass(frozen=True)
 class Labelled:
     """Labels for n rows (windows or files), DAS and plain zero-shot side by side, as class indices."""

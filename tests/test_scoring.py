@@ -3,7 +3,7 @@ import pytest
 from test_cache import TableEncoder, unit_rows
 
 from das_core.cache import DriftCache
-from das_core.scoring import ARGMAX_TOP_K, label_files, label_windows, pool_max, segment_max, top_k
+from das_core.scoring import ARGMAX_TOP_K, label_files, label_windows, max_by_file, pool_max, segment_max, top_k
 
 
 def test_top_k_orders_and_breaks_ties_by_index():
@@ -35,6 +35,19 @@ def test_segment_max_equals_reduceat_for_short_and_long_runs():
 
 def test_pool_max():
     assert pool_max(np.array([[1, 5], [3, 2]])).tolist() == [3, 5]
+
+
+def test_max_by_file_takes_the_max_over_each_files_windows():
+    scores = np.array([[0.1, 0.9], [0.5, 0.2], [0.3, 0.3], [0.7, 0.0]], dtype=np.float32)
+    pooled = max_by_file(scores, np.array([0, 0, 2, 2]), 3)
+    np.testing.assert_array_equal(pooled[0], scores[1::-1].max(axis=0))
+    np.testing.assert_array_equal(pooled[0], np.array([0.5, 0.9], np.float32))
+    assert np.isnan(pooled[1]).all()                           # a file without windows (decode error)
+    np.testing.assert_array_equal(pooled[2], np.array([0.7, 0.3], np.float32))
+    # windows in any order give the same rows; no window at all gives NaN everywhere
+    np.testing.assert_array_equal(max_by_file(scores[::-1], np.array([2, 2, 0, 0]), 3), pooled)
+    assert np.isnan(max_by_file(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), 2)).all()
+    assert pooled.dtype == np.float32
 
 
 def test_window_labels_have_das_and_plain_side_by_side():

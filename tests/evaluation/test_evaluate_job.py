@@ -1,4 +1,4 @@
-"""``das evaluate`` end to end on tiny generated datasets, and its scoring logic against independent computations."""
+"""``das evaluate`` end to end on tiny generated datasets, checked against independent computations."""
 
 from __future__ import annotations
 
@@ -17,20 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from test_datasets import US8K_CLASSES, make_esc50, make_fsd50k, make_tau, make_urbansound8k
 
-from das_core import evaluation
 from das_core.baselines import acevedo_scores, background_profile, background_prompts, tgap_prototypes
 from das_core.cache import DriftCache
-from das_core.datasets import Clip, Dataset
-from das_core.evaluation import (
-    BASELINES,
-    METHODS,
-    Condition,
-    ConditionData,
-    SideInformation,
-    StoreData,
-    cross_fit_tgap,
-    pool_windows,
-)
+from das_core.errors import Refused
+from das_core.evaluation import BASELINES, METHODS, plan
+from das_core.evaluation.stores import StoreJob, store_jobs, store_state
 from jobs import evaluate as ev
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
@@ -83,9 +74,10 @@ def _saved_cache(out) -> DriftCache:
 
 
 def _saved_prompts(out) -> dict[str, np.ndarray]:
-    with np.load(os.path.join(out, "text", "prompts.npz"), allow_pickle=False) as npz:
-        meta = json.loads(npz["metadata"].tobytes().decode())
-        return dict(zip(meta["prompts"], npz["embeddings"]))
+    """The baseline prompts, saved in the drift cache's format: labels = prompts, clean rows = their embeddings."""
+    bank = DriftCache.load(os.path.join(out, "text", "prompts.npz"))
+    assert not bank.noise_phrases and not bank.drift_direction.any()
+    return dict(zip(bank.labels, bank.clean))
 
 
 def _run(args, capsys=None) -> tuple[int, str]:
@@ -212,6 +204,33 @@ def test_report_table_equals_results_json(us8k):
         assert f"- `{method}`: " in report.split("## What the Acevedo variants need", 1)[1]
 
 
+def _zs_text_rows(emb64, sources, scene_of, prompts, anchors) -> list[np.ndarray]:
+    """Acevedo ZS-text per window, from scratch: b = mean over the scene's background prompts of their anchor sims."""
+    rows = []
+    for z, src in zip(emb64, sources):
+        b = np.zeros(len(anchors))
+        if src is not None:
+            scene = scene_of[src.rsplit("@", 1)[0]]
+            bg = np.stack([prompts[p] for p in background_prompts(scene)]).astype(np.float64)
+            b = (bg @ anchors.T).mean(axis=0)
+        rows.append((z @ anchors.T - 0.5 * b).astype(np.float32))
+    return rows
+
+
+def _tgap_audio_rows(emb, fids, sources, fold, scene_of, noise, anchors) -> list[np.ndarray]:
+    """Acevedo TGAP-audio per window, from scratch: the pool outside the clip's fold, the scene's recordings."""
+    rows = []
+    for z, fid, src in zip(emb.astype(np.float64), fids, sources):
+        pool = np.stack([e for e, f in zip(emb, fids) if fold[f] != fold[fid]])
+        protos = tgap_prototypes(anchors, pool).astype(np.float64)
+        b = np.zeros(len(anchors))
+        if src is not None:
+            scene = scene_of[src.rsplit("@", 1)[0]]
+            b = background_profile(protos, np.stack([e for u, e in noise.items() if scene_of[u] == scene]))
+        rows.append(acevedo_scores(z[None], protos, b, tau=0.5)[0])
+    return rows
+
+
 def test_metrics_agree_with_independent_computation(us8k):
     """Recompute from the stored Parquet embeddings with pyarrow and plain numpy, metadata read with csv."""
     out, root, noise_root = us8k["out"], us8k["root"], us8k["noise"]
@@ -251,31 +270,13 @@ def test_metrics_agree_with_independent_computation(us8k):
         assert _one(records, "zs_das_template", snr, "accuracy_fold_mean")["value"] == pytest.approx(fold_mean)
 
         # Acevedo ZS-text: background prompts of the scene of the noise actually mixed into each window
-        rows = []
-        for z, src in zip(emb64, sources):
-            if snr is None:
-                assert src is None
-                b = np.zeros(len(names))
-            else:
-                scene = scene_of[src.rsplit("@", 1)[0]]
-                bg = np.stack([prompts[p] for p in background_prompts(scene)]).astype(np.float64)
-                b = (bg @ anchors.T).mean(axis=0)
-            rows.append((z @ anchors.T - 0.5 * b).astype(np.float32))
-        acc_text = accuracy(_max_by_file(fids, rows), {2, 3})[0]
+        assert snr is not None or all(src is None for src in sources)      # clean: no background
+        acc_text = accuracy(_max_by_file(fids, _zs_text_rows(emb64, sources, scene_of, prompts, anchors)), {2, 3})[0]
         assert _one(records, "acevedo_zs_text", snr, "accuracy")["value"] == pytest.approx(acc_text)
 
         # Acevedo TGAP-audio: prototypes from the other folds' windows, profile from that scene's noise recordings
-        rows = []
-        for z, fid, src in zip(emb64, fids, sources):
-            pool = np.stack([e for e, f in zip(emb, fids) if fold[f] != fold[fid]])
-            protos = tgap_prototypes(anchors, pool).astype(np.float64)
-            if snr is None:
-                b = np.zeros(len(names))
-            else:
-                scene = scene_of[src.rsplit("@", 1)[0]]
-                recs = np.stack([e for e, u in zip(noise_emb, noise_ids) if scene_of[u] == scene])
-                b = background_profile(protos, recs)
-            rows.append(acevedo_scores(z[None], protos, b, tau=0.5)[0])
+        noise = {u: e for u, e in zip(noise_ids, noise_emb)}
+        rows = _tgap_audio_rows(emb, fids, sources, fold, scene_of, noise, anchors)
         acc_tgap = accuracy(_max_by_file(fids, rows), {2, 3})[0]
         assert _one(records, "acevedo_tgap_audio", snr, "accuracy")["value"] == pytest.approx(acc_tgap)
 
@@ -294,7 +295,7 @@ def test_rerun_encodes_nothing_and_gives_identical_results(us8k, monkeypatch, ca
         raise AssertionError("a rerun must not run the label job")
 
     monkeypatch.setattr("das_core.encoder.ClapEncoder.from_checkpoint", no_model)
-    monkeypatch.setattr("jobs.label.run", no_label)
+    monkeypatch.setattr("jobs.pipeline.run_label", no_label)
     rc, printed = _run(us8k["args"], capsys)
     assert rc == 0, printed
     assert "(0 windows encoded by this run)" in printed
@@ -330,22 +331,27 @@ def test_only_complete_stores_are_skipped(us8k, tmp_path):
     copy = str(tmp_path / "copy")
     shutil.copytree(us8k["out"], copy)
     args = [a if a != us8k["out"] else copy for a in us8k["args"]]
-    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
-    jobs = {job.name: job for job in ev.store_jobs(p)}
+    p = plan(ev.config_from_args(ev.build_parser().parse_args(args)))
+    jobs = {job.name: job for job in store_jobs(p)}
     assert set(jobs) == {"noise", "clean", "snr0"}
-    assert {name: ev._store_state(job, p.checkpoint_id)[0] for name, job in jobs.items()} == {
+    assert {name: store_state(job, p.checkpoint_id)[0] for name, job in jobs.items()} == {
         "noise": "complete", "clean": "complete", "snr0": "complete"}
     # an interrupted run (manifest still "running") is resumed, not skipped
     path = os.path.join(copy, "store", "clean", "_manifest.json")
     manifest = json.load(open(path))
     json.dump(manifest | {"status": "running"}, open(path, "w"))
-    assert ev._store_state(jobs["clean"], p.checkpoint_id)[0] == "partial"
+    state, read_back = store_state(jobs["clean"], p.checkpoint_id)
+    assert state == "partial" and read_back.status == "running"
     # so is a complete store that lacks clips (a larger --limit)
-    grown = ev.StoreJob(**{**jobs["snr0"].__dict__, "ids": jobs["snr0"].ids + ["new-clip.wav"]})
-    assert ev._store_state(grown, p.checkpoint_id)[0] == "partial"
+    grown = StoreJob(**{**jobs["snr0"].__dict__, "ids": jobs["snr0"].ids + ["new-clip.wav"]})
+    assert store_state(grown, p.checkpoint_id)[0] == "partial"
     # a store made with another checkpoint is refused
-    with pytest.raises(ev.UsageError, match="checkpoint_fingerprint: stored 'sha256:"):
-        ev._store_state(jobs["snr0"], "sha256:other")
+    with pytest.raises(Refused, match="checkpoint_fingerprint: stored 'sha256:"):
+        store_state(jobs["snr0"], "sha256:other")
+    # a folder holding results without a manifest was not written by das
+    os.remove(os.path.join(copy, "store", "snr0", "_manifest.json"))
+    with pytest.raises(Refused, match="holds results but no _manifest.json"):
+        store_state(jobs["snr0"], p.checkpoint_id)
 
 
 def test_snr_plot_is_a_png(us8k):
@@ -395,7 +401,7 @@ def test_fsd50k_end_to_end(tmp_path, tiny_ckpt, ray_local, one_text_encoder, cap
     assert "mean over folds" not in report
 
 
-# ------------------------------------------------------------ S3, ESC-50
+# ---------------------------------------------------------------------- S3
 def _upload(folder, bucket, prefix) -> str:
     import boto3
 
@@ -413,58 +419,13 @@ def test_out_on_s3_is_scored_from_its_stores(us8k, bucket, monkeypatch, capsys):
 
     out = _upload(us8k["out"], bucket, "results/us8k")
     monkeypatch.setattr("das_core.encoder.ClapEncoder.from_checkpoint", lambda *a, **k: pytest.fail("model loaded"))
-    monkeypatch.setattr("jobs.label.run", lambda *a, **k: pytest.fail("label job run"))
+    monkeypatch.setattr("jobs.pipeline.run_label", lambda *a, **k: pytest.fail("label job run"))
     rc, printed = _run([a if a != us8k["out"] else out for a in us8k["args"]], capsys)
     assert rc == 0, printed
     assert "(0 windows encoded by this run)" in printed
     assert json.loads(storage.read_bytes(f"{out}/results.json")) == _records(us8k["out"])
     assert storage.read_bytes(f"{out}/snr_curves.png")[:8] == b"\x89PNG\r\n\x1a\n"
     assert storage.read_bytes(f"{out}/report.md") == open(os.path.join(us8k["out"], "report.md"), "rb").read()
-
-
-def test_esc50_plan_uses_its_folds(tmp_path, tiny_ckpt):
-    """ESC-50 runs through the same code as UrbanSound8K (single-label, folds); its own defaults are checked here."""
-    make_esc50(str(tmp_path / "ESC-50"), folds=(1, 2, 3, 4, 5))
-    make_tau(str(tmp_path / "TAU"), per_scene=1)
-    args = ["--dataset", "esc50", "--root", str(tmp_path / "ESC-50"), "--noise-root", str(tmp_path / "TAU"),
-            "--checkpoint", tiny_ckpt, "--out", str(tmp_path / "out")]
-    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
-    assert p.split.spec == "folds:1-2"
-    assert p.split.describe(p.dataset, True) == "folds 1, 2" and p.split.describe(p.dataset, False) == "folds 3-5"
-    assert int(p.is_tune.sum()) == 6 and int((~p.is_tune).sum()) == 9
-    assert p.groups == [c.fold for c in p.dataset.clips]       # TGAP pools: the other folds
-    assert [cd.title for cd in p.config.conditions] == [
-        "clean", "20 dB", "10 dB", "5 dB", "0 dB", "-5 dB"]
-    small = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args + ["--limit", "6"])))
-    assert len(small.dataset.clips) == 6 and small.is_tune.any() and not small.is_tune.all()
-
-
-def test_default_split_is_chosen_from_the_folds_present(tmp_path, tiny_ckpt, caplog):
-    """A copy holding some folds: the default folds:1-5 would refuse; the lower half of those present tunes."""
-    root = str(tmp_path / "UrbanSound8K")
-    make_urbansound8k(root, folds=(2, 3, 4, 7))
-    make_tau(str(tmp_path / "TAU"), per_scene=1)
-    args = ["--dataset", "urbansound8k", "--root", root, "--noise-root", str(tmp_path / "TAU"),
-            "--checkpoint", tiny_ckpt, "--out", str(tmp_path / "out")]
-    with caplog.at_level("INFO", logger="das"):
-        p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
-    assert p.split.spec == "folds:2,3"
-    assert p.split.describe(p.dataset, True) == "folds 2, 3" and p.split.describe(p.dataset, False) == "folds 4, 7"
-    assert "chosen from the folds present (2-4, 7)" in p.split.note and "folds:1-5" in p.split.note
-    assert "needs absent fold(s) 1, 5" in p.split.note and "chosen from the folds present" in caplog.text
-    assert p.is_tune.tolist() == [c.fold in (2, 3) for c in p.dataset.clips]
-    # three folds: one tunes, two test; an explicit split is still taken as given
-    shutil.rmtree(root)
-    make_urbansound8k(root, folds=(1, 2, 3))
-    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
-    assert p.split.spec == "folds:1" and p.split.describe(p.dataset, False) == "folds 2, 3"
-    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args + ["--tune-split", "folds:1-2"])))
-    assert p.split.spec == "folds:1-2" and p.split.note == ""
-    # all ten folds: the published default, no note
-    shutil.rmtree(root)
-    make_urbansound8k(root, folds=tuple(range(1, 11)))
-    p = ev.plan(ev.config_from_args(ev.build_parser().parse_args(args)))
-    assert p.split.spec == "folds:1-5" and p.split.note == ""
 
 
 def test_one_fold_is_refused_with_a_clear_line(tmp_path, capsys):
@@ -476,96 +437,6 @@ def test_one_fold_is_refused_with_a_clear_line(tmp_path, capsys):
     assert rc == 2 and "Traceback" not in printed
     assert re.search(r"das evaluate: error: .*UrbanSound8K holds only fold 4 of urbansound8k \(evaluation needs at "
                      r"least 2 folds", printed), printed
-
-
-# ------------------------------------------------- scoring logic, no audio
-def _unit(v):
-    v = np.asarray(v, dtype=np.float64)
-    return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-def _synthetic(test_rows):
-    """Two classes in 4-D: C = e0, e1, drift directions e2, e3. Tuning clips are right only at lam = 0.3."""
-    cache = DriftCache(("a", "b"), ("a", "b"), ("noise",), "sound of {label}", "{label} with {noise}", 0.1, "x",
-                       np.eye(4, dtype=np.float32)[:2], np.eye(4, dtype=np.float32)[2:], np.ones(2, np.float32))
-    tune_rows = [([0.6, 0.5, 0, 0.45], "b"),    # right iff 0.5 + 0.45 lam > 0.6, i.e. lam > 0.22
-                 ([0.6, 0.5, 0, 0.25], "a")]    # right iff 0.5 + 0.25 lam < 0.6, i.e. lam < 0.4
-    rows = [(v, lab, 1) for v, lab in tune_rows] + [(v, lab, 2) for v, lab in test_rows]
-    clips = tuple(Clip(f"c{i}", f"/x/c{i}.wav", (lab,), f) for i, (_, lab, f) in enumerate(rows))
-    dataset = Dataset("urbansound8k", "/x", ("a", "b"), clips, multi_label=False)
-    emb = np.stack([_unit(v) for v, _, _ in rows])
-    n = len(rows)
-    conditions = []
-    for snr in (None, 0.0):
-        keys = [None] * n if snr is None else ["street"] * n
-        store = StoreData(np.ones(n, bool), {}, emb, np.arange(n), [None] * n)
-        conditions.append(ConditionData(Condition(snr), store, keys))
-    side = SideInformation(cache.clean, cache.clean, {"street": _unit([0, 0, 1, 1])[None]},
-                           {"street": _unit([1, 1, 1, 1])[None]})
-    is_tune = np.array([f == 1 for _, _, f in rows])
-    return dataset, conditions, cache, side, is_tune, [f for _, _, f in rows]
-
-
-def test_lam_is_chosen_on_the_tuning_split_never_on_test():
-    # test clips of class b are right only for lam > 2/3: the best lam on test would be 1.0
-    test_rows = [([0.6, 0.5, 0, 0.15], "b"), ([0.6, 0.5, 0, 0.15], "b")]
-    dataset, conditions, cache, side, is_tune, groups = _synthetic(test_rows)
-    result = evaluation.evaluate(dataset, conditions, cache, side, is_tune, groups, LAM_GRID, 0.5)
-    assert result.lam == 0.3
-    assert result.objective[0.3] == 1.0 and all(v == 0.5 for lam, v in result.objective.items() if lam != 0.3)
-    for snr in (None, 0.0):
-        das = _one(result.records, "das", snr, "accuracy")
-        assert das["lam"] == 0.3 and das["value"] == 0.0       # what lam = 0.3 gives on test, not test's best (1.0)
-    assert {r["lam"] for r in result.records if r["method"] == "das" and r["split"] == "test"} == {0.3}
-    # the test split's own optimum really differs
-    z = conditions[0].store.embeddings[~is_tune]
-    assert (cache.with_lam(1.0).scores(z).argmax(axis=1) == 1).all()
-    assert (cache.with_lam(0.3).scores(z).argmax(axis=1) == 0).all()
-    # changing the test clips, even so that another lam is best on them, never moves the chosen lam
-    other = evaluation.evaluate(*_synthetic([([0.6, 0.5, 0, 0.15], "a"), ([0.6, 0.5, 0, 0.9], "a")])[:4], is_tune,
-                                groups, LAM_GRID, 0.5)
-    assert other.lam == 0.3 and other.sweep == result.sweep
-
-
-def test_choose_lam_ties_go_to_the_smaller_lam():
-    lam, objective = evaluation.choose_lam({0.0: {"clean": 0.5, "snr0": 0.7}, 0.1: {"clean": 0.7, "snr0": 0.5},
-                                    0.2: {"clean": 0.6, "snr0": 0.55}})
-    assert lam == 0.0 and objective == {0.0: 0.6, 0.1: 0.6, 0.2: 0.575}
-
-
-@pytest.mark.parametrize("per_group", ["folds", "leave_one_out"])
-def test_cross_fit_tgap_equals_prototypes_from_the_pool_outside_each_group(per_group):
-    rng = np.random.default_rng(0)
-    anchors = np.stack([_unit(v) for v in rng.standard_normal((4, 8))])
-    pool = np.stack([_unit(v) for v in rng.standard_normal((30, 8))])
-    groups = [i % 3 for i in range(30)] if per_group == "folds" else [f"clip{i // 2}" for i in range(30)]
-    grouped = cross_fit_tgap(anchors, pool, groups, n=5)
-    for g in set(groups):
-        outside = pool[[i for i, h in enumerate(groups) if h != g]]
-        np.testing.assert_allclose(grouped.for_group(g), tgap_prototypes(anchors, outside, n=5), atol=1e-6)
-    with pytest.raises(ValueError, match="outside group"):
-        cross_fit_tgap(anchors, pool, [0] * 30, n=5)
-
-
-def test_pool_windows_takes_the_max_over_each_clips_windows():
-    scores = np.array([[0.1, 0.9], [0.5, 0.2], [0.3, 0.3], [0.7, 0.0]], dtype=np.float32)
-    pooled = pool_windows(scores, np.array([0, 0, 2, 2]), 3)
-    np.testing.assert_array_equal(pooled[0], scores[1::-1].max(axis=0))
-    np.testing.assert_array_equal(pooled[0], np.array([0.5, 0.9], np.float32))
-    assert np.isnan(pooled[1]).all()                           # a clip without windows (decode error)
-    np.testing.assert_array_equal(pooled[2], np.array([0.7, 0.3], np.float32))
-
-
-def test_acevedo_scores_use_each_windows_own_background():
-    anchors = np.eye(3, dtype=np.float32)[:2]
-    z = np.stack([_unit([1, 1, 0]), _unit([1, 1, 0]), _unit([1, 1, 0])])
-    background = {"park": np.array([[1.0, 0.0, 0.0]], np.float32), "street": np.array([[0.0, 1.0, 0.0]], np.float32)}
-    scores = evaluation.acevedo_window_scores(z, ["park", "street", None], evaluation.GroupedPrototypes(anchors),
-                                              [0, 0, 0], background, tau=0.5)
-    base = z @ anchors.T
-    np.testing.assert_allclose(scores[0], base[0] - 0.5 * np.array([1.0, 0.0]), atol=1e-6)
-    np.testing.assert_allclose(scores[1], base[1] - 0.5 * np.array([0.0, 1.0]), atol=1e-6)
-    np.testing.assert_allclose(scores[2], base[2], atol=1e-6)  # no background (clean): b = 0
 
 
 # -------------------------------------------------------- refusals and CLI

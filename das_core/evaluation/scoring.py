@@ -1,9 +1,9 @@
 """Scoring an evaluation from stored embeddings: every method, λ chosen on the tuning split, metrics.
 
-No Ray and no model here: ``das evaluate`` (jobs/evaluate.py) encodes each
-(clip, condition) once into label-job stores; this module reads those stores
-and turns them into results. Choices made here are listed in that job's
-docstring and in the report it writes.
+No Ray and no model here: the stores were encoded by label runs
+(``das_core.evaluation.stores``); every window is scored with the library's
+scorer (``das_core.scoring``, ``das_core.cache.project_rows``) and clip
+scores are the maximum over the clip's windows.
 """
 
 from __future__ import annotations
@@ -15,150 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from das_core.baselines import TGAP_POOL_SIZE, acevedo_scores, background_profile, tgap_prototypes
-from das_core.cache import DriftCache
+from das_core.cache import DriftCache, project_rows
 from das_core.datasets import Dataset
-from das_core.errors import Refused
+from das_core.evaluation.side import SideInformation
+from das_core.evaluation.stores import ConditionData, EvaluationError
+from das_core.scoring import max_by_file
 
 METHODS = ("zs_das_template", "zs_laion_template", "das", "acevedo_zs_text", "acevedo_zs_audio",
            "acevedo_tgap_text", "acevedo_tgap_audio")
 BASELINES = tuple(m for m in METHODS if m != "das")
-UNKNOWN_SCENE = "<unknown scene>"     # background key of noise whose scene is not known
-
-
-class EvaluationError(Refused, ValueError):
-    """Stores or splits that cannot give a result (missing clips, an empty split, ...)."""
-
-
-@dataclass(frozen=True)
-class Condition:
-    snr_db: float | None          # None: clean
-
-    @property
-    def name(self) -> str:
-        """Folder-safe name: ``clean``, ``snr20``, ``snr-5``."""
-        return "clean" if self.snr_db is None else f"snr{self.snr_db:g}"
-
-    @property
-    def title(self) -> str:
-        return "clean" if self.snr_db is None else f"{self.snr_db:g} dB"
-
-
-# ---------------------------------------------------------- reading stores
-@dataclass
-class StoreData:
-    """The stored windows of one store, restricted to the files asked for."""
-
-    ok: np.ndarray                # (n,) bool: decoded
-    errors: dict[str, str]        # file id -> error message
-    embeddings: np.ndarray        # (m, d) float32, windows of ok files sorted by (file, segment)
-    owner: np.ndarray             # (m,) index of each window's file
-    noise_uri: list[str | None]   # (m,) noise recording mixed into the window; None if none
-
-
-def read_store(uri: str, ids: Sequence[str]) -> StoreData:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from das_core.results import SEGMENTS_DIR, OutputStore, embeddings_to_numpy
-
-    store = OutputStore(uri)
-    listing = store.listing()
-    committed = listing.committed_units()
-    index = {fid: i for i, fid in enumerate(ids)}
-    files = store.read_files(committed, ["file_id", "status", "error"]).to_pydict()
-    ok = np.zeros(len(ids), dtype=bool)
-    seen = np.zeros(len(ids), dtype=bool)
-    errors: dict[str, str] = {}
-    for fid, status, error in zip(files["file_id"], files["status"], files["error"]):
-        i = index.get(fid)
-        if i is None:
-            continue
-        if seen[i]:
-            raise EvaluationError(f"{uri}: file {fid!r} has two committed results; delete the store and rerun")
-        seen[i] = True
-        if status == "ok":
-            ok[i] = True
-        else:
-            errors[fid] = error or "unknown error"
-    if not seen.all():
-        absent = [ids[i] for i in np.flatnonzero(~seen)]
-        raise EvaluationError(f"{uri} has no result for {len(absent)} file(s), e.g. {absent[0]!r}: rerun das evaluate")
-    columns = ["file_id", "segment", "embedding", "noise_source"]
-    tables = [t for unit in committed for t in store.read_unit(unit, SEGMENTS_DIR, listing, columns)]
-    ok_ids = pa.array([ids[i] for i in np.flatnonzero(ok)], pa.string())
-    owner = np.zeros(0, dtype=np.int64)
-    emb = np.zeros((0, 0), dtype=np.float32)
-    noise_uri: list[str | None] = []
-    if tables:
-        table = pa.concat_tables(tables)
-        table = table.filter(pc.is_in(table.column("file_id"), value_set=ok_ids))
-        owner = np.array([index[f] for f in table.column("file_id").to_pylist()], dtype=np.int64)
-        segment = np.asarray(table.column("segment").to_numpy(), dtype=np.int64)
-        order = np.lexsort((segment, owner))
-        emb = embeddings_to_numpy(table.column("embedding"))[order]
-        sources = table.column("noise_source").to_pylist()
-        noise_uri = [_noise_uri(sources[j]) for j in order]
-        owner = owner[order]
-    counts = np.bincount(owner, minlength=len(ids))
-    if (ok & (counts == 0)).any():
-        bad = ids[int(np.flatnonzero(ok & (counts == 0))[0])]
-        raise EvaluationError(f"{uri}: file {bad!r} is marked ok but has no stored window; delete the store and rerun")
-    return StoreData(ok, errors, emb, owner, noise_uri)
-
-
-def _noise_uri(source: str | None) -> str | None:
-    """``"<uri>@<offset>s"`` -> ``uri``; None when no noise was mixed (clean, or a skipped zero-power mix)."""
-    if not source or source.startswith("skipped"):
-        return None
-    return source.rsplit("@", 1)[0]
-
-
-# ----------------------------------------------------------------- scoring
-def pool_windows(window_scores: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """Clip scores: the maximum over each clip's windows (das_core.scoring semantics); NaN rows for clips without."""
-    out = np.full((n, window_scores.shape[1]), np.nan, dtype=np.float32)
-    if len(owner) == 0:
-        return out
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-    out[owner[starts]] = np.maximum.reduceat(window_scores, starts, axis=0)
-    return out
-
-
-def _project(z: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    # the scorer's own batch-invariant product (das_core.cache.project_rows), as every DAS score is computed
-    from das_core.cache import project_rows
-
-    return project_rows(np.asarray(z, np.float32), np.asarray(matrix, np.float32))
-
-
-@dataclass
-class ConditionData:
-    condition: Condition
-    store: StoreData
-    background: list[str | None]     # per window: scene key of the noise mixed in; None = no background
-
-
-@dataclass
-class SideInformation:
-    """What the Acevedo baselines use besides the clip: anchors, scene prompts, noise recordings."""
-
-    laion: np.ndarray                          # (K, d) LAION-template prompts
-    anchors: np.ndarray                        # (K, d) Acevedo text anchors
-    # scene key -> (1, d) mean background embedding. Acevedo's profile is a mean of dot products,
-    # b_c = mean_j (bg_j . P_c) = (mean_j bg_j) . P_c, so the mean vector gives the same b at a fraction of the cost.
-    text_background: dict[str, np.ndarray]     # mean of the three background prompts naming the scene
-    audio_background: dict[str, np.ndarray]    # mean embedding of the scene's noise recordings
-
-
-def background_keys(noise_uri: Sequence[str | None], scene_of: dict[str, str | None]) -> list[str | None]:
-    keys: list[str | None] = []
-    for uri in noise_uri:
-        if uri is None:
-            keys.append(None)
-        else:
-            scene = scene_of.get(uri)
-            keys.append(scene if scene is not None else UNKNOWN_SCENE)
-    return keys
 
 
 def _profiles(prototypes: np.ndarray, keys: list[str | None], background: dict[str, np.ndarray]) -> np.ndarray:
@@ -249,14 +114,14 @@ def method_scores(data: ConditionData, n: int, cache: DriftCache, side: SideInfo
     tgap = cross_fit_tgap(side.anchors, z, window_groups)
     windows = {
         "zs_das_template": cache.clean_scores(z),
-        "zs_laion_template": _project(z, side.laion),
+        "zs_laion_template": project_rows(z, side.laion),
         "acevedo_zs_text": acevedo_window_scores(z, keys, zs_protos, window_groups, side.text_background, tau),
         "acevedo_zs_audio": acevedo_window_scores(z, keys, zs_protos, window_groups, side.audio_background, tau),
         "acevedo_tgap_text": acevedo_window_scores(z, keys, tgap, window_groups, side.text_background, tau),
         "acevedo_tgap_audio": acevedo_window_scores(z, keys, tgap, window_groups, side.audio_background, tau),
     }
-    baselines = {m: pool_windows(w, owner, n) for m, w in windows.items()}
-    das = {lam: pool_windows(cache.with_lam(lam).scores(z), owner, n) for lam in lam_grid}
+    baselines = {m: max_by_file(w, owner, n) for m, w in windows.items()}
+    das = {lam: max_by_file(cache.with_lam(lam).scores(z), owner, n) for lam in lam_grid}
     return baselines, das
 
 

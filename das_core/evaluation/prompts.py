@@ -1,0 +1,164 @@
+"""Text for an evaluation: the DAS drift cache and every baseline prompt, encoded once and saved under ``OUT/text/``.
+
+Both are stored as drift caches (``DriftCache.save`` / ``load``: no pickle,
+digests checked). The baseline prompts form a cache without drift: its
+labels are the prompts themselves and its clean prototypes their
+embeddings. A rerun that needs no new prompt loads no model.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from das_core import storage
+from das_core.baselines import background_prompts
+from das_core.cache import CacheError, DriftCache
+from das_core.datasets import NoiseSet
+from das_core.errors import Refused
+from das_core.evaluation.protocol import CACHE_LAM, Plan
+from das_core.prompts import ACEVEDO_TEMPLATE, CLEAN_TEMPLATE, LAION_TEMPLATE, NOISY_TEMPLATE, label_text
+
+log = logging.getLogger("das.evaluation")
+
+TEXT_DIR = "text"
+PROMPT_BANK = "prompts.npz"
+CACHE_PREFIX = "das-cache-"
+UNKNOWN_SCENE = "<unknown scene>"     # background key of noise whose scene is not known
+UNKNOWN_SCENE_TEXT = "background noise"
+
+
+@dataclass
+class TextEmbeddings:
+    cache: DriftCache                  # lam = CACHE_LAM; evaluation uses with_lam
+    cache_uri: str
+    prompts: dict[str, np.ndarray]     # prompt -> unit embedding
+    encoded_now: int                   # text encodings done by this run
+
+    def matrix(self, prompts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.prompts[p] for p in prompts]).astype(np.float32)
+
+
+def laion_prompts(labels: Sequence[str]) -> list[str]:
+    return [LAION_TEMPLATE.format(label=label_text(lb)) for lb in labels]
+
+
+def anchor_prompts(labels: Sequence[str]) -> list[str]:
+    return [ACEVEDO_TEMPLATE.format(label=label_text(lb)) for lb in labels]
+
+
+def scene_text(key: str) -> str:
+    return UNKNOWN_SCENE_TEXT if key == UNKNOWN_SCENE else key
+
+
+def scene_keys(noise: NoiseSet) -> list[str]:
+    return sorted({s if s is not None else UNKNOWN_SCENE for s in noise.scenes})
+
+
+def wanted_prompts(labels: Sequence[str], noise: NoiseSet) -> list[str]:
+    """Every prompt the baselines use, in a fixed order, without repeats."""
+    wanted = laion_prompts(labels) + anchor_prompts(labels)
+    for key in scene_keys(noise):
+        wanted += background_prompts(scene_text(key))
+    return list(dict.fromkeys(wanted))
+
+
+# ----------------------------------------------------------- saved prompts
+def prompt_bank(prompts: dict[str, np.ndarray], encoder_id: str) -> DriftCache:
+    """Prompt embeddings as a drift cache without drift: labels = prompts, clean prototypes = their embeddings."""
+    names = tuple(sorted(prompts))
+    clean = np.stack([prompts[n] for n in names]).astype(np.float32)
+    return DriftCache(names, names, (), "{label}", NOISY_TEMPLATE, 0.0, encoder_id, clean, np.zeros_like(clean),
+                      np.zeros(len(names), np.float32))
+
+
+def load_prompt_bank(uri: str, encoder_id: str) -> dict[str, np.ndarray]:
+    """The saved prompt embeddings of ``encoder_id``; empty when there are none (or another model's)."""
+    if not storage.exists(uri):
+        return {}
+    try:
+        bank = DriftCache.load(uri)
+    except CacheError as exc:
+        log.warning("ignoring unreadable prompt embeddings %s (%s): they will be encoded again", uri, exc)
+        return {}
+    if bank.encoder_id != encoder_id:
+        log.info("prompt embeddings in %s belong to another checkpoint: encoding again", uri)
+        return {}
+    return dict(zip(bank.labels, bank.clean))
+
+
+def _cache_matches(cache: DriftCache, labels: Sequence[str], phrases: Sequence[str], encoder_id: str) -> bool:
+    return (cache.labels == tuple(labels) and cache.noise_phrases == tuple(phrases)
+            and cache.clean_template == CLEAN_TEMPLATE and cache.noisy_template == NOISY_TEMPLATE
+            and cache.lam == CACHE_LAM and cache.encoder_id == encoder_id)
+
+
+def cache_uri_for(out: str, fingerprint: str) -> str:
+    return storage.join(out, TEXT_DIR, f"{CACHE_PREFIX}{fingerprint.split(':')[-1][:16]}.npz")
+
+
+def saved_caches(out: str) -> list[tuple[str, DriftCache]]:
+    """The drift caches saved under ``OUT/text/`` (unreadable ones are skipped with a warning)."""
+    folder = storage.join(out, TEXT_DIR)
+    if not storage.exists(folder):
+        return []
+    found = []
+    for uri in storage.list_files(folder, (".npz",)):
+        if posixpath.basename(uri).startswith(CACHE_PREFIX):
+            try:
+                found.append((uri, DriftCache.load(uri)))
+            except CacheError as exc:
+                log.warning("ignoring %s: %s", uri, exc)
+    return found
+
+
+# ---------------------------------------------------------------- encoding
+def _encode(p: Plan, cache: DriftCache | None, missing: list[str]) -> tuple[DriftCache, dict[str, np.ndarray]]:
+    """One batched text encoding: the drift cache's prompts (when ``cache`` is None) and the ``missing`` ones."""
+    from das_core.encoder import ClapEncoder
+
+    c, labels = p.config, p.dataset.label_names
+    log.info("encoding text with %s: %s%d other prompt(s)", c.checkpoint,
+             f"drift cache {len(labels)} x (1 + {len(p.phrases)}) + " if cache is None else "", len(missing))
+    encoder = ClapEncoder.from_checkpoint(c.checkpoint, tokenizer_dir=c.tokenizer_dir)
+    if encoder.encoder_id != p.checkpoint_id:
+        raise Refused(f"checkpoint {c.checkpoint} changed while das evaluate was running")
+    extra: dict[str, np.ndarray] = {}
+
+    def encode_text(cache_prompts: list[str]) -> np.ndarray:
+        emb = encoder.embed_text(list(cache_prompts) + missing)
+        extra.update(zip(missing, emb[len(cache_prompts):]))
+        return emb[:len(cache_prompts)]
+
+    if cache is None:
+        cache = DriftCache.build(encode_text, labels, p.phrases, lam=CACHE_LAM, encoder_id=p.checkpoint_id,
+                                 encoder_name=encoder.name)
+        cache.save(cache_uri_for(c.out, cache.fingerprint))
+    else:
+        encode_text([])
+    return cache, extra
+
+
+def prepare_text(p: Plan) -> TextEmbeddings:
+    """The DAS cache and every other prompt embedding; encodes (one batched call) only what is not saved."""
+    out, labels = p.config.out, p.dataset.label_names
+    cache_uri, cache = next(((uri, saved) for uri, saved in saved_caches(out)
+                             if _cache_matches(saved, labels, p.phrases, p.checkpoint_id)), (None, None))
+    wanted = wanted_prompts(labels, p.noise)
+    bank_uri = storage.join(out, TEXT_DIR, PROMPT_BANK)
+    bank = load_prompt_bank(bank_uri, p.checkpoint_id)
+    missing = [t for t in wanted if t not in bank]
+    if cache is not None and not missing:
+        log.info("text embeddings: all %d prompts and the drift cache are saved in %s; no model loaded",
+                 len(wanted) + cache.n_text_encodings, storage.join(out, TEXT_DIR))
+        return TextEmbeddings(cache, cache_uri, bank, 0)
+    built = cache is None
+    cache, extra = _encode(p, cache, missing)
+    bank.update(extra)
+    prompt_bank(bank, p.checkpoint_id).save(bank_uri)
+    encoded = len(missing) + (cache.n_text_encodings if built else 0)
+    return TextEmbeddings(cache, cache_uri if not built else cache_uri_for(out, cache.fingerprint), bank, encoded)

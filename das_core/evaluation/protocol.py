@@ -1,0 +1,305 @@
+"""The evaluation protocol: conditions, the λ grid, the tuning split, and the settings of one evaluation.
+
+Every default of ``das evaluate`` is defined here once; the command line
+reads them from this module. Settings are checked when an
+``EvaluateConfig`` is made (``ConfigError``); what depends on the data
+(folds present, empty splits) is checked by ``plan``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from das_core.baselines import DEFAULT_TAU
+from das_core.cache import DEFAULT_LAM
+from das_core.datasets import (
+    DATASETS,
+    ESC50,
+    FSD50K,
+    URBANSOUND8K,
+    Dataset,
+    NoiseSet,
+    hash_fraction,
+    noise_subset,
+    read_dataset,
+    read_noise,
+    stratified_subset,
+)
+from das_core.encoder import DEFAULT_BATCH_SIZE
+from das_core.errors import ConfigError
+from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
+
+log = logging.getLogger("das.evaluation")
+
+DEFAULT_SNRS = "clean,20,10,5,0,-5"
+DEFAULT_LAM_GRID = "0,0.05,0.1,0.2,0.3,0.5,1.0"
+DEFAULT_TUNE_SPLITS = {URBANSOUND8K: "folds:1-5", ESC50: "folds:1-2", FSD50K: "hash:50"}
+DEFAULT_MAX_ERROR_FRACTION = 0.1
+DEFAULT_SEED = 0
+CACHE_LAM = DEFAULT_LAM               # the lam stored in the cache the label job uses; evaluation sweeps its own
+SNR_RANGE_DB = (-60.0, 120.0)
+
+
+@dataclass(frozen=True)
+class Condition:
+    snr_db: float | None          # None: clean
+
+    @property
+    def name(self) -> str:
+        """Folder-safe name: ``clean``, ``snr20``, ``snr-5``."""
+        return "clean" if self.snr_db is None else f"snr{self.snr_db:g}"
+
+    @property
+    def title(self) -> str:
+        return "clean" if self.snr_db is None else f"{self.snr_db:g} dB"
+
+
+@dataclass(frozen=True)
+class TuneSplit:
+    """Which clips tune λ; every other clip is the test split."""
+
+    spec: str
+    folds: frozenset[int] = frozenset()   # "folds:1-5"
+    percent: float | None = None          # "hash:50": clips whose id hashes below this share
+    note: str = ""                        # why this split when das chose it (the dataset lacks default folds)
+
+    def is_tune(self, clip) -> bool:
+        if self.percent is not None:
+            return hash_fraction(clip.clip_id) < self.percent / 100.0
+        return clip.fold in self.folds
+
+    def describe(self, dataset: Dataset, tune: bool) -> str:
+        if self.percent is not None:
+            return (f"the {self.percent:g}% of clips whose id hashes lowest (sha1, {self.spec})" if tune
+                    else f"the other {100 - self.percent:g}% of clips")
+        folds = sorted(self.folds) if tune else [f for f in dataset.folds if f not in self.folds]
+        return ("fold " if len(folds) == 1 else "folds ") + ranges(folds)
+
+
+def ranges(values: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``1-3, 5``."""
+    out, run = [], []
+    for v in sorted(values):
+        if run and v != run[-1] + 1:
+            out.append(run)
+            run = []
+        run.append(v)
+    if run:
+        out.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in out) or "none"
+
+
+def _items(text: str) -> list[str]:
+    return [t for t in (t.strip() for t in text.split(",")) if t]
+
+
+def _condition(item: str) -> Condition:
+    if item.lower() == "clean":
+        return Condition(None)
+    try:
+        snr = float(item.lower().removesuffix("db"))
+    except ValueError:
+        raise ConfigError(f"--snrs: {item!r} is neither 'clean' nor a number of dB") from None
+    if not (math.isfinite(snr) and SNR_RANGE_DB[0] <= snr <= SNR_RANGE_DB[1]):
+        raise ConfigError(f"--snrs: {item} dB is outside {SNR_RANGE_DB[0]:g}..{SNR_RANGE_DB[1]:g} dB")
+    return Condition(snr)
+
+
+def parse_conditions(text: str) -> tuple[Condition, ...]:
+    """``"clean,20,0dB"`` -> conditions, in the order given; a condition listed twice is refused."""
+    conditions: list[Condition] = []
+    for cond in map(_condition, _items(text)):
+        if cond in conditions:
+            raise ConfigError(f"--snrs: {cond.title} is listed twice")
+        conditions.append(cond)
+    if not conditions:
+        raise ConfigError("--snrs lists no condition")
+    return tuple(conditions)
+
+
+def _lam(item: str | float) -> float:
+    try:
+        lam = float(item)
+    except ValueError:
+        raise ConfigError(f"--lam-grid: {item!r} is not a number") from None
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ConfigError(f"--lam-grid: lam must be finite and >= 0, got {item}")
+    return lam
+
+
+def parse_lam_grid(text: str) -> tuple[float, ...]:
+    """``"0,0.1,0.05"`` -> ``(0.0, 0.05, 0.1)``: sorted, without repeats."""
+    grid = {_lam(item) for item in _items(text)}
+    if not grid:
+        raise ConfigError("--lam-grid lists no value")
+    return tuple(sorted(grid))
+
+
+def _fold_set(spec: str, rest: str) -> frozenset[int]:
+    folds: set[int] = set()
+    try:
+        for part in _items(rest):
+            lo, _, hi = part.partition("-")
+            a, b = int(lo), int(hi or lo)
+            if b < a:
+                raise ValueError
+            folds.update(range(a, b + 1))
+    except ValueError:
+        raise ConfigError(f"--tune-split {spec!r}: expected folds:A-B or folds:A,B,C (fold numbers)") from None
+    if not folds:
+        raise ConfigError(f"--tune-split {spec!r} names no fold")
+    return frozenset(folds)
+
+
+def parse_tune_split(spec: str) -> TuneSplit:
+    """``folds:A-B`` / ``folds:A,B,..`` (tune on those folds) or ``hash:P`` (the P% of ids hashing lowest)."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "folds":
+        return TuneSplit(spec, folds=_fold_set(spec, rest))
+    if kind == "hash":
+        try:
+            percent = float(rest)
+        except ValueError:
+            raise ConfigError(f"--tune-split {spec!r}: expected hash:P with P a percentage, e.g. hash:50") from None
+        if not 0 < percent < 100:
+            raise ConfigError(f"--tune-split {spec!r}: the percentage must be strictly between 0 and 100")
+        return TuneSplit(spec, percent=percent)
+    raise ConfigError(f"--tune-split {spec!r}: expected folds:A-B (or folds:A,B,...) or hash:P")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The settings of one evaluation, checked when made (``ConfigError``)."""
+
+    dataset: str
+    root: str
+    noise_root: str
+    checkpoint: str
+    out: str
+    conditions: tuple[Condition, ...] = parse_conditions(DEFAULT_SNRS)
+    seed: int = DEFAULT_SEED
+    lam_grid: tuple[float, ...] = parse_lam_grid(DEFAULT_LAM_GRID)
+    tune_split: str | None = None          # None: the dataset's default (DEFAULT_TUNE_SPLITS)
+    noise_phrases: str | None = None       # file, one phrase a line; None: das_core.prompts.DEFAULT_NOISE_PHRASES
+    tau: float = DEFAULT_TAU
+    limit: int | None = None
+    noise_limit: int | None = None
+    num_gpus: float = 0.0
+    actors: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    tokenizer_dir: str | None = None
+    max_error_fraction: float = DEFAULT_MAX_ERROR_FRACTION
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"--dataset {self.dataset!r}: expected one of {', '.join(DATASETS)}")
+        if not self.conditions or len(set(self.conditions)) != len(self.conditions):
+            raise ConfigError("--snrs must list at least one condition, each once")
+        object.__setattr__(self, "lam_grid", tuple(sorted({_lam(lam) for lam in self.lam_grid})))
+        if not self.lam_grid:
+            raise ConfigError("--lam-grid lists no value")
+        if self.tune_split is not None:
+            parse_tune_split(self.tune_split)
+        if not math.isfinite(self.tau):
+            raise ConfigError(f"--tau must be a finite number, got {self.tau}")
+        for name in ("limit", "noise_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batch_size < 1 or self.num_gpus < 0 or (self.actors is not None and self.actors < 1):
+            raise ConfigError("--batch-size and --actors must be at least 1, --num-gpus at least 0")
+        if not 0.0 <= self.max_error_fraction <= 1.0:
+            raise ConfigError("--max-error-fraction must be between 0 and 1")
+
+
+def choose_tune_split(c: EvaluateConfig, dataset: Dataset) -> TuneSplit:
+    """``--tune-split``, else the dataset's default, else (some folds absent) the lower half of those present."""
+    split = parse_tune_split(c.tune_split or DEFAULT_TUNE_SPLITS[c.dataset])
+    if not split.folds:
+        return split
+    present = dataset.folds
+    if not present:
+        raise ConfigError(f"--tune-split {split.spec}: {c.dataset} has no folds; use hash:P "
+                          "(e.g. --tune-split hash:50)")
+    unknown = sorted(split.folds - set(present))
+    if c.tune_split and unknown:
+        raise ConfigError(f"--tune-split {split.spec}: fold(s) {ranges(unknown)} do not exist in {c.dataset} "
+                          f"(folds: {ranges(present)}); choose among the folds present in {c.root}")
+    if c.tune_split or (not unknown and set(present) - split.folds):
+        return split                       # as asked; an empty side is refused by plan()
+    if len(present) < 2:
+        raise ConfigError(f"{c.root} holds only fold {ranges(present)} of {c.dataset} (evaluation needs at least "
+                          "2 folds: one to choose lam on, one to test on); add another fold of the dataset")
+    tune = present[:len(present) // 2]
+    chosen = TuneSplit(f"folds:{','.join(map(str, tune))}", folds=frozenset(tune),
+                       note=f"chosen from the folds present ({ranges(present)}): the default {split.spec} "
+                            + (f"needs absent fold(s) {ranges(unknown)}" if unknown else "leaves no fold to test on"))
+    log.info("tuning split: folds %s (test: folds %s), %s", ranges(tune), ranges(present[len(tune):]), chosen.note)
+    return chosen
+
+
+@dataclass
+class Plan:
+    """What an evaluation works on, read and checked before any model is loaded."""
+
+    config: EvaluateConfig
+    dataset: Dataset
+    noise: NoiseSet
+    split: TuneSplit
+    is_tune: np.ndarray           # (n,) bool
+    groups: list[Hashable]        # TGAP cross-fitting group of each clip: its fold, or the clip itself
+    phrases: tuple[str, ...]      # DAS noise phrases
+    checkpoint_id: str
+    checkpoint_info: dict
+    n_available: int              # clips in the dataset before --limit
+
+
+def _limited(c: EvaluateConfig, dataset: Dataset, split: TuneSplit) -> Dataset:
+    # spread the subset over folds, or over the tuning and test halves where there are no folds
+    strata = [clip.fold for clip in dataset.clips] if dataset.folds else [split.is_tune(clip) for clip in dataset.clips]
+    return stratified_subset(dataset, c.limit, strata)
+
+
+def _check_split(c: EvaluateConfig, dataset: Dataset, split: TuneSplit, is_tune: np.ndarray,
+                 groups: list[Hashable]) -> None:
+    limit = f", --limit {c.limit}" if c.limit else ""
+    if is_tune.all() or not is_tune.any():
+        which = "test" if is_tune.all() else "tuning"
+        raise ConfigError(f"the {which} split is empty ({len(dataset.clips)} clips, --tune-split {split.spec}{limit})"
+                          ": choose another split or a larger --limit")
+    if len(set(groups)) < 2:
+        raise ConfigError("TGAP needs clips outside each clip's fold, but all clips are in one fold"
+                          + (f" (--limit {c.limit})" if c.limit else ""))
+
+
+def plan(c: EvaluateConfig) -> Plan:
+    """Read and check everything that can be refused before any model is loaded."""
+    from das_core import checkpoint as ckpt
+    from das_core.cache import validate_build_inputs
+
+    dataset = read_dataset(c.dataset, c.root)
+    noise = read_noise(c.noise_root)
+    split = choose_tune_split(c, dataset)
+    n_available = len(dataset.clips)
+    if c.limit:
+        dataset = _limited(c, dataset, split)
+    if c.noise_limit:
+        noise = noise_subset(noise, c.noise_limit)
+    is_tune = np.array([split.is_tune(clip) for clip in dataset.clips], dtype=bool)
+    groups: list[Hashable] = ([clip.fold for clip in dataset.clips] if dataset.folds
+                              else [clip.clip_id for clip in dataset.clips])
+    _check_split(c, dataset, split, is_tune, groups)
+    phrases = tuple(read_lines_from(c.noise_phrases, "noise phrases")) if c.noise_phrases else DEFAULT_NOISE_PHRASES
+    try:
+        validate_build_inputs(dataset.label_names, phrases, CLEAN_TEMPLATE, NOISY_TEMPLATE, CACHE_LAM)
+    except ValueError as exc:
+        raise ConfigError(f"{c.dataset} labels / noise phrases: {exc}") from None
+    local = ckpt.resolve(c.checkpoint)
+    return Plan(c, dataset, noise, split, is_tune, groups, phrases, ckpt.fingerprint(local), ckpt.describe(local),
+                n_available)
