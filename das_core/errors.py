@@ -10,6 +10,12 @@ traceback with ``--debug``).
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 DEBUG_ENV = "DAS_DEBUG"
 
@@ -69,3 +75,34 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
     text = text if len(text) <= 400 else text[:400] + " ..."
     return EXIT_FAILED, (f"internal error ({type(exc).__name__}: {text}); rerun with --debug (or {DEBUG_ENV}=1) "
                          "for the traceback and report it")
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """``--debug`` given, or ``DAS_DEBUG`` set to a true value: failures print their traceback too."""
+    return bool(flag) or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """A job's log lines on stderr (debug with ``verbose``); botocore's INFO lines are noise to a user."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    if not verbose:
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def run_reporting(prog: str, body: Callable[[], int], *, debug: bool = False,
+                  interrupted_hint: str | None = None) -> int:
+    """``body()``, with every failure turned into one line ``prog: error: ...`` on stderr and an exit status
+    (``describe_failure``; 130 when interrupted). ``debug`` adds the traceback."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted (KeyboardInterrupt); "
+              f"{interrupted_hint or 'rerun the command to start again'}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line, never a traceback
+        status, message = describe_failure(exc)
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+        return status

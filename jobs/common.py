@@ -9,28 +9,24 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 
-from das_core import storage
-from das_core.errors import DEBUG_ENV, EXIT_INTERRUPTED, EXIT_USAGE, Refused, RunFailed, describe_failure, one_line
+from das_core import errors, storage
 from das_core.prompts import read_lines_from  # noqa: F401 - jobs read labels and phrases through it
 from das_core.storage import check_output_file, check_output_folder  # noqa: F401
 
 log = logging.getLogger("das")
 _PROG = "das"          # the running command, for messages printed outside run_main
 
-# Variables a worker on another machine needs to see as the driver does; the last two are test-only fault
-# switches (das_core.units.TEST_CRASH_ENV, das_core.storage.TEST_FAIL_WRITE_ENV, tests/test_faults.py).
+# What a worker on another machine must see as the driver does; the last two: test-only fault switches.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE",
                  "DAS_TOKENIZER_DIR", "DAS_CACHE_DIR", "DAS_TEST_CRASH_ON", "DAS_TEST_FAIL_WRITE")
 
+UsageError = errors.Refused     # a bad argument or artefact, refused before any work starts (exit status 2)
+JobFailed = errors.RunFailed    # the job ran but its result is not acceptable (exit status 1)
 
-UsageError = Refused          # a bad argument or artefact, refused before any work starts (exit status 2)
-JobFailed = RunFailed         # the job ran but its result is not acceptable (exit status 1)
 
-
-class ClusterError(Refused):
+class ClusterError(errors.Refused):
     """The Ray cluster cannot be used: it does not answer, or lacks the resources asked for."""
 
 
@@ -39,30 +35,13 @@ RAY_PROBE_TIMEOUT_S = 5.0
 CLUSTER_WAIT_ENV = "DAS_CLUSTER_WAIT_S"
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    if not verbose:      # botocore's INFO lines ("Found credentials in ...") are noise to a user
-        logging.getLogger("botocore").setLevel(logging.WARNING)
-
-
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-endpoint", metavar="URL",
                         help="S3-compatible endpoint (MinIO, Ceph, ...); same as AWS_ENDPOINT_URL_S3. "
                              "Credentials come from the usual AWS environment variables or config files.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
-                        help=f"on failure, print the Python traceback as well (same as {DEBUG_ENV}=1)")
-
-
-def apply_common_options(args: argparse.Namespace) -> None:
-    setup_logging(getattr(args, "verbose", False))
-    if getattr(args, "s3_endpoint", None):
-        storage.set_s3_endpoint(args.s3_endpoint)
-
-
-def debug_enabled(args: argparse.Namespace | None = None) -> bool:
-    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+                        help=f"on failure, print the Python traceback as well (same as {errors.DEBUG_ENV}=1)")
 
 
 def s3_uris(args: argparse.Namespace) -> list[str]:
@@ -75,37 +54,26 @@ def s3_uris(args: argparse.Namespace) -> list[str]:
     return found
 
 
-def _report(prog: str, message: str, debug: bool) -> None:
-    if debug:
-        traceback.print_exc(file=sys.stderr)
-    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
-
-
 def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None = None) -> int:
-    """Run ``body`` and turn every failure into one line on stderr and an exit status (``describe_failure``).
+    """``body()`` under ``das_core.errors.run_reporting``: one line and an exit status for every failure.
 
-    130 when interrupted. With ``args``, its common options are applied first
-    and the buckets of its ``s3://`` options are probed, so that a missing
-    bucket or credentials are refused before any model is loaded. ``--debug``
-    or ``DAS_DEBUG=1`` adds the traceback.
+    With ``args``, its common options are applied first and the buckets of its ``s3://`` options are
+    probed, so that a missing bucket or credentials are refused before any model is loaded.
     """
     global _PROG
     _PROG = prog
-    debug = debug_enabled(args)
-    try:
+
+    def checked() -> int:
         if args is not None:
-            apply_common_options(args)
+            errors.setup_logging(getattr(args, "verbose", False))
+            if getattr(args, "s3_endpoint", None):
+                storage.set_s3_endpoint(args.s3_endpoint)
             storage.check_s3_access(s3_uris(args))
         return body()
-    except KeyboardInterrupt:
-        hint = ("committed results are kept; rerun with --resume to continue" if hasattr(args, "resume")
-                else "rerun the command to start again")
-        print(f"{prog}: error: interrupted (KeyboardInterrupt); {hint}", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - every failure ends as one line, never a traceback
-        status, message = describe_failure(exc)
-        _report(prog, message, debug)
-        return status
+
+    hint = "committed results are kept; rerun with --resume to continue" if hasattr(args, "resume") else None
+    debug = errors.debug_requested(getattr(args, "debug", False))
+    return errors.run_reporting(prog, checked, debug=debug, interrupted_hint=hint)
 
 
 def settings_from_args(cls, args: argparse.Namespace, **given):
@@ -150,7 +118,7 @@ def _give_up_on_ray(address: str | None, timeout: float) -> None:
           + ("check that the cluster is up and RAY_ADDRESS is right, or unset RAY_ADDRESS for a local Ray"
              if address else "check free memory and /tmp space, or stop stale Ray processes (ray stop)"),
           file=sys.stderr, flush=True)
-    os._exit(EXIT_USAGE)          # ray.init cannot be cancelled from another thread
+    os._exit(errors.EXIT_USAGE)          # ray.init cannot be cancelled from another thread
 
 
 def init_ray(gpus: float = 0.0, cpus: float = 0.0) -> None:
@@ -177,7 +145,7 @@ def init_ray(gpus: float = 0.0, cpus: float = 0.0) -> None:
             ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
             where = f"connect to the Ray cluster at RAY_ADDRESS={address}" if address else "start a local Ray"
-            raise ClusterError(f"cannot {where} ({type(exc).__name__}: {one_line(exc)}); "
+            raise ClusterError(f"cannot {where} ({type(exc).__name__}: {errors.one_line(exc)}); "
                                + ("check RAY_ADDRESS, or unset it to run on a local Ray" if address
                                   else "run `ray stop` to clear stale Ray processes, then retry")) from exc
         finally:
