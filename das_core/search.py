@@ -1,7 +1,9 @@
 """Search stored embeddings: rank windows or files of a label output against text or audio queries.
 
 The library half of ``das search`` (no Ray here): its settings, the checks on
-the output searched, query encoding and the work of one Ray task. A query is a unit vector in
+the output searched, query encoding and the work of one Ray task. The output
+searched (``--embeddings``) is a ``das label`` output or one ``das rescore``
+run folder (``OUT/run_id=ID``): its committed units and ``_manifest.json``. A query is a unit vector in
 CLAP's joint space: a text query is the text tower's embedding of the text, an
 audio query the normalised mean of a file's window embeddings (windows decoded
 and encoded exactly as ``das label`` does). A window or file scores the cosine

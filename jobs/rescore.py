@@ -1,9 +1,7 @@
 """``das rescore``: re-label the embeddings a ``das label`` run stored, with a drift cache; no audio, no model.
 
-Arguments and Ray wiring only: one Ray task per committed label unit runs
-``das_core.rescoring.rescore_unit``; the plan, the watermark, the run's
-manifest and summary are ``das_core.rescoring``'s (its docstring describes
-the output and ``--since-last-run``).
+Arguments and Ray wiring only: one Ray task per committed label unit runs ``das_core.rescoring.rescore_unit``;
+the plan, watermark, manifest and summary are ``das_core.rescoring``'s (its docstring describes the output).
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import sys
 
 from das_core.rescoring import RescoreConfig, plan_rescore, rescore_unit, start_run
 from jobs.common import add_common_options, init_ray, job_main, worker_env
-from jobs.pipeline import map_rows
 
 
 def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
@@ -55,6 +52,8 @@ def config_from_args(args: argparse.Namespace) -> RescoreConfig:
 
 def run(c: RescoreConfig) -> dict:
     """Re-score ``c.embeddings`` into ``c.out/run_id=ID``; returns the run's final manifest."""
+    from jobs.pipeline import map_rows
+
     p = plan_rescore(c)
     tally = start_run(p)
     if p.todo:

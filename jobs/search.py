@@ -1,7 +1,5 @@
 """``das search``: find the windows (or files) of a labelled archive closest to a text or an audio query.
-
-Arguments and Ray wiring only (one Ray task per group of committed units); the search is ``das_core.search``'s.
-"""
+Arguments and Ray wiring only (one task per group of committed units); the search is in ``das_core.search``."""
 
 from __future__ import annotations
 
@@ -9,12 +7,10 @@ import argparse
 import sys
 
 import pyarrow as pa
-import ray
 
 from das_core import search
 from das_core.search import DEFAULT_TOP, LEVELS, SEGMENT, SearchConfig, units_per_task
 from jobs.common import add_common_options, check_output_file, init_ray, job_main, read_lines_from, worker_env
-from jobs.pipeline import map_rows
 
 
 def build_parser(prog: str = "das search") -> argparse.ArgumentParser:
@@ -57,6 +53,10 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 def run_stages(units: list[str], listing, embeddings: str, queries: search.Queries, top: int,
                min_score: float | None, level: str, env: dict[str, str] | None = None):
     """One Ray task per group of committed units; streams each group's few hits to the driver."""
+    import ray
+
+    from jobs.pipeline import map_rows
+
     rows = search.unit_groups(units, listing, level, units_per_task(len(units), ray.cluster_resources().get("CPU", 1)))
     return map_rows(rows, search.search_group, queries, env=env, embeddings=embeddings, top=top,
                     min_score=min_score, level=level)
