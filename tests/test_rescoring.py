@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
+from das_core.cache import DriftCache
 from das_core.errors import ConfigError, Refused
 from das_core.manifest import RunManifest
-from das_core.rescoring import RescoreConfig, Watermark, plan_rescore, previous_run
+from das_core.rescoring import RescoreConfig, Watermark, plan_rescore, previous_run, rescore_tables
+from das_core.results import (
+    embedding_array,
+    embeddings_to_numpy,
+    files_schema,
+    labelled_columns,
+    segments_schema,
+)
+from das_core.scoring import label_files, label_windows
 
 
 def test_config_refuses_bad_settings_when_made():
@@ -65,3 +76,42 @@ def test_not_a_label_output_is_refused_before_anything_is_read(tmp_path, small_c
         plan_rescore(RescoreConfig(embeddings=str(tmp_path / "not-labels"), cache=small_cache,
                                    out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
+
+
+def label_unit(cache: DriftCache) -> tuple[pa.Table, pa.Table]:
+    """A label unit as stored: a.wav (2 windows), b.wav (1 window) and c.wav, which failed to decode."""
+    emb = np.random.default_rng(0).standard_normal((3, cache.dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    segments = pa.table({"file_id": ["a", "a", "b"], "path": ["a.wav", "a.wav", "b.wav"],
+                         "segment": pa.array([0, 1, 0], pa.int32()), "start_s": [0.0, 10.0, 0.0],
+                         "end_s": [10.0, 12.0, 5.0], **labelled_columns(None, 3),
+                         "embedding": embedding_array(emb, 3, np.arange(3), "float16"),
+                         "snr_db": pa.nulls(3, pa.float64()), "seed": pa.nulls(3, pa.int64()),
+                         "noise_source": pa.nulls(3, pa.string())}, schema=segments_schema())
+    files = pa.Table.from_pylist([
+        {"file_id": "a", "path": "a.wav", "status": "ok", "n_segments": 2, "duration_s": 12.0},
+        {"file_id": "b", "path": "b.wav", "status": "ok", "n_segments": 1, "duration_s": 5.0},
+        {"file_id": "c", "path": "c.wav", "status": "error", "error": "c.wav: not audio", "error_kind": "decode",
+         "n_segments": 0}], schema=files_schema())
+    return segments, files
+
+
+def test_rescore_tables_labels_the_stored_embeddings_and_keeps_error_rows(small_cache):
+    cache = DriftCache.load(small_cache)
+    segments, files = label_unit(cache)
+    new_segments, new_files = rescore_tables(segments, files, cache, 2)
+    emb = embeddings_to_numpy(segments.column("embedding"))          # float16 as stored, scored as float32
+    expected = label_windows(emb, cache, 2)
+    assert new_segments.column("label").to_pylist() == expected.label
+    np.testing.assert_allclose(new_segments.column("score").to_numpy(), expected.score, atol=1e-6)
+    assert new_segments.column("embedding").equals(segments.column("embedding"))
+    rows = {r["file_id"]: r for r in new_files.to_pylist()}
+    assert [rows["a"]["label"], rows["b"]["label"]] == label_files(emb, np.array([0, 0, 1]), 2, cache, 2).label
+    assert rows["c"]["status"] == "error" and rows["c"]["label"] is None and rows["c"]["error"] == "c.wav: not audio"
+
+
+def test_rescore_tables_refuses_a_damaged_unit(small_cache):
+    cache = DriftCache.load(small_cache)
+    segments, files = label_unit(cache)
+    with pytest.raises(ValueError, match="damaged"):
+        rescore_tables(segments.slice(0, 2), files, cache, 2)          # b.wav lost its window
