@@ -663,8 +663,8 @@ def rescore_breakdown(labels: str, cache) -> dict:
     """Where one part's re-scoring time goes, in this process: what must be read, scored and written."""
     import pyarrow.parquet as pq
 
+    from das_core.rescoring import rescore_tables
     from das_core.results import END_TAG, part_name, table_to_bytes
-    from jobs.rescore import rescore_tables
 
     seg_path = os.path.join(labels, "segments", part_name("u00000000", 0))
     files_path = os.path.join(labels, "files", part_name("u00000000", END_TAG))

@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 
 from das_core import storage
 from das_core.cache import DriftCache
+from das_core.errors import Refused
+from das_core.manifest import RunManifest
 from das_core.scoring import Labelled, label_files
 
 SEGMENTS_DIR = "segments"
@@ -319,6 +321,10 @@ class StoreListing:
         """Units whose ``end`` part exists (the commit rule)."""
         return sorted(u for u, names in self.units(FILES_DIR).items() if part_name(u, END_TAG) in names)
 
+    def uncommitted_units(self) -> list[str]:
+        """Units with parts but no ``end`` part: still being written, or left by an interrupted run."""
+        return sorted((set(self.units(SEGMENTS_DIR)) | set(self.units(FILES_DIR))) - set(self.committed_units()))
+
     def parts_of(self, unit: str, folder: str) -> list[str]:
         return self.units(folder).get(unit, [])
 
@@ -430,6 +436,27 @@ class OutputStore:
         manifest = self.read_manifest() or {}
         emb = manifest.get("embeddings") or {}
         return emb.get("source") if emb.get("source") and not emb.get("copied") else None
+
+
+class EmbeddingsMismatch(Refused):
+    """Stored embeddings made with another checkpoint than the one they are to be used with."""
+
+
+def open_embeddings(uri: str, ours: str | None, ours_are: str, needed_by: str, remedy: str) -> RunManifest:
+    """The manifest of the label output (or rescore run folder) at ``uri``, whose stored embeddings are to be
+    read, after refusing embeddings of another checkpoint than ``ours`` (a fingerprint).
+
+    ``ours_are`` introduces ``ours`` in the message ("--checkpoint X is"); ``remedy`` ends it, with
+    ``{made_with}`` standing for the checkpoint the embeddings were made with. A folder without a manifest,
+    or one that records no checkpoint fingerprint, is refused too (``ManifestError``).
+    """
+    manifest = RunManifest.require(uri, needed_by)
+    recorded = manifest.require_checkpoint(uri)
+    if recorded != ours:
+        made_with = manifest.checkpoint_uri or "another checkpoint"
+        raise EmbeddingsMismatch(f"the embeddings in {uri} were made with checkpoint {made_with} ({recorded}), but "
+                                 f"{ours_are} {ours}: " + remedy.format(made_with=made_with))
+    return manifest
 
 
 def with_embeddings(table: pa.Table, source: OutputStore, listing: StoreListing, unit: str) -> pa.Table:

@@ -1,6 +1,9 @@
 """Search stored embeddings: rank windows or files of a label output against text or audio queries.
 
-The library half of ``das search`` (no Ray here). A query is a unit vector in
+The library half of ``das search`` (no Ray here): its settings, the checks on
+the output searched, query encoding and the work of one Ray task. The output
+searched (``--embeddings``) is a ``das label`` output or one ``das rescore``
+run folder (``OUT/run_id=ID``): its committed units and ``_manifest.json``. A query is a unit vector in
 CLAP's joint space: a text query is the text tower's embedding of the text, an
 audio query the normalised mean of a file's window embeddings (windows decoded
 and encoded exactly as ``das label`` does). A window or file scores the cosine
@@ -20,19 +23,40 @@ than one unit's embeddings plus N rows per unit and query.
 
 from __future__ import annotations
 
+import io
+import logging
+import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from das_core import storage
+from das_core.errors import ConfigError, Refused
+from das_core.manifest import RunManifest
 from das_core.prompts import NOISY_TEMPLATE
-from das_core.results import OK, embeddings_to_numpy
+from das_core.results import (
+    FILES_DIR,
+    OK,
+    SEGMENTS_DIR,
+    OutputStore,
+    StoreListing,
+    embeddings_to_numpy,
+    open_embeddings,
+    with_embeddings,
+)
+
+log = logging.getLogger("das.search")
 
 SEGMENT, FILE = "segment", "file"
 LEVELS = (SEGMENT, FILE)
 ZERO_DRIFT_EPS = 1e-6
+DEFAULT_TOP = 10
+LIKE_BATCH = 16          # windows per encoder call while embedding a --like file
 
 HITS_SCHEMA = pa.schema([
     pa.field("query", pa.string()),
@@ -204,3 +228,200 @@ def format_hits(hits: pa.Table) -> str:
     widths = [min(max(len(r[i]) for r in rows), 60) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      .rstrip() for r in rows)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The settings of one search, checked when made (``ConfigError``), before storage or the model is used."""
+
+    embeddings: str
+    checkpoint: str
+    texts: list[str] = field(default_factory=list)
+    like: list[str] = field(default_factory=list)
+    level: str = SEGMENT
+    top: int = DEFAULT_TOP
+    min_score: float | None = None
+    lam: float = 0.0
+    noise_phrases: tuple[str, ...] | None = None     # of the drift direction; None: prompts.DEFAULT_NOISE_PHRASES
+    out: str | None = None
+    tokenizer_dir: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.texts and not self.like:
+            raise ConfigError("no query: give --text QUERY, --text-file FILE or --like AUDIO")
+        if any(not t.strip() for t in self.texts):
+            raise ConfigError("--text: a query is empty")
+        if self.top < 1:
+            raise ConfigError(f"--top must be at least 1, got {self.top}")
+        if not math.isfinite(self.lam) or self.lam < 0:
+            raise ConfigError(f"--lam must be a finite number >= 0, got {self.lam}")
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise ConfigError(f"--min-score must be a finite number, got {self.min_score}")
+        if self.level not in LEVELS:
+            raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        if self.lam > 0 and self.texts and self.noise_phrases is not None and not self.noise_phrases:
+            raise ConfigError("--noise-phrases: the file holds no phrase, and --lam needs at least one")
+        if self.lam > 0 and not self.texts:
+            log.warning("--lam applies to text queries only; --like queries are ranked by plain cosine")
+
+
+def check_embeddings(c: SearchConfig) -> RunManifest:
+    """The manifest of ``c.embeddings``, after refusing embeddings made with another checkpoint."""
+    from das_core import checkpoint as ckpt
+
+    mine = ckpt.fingerprint(ckpt.resolve(c.checkpoint))
+    return open_embeddings(c.embeddings, mine, f"--checkpoint {c.checkpoint} is",
+                           "das search; for rescore output, give OUT/run_id=ID",
+                           remedy="queries from another model do not live in the same space; "
+                                  "pass --checkpoint {made_with}")
+
+
+def _level_source(level: str) -> tuple[str, list[str]]:
+    """The folder a level ranks and the columns it reads there."""
+    return (SEGMENTS_DIR, SEGMENT_COLUMNS) if level == SEGMENT else (FILES_DIR, FILE_COLUMNS)
+
+
+def check_columns(store: OutputStore, listing: StoreListing, units: list[str], level: str) -> None:
+    """Refuse, before any task, an output whose parts lack what ``level`` ranks (one part's schema is read)."""
+    folder, columns = _level_source(level)
+    if level == SEGMENT and store.embedding_source():
+        columns = [c for c in columns if c != "embedding"]      # joined back from the label output
+    parts = next((p for u in units if (p := listing.parts_of(u, folder))), None)
+    if parts is None:
+        return
+    uri = store.path(folder, parts[0])
+    have = set(pq.read_schema(io.BytesIO(storage.read_bytes(uri))).names)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        hint = ("it was written by a das without file embeddings: use --level segment, or relabel it"
+                if level != SEGMENT and missing == ["embedding"] else "it is not a das label or rescore output")
+        raise Refused(f"{uri} has no column {', '.join(missing)} (needed by --level {level}); {hint}")
+
+
+def searchable_units(c: SearchConfig) -> tuple[StoreListing, list[str]]:
+    """The listing and committed units of ``c.embeddings``, refused when there is none or they lack a column."""
+    store = OutputStore(c.embeddings)
+    listing = store.listing()
+    units = listing.committed_units()
+    if not units:
+        raise Refused(f"{c.embeddings} has no committed unit yet: nothing to search")
+    check_columns(store, listing, units, c.level)
+    return listing, units
+
+
+def embed_like(encoder, uri: str) -> np.ndarray:
+    """The window embeddings of an audio file, decoded and encoded as ``das label`` does; ``(n, d)``."""
+    from das_core.api import embed_file
+
+    embedded = embed_file(encoder, uri, batch=LIKE_BATCH)
+    if not len(embedded.embeddings):
+        raise Refused(f"--like {uri}: no audio window could be decoded from it")
+    return embedded.embeddings
+
+
+def encode_queries(c: SearchConfig, label_settings: dict) -> Queries:
+    """Every query as a unit vector, encoded once; ``label_settings``: the label run's (batch size, precision)."""
+    from das_core.encoder import ClapEncoder
+    from das_core.prompts import DEFAULT_NOISE_PHRASES
+
+    phrases = list(DEFAULT_NOISE_PHRASES if c.noise_phrases is None else c.noise_phrases)
+    # the label run's batch shape and precision: a --like clip of the archive gets the embeddings das label gave it
+    encoder = ClapEncoder.from_checkpoint(c.checkpoint, device=c.device,
+                                          precision=label_settings.get("precision") or "fp32",
+                                          tokenizer_dir=c.tokenizer_dir,
+                                          max_batch_size=label_settings.get("batch_size") or LIKE_BATCH,
+                                          batch_invariant=True)
+    queries = Queries((), np.zeros((0, encoder.dim), np.float32), np.zeros((0, encoder.dim), np.float32), c.lam)
+    if c.texts:
+        queries = queries.concat(text_queries(encoder.embed_text, c.texts, phrases, c.lam))
+    for uri in c.like:
+        try:
+            like = audio_query(uri, embed_like(encoder, uri))
+        except ValueError as exc:          # silence: no direction to search along
+            raise Refused(f"--like {exc}") from None
+        queries = queries.concat(Queries(like.names, like.vectors, like.drift, c.lam))
+    return queries
+
+
+# ------------------------------------------------------------------ groups of units (one Ray task each)
+
+def units_per_task(n_units: int, cpus: float) -> int:
+    """Units one task ranks: enough tasks to keep every CPU busy (4 per CPU), no more, since each task costs
+    Ray Data tens of milliseconds whatever it holds."""
+    return max(1, math.ceil(n_units / max(1, int(4 * cpus))))
+
+
+def unit_groups(units: list[str], listing: StoreListing, level: str, size: int) -> list[dict]:
+    """Rows of ``size`` units each, with their part lists in the level's folder: what ``search_group`` reads."""
+    folder = _level_source(level)[0]
+    return [{"units": units[i:i + size], "parts": [listing.parts_of(u, folder) for u in units[i:i + size]]}
+            for i in range(0, len(units), size)]
+
+
+def search_group(row: dict, queries: Queries, *, embeddings: str, top: int, min_score: float | None,
+                 level: str) -> pa.Table:
+    """The task of one group of units (``row``: see ``unit_groups``): the group's best ``top`` rows per query
+    (``HITS_SCHEMA``). Units are read one at a time; only their top rows are kept in between."""
+    store = OutputStore(embeddings)
+    folder, columns = _level_source(level)
+    # a rescore run that references its label output's window embeddings: join them back unit by unit
+    source = store.embedding_source() if level == SEGMENT else None
+    src = OutputStore(source) if source else None
+    src_listing = src.listing() if src else None
+    own = [c for c in columns if c != "embedding"] + ["segment"] if src else columns
+    out = []
+    for unit, parts in zip(row["units"], row["parts"]):
+        tables = [store.read_part(folder, name, own) for name in parts]
+        if tables:
+            table = pa.concat_tables(tables, promote_options="permissive")
+            if src is not None:
+                table = with_embeddings(table, src, src_listing, unit).select(columns)
+            out.append(unit_hits(table, queries, top, min_score, level))
+    # the top N of a union is the top N of its parts' top N: send the group's, not each unit's
+    return merge_hits(out, queries.names, top) if out else HITS_SCHEMA.empty_table()
+
+
+@dataclass
+class SearchPlan:
+    listing: StoreListing
+    units: list[str]                 # the committed units searched
+    queries: Queries
+    start: float                     # time.monotonic() when query encoding began
+
+    def task_settings(self, c: SearchConfig) -> dict:
+        """The keyword arguments of ``search_group`` (the same for every group)."""
+        return {"embeddings": c.embeddings, "top": c.top, "min_score": c.min_score, "level": c.level}
+
+
+def plan_search(c: SearchConfig) -> SearchPlan:
+    """Check the output searched (manifest, checkpoint, columns), then encode the queries; before any task."""
+    manifest = check_embeddings(c)
+    listing, units = searchable_units(c)
+    start = time.monotonic()
+    queries = encode_queries(c, manifest.settings)
+    log.info("searching %d unit(s) of %s at %s level for %d query(ies)", len(units), c.embeddings, c.level,
+             len(queries))
+    return SearchPlan(listing, units, queries, start)
+
+
+def finish_search(c: SearchConfig, p: SearchPlan, parts: Sequence[pa.Table]) -> pa.Table:
+    """Merge the groups' hits into the ranking, print it, write it to ``c.out`` if given, and return it."""
+    hits = merge_hits(parts, p.queries.names, c.top)
+    print(format_hits(hits), flush=True)
+    if c.out:
+        write_hits(hits, c.out)
+    print(summary_line(hits, len(p.queries), len(p.units), time.monotonic() - p.start, c.out), flush=True)
+    return hits
+
+
+def write_hits(hits: pa.Table, uri: str) -> None:
+    buf = io.BytesIO()
+    pq.write_table(hits, buf)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+
+
+def summary_line(hits: pa.Table, n_queries: int, n_units: int, seconds: float, out: str | None) -> str:
+    """The last line ``das search`` prints."""
+    return (f"das search: {len(hits)} match(es) for {n_queries} quer{'y' if n_queries == 1 else 'ies'} over "
+            f"{n_units} unit(s) in {seconds:.1f} s" + (f"; written to {out}" if out else ""))

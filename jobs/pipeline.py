@@ -218,3 +218,23 @@ def _run_units(run: LabelRun) -> None:
             break
     finisher.flush(in_flight=0)
     run.check_whole()
+
+
+def map_rows(rows: list[dict], work, shared, *, env: dict[str, str] | None = None, **settings) -> Iterator[pa.Table]:
+    """One Ray Data row, and task, per dict of ``rows``; streams each task's small table to the driver.
+
+    A task returns ``work(row, shared, **settings)``. ``shared`` (a drift cache, the queries) is ``ray.put``
+    once and fetched in each task. Used by das rescore (a row per unit) and das search (a row per group of units).
+    """
+    if not rows:
+        return
+    runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(_map_row, fn_kwargs={"work": work, "shared_box": [ray.put(shared)], "settings": settings},
+                        batch_size=1, batch_format="pyarrow", num_cpus=1, **runtime_env)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def _map_row(batch: pa.Table, work, shared_box: list, settings: dict) -> pa.Table:
+    shared = ray.get(shared_box[0])
+    return pa.concat_tables([work(row, shared, **settings) for row in batch.to_pylist()])

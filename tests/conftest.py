@@ -131,3 +131,54 @@ def read_output(out):
     store = OutputStore(str(out))
     return (store.read_segments().sort_by([("file_id", "ascending"), ("segment", "ascending")]),
             store.read_files().sort_by([("file_id", "ascending")]))
+
+
+BROKEN_WAV = b"RIFF\x00\x00\x00\x00WAVEfmt this is not a wav file"
+
+
+def write_clips(folder, clips: dict, seed: int = 0, broken: dict[str, bytes] | None = None) -> None:
+    """Generated audio under ``folder``. ``clips``: name -> (seconds, rate, frequency[, noise]): a sine of
+    amplitude 0.3, plus white noise of that amplitude drawn in order from one generator seeded by ``seed``;
+    ``broken``: name -> bytes that are not audio."""
+    rng = np.random.default_rng(seed)
+    for name, spec in clips.items():
+        seconds, rate, freq, noise = (*spec, 0.0)[:4]
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        x = sine(freq, seconds, rate, amp=0.3)
+        if noise:
+            x = x + (noise * rng.standard_normal(len(x))).astype(np.float32)
+        write_audio(path, x, rate)
+    for name, data in (broken or {}).items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+
+
+@pytest.fixture(scope="session")
+def make_cache(encoder, tmp_path_factory):
+    """``make_cache(labels, phrases=<3 default phrases>, **build options)``: the URI of a new drift cache for the
+    tiny checkpoint."""
+    from das_core.cache import DriftCache
+    from das_core.prompts import DEFAULT_NOISE_PHRASES
+
+    def make(labels, phrases=tuple(DEFAULT_NOISE_PHRASES[:3]), **kw) -> str:
+        uri = str(tmp_path_factory.mktemp("caches") / "cache.npz")
+        DriftCache.build(encoder.embed_text, list(labels), list(phrases), encoder_id=encoder.encoder_id,
+                         encoder_name=encoder.name, **kw).save(uri)
+        return uri
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_label_output(ray_local, tiny_ckpt, tmp_path_factory):
+    """``make_label_output(clips, cache, seed=0, broken=None, **label settings)``: OUT of a ``das label`` run
+    (``label_run``) over clips written by ``write_clips``; the audio is OUT's sibling folder ``audio``."""
+
+    def make(clips: dict, cache: str, *, seed: int = 0, broken: dict[str, bytes] | None = None, **kw) -> str:
+        root = tmp_path_factory.mktemp("label-output")
+        write_clips(root / "audio", clips, seed, broken)
+        label_run(root / "audio", cache, tiny_ckpt, root / "out", **kw)
+        return str(root / "out")
+
+    return make

@@ -11,14 +11,10 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import sine, write_audio
+from conftest import BROKEN_WAV
 
-from das_core.cache import DriftCache
-from das_core.prompts import DEFAULT_NOISE_PHRASES
 from das_core.report import REPORT_DIR, REPORT_MD, tally, top_with_other
 from das_core.results import OutputStore
-from jobs.label import LabelConfig
-from jobs.label import run as label_run
 from jobs.report import main, report_after_job
 from jobs.rescore import RescoreConfig
 from jobs.rescore import run as rescore_run
@@ -49,30 +45,17 @@ def linked_figures(md: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cache_uri(encoder, tmp_path_factory) -> str:
-    cache = DriftCache.build(encoder.embed_text, LABELS, DEFAULT_NOISE_PHRASES[:3], encoder_id=encoder.encoder_id,
-                             encoder_name=encoder.name)
-    uri = str(tmp_path_factory.mktemp("caches") / "labels.npz")
-    cache.save(uri)
-    return uri
+def cache_uri(make_cache) -> str:
+    return make_cache(LABELS)
 
 
 @pytest.fixture(scope="module")
-def labelled(ray_local, tiny_ckpt, cache_uri, tmp_path_factory) -> str:
+def labelled(make_label_output, cache_uri) -> str:
     """A label output with a 45 s file, short clips and two broken files (its report written by das label)."""
-    root = tmp_path_factory.mktemp("report")
-    rng = np.random.default_rng(5)
-    os.makedirs(root / "audio")
-    for name, (seconds, freq) in {"long.wav": (45.0, 440.0), "a.wav": (3.0, 880.0), "b.wav": (12.0, 300.0),
-                                  "c.wav": (2.0, 1500.0)}.items():
-        x = sine(freq, seconds, 16000, amp=0.3) + (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-        write_audio(root / "audio" / name, x, 16000)
-    (root / "audio" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt this is not a wav file")
-    (root / "audio" / "empty.wav").write_bytes(b"")
-    out = str(root / "out")
-    label_run(LabelConfig(input=str(root / "audio"), cache=cache_uri, checkpoint=tiny_ckpt, out=out,
-                          files_per_unit=2, max_error_fraction=1.0, progress_every_s=1e9))
-    return out
+    clips = {name: (seconds, 16000, freq, 0.1) for name, (seconds, freq) in {
+        "long.wav": (45.0, 440.0), "a.wav": (3.0, 880.0), "b.wav": (12.0, 300.0), "c.wav": (2.0, 1500.0)}.items()}
+    return make_label_output(clips, cache_uri, seed=5, broken={"broken.wav": BROKEN_WAV, "empty.wav": b""},
+                             files_per_unit=2)
 
 
 def test_label_run_writes_a_report_with_valid_figures(labelled):

@@ -10,17 +10,13 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import sine, write_audio
+from conftest import BROKEN_WAV, label_run, read_output, write_clips
 
 from das_core import checkpoint as ckpt
 from das_core.cache import DriftCache
-from das_core.prompts import DEFAULT_NOISE_PHRASES
 from das_core.results import OutputStore, embeddings_to_numpy
 from das_core.scoring import label_files, label_windows
-from jobs.common import UsageError
-from jobs.label import LabelConfig
-from jobs.label import run as label_run
-from jobs.rescore import RescoreConfig, build_parser, check_config, config_from_args, main, watermark_void_reason
+from jobs.rescore import RescoreConfig, main
 from jobs.rescore import run as rescore_run
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
@@ -30,31 +26,14 @@ OTHER_LABELS = ["bird_song", "rain", "car_horn", "speech"]
 SCORE_COLUMNS = ("score", "top_k_scores", "zs_score")
 
 
-def write_clips(folder, specs: dict[str, tuple[float, int, float]]) -> None:
-    """specs: name -> (seconds, sample rate, sine frequency in Hz)."""
-    for name, (seconds, rate, freq) in specs.items():
-        path = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_audio(path, sine(freq, seconds, rate, amp=0.3), rate)
-
-
-def write_broken(path) -> None:
-    with open(path, "wb") as f:
-        f.write(b"RIFF\x00\x00\x00\x00WAVEfmt this is not a wav file")
-
-
 def label(input_dir, cache_uri, checkpoint, out, resume=False) -> dict:
-    return label_run(LabelConfig(input=str(input_dir), cache=cache_uri, checkpoint=checkpoint, out=str(out),
-                                 resume=resume, max_error_fraction=0.5, files_per_unit=1))
+    return label_run(input_dir, cache_uri, checkpoint, out, resume=resume, files_per_unit=1)
 
 
 def read(uri: str, sub: str):
-    from das_core.results import OutputStore
-
-    store = OutputStore(uri)
-    table = store.read_files() if sub == "files" else store.read_segments()
-    keys = [("file_id", "ascending")] + ([("segment", "ascending")] if sub == "segments" else [])
-    return table.sort_by(keys)
+    """The ``files`` or ``segments`` rows of an output, sorted (``conftest.read_output``)."""
+    segments, files = read_output(uri)
+    return files if sub == "files" else segments
 
 
 def assert_same_labels(expected, actual) -> None:
@@ -73,33 +52,22 @@ def assert_same_labels(expected, actual) -> None:
 
 
 @pytest.fixture(scope="module")
-def cache_uri(encoder, tmp_path_factory) -> str:
-    cache = DriftCache.build(encoder.embed_text, LABELS, DEFAULT_NOISE_PHRASES[:3], encoder_id=encoder.encoder_id,
-                             encoder_name=encoder.name)
-    uri = str(tmp_path_factory.mktemp("caches") / "labels.npz")
-    cache.save(uri)
-    return uri
+def cache_uri(make_cache) -> str:
+    return make_cache(LABELS)
 
 
 @pytest.fixture(scope="module")
-def other_cache_uri(encoder, tmp_path_factory) -> str:
+def other_cache_uri(make_cache) -> str:
     """Another label set, other phrases and lam, same checkpoint."""
-    cache = DriftCache.build(encoder.embed_text, OTHER_LABELS, ["rain noise", "wind noise"], lam=0.3,
-                             encoder_id=encoder.encoder_id, encoder_name=encoder.name)
-    uri = str(tmp_path_factory.mktemp("caches") / "other.npz")
-    cache.save(uri)
-    return uri
+    return make_cache(OTHER_LABELS, ["rain noise", "wind noise"], lam=0.3)
 
 
 @pytest.fixture(scope="module")
-def labelled(ray_local, tiny_ckpt, cache_uri, tmp_path_factory) -> str:
+def labelled(make_label_output, cache_uri) -> str:
     """A das label output: 3 good files (one of 2 windows) and a broken one."""
-    root = tmp_path_factory.mktemp("label")
-    write_clips(root / "audio", {"a.wav": (3.0, 16000, 440.0), "b.flac": (12.0, 22050, 880.0),
-                                 "sub/c.wav": (1.5, 8000, 300.0)})
-    write_broken(root / "audio" / "broken.wav")
-    label(root / "audio", cache_uri, tiny_ckpt, root / "out")
-    return str(root / "out")
+    return make_label_output({"a.wav": (3.0, 16000, 440.0), "b.flac": (12.0, 22050, 880.0),
+                              "sub/c.wav": (1.5, 8000, 300.0)}, cache_uri, broken={"broken.wav": BROKEN_WAV},
+                             files_per_unit=1)
 
 
 def test_rescore_with_the_same_cache_reproduces_the_labels(labelled, cache_uri, tmp_path, capsys):
@@ -184,8 +152,8 @@ def test_since_last_run_scores_only_the_new_rows(ray_local, tiny_ckpt, cache_uri
                                       since_last_run=True))
     assert first["previous_run"] is None and first["counts"]["files"] == 2
 
-    write_clips(audio, {"third.wav": (4.0, 16000, 900.0), "later/fourth.wav": (10.0, 16000, 1100.0)})
-    write_broken(audio / "fifth.wav")
+    write_clips(audio, {"third.wav": (4.0, 16000, 900.0), "later/fourth.wav": (10.0, 16000, 1100.0)},
+                broken={"fifth.wav": BROKEN_WAV})
     label(audio, cache_uri, tiny_ckpt, out, resume=True)
     second = rescore_run(RescoreConfig(embeddings=str(out), cache=cache_uri, out=rescored, run_id="day2",
                                        since_last_run=True))
@@ -282,24 +250,13 @@ def test_rescore_reads_and_writes_s3(labelled, cache_uri, bucket, tmp_path):
     assert again["counts"]["units_skipped_before_watermark"] == manifest["counts"]["units"]
 
 
-def test_refusals_before_any_work(tmp_path, cache_uri):
-    parse = build_parser().parse_args
-    with pytest.raises(UsageError, match="--top-k"):
-        check_config(config_from_args(parse(["--embeddings", "e", "--cache", "c", "--out", "o", "--top-k", "0"])))
-    with pytest.raises(UsageError, match="--run-id"):
-        check_config(config_from_args(parse(["--embeddings", "e", "--cache", "c", "--out", "o",
-                                             "--run-id", "../escape"])))
+def test_bad_arguments_are_one_line_exit_2(tmp_path, cache_uri, capsys):
+    base = ["--embeddings", "e", "--cache", cache_uri, "--out", str(tmp_path / "o")]
+    for extra, words in ((["--top-k", "0"], "--top-k"), (["--run-id", "../escape"], "--run-id")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "das rescore: error:" in err[0] and words in err[0]
     (tmp_path / "not-labels").mkdir()
-    with pytest.raises(UsageError, match="_manifest.json"):
-        rescore_run(RescoreConfig(embeddings=str(tmp_path / "not-labels"), cache=cache_uri, out=str(tmp_path / "o")))
-
-
-def test_watermark_is_void_when_the_label_output_changed():
-    identity = {"checkpoint_fingerprint": "sha256:a", "label_runs_started": ["t1", "t2"]}
-    assert watermark_void_reason({"checkpoint_fingerprint": "sha256:a", "label_runs_started": ["t1"],
-                                  "units": []}, identity) is None
-    assert "replaced" in watermark_void_reason({"checkpoint_fingerprint": "sha256:a", "label_runs_started": ["t0"],
-                                                "units": []}, identity)
-    assert "checkpoint" in watermark_void_reason({"checkpoint_fingerprint": "sha256:b", "label_runs_started": ["t1"],
-                                                  "units": []}, identity)
-    assert watermark_void_reason({}, identity) == "it records no units"
+    assert main(["--embeddings", str(tmp_path / "not-labels"), *base[2:]]) == 2
+    assert "_manifest.json" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -8,58 +8,50 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import sine, write_audio
+from conftest import label_run
 
 from das_core import storage
 from das_core.cache import DriftCache
+from das_core.errors import ConfigError, Refused
 from das_core.prompts import DEFAULT_NOISE_PHRASES
-from das_core.results import OutputStore, embeddings_to_numpy
+from das_core.results import OutputStore, StoreListing, embeddings_to_numpy
 from das_core.scoring import probabilities
-from das_core.search import FILE, Queries, score_embeddings, text_queries, top_rows
-from jobs.label import LabelConfig
-from jobs.label import run as label_run
-from jobs.search import SearchConfig, main, run
+from das_core.search import (
+    FILE,
+    Queries,
+    SearchConfig,
+    check_embeddings,
+    score_embeddings,
+    text_queries,
+    top_rows,
+    unit_groups,
+    units_per_task,
+)
+from jobs.search import main, run
 
-pytestmark = pytest.mark.integration
+integration = pytest.mark.integration     # Ray, S3 (moto) or subprocesses: `make test-fast` skips these
 
 LABELS = ["siren", "dog_bark", "engine_idling"]
-# name -> (seconds, rate, frequency): one-window clips and multi-window files, distinct content each
-CLIPS = {"a.wav": (3.0, 16000, 440.0), "b.flac": (25.0, 22050, 880.0), "sub/c.wav": (12.0, 8000, 300.0),
-         "d.wav": (5.0, 16000, 1500.0)}
-
-
-def write_clips(folder) -> None:
-    rng = np.random.default_rng(3)
-    for i, (name, (seconds, rate, freq)) in enumerate(CLIPS.items()):
-        path = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        x = sine(freq, seconds, rate, amp=0.3)
-        x += (0.05 * (i + 1) * rng.standard_normal(len(x))).astype(np.float32)
-        write_audio(path, x, rate)
+# name -> (seconds, rate, frequency, noise): one-window clips and multi-window files, distinct content each
+CLIPS = {name: (*spec, 0.05 * (i + 1)) for i, (name, spec) in enumerate({
+    "a.wav": (3.0, 16000, 440.0), "b.flac": (25.0, 22050, 880.0), "sub/c.wav": (12.0, 8000, 300.0),
+    "d.wav": (5.0, 16000, 1500.0)}.items())}
 
 
 @pytest.fixture(scope="module")
-def cache_uri(encoder, tmp_path_factory) -> str:
-    cache = DriftCache.build(encoder.embed_text, LABELS, DEFAULT_NOISE_PHRASES[:3], encoder_id=encoder.encoder_id,
-                             encoder_name=encoder.name)
-    uri = str(tmp_path_factory.mktemp("caches") / "labels.npz")
-    cache.save(uri)
-    return uri
+def cache_uri(make_cache) -> str:
+    return make_cache(LABELS)
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("search-archive")
-    write_clips(root)
-    return str(root)
+def labelled(make_label_output, cache_uri) -> str:
+    return make_label_output(CLIPS, cache_uri, seed=3, files_per_unit=1, probabilities=True)
 
 
 @pytest.fixture(scope="module")
-def labelled(ray_local, tiny_ckpt, cache_uri, archive, tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("search-label") / "out")
-    label_run(LabelConfig(input=archive, cache=cache_uri, checkpoint=tiny_ckpt, out=out, files_per_unit=1,
-                          probabilities=True, progress_every_s=1e9))
-    return out
+def archive(labelled) -> str:
+    """The audio ``labelled`` was made from."""
+    return os.path.join(os.path.dirname(labelled), "audio")
 
 
 def brute_force(table, vectors: np.ndarray, top: int) -> list[list[tuple[str, float, float]]]:
@@ -75,6 +67,7 @@ def brute_force(table, vectors: np.ndarray, top: int) -> list[list[tuple[str, fl
     return ranked
 
 
+@integration
 def test_like_finds_its_own_window_first(labelled, tiny_ckpt, archive):
     hits = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, like=[os.path.join(archive, "a.wav")],
                             top=3))
@@ -85,6 +78,7 @@ def test_like_finds_its_own_window_first(labelled, tiny_ckpt, archive):
     assert all(s < first["score"] for s in hits.column("score").to_pylist()[1:])
 
 
+@integration
 def test_like_finds_its_own_file_first(labelled, tiny_ckpt, archive):
     hits = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, like=[os.path.join(archive, "b.flac")],
                             level=FILE, top=4))
@@ -94,6 +88,7 @@ def test_like_finds_its_own_file_first(labelled, tiny_ckpt, archive):
     assert sorted(r["file_id"] for r in rows) == sorted(CLIPS)        # a file once, every file ranked
 
 
+@integration
 @pytest.mark.parametrize("lam", [0.0, 0.5])
 def test_distributed_top_n_equals_brute_force(labelled, tiny_ckpt, encoder, lam):
     texts = ["a siren wailing", "a dog barking at night"]
@@ -107,6 +102,7 @@ def test_distributed_top_n_equals_brute_force(labelled, tiny_ckpt, encoder, lam)
         assert np.allclose([h["score"] for h in got], [s for _, _, s in expected[j]], atol=1e-6)
 
 
+@integration
 def test_units_grouped_per_task_give_the_same_ranking(labelled, tiny_ckpt, monkeypatch):
     import jobs.search
 
@@ -114,16 +110,16 @@ def test_units_grouped_per_task_give_the_same_ranking(labelled, tiny_ckpt, monke
     one_per_task = run(config)
     monkeypatch.setattr(jobs.search, "units_per_task", lambda n_units, cpus: 3)     # groups of 3 and 1 units
     assert run(config).equals(one_per_task)
-    monkeypatch.undo()
-    assert [jobs.search.units_per_task(n, 2) for n in (1, 8, 9, 400)] == [1, 1, 2, 50]
 
 
+@integration
 def test_drift_bonus_changes_text_scores(labelled, tiny_ckpt):
     plain = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=["engine humming"], top=1))
     bonus = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, texts=["engine humming"], top=1, lam=1.0))
     assert plain.column("score")[0].as_py() != pytest.approx(bonus.column("score")[0].as_py(), abs=1e-6)
 
 
+@integration
 def test_file_embedding_is_the_normalised_mean_of_its_windows(labelled):
     store = OutputStore(labelled)
     segments, files = store.read_segments(), store.read_files()
@@ -138,6 +134,7 @@ def test_file_embedding_is_the_normalised_mean_of_its_windows(labelled):
         assert np.linalg.norm(stored) == pytest.approx(1.0, abs=2e-3)
 
 
+@integration
 def test_cli_prints_the_table_and_writes_parquet(labelled, tiny_ckpt, tmp_path, capsys):
     out = str(tmp_path / "hits.parquet")
     assert main(["--embeddings", labelled, "--checkpoint", tiny_ckpt, "--text", "a siren", "--text", "rain",
@@ -150,12 +147,14 @@ def test_cli_prints_the_table_and_writes_parquet(labelled, tiny_ckpt, tmp_path, 
     assert table.column("rank").to_pylist() == [1, 2, 1, 2]
 
 
+@integration
 def test_min_score_drops_weak_matches(labelled, tiny_ckpt, archive):
     hits = run(SearchConfig(embeddings=labelled, checkpoint=tiny_ckpt, like=[os.path.join(archive, "a.wav")],
                             top=10, min_score=0.999))
     assert hits.column("file_id").to_pylist() == ["a.wav"]
 
 
+@integration
 def test_a_rescore_run_folder_is_searched(labelled, tiny_ckpt, cache_uri, archive, tmp_path):
     from jobs.rescore import RescoreConfig
     from jobs.rescore import run as rescore_run
@@ -171,6 +170,7 @@ def test_a_rescore_run_folder_is_searched(labelled, tiny_ckpt, cache_uri, archiv
         assert hits.column("file_id")[0].as_py() == "d.wav"
 
 
+@integration
 def test_files_without_embeddings_are_refused_at_file_level(labelled, tiny_ckpt, tmp_path, capsys):
     """An output of a das before file embeddings: --level file says so in one line, --level segment works."""
     import shutil
@@ -188,12 +188,14 @@ def test_files_without_embeddings_are_refused_at_file_level(labelled, tiny_ckpt,
     assert main(argv) == 0
 
 
+@integration
 def test_another_checkpoint_is_refused(labelled, other_ckpt, capsys):
     assert main(["--embeddings", labelled, "--checkpoint", other_ckpt, "--text", "a siren"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "das search: error:" in err[0] and "made with checkpoint" in err[0]
 
 
+@integration
 @pytest.mark.parametrize("argv, words", [
     ([], "no query"),
     (["--text", "x", "--top", "0"], "--top"),
@@ -205,15 +207,16 @@ def test_bad_arguments_are_one_line_exit_2(labelled, tiny_ckpt, capsys, argv, wo
     assert len(err) == 1 and words in err[0]
 
 
+@integration
 def test_not_a_label_output_is_refused(tmp_path, tiny_ckpt, capsys):
     assert main(["--embeddings", str(tmp_path), "--checkpoint", tiny_ckpt, "--text", "x"]) == 2
     assert "_manifest.json" in capsys.readouterr().err
 
 
+@integration
 def test_s3_output_is_searched_and_written(ray_local, tiny_ckpt, cache_uri, archive, bucket):
     out = f"s3://{bucket}/labels/run1"
-    label_run(LabelConfig(input=archive, cache=cache_uri, checkpoint=tiny_ckpt, out=out, files_per_unit=2,
-                          progress_every_s=1e9))
+    label_run(archive, cache_uri, tiny_ckpt, out, files_per_unit=2)
     assert storage.exists(f"{out}/report/report.md") and storage.exists(f"{out}/report/label_distribution.png")
     hits_uri = f"s3://{bucket}/search/hits.parquet"
     hits = run(SearchConfig(embeddings=out, checkpoint=tiny_ckpt, like=[os.path.join(archive, "d.wav")], top=2,
@@ -223,6 +226,7 @@ def test_s3_output_is_searched_and_written(ray_local, tiny_ckpt, cache_uri, arch
     assert stored.equals(hits)
 
 
+@integration
 def test_probabilities_are_one_softmax_over_the_classes(labelled, cache_uri):
     """das label --probabilities: top_k_probs is the head of one distribution over all classes per row."""
     import json
@@ -270,3 +274,37 @@ def test_scores_are_cosines_plus_the_drift_bonus():
     queries = Queries(("a", "b"), q.astype(np.float32), d.astype(np.float32), lam=0.3)
     unit = z / np.linalg.norm(z, axis=1, keepdims=True)
     np.testing.assert_allclose(score_embeddings(z, queries), unit @ q.T + 0.3 * unit @ d.T, atol=1e-5)
+
+
+def test_units_per_task_keeps_four_tasks_per_cpu():
+    assert [units_per_task(n, 2) for n in (1, 8, 9, 400)] == [1, 1, 2, 50]
+
+
+def test_unit_groups_hold_each_unit_once_with_its_parts():
+    listing = StoreListing({"segments": {f"part-u0000000{i}-c00000.parquet" for i in range(5)},
+                            "files": {f"part-u0000000{i}-end.parquet" for i in range(5)}})
+    units = listing.committed_units()
+    groups = unit_groups(units, listing, "segment", 2)
+    assert [g["units"] for g in groups] == [units[0:2], units[2:4], units[4:]]
+    assert groups[0]["parts"] == [["part-u00000000-c00000.parquet"], ["part-u00000001-c00000.parquet"]]
+    assert unit_groups(units, listing, FILE, 5)[0]["parts"][4] == ["part-u00000004-end.parquet"]
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({}, "no query"),
+    ({"texts": [" "]}, "empty"),
+    ({"texts": ["x"], "top": 0}, "--top"),
+    ({"texts": ["x"], "lam": -1.0}, "--lam"),
+    ({"texts": ["x"], "lam": float("nan")}, "--lam"),
+    ({"texts": ["x"], "min_score": float("inf")}, "--min-score"),
+    ({"texts": ["x"], "level": "window"}, "--level"),
+    ({"texts": ["x"], "lam": 0.5, "noise_phrases": ()}, "--noise-phrases"),
+])
+def test_config_refuses_bad_settings_when_made(settings, words):
+    with pytest.raises(ConfigError, match=words):
+        SearchConfig(embeddings="e", checkpoint="c", **settings)
+
+
+def test_a_folder_without_a_manifest_is_refused(tmp_path, tiny_ckpt):
+    with pytest.raises(Refused, match="_manifest.json"):
+        check_embeddings(SearchConfig(embeddings=str(tmp_path), checkpoint=tiny_ckpt, texts=["x"]))
