@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -36,6 +37,8 @@ from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_
 from das_core.manifest import RunManifest
 from das_core.results import FILES_DIR, FORMAT_VERSION, MANIFEST, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
 from das_core.scoring import DEFAULT_TOP_K
+from das_core.settings import setting
+from das_core.storage import check_output_folder
 from das_core.units import DecodeSettings, plan_units, read_work_manifest, units_per_row_group, write_work_manifest
 from das_core.writer import EncodeSettings, WriteSettings
 
@@ -53,38 +56,63 @@ class RunRefused(Refused):
     """A label run that cannot start as asked; the message says what to do."""
 
 
+IO, NOISE, COMPUTE = "input and output", "noise (evaluation and stress tests)", "compute"
+
+
 @dataclass
 class LabelConfig:
-    input: str
-    cache: str
-    checkpoint: str
-    out: str
-    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-    snr_db: float | None = None
-    noise: str | None = None
-    seed: int = 0
-    num_gpus: float = 0.0
-    actors: int | None = None
-    cpus_per_actor: float = 1.0
-    batch_size: int = DEFAULT_BATCH_SIZE
-    top_k: int = DEFAULT_TOP_K
-    embedding_dtype: str = "float16"
-    precision: str = "fp32"
-    resume: bool = False
-    overwrite: bool = False
-    dry_run: bool = False
-    probabilities: bool = False
-    audio_column: str | None = None
-    id_column: str | None = None
-    keep_metadata: bool = False
-    max_error_fraction: float = 0.1
-    files_per_unit: int = 64
-    unit_bytes: int = 512 * 2**20
-    chunk_windows: int | None = None     # default: whole encoder batches, at least 32 windows
-    torch_threads: int | None = None
-    tokenizer_dir: str | None = None
+    """The settings of ``das label`` (each option's default and meaning, ``das_core.settings``)."""
+
+    input: str = setting(group=IO, metavar="URI", help="local folder, s3://bucket/prefix (listed recursively), a "
+                         "single audio file, or a manifest (.csv/.parquet) with a 'path' column and an optional "
+                         "unique 'id' column")
+    cache: str = setting(group=IO, metavar="URI", help="drift cache made by `das build-cache`")
+    checkpoint: str = setting(group=IO, metavar="CKPT", help="CLAP checkpoint the cache was built with: LAION .pt "
+                              "(path, s3:// URI, published name) or Hugging Face ClapModel folder (path, s3:// "
+                              "prefix, hub id)")
+    out: str = setting(group=IO, metavar="URI", help="output folder or s3:// prefix")
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS     # --extensions, a comma-separated list (jobs.label)
+    resume: bool = setting(False, group=IO, help="continue an interrupted run into OUT: only files without a "
+                           "committed result are done")
+    overwrite: bool = setting(False, group=IO, help="delete what OUT holds and start again")
+    embedding_dtype: str = setting("float16", group=IO, choices=("float16", "float32"),
+                                   help="storage type of embeddings; scores are computed from the stored values")
+    top_k: int = setting(DEFAULT_TOP_K, group=IO, help="classes kept per window and per file")
+    probabilities: bool = setting(False, group=IO, help="add top_k_probs: softmax over all classes of the "
+                                  "checkpoint's logit scale x DAS scores")
+    audio_column: str | None = setting(None, group=IO, metavar="NAME", help="Parquet shards: the column of audio "
+                                       "bytes (default: the first struct of bytes/path, as Hugging Face datasets "
+                                       "writes, or the first binary column)")
+    id_column: str | None = setting(None, group=IO, metavar="NAME",
+                                    help="Parquet shards: the column of ids (default <shard>#<row>)")
+    keep_metadata: bool = setting(False, group=IO, help="tar shards: carry each sample's .json into files/ 'metadata'")
+    dry_run: bool = setting(False, group=IO, help="plan and print what would be done (inputs, units, skipped, what "
+                            "--resume would skip); starts no Ray and loads no model")
+    snr_db: float | None = setting(None, group=NOISE, metavar="X", help="mix noise into every window at X dB SNR")
+    noise: str | None = setting(None, group=NOISE, metavar="URI",
+                                help="folder or s3:// prefix of noise recordings (with --snr-db)")
+    seed: int = setting(0, group=NOISE, help="noise choice is seeded by (seed, file, window, SNR)")
+    num_gpus: float = setting(0.0, group=COMPUTE, help="GPUs to use in all; 0 encodes on CPU. Each actor takes one "
+                              "GPU unless --actors is set")
+    actors: int | None = setting(None, group=COMPUTE, help="encoder actors (default: one per GPU, or 1 on CPU)")
+    cpus_per_actor: float = setting(1.0, group=COMPUTE, help="CPUs reserved by each encoder actor")
+    torch_threads: int | None = setting(None, group=COMPUTE, help="intra-op threads per actor (default: torch's "
+                                        "choice)")
+    batch_size: int = setting(DEFAULT_BATCH_SIZE, group=COMPUTE, help="rows per encoder call")
+    precision: str = setting("fp32", group=COMPUTE, choices=("fp32", "bf16", "fp16"),
+                             help="autocast precision of the encoder")
+    files_per_unit: int = setting(64, group=COMPUTE, help="files per work unit (the unit of scheduling, writing and "
+                                  "resume)")
+    unit_bytes: int = 512 * 2**20        # --unit-mib (jobs.label)
+    chunk_windows: int | None = setting(None, group=COMPUTE, help="windows per chunk: what one block, actor call or "
+                                        "write holds at most (default: whole encoder batches, at least 32 windows, "
+                                        "about 30 MiB of audio)")
+    tokenizer_dir: str | None = setting(None, group=COMPUTE, metavar="DIR",
+                                        help="roberta-base tokenizer files (RoBERTa checkpoints)")
+    max_error_fraction: float = setting(0.1, help="fail (exit 1) if more than this share of files cannot be "
+                                        "decoded; their rows are kept")
     progress_every_s: float = 15.0
-    report: bool = True                  # write OUT/report/ at the end (das report)
+    report: bool = True                  # write OUT/report/ at the end (das report); --no-report
     manifest_every_s: float = 60.0
 
     def __post_init__(self):
@@ -519,6 +547,31 @@ class LabelRun:
         self.failure = (RunFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ "
                                   "(see the 'error' column)") if failed else None)
         return manifest
+
+
+def run_label(c: LabelConfig, run_units: Callable[[LabelRun], None]) -> dict:
+    """A label run: plan, ``run_units(run)`` (the job's pipeline, which feeds ``run.observe``), the final
+    manifest, the summary and the report; returns the manifest. A worker's disk-full or permission error
+    ends the run as one ``RunFailed`` that says what is kept."""
+    from das_core.report import report_after_run
+
+    check_output_folder(c.out)
+    run = LabelRun(plan_run(c))
+    if not run.start():
+        return run.plan.previous.to_dict()
+    try:
+        run_units(run)
+    except Exception as exc:
+        refusal = write_refusal(exc, c.out)
+        if refusal is None:
+            raise
+        raise refusal from None
+    manifest = run.finish()
+    if c.report:
+        report_after_run(c.out)
+    if run.failure:
+        raise run.failure
+    return manifest
 
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)

@@ -417,3 +417,16 @@ def write_report(uri: str) -> str:
     target = storage.join(uri, REPORT_DIR, REPORT_MD)
     storage.write_bytes_atomic(target, text.encode())
     return target
+
+
+def report_after_run(out: str) -> None:
+    """The report written at the end of das label / das rescore: a failure is a warning, never the run's."""
+    import logging
+
+    try:
+        target = write_report(out)
+    except Exception as exc:  # noqa: BLE001 - the labels are written; a report problem must not fail the run
+        logging.getLogger("das").warning("could not write the report of %s (%s: %s); run `das report %s` to retry",
+                                         out, type(exc).__name__, exc, out)
+        return
+    print(f"das report: written to {target}", flush=True)

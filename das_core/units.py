@@ -236,6 +236,40 @@ class DecodeWatch(Protocol):
         """The attempt decoded every input of ``unit``."""
 
 
+class RemoteWatch:
+    """A ``DecodeWatch`` over a ``DecodeProgress`` in another process, reached through ``call(method, *args,
+    wait=...)`` (the job's Ray actor call). If a call fails (the actor died), decoding goes on unwatched. A retry
+    of a unit that died (``careful``) waits for each report, so that a death is placed exactly."""
+
+    def __init__(self, call):
+        self.call, self.careful = call, False
+
+    def _tell(self, method: str, *args, wait: bool):
+        if self.call is None:
+            return None
+        try:
+            return self.call(method, *args, wait=wait)
+        except Exception:  # noqa: BLE001 - the watch is an aid: without it, decoding goes on unwatched
+            self.call = None
+            return None
+
+    def begin(self, unit: str) -> tuple[dict[int, str], int]:
+        answer = self._tell("begin", unit, wait=True)
+        if answer is None:
+            return {}, -1
+        self.careful, crashed, reached = answer
+        return crashed, reached
+
+    def at(self, unit: str, position: int, path: str) -> None:
+        self._tell("at", unit, position, path, wait=self.careful)
+
+    def chunk(self, unit: str, index: int) -> None:
+        self._tell("chunk", unit, index, wait=self.careful)
+
+    def done(self, unit: str) -> None:
+        self._tell("done", unit, wait=False)
+
+
 # Test-only: a decode process that reaches an input whose path contains this text kills itself, as a
 # crashing native decoder would (tests/test_faults.py). Never set it in production.
 TEST_CRASH_ENV = "DAS_TEST_CRASH_ON"

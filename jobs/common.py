@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from das_core import errors, storage
 from das_core.prompts import read_lines_from  # noqa: F401 - jobs read labels and phrases through it
+from das_core.settings import described
 from das_core.storage import check_output_file, check_output_folder  # noqa: F401
 
 log = logging.getLogger("das")
@@ -74,6 +75,33 @@ def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None
     hint = "committed results are kept; rerun with --resume to continue" if hasattr(args, "resume") else None
     debug = errors.debug_requested(getattr(args, "debug", False))
     return errors.run_reporting(prog, checked, debug=debug, interrupted_hint=hint)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown after each option; descriptions and epilogs keep their line breaks (each line is wrapped,
+    an indented one is kept as it is)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n".join(line if not line.strip() or line.startswith(" ") else fill(line, width, indent)
+                         for line in text.splitlines())
+
+
+def add_settings(parser: argparse.ArgumentParser, cls, groups: dict[str, argparse._ArgumentGroup] | None = None
+                 ) -> None:
+    """An option per described field of the settings class ``cls`` (``das_core.settings``), in field order."""
+    groups = {} if groups is None else groups
+    for d in described(cls):
+        target = parser if d.group is None else groups.setdefault(d.group, parser.add_argument_group(d.group))
+        kw: dict = {"help": d.help, "dest": d.name}
+        if d.kind is bool:
+            kw["action"] = "store_true"
+        else:
+            kw.update(type=d.kind, metavar=d.metavar, choices=d.choices,
+                      **({"required": True} if d.required else {"default": d.default}))
+            if d.repeat:
+                kw.update(action="append", default=[])
+        target.add_argument("--" + d.name.replace("_", "-"), **kw)
 
 
 def settings_from_args(cls, args: argparse.Namespace, **given):

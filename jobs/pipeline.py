@@ -26,10 +26,17 @@ import ray.data
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from das_core import storage
-from das_core.labelrun import LabelConfig, LabelRun, plan_run, write_refusal
-from das_core.storage import check_output_folder
-from das_core.units import UNIT_SCHEMA, DecodeProgress, DecodeSettings, decode_units, read_unit_group, work_manifest_uri
+from das_core import labelrun, storage
+from das_core.labelrun import LabelConfig, LabelRun
+from das_core.units import (
+    UNIT_SCHEMA,
+    DecodeProgress,
+    DecodeSettings,
+    RemoteWatch,
+    decode_units,
+    read_unit_group,
+    work_manifest_uri,
+)
 from das_core.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
 from jobs.common import init_ray, worker_env
 
@@ -63,44 +70,18 @@ class WorkManifestDatasource(Datasource):
         return tasks
 
 
-class ActorWatch:
-    """``das_core.units.DecodeWatch`` over the run's ``DecodeProgress`` actor; if it dies, decoding goes on
-    unwatched. A retry of a unit that died (``careful``) waits for each report, so a death is placed exactly."""
-
-    def __init__(self, progress):
-        self.progress, self.careful = progress, False
-
-    def _call(self, method: str, *args, wait: bool):
-        if self.progress is None:
-            return None
-        ref = getattr(self.progress, method).remote(*args)
-        try:
-            return ray.get(ref) if wait else None
-        except ray.exceptions.RayActorError:
-            self.progress = None
-            return None
-
-    def begin(self, unit: str) -> tuple[dict[int, str], int]:
-        answer = self._call("begin", unit, wait=True)
-        if answer is None:
-            return {}, -1
-        self.careful, crashed, reached = answer
-        return crashed, reached
-
-    def at(self, unit: str, position: int, path: str) -> None:
-        self._call("at", unit, position, path, wait=self.careful)
-
-    def chunk(self, unit: str, index: int) -> None:
-        self._call("chunk", unit, index, wait=self.careful)
-
-    def done(self, unit: str) -> None:
-        self._call("done", unit, wait=False)
+def actor_call(actor):
+    """``das_core.units.RemoteWatch``'s way to reach the run's ``DecodeProgress`` actor."""
+    def call(method: str, *args, wait: bool):
+        ref = getattr(actor, method).remote(*args)
+        return ray.get(ref) if wait else None
+    return call
 
 
 def decode_task(batch: pa.Table, settings: DecodeSettings, progress=None) -> Iterator[pa.Table]:
     """``decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
     node = ray.get_runtime_context().get_node_id()
-    for chunk in decode_units(batch, settings, ActorWatch(progress) if progress is not None else None):
+    for chunk in decode_units(batch, settings, RemoteWatch(actor_call(progress)) if progress is not None else None):
         yield chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
 
 
@@ -180,25 +161,7 @@ def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, d
 
 def run_label(c: LabelConfig) -> dict:
     """Label ``c.input`` into ``c.out`` on Ray (``das label``; its dry run is ``jobs.label.run``); the manifest."""
-    check_output_folder(c.out)
-    run = LabelRun(plan_run(c))
-    if not run.start():
-        return run.plan.previous.to_dict()
-    try:
-        _run_units(run)
-    except Exception as exc:
-        refusal = write_refusal(exc, c.out)
-        if refusal is None:
-            raise
-        raise refusal from None
-    manifest = run.finish()
-    if c.report:
-        from jobs.report import report_after_job
-
-        report_after_job(c.out)
-    if run.failure:
-        raise run.failure
-    return manifest
+    return labelrun.run_label(c, _run_units)
 
 
 def _run_units(run: LabelRun) -> None:

@@ -1,8 +1,6 @@
 """``das report OUT``: a Markdown report with figures of a ``das label`` output or a ``das rescore`` run folder.
 
-Writes ``OUT/report/report.md`` and its PNG figures (``das_core.report``). Reads the
-committed units one at a time on this process; no Ray, no model.
-"""
+Writes ``OUT/report/report.md`` and its PNG figures (``das_core.report``): no Ray, no model."""
 
 from __future__ import annotations
 
@@ -10,7 +8,8 @@ import argparse
 import sys
 
 from das_core.manifest import RunManifest
-from jobs.common import add_common_options, job_main, log
+from das_core.report import write_report
+from jobs.common import add_common_options, job_main
 
 
 def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
@@ -25,21 +24,10 @@ def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
 
 def run(out: str) -> str:
     """Write the report of ``out``; returns the URI of report.md."""
-    from das_core.report import write_report
-
     RunManifest.require(out, "das report; for rescore output, give OUT/run_id=ID")
     target = write_report(out)
     print(f"das report: written to {target}", flush=True)
     return target
-
-
-def report_after_job(out: str) -> None:
-    """The report at the end of das label / das rescore: a failure is a warning, never the job's failure."""
-    try:
-        run(out)
-    except Exception as exc:  # noqa: BLE001 - the labels are written; a report problem must not fail the job
-        log.warning("could not write the report of %s (%s: %s); run `das report %s` to retry", out,
-                    type(exc).__name__, exc, out)
 
 
 def main(argv: list[str] | None = None, prog: str = "das report") -> int:

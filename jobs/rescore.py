@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from das_core.report import report_after_run
 from das_core.rescoring import RescoreConfig, plan_rescore, rescore_unit, start_run
 from jobs.common import add_common_options, init_ray, job_main, worker_env
 
@@ -64,9 +65,7 @@ def run(c: RescoreConfig) -> dict:
     manifest = tally.finish()
     print(tally.summary(manifest), flush=True)
     if c.report:
-        from jobs.report import report_after_job
-
-        report_after_job(p.run_uri)
+        report_after_run(p.run_uri)
     tally.raise_if_failed()
     return manifest.to_dict()
 

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BROKEN_WAV
 
-from das_core.report import REPORT_DIR, REPORT_MD, tally, top_with_other
+from das_core.report import REPORT_DIR, REPORT_MD, report_after_run, tally, top_with_other
 from das_core.results import OutputStore
-from jobs.report import main, report_after_job
+from jobs.report import main
 from jobs.rescore import RescoreConfig
 from jobs.rescore import run as rescore_run
 
@@ -110,7 +110,7 @@ def test_cli_rewrites_the_report_and_refuses_a_non_output(labelled, tmp_path, ca
 def test_a_report_failure_is_only_a_warning(tmp_path, caplog):
     (tmp_path / "_manifest.json").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="das"):
-        report_after_job(str(tmp_path))            # must not raise
+        report_after_run(str(tmp_path))            # must not raise
     assert "could not write the report" in caplog.text
 
 

@@ -1,0 +1,60 @@
+"""Settings described once: each field of a settings object carries its default, its type and its meaning.
+
+The jobs build their command-line options from these descriptions (``jobs.common.add_settings``): an
+option is ``--<field-name>`` with the field's type, default and help, so that a default or a sentence is
+never written twice. Fields without a description (tuning knobs, derived values) are not options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, field
+from typing import Any
+
+
+def setting(default: Any = MISSING, *, help: str, metavar: str | None = None, choices: tuple | None = None,
+            group: str | None = None, repeat: bool = False) -> Any:
+    """A dataclass field described for the command line. ``repeat``: a list option given once per value."""
+    meta = {"help": help, "metavar": metavar, "choices": choices, "group": group, "repeat": repeat}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Described:
+    name: str                    # the field's name; the option is --name-with-dashes
+    kind: type                   # str, int, float or bool (a repeated option: its items' type)
+    required: bool
+    default: Any
+    help: str
+    metavar: str | None
+    choices: tuple | None
+    group: str | None
+    repeat: bool
+
+
+def described(cls) -> list[Described]:
+    """The described fields of the settings class ``cls``, in field order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kind = _base(hints[f.name])
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = f.default if f.default is not MISSING else (None if required else f.default_factory())
+        out.append(Described(f.name, kind, required, default, f.metadata["help"], f.metadata["metavar"],
+                             f.metadata["choices"], f.metadata["group"], f.metadata["repeat"]))
+    return out
+
+
+def _base(hint: Any) -> type:
+    """``str`` for ``str | None``, ``int`` for ``list[int]`` / ``tuple[int, ...]``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) in (list, tuple):
+        hint = typing.get_args(hint)[0]
+    return hint
