@@ -9,22 +9,31 @@ from dataclasses import dataclass
 from das_core.cache import DEFAULT_LAM
 from das_core.errors import ConfigError
 from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
+from das_core.settings import setting
 from das_core.storage import check_output_file
 
 log = logging.getLogger("das")
 
 @dataclass(frozen=True)
 class BuildConfig:
-    labels: str                          # labels file, one per line (local or s3://)
-    checkpoint: str
-    out: str                             # the cache file (.npz; local or s3://)
-    noise_phrases: str | None = None     # file; default DEFAULT_NOISE_PHRASES
-    lam: float = DEFAULT_LAM
-    clean_template: str = CLEAN_TEMPLATE
-    clean_templates: str | None = None   # file of templates: a prompt ensemble for the clean prototype
-    noisy_template: str = NOISY_TEMPLATE
-    tokenizer_dir: str | None = None
-    device: str = "cpu"
+    labels: str = setting(metavar="FILE", help="class labels, one per line (local path or s3://); dataset spellings "
+                          "such as dog_bark are turned into prompt text ('dog bark')")
+    checkpoint: str = setting(metavar="CKPT", help="CLAP checkpoint: LAION .pt (local path, s3:// URI or a published "
+                              "name such as 630k-audioset-best) or Hugging Face ClapModel folder (local, s3:// prefix "
+                              "or hub id such as laion/clap-htsat-unfused)")
+    out: str = setting(metavar="URI", help="where to write the cache (.npz; local or s3://)")
+    noise_phrases: str | None = setting(None, metavar="FILE", help="noise phrases, one per line (default: 8 "
+                                        "urban-scene phrases, see README)")
+    lam: float = setting(DEFAULT_LAM, help="weight of the drift bonus (chosen here; the paper only calls it small)")
+    clean_template: str = setting(CLEAN_TEMPLATE, help="the clean prompt of each class")
+    clean_templates: str | None = setting(None, metavar="FILE", help="a prompt ensemble for the clean prototype: "
+                                          "templates with {label}, one per line; C_c is the renormalised mean of "
+                                          "their unit embeddings (instead of --clean-template)")
+    noisy_template: str = setting(NOISY_TEMPLATE, help="a class's prompt with a noise phrase")
+    tokenizer_dir: str | None = setting(None, metavar="DIR", help="roberta-base tokenizer files, for LAION "
+                                        "checkpoints with a RoBERTa text tower when offline (Hugging Face folders "
+                                        "carry their own tokenizer)")
+    device: str = setting("cpu", help="cpu or cuda[:N] (text encoding is cheap)")
 
 
 @dataclass(frozen=True)

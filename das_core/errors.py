@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 DEBUG_ENV = "DAS_DEBUG"
@@ -26,6 +28,10 @@ class Refused(Exception):
 
 class ConfigError(Refused, ValueError):
     """A setting out of range or inconsistent with another."""
+
+
+class ClusterError(Refused):
+    """The Ray cluster cannot be used: it does not answer, or lacks the resources asked for."""
 
 
 class RunFailed(Exception):
@@ -106,3 +112,20 @@ def run_reporting(prog: str, body: Callable[[], int], *, debug: bool = False,
             traceback.print_exc(file=sys.stderr)
         print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
         return status
+
+
+@contextmanager
+def exit_after(seconds: float, message: str) -> Iterator[None]:
+    """Ends the process with ``message`` on stderr and exit status 2 if the block still runs after ``seconds``:
+    the bound of a wait that cannot be cancelled from another thread (``ray.init`` retrying an address)."""
+    def give_up() -> None:
+        print(message, file=sys.stderr, flush=True)
+        os._exit(EXIT_USAGE)
+
+    watchdog = threading.Timer(seconds, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()

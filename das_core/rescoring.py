@@ -69,6 +69,7 @@ from das_core.results import (
     segments_schema,
 )
 from das_core.scoring import label_windows, window_scores
+from das_core.settings import setting
 
 log = logging.getLogger("das.rescore")
 
@@ -94,14 +95,21 @@ _FILE_COLUMNS = ("file_id", "path", "status", "error", "error_kind", "n_segments
 class RescoreConfig:
     """The settings of one rescore run, checked when made (``ConfigError``), before any storage is touched."""
 
-    embeddings: str
-    cache: str
-    out: str
-    run_id: str | None = None            # default: today's UTC date
-    since_last_run: bool = False
-    top_k: int | None = None             # default: the label run's top_k
-    overwrite: bool = False
-    copy_embeddings: bool = False        # default: segments/ reference the label run's embeddings
+    embeddings: str = setting(metavar="URI", help="output folder or s3:// prefix of a `das label` run (its "
+                              "segments/, files/, _manifest.json)")
+    cache: str = setting(metavar="URI", help="drift cache (`das build-cache`) built with the checkpoint the "
+                         "embeddings were made with")
+    out: str = setting(metavar="URI", help="folder or s3:// prefix that holds one run_id=ID/ folder per rescore run")
+    run_id: str | None = setting(None, metavar="ID", help="name of this run's folder, OUT/run_id=ID/ (letters, "
+                                 "digits, '.', '_', '-'); default: today's UTC date, YYYY-MM-DD")
+    since_last_run: bool = setting(False, help="score only the rows the label output gained since the last complete "
+                                   "rescore run of the same --embeddings under OUT (its manifest's watermark); "
+                                   "everything when there is none")
+    top_k: int | None = setting(None, metavar="K",
+                                help="classes kept per window and per file (default: the label run's --top-k)")
+    overwrite: bool = setting(False, help="replace OUT/run_id=ID/ when it already holds a run (otherwise refused)")
+    copy_embeddings: bool = setting(False, help="write the window embeddings into this run's segments/ too "
+                                    "(default: the run references the label output's, which das readers follow)")
     progress_every_s: float = 15.0
     report: bool = True                  # write the run's report/ at the end (das report)
 

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +49,7 @@ from das_core.results import (
     open_embeddings,
     with_embeddings,
 )
+from das_core.settings import setting
 
 log = logging.getLogger("das.search")
 
@@ -234,18 +235,25 @@ def format_hits(hits: pa.Table) -> str:
 class SearchConfig:
     """The settings of one search, checked when made (``ConfigError``), before storage or the model is used."""
 
-    embeddings: str
-    checkpoint: str
-    texts: list[str] = field(default_factory=list)
-    like: list[str] = field(default_factory=list)
-    level: str = SEGMENT
-    top: int = DEFAULT_TOP
-    min_score: float | None = None
-    lam: float = 0.0
-    noise_phrases: tuple[str, ...] | None = None     # of the drift direction; None: prompts.DEFAULT_NOISE_PHRASES
-    out: str | None = None
-    tokenizer_dir: str | None = None
-    device: str = "cpu"
+    embeddings: str = setting(metavar="URI", help="output folder or s3:// prefix of `das label`, or a `das rescore` "
+                              "run folder (run_id=ID)")
+    checkpoint: str = setting(metavar="CKPT", help="the CLAP checkpoint the embeddings were made with (refused if it "
+                              "is another one)")
+    texts: list[str] = setting([], flag="--text", repeat=True, metavar="QUERY",
+                               help="a text query, e.g. 'glass breaking at night' (repeatable)")
+    like: list[str] = setting([], repeat=True, metavar="AUDIO",
+                              help="an audio file (local or s3://): find what sounds like it (repeatable)")
+    level: str = setting(SEGMENT, choices=LEVELS,
+                         help="rank 10 s windows (segment) or whole files (file: their mean embedding)")
+    top: int = setting(DEFAULT_TOP, metavar="N", help="matches kept per query")
+    min_score: float | None = setting(None, metavar="X", help="drop matches scoring below X")
+    lam: float = setting(0.0, metavar="X", help="text queries: add X times the cosine with the query's drift "
+                         "direction (DAS-style bonus; 0: plain cosine)")
+    noise_phrases: tuple[str, ...] | None = None     # of the drift direction (--noise-phrases FILE, jobs.search)
+    out: str | None = setting(None, metavar="URI", help="write the matches to this Parquet file (local or s3://)")
+    tokenizer_dir: str | None = setting(None, metavar="DIR", help="roberta-base tokenizer files (RoBERTa "
+                                        "checkpoints)")
+    device: str = setting("cpu", help="where queries are encoded: cpu or cuda[:N]")
 
     def __post_init__(self) -> None:
         if not self.texts and not self.like:

@@ -15,9 +15,10 @@ from typing import Any
 
 
 def setting(default: Any = MISSING, *, help: str, metavar: str | None = None, choices: tuple | None = None,
-            group: str | None = None, repeat: bool = False) -> Any:
-    """A dataclass field described for the command line. ``repeat``: a list option given once per value."""
-    meta = {"help": help, "metavar": metavar, "choices": choices, "group": group, "repeat": repeat}
+            group: str | None = None, repeat: bool = False, flag: str | None = None) -> Any:
+    """A dataclass field described for the command line. ``repeat``: a list option given once per value;
+    ``flag``: the option's name when it is not ``--<field-name>``."""
+    meta = {"help": help, "metavar": metavar, "choices": choices, "group": group, "repeat": repeat, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
@@ -25,7 +26,8 @@ def setting(default: Any = MISSING, *, help: str, metavar: str | None = None, ch
 
 @dataclasses.dataclass(frozen=True)
 class Described:
-    name: str                    # the field's name; the option is --name-with-dashes
+    name: str                    # the field's name
+    flag: str                    # the option: --name-with-dashes unless the field says otherwise
     kind: type                   # str, int, float or bool (a repeated option: its items' type)
     required: bool
     default: Any
@@ -46,7 +48,8 @@ def described(cls) -> list[Described]:
         kind = _base(hints[f.name])
         required = f.default is MISSING and f.default_factory is MISSING
         default = f.default if f.default is not MISSING else (None if required else f.default_factory())
-        out.append(Described(f.name, kind, required, default, f.metadata["help"], f.metadata["metavar"],
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        out.append(Described(f.name, flag, kind, required, default, f.metadata["help"], f.metadata["metavar"],
                              f.metadata["choices"], f.metadata["group"], f.metadata["repeat"]))
     return out
 

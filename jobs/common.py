@@ -6,15 +6,11 @@ import argparse
 import logging
 import os
 import socket
-import sys
-import threading
 import time
 from collections.abc import Callable
 
 from das_core import errors, storage
-from das_core.prompts import read_lines_from  # noqa: F401 - jobs read labels and phrases through it
 from das_core.settings import described
-from das_core.storage import check_output_file, check_output_folder  # noqa: F401
 
 log = logging.getLogger("das")
 _PROG = "das"          # the running command, for messages printed outside run_main
@@ -23,14 +19,7 @@ _PROG = "das"          # the running command, for messages printed outside run_m
 FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE",
                  "DAS_TOKENIZER_DIR", "DAS_CACHE_DIR", "DAS_TEST_CRASH_ON", "DAS_TEST_FAIL_WRITE")
 
-UsageError = errors.Refused     # a bad argument or artefact, refused before any work starts (exit status 2)
-JobFailed = errors.RunFailed    # the job ran but its result is not acceptable (exit status 1)
-
-
-class ClusterError(errors.Refused):
-    """The Ray cluster cannot be used: it does not answer, or lacks the resources asked for."""
-
-
+ClusterError = errors.ClusterError
 RAY_CONNECT_TIMEOUT_S = 60.0        # ray.init retries an absent cluster for minutes; das gives up after this
 RAY_PROBE_TIMEOUT_S = 5.0
 CLUSTER_WAIT_ENV = "DAS_CLUSTER_WAIT_S"
@@ -78,13 +67,17 @@ def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown after each option; descriptions and epilogs keep their line breaks (each line is wrapped,
-    an indented one is kept as it is)."""
+    """Defaults shown after each option (none for a flag or an unset one); descriptions and epilogs keep their
+    paragraphs (each is wrapped, one with an indented line is kept as it is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        unset = action.default is None or action.default is False or action.default == []
+        return action.help if unset else super()._get_help_string(action)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         fill = super()._fill_text
-        return "\n".join(line if not line.strip() or line.startswith(" ") else fill(line, width, indent)
-                         for line in text.splitlines())
+        return "\n\n".join(para if any(line.startswith(" ") for line in para.splitlines()) else
+                           fill(para, width, indent) for para in text.split("\n\n"))
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, groups: dict[str, argparse._ArgumentGroup] | None = None
@@ -101,7 +94,7 @@ def add_settings(parser: argparse.ArgumentParser, cls, groups: dict[str, argpars
                       **({"required": True} if d.required else {"default": d.default}))
             if d.repeat:
                 kw.update(action="append", default=[])
-        target.add_argument("--" + d.name.replace("_", "-"), **kw)
+        target.add_argument(d.flag, **kw)
 
 
 def settings_from_args(cls, args: argparse.Namespace, **given):
@@ -140,15 +133,6 @@ def _probe_ray_address(address: str) -> None:
                            "Ray") from None
 
 
-def _give_up_on_ray(address: str | None, timeout: float) -> None:
-    where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "the local Ray instance"
-    print(f"{_PROG}: error: {where} did not answer within {timeout:g} s (ray.init is still waiting); "
-          + ("check that the cluster is up and RAY_ADDRESS is right, or unset RAY_ADDRESS for a local Ray"
-             if address else "check free memory and /tmp space, or stop stale Ray processes (ray stop)"),
-          file=sys.stderr, flush=True)
-    os._exit(errors.EXIT_USAGE)          # ray.init cannot be cancelled from another thread
-
-
 def init_ray(gpus: float = 0.0, cpus: float = 0.0) -> None:
     """Connect to ``RAY_ADDRESS`` when set (cluster, ``ray job submit``), else start a local Ray.
 
@@ -166,18 +150,18 @@ def init_ray(gpus: float = 0.0, cpus: float = 0.0) -> None:
         if address:
             _probe_ray_address(address)
         timeout = float(os.environ.get("DAS_RAY_CONNECT_TIMEOUT_S") or (RAY_CONNECT_TIMEOUT_S * (1 if address else 2)))
-        watchdog = threading.Timer(timeout, _give_up_on_ray, args=(address, timeout))
-        watchdog.daemon = True
-        watchdog.start()
+        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "the local Ray instance"
+        late = (f"{_PROG}: error: {where} did not answer within {timeout:g} s (ray.init is still waiting); "
+                + ("check that the cluster is up and RAY_ADDRESS is right, or unset RAY_ADDRESS for a local Ray"
+                   if address else "check free memory and /tmp space, or stop stale Ray processes (ray stop)"))
         try:
-            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+            with errors.exit_after(timeout, late):
+                ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
             where = f"connect to the Ray cluster at RAY_ADDRESS={address}" if address else "start a local Ray"
             raise ClusterError(f"cannot {where} ({type(exc).__name__}: {errors.one_line(exc)}); "
                                + ("check RAY_ADDRESS, or unset it to run on a local Ray" if address
                                   else "run `ray stop` to clear stale Ray processes, then retry")) from exc
-        finally:
-            watchdog.cancel()
     if gpus or cpus:
         require_cluster_resources(gpus=gpus, cpus=cpus)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from das_core.errors import Refused
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, normalise_extensions
 from das_core.labelrun import COMPUTE, IO, RESUME_KEYS, LabelConfig, RunRefused, plan_run, print_dry_run  # noqa: F401
 from das_core.storage import check_output_folder
-from jobs.common import HelpFormatter, UsageError, add_common_options, add_settings, job_main, settings_from_args
+from jobs.common import HelpFormatter, add_common_options, add_settings, job_main, settings_from_args
 
 
 def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
     try:
         extensions = normalise_extensions(args.extensions)
     except InputError as exc:
-        raise UsageError(f"--extensions {args.extensions!r}: {exc}") from None
+        raise Refused(f"--extensions {args.extensions!r}: {exc}") from None
     return settings_from_args(LabelConfig, args, extensions=extensions, unit_bytes=int(args.unit_mib * 2**20),
                               report=not args.no_report)
 

@@ -26,17 +26,8 @@ import ray.data
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from das_core import labelrun, storage
+from das_core import labelrun, storage, units
 from das_core.labelrun import LabelConfig, LabelRun
-from das_core.units import (
-    UNIT_SCHEMA,
-    DecodeProgress,
-    DecodeSettings,
-    RemoteWatch,
-    decode_units,
-    read_unit_group,
-    work_manifest_uri,
-)
 from das_core.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
 from jobs.common import init_ray, worker_env
 
@@ -62,26 +53,27 @@ class WorkManifestDatasource(Datasource):
                        data_context=None) -> list[ReadTask]:
         tasks = []
         for g in range(self.meta.num_row_groups) if self.keep is None else sorted(self.keep):
-            units = None if self.keep is None else self.keep[g]
-            meta = BlockMetadata(num_rows=self.meta.row_group(g).num_rows if units is None else len(units),
+            todo = None if self.keep is None else self.keep[g]
+            meta = BlockMetadata(num_rows=self.meta.row_group(g).num_rows if todo is None else len(todo),
                                  size_bytes=self.meta.row_group(g).total_byte_size, input_files=None, exec_stats=None)
-            tasks.append(ReadTask(lambda g=g, units=units: [read_unit_group(self.uri, g, units)], meta,
-                                  schema=UNIT_SCHEMA))
+            tasks.append(ReadTask(lambda g=g, todo=todo: [units.read_unit_group(self.uri, g, todo)], meta,
+                                  schema=units.UNIT_SCHEMA))
         return tasks
 
 
 def actor_call(actor):
-    """``das_core.units.RemoteWatch``'s way to reach the run's ``DecodeProgress`` actor."""
+    """``units.RemoteWatch``'s way to reach the run's ``DecodeProgress`` actor."""
     def call(method: str, *args, wait: bool):
         ref = getattr(actor, method).remote(*args)
         return ray.get(ref) if wait else None
     return call
 
 
-def decode_task(batch: pa.Table, settings: DecodeSettings, progress=None) -> Iterator[pa.Table]:
-    """``decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
+def decode_task(batch: pa.Table, settings: units.DecodeSettings, progress=None) -> Iterator[pa.Table]:
+    """``units.decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
     node = ray.get_runtime_context().get_node_id()
-    for chunk in decode_units(batch, settings, RemoteWatch(actor_call(progress)) if progress is not None else None):
+    watch = units.RemoteWatch(actor_call(progress)) if progress is not None else None
+    for chunk in units.decode_units(batch, settings, watch):
         yield chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
 
 
@@ -133,7 +125,7 @@ def configure_data_context() -> None:
     ctx.op_resource_reservation_enabled = False
 
 
-def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, decode: DecodeSettings,
+def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, decode: units.DecodeSettings,
                encode: EncodeSettings, write: WriteSettings, *, cache_box: list, actors: int,
                env: dict[str, str] | None = None) -> Iterator[dict]:
     """The pipeline over the units of ``manifest_uri`` (``keep``: per row group, the units to do); one
@@ -141,7 +133,7 @@ def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, d
     ``batch_invariant``), so results do not depend on how chunks are spread over actors."""
     configure_data_context()
     runtime_env = {"env_vars": env} if env else None
-    progress = ray.remote(DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
+    progress = ray.remote(units.DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
     ds = ray.data.read_datasource(WorkManifestDatasource(manifest_uri, keep), num_cpus=1,
                                   memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
     # The memory request differs from the actors' resources, which also keeps Ray Data from fusing decoding
@@ -172,7 +164,7 @@ def _run_units(run: LabelRun) -> None:
     init_ray(gpus=c.num_gpus, cpus=c.actor_count * c.cpus_per_actor)     # refused now rather than an endless wait
     cache_box, write, env = [ray.put(p.cache)], p.write_settings(), worker_env()
     finisher = Finisher(c.out, cache_box, write, env)
-    for stats in run_stages(work_manifest_uri(c.out), p.row_groups_to_do(), c.out, p.decode_settings(),
+    for stats in run_stages(units.work_manifest_uri(c.out), p.row_groups_to_do(), c.out, p.decode_settings(),
                             p.encode_settings(), write, cache_box=cache_box, actors=c.actor_count, env=env):
         whole = run.observe(stats, finisher.committed)
         if whole:

@@ -9,45 +9,29 @@ import sys
 import pyarrow as pa
 
 from das_core import search
-from das_core.search import DEFAULT_TOP, LEVELS, SEGMENT, SearchConfig, units_per_task
-from jobs.common import add_common_options, check_output_file, init_ray, job_main, read_lines_from, worker_env
+from das_core.prompts import read_lines_from
+from das_core.search import SearchConfig, units_per_task
+from das_core.storage import check_output_file
+from jobs import common
 
 
 def build_parser(prog: str = "das search") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=(
+    p = argparse.ArgumentParser(prog=prog, formatter_class=common.HelpFormatter, description=(
         "Rank the windows (or files) of a `das label` output, or of a `das rescore` run folder, by cosine with "
         "text or audio queries, using the stored embeddings. Prints the best matches per query and optionally "
         "writes them to Parquet. Runs on the Ray cluster at RAY_ADDRESS, or a local one."))
-    p.add_argument("--embeddings", required=True, metavar="URI", help="output folder or s3:// prefix of `das label`, "
-                   "or a `das rescore` run folder (run_id=ID)")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="the CLAP checkpoint the embeddings were "
-                   "made with (refused if it is another one)")
-    p.add_argument("--text", action="append", default=[], metavar="QUERY", help="a text query, e.g. "
-                   "'glass breaking at night' (repeatable)")
+    common.add_settings(p, SearchConfig)
     p.add_argument("--text-file", metavar="FILE", help="text queries, one per line (local or s3://)")
-    p.add_argument("--like", action="append", default=[], metavar="AUDIO", help="an audio file (local or s3://): "
-                   "find what sounds like it (repeatable)")
-    p.add_argument("--level", choices=LEVELS, default=SEGMENT, help="rank 10 s windows (segment) or whole files "
-                   "(file: their mean embedding)")
-    p.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="N", help="matches kept per query")
-    p.add_argument("--min-score", type=float, metavar="X", help="drop matches scoring below X")
-    p.add_argument("--lam", type=float, default=0.0, metavar="X", help="text queries: add X times the cosine with "
-                   "the query's drift direction (DAS-style bonus; default 0, plain cosine)")
     p.add_argument("--noise-phrases", metavar="FILE", help="noise phrases of the drift direction, one per line "
                    "(default: das's 8 urban phrases)")
-    p.add_argument("--out", metavar="URI", help="write the matches to this Parquet file (local or s3://)")
-    p.add_argument("--tokenizer-dir", metavar="DIR", help="roberta-base tokenizer files (RoBERTa checkpoints)")
-    p.add_argument("--device", default="cpu", help="where queries are encoded: cpu or cuda[:N] (default cpu)")
-    add_common_options(p)
+    common.add_common_options(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    texts = list(args.text) + (read_lines_from(args.text_file, "queries") if args.text_file else [])
+    texts = list(args.texts) + (read_lines_from(args.text_file, "queries") if args.text_file else [])
     phrases = tuple(read_lines_from(args.noise_phrases, "noise phrases")) if args.noise_phrases else None
-    return SearchConfig(embeddings=args.embeddings, checkpoint=args.checkpoint, texts=texts, like=list(args.like),
-                        level=args.level, top=args.top, min_score=args.min_score, lam=args.lam,
-                        noise_phrases=phrases, out=args.out, tokenizer_dir=args.tokenizer_dir, device=args.device)
+    return common.settings_from_args(SearchConfig, args, texts=texts, noise_phrases=phrases)
 
 
 def run_stages(units: list[str], listing, embeddings: str, queries: search.Queries, top: int,
@@ -67,13 +51,14 @@ def run(c: SearchConfig) -> pa.Table:
     if c.out:
         check_output_file(c.out)
     p = search.plan_search(c)
-    init_ray()
-    parts = run_stages(p.units, p.listing, c.embeddings, p.queries, c.top, c.min_score, c.level, env=worker_env())
+    common.init_ray()
+    env = common.worker_env()
+    parts = run_stages(p.units, p.listing, c.embeddings, p.queries, c.top, c.min_score, c.level, env=env)
     return search.finish_search(c, p, list(parts))
 
 
 def main(argv: list[str] | None = None, prog: str = "das search") -> int:
-    return job_main(argv, prog, build_parser, config_from_args, run)
+    return common.job_main(argv, prog, build_parser, config_from_args, run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import time
 import pytest
 from conftest import free_port
 
-from jobs.common import JobFailed, UsageError, run_main
+from das_core.errors import Refused as UsageError
+from das_core.errors import RunFailed as JobFailed
+from jobs.common import run_main
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
 

@@ -14,8 +14,9 @@ from conftest import sine
 from das_core import audio
 from das_core.audio import SAMPLE_RATE, window_count
 from das_core.cache import CacheMismatchError, DriftCache
+from das_core.errors import Refused as UsageError
+from das_core.errors import RunFailed as JobFailed
 from das_core.results import OutputStore
-from jobs.common import JobFailed, UsageError
 from jobs.label import LabelConfig, main, run
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it

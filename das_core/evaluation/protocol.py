@@ -33,10 +33,12 @@ from das_core.datasets import (
 from das_core.encoder import DEFAULT_BATCH_SIZE
 from das_core.errors import ConfigError
 from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
+from das_core.settings import setting
 
 log = logging.getLogger("das.evaluation")
 
 DEFAULT_SNRS = "clean,20,10,5,0,-5"
+DATA, PROTOCOL, COMPUTE = "data", "protocol", "compute (passed to the label job)"
 DEFAULT_LAM_GRID = "0,0.05,0.1,0.2,0.3,0.5,1.0"
 DEFAULT_TUNE_SPLITS = {URBANSOUND8K: "folds:1-5", ESC50: "folds:1-2", FSD50K: "hash:50"}
 DEFAULT_MAX_ERROR_FRACTION = 0.1
@@ -177,24 +179,38 @@ def parse_tune_split(spec: str) -> TuneSplit:
 class EvaluateConfig:
     """The settings of one evaluation, checked when made (``ConfigError``)."""
 
-    dataset: str
-    root: str
-    noise_root: str
-    checkpoint: str
-    out: str
-    conditions: tuple[Condition, ...] = parse_conditions(DEFAULT_SNRS)
-    seed: int = DEFAULT_SEED
-    lam_grid: tuple[float, ...] = parse_lam_grid(DEFAULT_LAM_GRID)
-    tune_split: str | None = None          # None: the dataset's default (DEFAULT_TUNE_SPLITS)
-    noise_phrases: str | None = None       # file, one phrase a line; None: das_core.prompts.DEFAULT_NOISE_PHRASES
-    tau: float = DEFAULT_TAU
-    limit: int | None = None
-    noise_limit: int | None = None
-    num_gpus: float = 0.0
-    actors: int | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    tokenizer_dir: str | None = None
-    max_error_fraction: float = DEFAULT_MAX_ERROR_FRACTION
+    dataset: str = setting(group=DATA, choices=DATASETS, help="which published layout --root holds")
+    root: str = setting(group=DATA, metavar="URI", help="dataset root (local folder or s3:// prefix): UrbanSound8K/ "
+                        "(metadata/, audio/), FSD50K/ (FSD50K.ground_truth/, FSD50K.eval_audio/) or ESC-50/ (meta/, "
+                        "audio/)")
+    noise_root: str = setting(group=DATA, metavar="URI", help="TAU Urban Acoustic Scenes 2019 root (tab-separated "
+                              "meta.csv, audio/), or any folder of noise recordings (scene unknown)")
+    checkpoint: str = setting(group=DATA, metavar="CKPT", help="CLAP checkpoint: LAION .pt (path, s3:// URI or "
+                              "published name such as 630k-audioset-best) or Hugging Face ClapModel folder (path, "
+                              "s3:// prefix or hub id)")
+    out: str = setting(group=DATA, metavar="DIR", help="output folder or s3:// prefix; holds the encoded stores, so "
+                       "reruns are cheap")
+    conditions: tuple[Condition, ...] = parse_conditions(DEFAULT_SNRS)      # --snrs (jobs.evaluate)
+    seed: int = setting(DEFAULT_SEED, group=PROTOCOL, metavar="N",
+                        help="seed of the noise choice per (clip, window, SNR)")
+    lam_grid: tuple[float, ...] = parse_lam_grid(DEFAULT_LAM_GRID)         # --lam-grid (jobs.evaluate)
+    tune_split: str | None = setting(None, group=PROTOCOL, metavar="SPEC", help="clips lam is chosen on, "
+                                     "'folds:A-B' or 'hash:P' (see below; default per dataset)")
+    noise_phrases: str | None = setting(None, group=PROTOCOL, metavar="FILE", help="DAS noise phrases, one per line "
+                                        f"(default: {len(DEFAULT_NOISE_PHRASES)} urban-scene phrases, see README)")
+    tau: float = setting(DEFAULT_TAU, group=PROTOCOL, metavar="X", help="weight of the Acevedo background profile")
+    limit: int | None = setting(None, group=DATA, metavar="N", help="quick run on N clips, chosen deterministically "
+                                "and spread over classes and folds")
+    noise_limit: int | None = setting(None, group=DATA, metavar="N", help="use N noise recordings, chosen "
+                                      "deterministically and spread over scenes (default: all)")
+    num_gpus: float = setting(0.0, group=COMPUTE, metavar="N", help="GPUs in all; 0 encodes on CPU")
+    actors: int | None = setting(None, group=COMPUTE, metavar="N",
+                                 help="encoder actors (default: one per GPU, or 1 on CPU)")
+    batch_size: int = setting(DEFAULT_BATCH_SIZE, group=COMPUTE, metavar="N", help="windows per encoder call")
+    tokenizer_dir: str | None = setting(None, group=COMPUTE, metavar="DIR",
+                                        help="roberta-base tokenizer files (RoBERTa checkpoints)")
+    max_error_fraction: float = setting(DEFAULT_MAX_ERROR_FRACTION, group=PROTOCOL, metavar="X", help="fail if more "
+                                        "than this share of clips (or noise recordings) cannot be decoded")
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
