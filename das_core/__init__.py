@@ -33,6 +33,14 @@ _PUBLIC = {
     "AudioStream": "das_core.audio",
     "AudioDecodeError": "das_core.audio",
     "LabelConfig": "das_core.labelrun",
+    "RescoreConfig": "das_core.rescoring",
+    "SearchConfig": "das_core.search",
+    "EvaluateConfig": "das_core.evaluation",
+    "BuildConfig": "das_core.build",
+    "RunManifest": "das_core.manifest",
+    "NoiseSource": "das_core.manifest",
+    "Refused": "das_core.errors",
+    "RunFailed": "das_core.errors",
 }
 
 __all__ = ["__version__", *_PUBLIC]
