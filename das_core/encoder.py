@@ -161,7 +161,7 @@ def load_roberta_tokenizer(tokenizer_dir: str | None = None):
     return tok
 
 
-def _hann_mel_fbanks(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int):
+def _htk_mel_filters(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int):
     """Triangular HTK-scale mel filters without normalisation (torchaudio's ``melscale_fbanks`` defaults)."""
     import torch
 
@@ -250,7 +250,7 @@ class ClapEncoder:
         loaded = load_clap(local, before_build=lambda arch: (
             load_roberta_tokenizer(tokenizer_dir) if arch.text == "roberta" else None))
         return cls(loaded.model, loaded.arch, encoder_id=loaded.encoder_id, name=ckpt.display_name(uri),
-                   device=device, precision=precision, tokenizer=loaded.extra, max_batch_size=max_batch_size,
+                   device=device, precision=precision, tokenizer=loaded.tokenizer, max_batch_size=max_batch_size,
                    batch_invariant=batch_invariant)
 
     # ---------------------------------------------------------------- audio
@@ -319,7 +319,7 @@ class ClapEncoder:
 
         cfg = self.model.audio_cfg
         if self._mel_fb is None:
-            fb = _hann_mel_fbanks(cfg.window_size // 2 + 1, cfg.fmin, cfg.fmax, cfg.mel_bins, cfg.sample_rate)
+            fb = _htk_mel_filters(cfg.window_size // 2 + 1, cfg.fmin, cfg.fmax, cfg.mel_bins, cfg.sample_rate)
             self._mel_fb = (fb.to(self.device), torch.hann_window(cfg.window_size, device=self.device))
         fb, window = self._mel_fb
         spec = torch.stft(wave.float(), n_fft=cfg.window_size, hop_length=cfg.hop_size, win_length=cfg.window_size,
@@ -402,14 +402,14 @@ class LoadedClap:
     arch: ckpt.Architecture
     local_path: str
     encoder_id: str
-    extra: object = None
+    tokenizer: object = None          # what before_build returned: the RoBERTa tokenizer, or None
 
 
 def load_clap(uri: str, before_build=None) -> LoadedClap:
     """Resolve, read, recognise and load a checkpoint into laion-clap's ``CLAP`` (eval mode, CPU).
 
     ``before_build(arch)`` runs once the architecture is known and before the
-    (slow) model construction; its result is returned as ``extra``. The
+    (slow) model construction; its result (the tokenizer) is returned as ``tokenizer``. The
     encoder uses it to refuse a missing tokenizer early.
     """
     local = ckpt.resolve(uri)
@@ -418,10 +418,10 @@ def load_clap(uri: str, before_build=None) -> LoadedClap:
                                    f"with ClapEncoder.from_checkpoint")
     state = ckpt.load_state_dict(local)
     arch = ckpt.detect(state)
-    extra = before_build(arch) if before_build else None
+    tokenizer = before_build(arch) if before_build else None
     model = build_model(arch, ckpt.roberta_config(state) if arch.text == "roberta" else None)
     _load_weights(model, state, local)
-    return LoadedClap(model, arch, local, ckpt.fingerprint(local), extra)
+    return LoadedClap(model, arch, local, ckpt.fingerprint(local), tokenizer)
 
 
 _POSITION_IDS = "text_branch.embeddings.position_ids"

@@ -34,8 +34,8 @@ from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.encoder import DEFAULT_BATCH_SIZE
 from das_core.errors import Refused, RunFailed
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
-from das_core.manifest import RunManifest
-from das_core.results import FILES_DIR, FORMAT_VERSION, MANIFEST, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
+from das_core.manifest import MANIFEST, RunManifest
+from das_core.results import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
 from das_core.scoring import DEFAULT_TOP_K
 from das_core.settings import setting
 from das_core.storage import check_output_folder

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from das_core import storage
+from das_core.manifest import RunManifest
 from das_core.results import ERROR, FILES_DIR, OK, SEGMENTS_DIR, OutputStore
 
 REPORT_DIR = "report"
@@ -383,7 +384,7 @@ def _timelines_md(store: OutputStore, t: Tally, figures: dict) -> list[str]:
 def build_report(uri: str) -> tuple[str, dict[str, bytes]]:
     """The Markdown text and the PNG figures (name -> bytes) of the output at ``uri``."""
     store = OutputStore(uri)
-    manifest = store.read_manifest() or {}
+    manifest = RunManifest.read(uri) or {}
     t = tally(store)
     figures: dict[str, bytes] = {}
     lines = _header(uri, manifest, t)

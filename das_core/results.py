@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -38,13 +37,12 @@ import pyarrow.parquet as pq
 from das_core import storage
 from das_core.cache import DriftCache
 from das_core.errors import Refused
-from das_core.manifest import RunManifest
+from das_core.manifest import MANIFEST, RunManifest
 from das_core.scoring import Labelled, label_files
 
 SEGMENTS_DIR = "segments"
 FILES_DIR = "files"
 PIECES_DIR = "pieces"
-MANIFEST = "_manifest.json"
 FORMAT_VERSION = 2          # 1: das 0.1 (parts named by a hash of their file ids, no units)
 END_TAG = "end"
 
@@ -358,15 +356,6 @@ class OutputStore:
     def has_output(self) -> bool:
         return self.listing().has_parts() or storage.exists(self.path(MANIFEST))
 
-    def read_manifest(self) -> dict | None:
-        uri = self.path(MANIFEST)
-        if not storage.exists(uri):
-            return None
-        return json.loads(storage.read_bytes(uri))
-
-    def write_manifest(self, manifest: dict) -> None:
-        storage.write_bytes_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
-
     def remove_all(self) -> None:
         for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR, "_work", "report"):      # report/: das report's
             storage.remove(self.path(sub), recursive=True)
@@ -433,7 +422,7 @@ class OutputStore:
 
     def embedding_source(self) -> str | None:
         """The label output whose embeddings this (rescore) output references, or None."""
-        manifest = self.read_manifest() or {}
+        manifest = RunManifest.read(self.uri) or {}
         emb = manifest.get("embeddings") or {}
         return emb.get("source") if emb.get("source") and not emb.get("copied") else None
 

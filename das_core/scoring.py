@@ -57,13 +57,8 @@ def segment_max(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return out
 
 
-def pool_max(window_scores: np.ndarray) -> np.ndarray:
-    """File-level score per class: the maximum over its windows (METHOD.md §6, chosen here)."""
-    return np.max(np.atleast_2d(window_scores), axis=0)
-
-
 def max_by_file(window_scores: np.ndarray, file_index: np.ndarray, n_files: int) -> np.ndarray:
-    """(n_files, K): each file's ``pool_max`` over its windows (``file_index[i]``: window i's file, any order).
+    """(n_files, K): each file's maximum over its windows (``file_index[i]``: window i's file, any order).
 
     A file without a window (it could not be decoded) gets a row of NaN.
     """

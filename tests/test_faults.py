@@ -30,6 +30,7 @@ from conftest import free_port, sine
 from das_core import storage
 from das_core.audio import DECODER_CRASH
 from das_core.cache import DriftCache
+from das_core.manifest import RunManifest
 from das_core.results import OutputStore
 from jobs.label import LabelConfig, main, run
 
@@ -164,7 +165,7 @@ def test_decode_worker_killed_while_decoding(reference, archive, cache_uri, tiny
                                                  **RUN)))
     assert len(killer.killed) == 1, "no decode task was caught running"
     assert_same_rows(out, reference)
-    assert OutputStore(out).read_manifest()["counts"]["files"] == len(CLIPS)
+    assert RunManifest.read(out).to_dict()["counts"]["files"] == len(CLIPS)
 
 
 def test_encoder_actor_killed_mid_run(reference, archive, cache_uri, tiny_ckpt, tmp_path):
@@ -178,7 +179,7 @@ def test_encoder_actor_killed_mid_run(reference, archive, cache_uri, tiny_ckpt, 
                                                  **RUN)))
     assert len(killer.killed) == 1, "the encoder actor was not caught running"
     assert_same_rows(out, reference)
-    assert OutputStore(out).read_manifest()["counts"]["files"] == len(CLIPS)
+    assert RunManifest.read(out).to_dict()["counts"]["files"] == len(CLIPS)
 
 
 # ------------------------------------------------------------------ a file that kills the decoder

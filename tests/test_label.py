@@ -16,6 +16,7 @@ from das_core.audio import SAMPLE_RATE, window_count
 from das_core.cache import CacheMismatchError, DriftCache
 from das_core.errors import Refused as UsageError
 from das_core.errors import RunFailed as JobFailed
+from das_core.manifest import RunManifest
 from das_core.results import OutputStore
 from jobs.label import LabelConfig, main, run
 
@@ -191,8 +192,8 @@ def _as_if_killed(out: str, units: list[str]) -> None:
     store = OutputStore(out)
     for unit in units:
         store.remove_part(FILES_DIR, part_name(unit, "end"))
-    manifest = store.read_manifest()
-    store.write_manifest({**manifest, "status": "running"})
+    manifest = RunManifest.read(out).to_dict()
+    RunManifest.from_dict({**manifest, "status": "running"}).write(out)
 
 
 def test_resume_after_interruption_gives_exactly_the_uninterrupted_rows(first_run, s3_archive, cache_uri,
@@ -219,7 +220,7 @@ def test_resume_after_interruption_gives_exactly_the_uninterrupted_rows(first_ru
     assert manifest["counts"] == ref_manifest["counts"]
     # resuming a finished run does nothing and leaves it as it was
     again = run(config(s3_archive, cache_uri, tiny_ckpt, out + "/", resume=True))
-    assert again == manifest == OutputStore(out).read_manifest()
+    assert again == manifest == RunManifest.read(out).to_dict()
 
 
 def test_resume_with_other_settings_is_refused(first_run, s3_archive, cache_uri, tiny_ckpt):
@@ -304,7 +305,7 @@ def test_error_budget_fails_the_job_but_keeps_rows(s3_archive, cache_uri, tiny_c
         run(config(s3_archive + "/bad", cache_uri, tiny_ckpt, out, max_error_fraction=0.5))
     files = read(out, "files")
     assert len(files) >= 3 and (files.status == "error").all()
-    assert OutputStore(out).read_manifest()["status"] == "failed"
+    assert RunManifest.read(out).to_dict()["status"] == "failed"
 
 
 def test_cli_refuses_bad_arguments(capsys, tiny_ckpt, cache_uri, tmp_path):

@@ -9,7 +9,7 @@ from conftest import sine, write_audio
 
 from das_core.errors import RunFailed
 from das_core.labelrun import LabelConfig, LabelRun, UnitTracker, plan_run
-from das_core.results import OutputStore
+from das_core.manifest import RunManifest
 from das_core.units import read_work_manifest
 
 
@@ -46,7 +46,7 @@ def test_run_counts_chunks_commits_whole_units_and_stops_at_the_error_budget(arc
                     max_error_fraction=0.25, report=False)
     run = LabelRun(plan_run(c))
     assert run.start()
-    assert len(read_work_manifest(out)) == 2 and OutputStore(out).read_manifest()["status"] == "running"
+    assert len(read_work_manifest(out)) == 2 and RunManifest.read(out).to_dict()["status"] == "running"
     assert run.observe(stats("u00000000", 1, last=True, ok=1, windows=1)) is None       # chunk 0 still out
     assert run.observe(stats("u00000000", 0, last=False, ok=1, windows=1)) == ("u00000000", [])
     assert run.observe(stats("u00000000", 0, last=False, ok=1, windows=1)) is None      # a retried chunk
@@ -56,7 +56,7 @@ def test_run_counts_chunks_commits_whole_units_and_stops_at_the_error_budget(arc
     run.check_whole()                                              # stopped early: open units are allowed
     manifest = run.finish()
     assert manifest["status"] == "failed" and manifest["counts"]["error"] == 2
-    assert isinstance(run.failure, RunFailed) and OutputStore(out).read_manifest()["status"] == "failed"
+    assert isinstance(run.failure, RunFailed) and RunManifest.read(out).to_dict()["status"] == "failed"
 
 
 def test_pipeline_that_leaves_a_unit_open_is_an_error(archive, small_cache, tiny_ckpt, tmp_path):

@@ -3,7 +3,7 @@ import pytest
 from test_cache import TableEncoder, unit_rows
 
 from das_core.cache import DriftCache
-from das_core.scoring import ARGMAX_TOP_K, label_files, label_windows, max_by_file, pool_max, segment_max, top_k
+from das_core.scoring import ARGMAX_TOP_K, label_files, label_windows, max_by_file, segment_max, top_k
 
 
 def test_top_k_orders_and_breaks_ties_by_index():
@@ -31,10 +31,6 @@ def test_segment_max_equals_reduceat_for_short_and_long_runs():
     x = np.random.default_rng(4).standard_normal((300, 7)).astype(np.float32)
     for starts in (np.arange(0, 300, 10), np.arange(300), np.array([0, 1, 299])):
         assert np.array_equal(segment_max(x, starts), np.maximum.reduceat(x, starts, axis=0))
-
-
-def test_pool_max():
-    assert pool_max(np.array([[1, 5], [3, 2]])).tolist() == [3, 5]
 
 
 def test_max_by_file_takes_the_max_over_each_files_windows():
