@@ -15,7 +15,6 @@ never change, so their part names and rows stay valid.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import errno
 import json
@@ -353,10 +352,6 @@ def _skipped(p: LabelPlan, counts: dict) -> dict:
 def new_run_entry(p: LabelPlan) -> dict:
     return {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "units_to_do": len(p.todo),
             "files_to_do": p.todo_files}
-
-
-def replace(c: LabelConfig, **changes) -> LabelConfig:
-    return dataclasses.replace(c, **changes)
 
 
 def print_dry_run(p: LabelPlan) -> dict:
