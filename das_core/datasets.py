@@ -39,7 +39,7 @@ import numpy as np
 
 from das_core import storage
 from das_core.errors import Refused
-from das_core.inputs import DEFAULT_EXTENSIONS
+from das_core.inputs import AUDIO_EXTENSIONS
 
 log = logging.getLogger("das.datasets")
 
@@ -320,7 +320,7 @@ def read_dataset(name: str, root: str, check_audio: bool = True) -> Dataset:
     return READERS[name](root, check_audio=check_audio)
 
 
-def read_noise(root: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> NoiseSet:
+def read_noise(root: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> NoiseSet:
     """TAU Urban Acoustic Scenes 2019 when ``root`` holds ``meta.csv``, else every audio file under ``root``."""
     root = _root(root)
     if not storage.exists(root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -12,13 +13,19 @@ import pyarrow.compute as pc
 
 from das_core import storage
 from das_core.errors import Refused
+from das_core.manifest import MANIFEST
 
-DEFAULT_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
                       ".snd", ".caf", ".w64", ".rf64",
                       # MPEG layer II (libsndfile) and what FFmpeg decodes (das_core.audio.FFMPEG_EXTENSIONS)
                       ".m4a", ".m4b", ".m4r", ".mp4", ".aac", ".mov", ".3gp", ".3g2", ".webm", ".mka", ".mkv",
                       ".wma", ".asf", ".amr", ".ac3", ".eac3", ".mp2", ".mpa", ".dts", ".ape", ".wv", ".tta")
+SHARD_EXTENSIONS = (".tar", ".parquet")
+# What a folder listing picks up by default: plain audio and shards. An explicit --extensions is the whole list:
+# `--extensions wav` picks up .wav files only, never a .tar or .parquet that happens to lie there.
+DEFAULT_EXTENSIONS = AUDIO_EXTENSIONS + SHARD_EXTENSIONS
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
+DAS_OUTPUT = "das output"           # the skip reason of files under a das label/rescore output folder
 
 
 class InputError(Refused):
@@ -41,10 +48,16 @@ def normalise_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple
 
 
 def normalise_uri(uri: str) -> str:
-    """One spelling per location (``archive/``, ``./archive`` and its absolute path are the same input)."""
-    if storage.is_s3(uri):
-        return uri.rstrip("/")
-    return os.path.abspath(os.path.expanduser(uri))
+    """One spelling per location (``archive/``, ``./archive`` and its absolute path are the same input):
+    ``storage.absolute``."""
+    return storage.absolute(uri)
+
+
+def member_extensions(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """The extensions of audio members inside tar shards: the audio ones among ``extensions`` (a shard's
+    members are never shards), or every audio extension when ``extensions`` names shard kinds only."""
+    audio = tuple(e for e in extensions if e.lower() not in SHARD_EXTENSIONS)
+    return audio or AUDIO_EXTENSIONS
 
 
 @dataclass
@@ -106,16 +119,18 @@ def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS)
     """The files to label as a table (``file_id``, ``path``, ``size``; sorted by path), and what was skipped.
 
     A folder or prefix is listed recursively; names with a part starting with
-    ``.`` or ``_`` and names without one of ``extensions`` are skipped (and
+    ``.`` or ``_``, names without one of ``extensions`` (``.tar`` and ``.parquet``
+    shards included: they are picked up only when listed) and everything under a
+    folder holding a das label/rescore ``_manifest.json`` are skipped (and
     counted). The id is the path relative to the folder. A ``.csv``/``.parquet``
     file is a manifest with a ``path`` column (relative paths are taken from the
     manifest's folder) and an optional unique ``id`` column; sizes are then
     unknown. A single audio file is a one-file input.
     """
     skipped = Skipped()
+    uri = normalise_uri(uri)
     if uri.lower().endswith(MANIFEST_EXTENSIONS) and not (uri.lower().endswith(".parquet") and _is_audio_parquet(uri)):
         return _read_manifest(uri), skipped
-    uri = normalise_uri(uri)
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         raise InputError(f"input {uri} does not exist")
@@ -125,13 +140,20 @@ def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS)
                          "shard": [shard_kind(path)]}, schema=INPUT_SCHEMA), skipped
     root = path.rstrip("/")
     wanted = tuple(e.lower() for e in extensions)
+    entries = fs.find(root, detail=True)
+    outputs = _das_outputs(fs, entries, root)
+    if "" in outputs:
+        raise InputError(f"input {uri} is the output of a das run (it holds das's {MANIFEST}), not an archive; "
+                         "give the folder of the audio files to label")
     ids, paths, sizes, shards = [], [], [], []
-    for entry, info in sorted(fs.find(root, detail=True).items()):
+    for entry, info in sorted(entries.items()):
         rel = entry[len(root):].lstrip("/")
         full = storage.to_uri(fs, entry, uri)
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
+        if any(rel.startswith(folder + "/") for folder in outputs):
+            skipped.add(DAS_OUTPUT, full)       # das never reads its own parts back as input
+        elif any(part.startswith((".", "_")) for part in rel.split("/")):
             skipped.add("hidden", full)
-        elif not rel.lower().endswith(wanted) and not shard_kind(rel):
+        elif not rel.lower().endswith(wanted):
             skipped.add("extension", full)
         else:
             ids.append(rel)
@@ -144,8 +166,26 @@ def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS)
     return pa.table({"file_id": ids, "path": paths, "size": sizes, "shard": shards}, schema=INPUT_SCHEMA), skipped
 
 
-def list_inputs(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> list[InputFile]:
-    """``list_input_table`` as ``InputFile`` objects (for short lists: noise recordings, datasets)."""
+def _das_outputs(fs, entries: dict, root: str) -> list[str]:
+    """The folders under ``root`` (relative; ``""`` for ``root`` itself) that hold the ``_manifest.json`` of a
+    das label or rescore run: das output, whatever its extensions, is never an input."""
+    found = []
+    for entry in entries:
+        rel = entry[len(root):].lstrip("/")
+        if posixpath.basename(rel) != MANIFEST:
+            continue
+        try:
+            data = json.loads(fs.cat_file(entry))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("job") in ("label", "rescore"):
+            found.append(posixpath.dirname(rel))
+    return found
+
+
+def list_inputs(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[InputFile]:
+    """``list_input_table`` as ``InputFile`` objects (for short lists: noise recordings, datasets; plain audio
+    by default)."""
     table, _ = list_input_table(uri, extensions)
     return [InputFile(i, p) for i, p in zip(table.column("file_id").to_pylist(), table.column("path").to_pylist())]
 

@@ -115,10 +115,19 @@ class LabelConfig:
     manifest_every_s: float = 60.0
 
     def __post_init__(self):
+        # every local path made absolute once, here: a relative --out resumes, reports and rescores as an absolute one
+        self.input, self.cache, self.out = (storage.absolute(u) for u in (self.input, self.cache, self.out))
+        self.noise = storage.absolute(self.noise) if self.noise else self.noise
+        self.checkpoint = storage.absolute_if_local(self.checkpoint)
+        self.tokenizer_dir = storage.absolute(self.tokenizer_dir) if self.tokenizer_dir else self.tokenizer_dir
         self.check()
 
     def check(self) -> None:
-        """Refuse contradictory or out-of-range settings (at construction, before any I/O)."""
+        """Refuse contradictory or out-of-range settings, and an --out that overlaps what the run reads (at
+        construction, before any work)."""
+        storage.refuse_overlap(self.out, "--out", self.input, "--input")
+        if self.noise:
+            storage.refuse_overlap(self.out, "--out", self.noise, "--noise")
         if self.resume and self.overwrite:
             raise RunRefused("--resume and --overwrite exclude each other")
         if (self.snr_db is None) != (self.noise is None):

@@ -70,8 +70,9 @@ class RunManifest:
     # --------------------------------------------------------------- reading
     @classmethod
     def read(cls, folder: str) -> RunManifest | None:
-        """The manifest of the run at ``folder``; None when it has none."""
-        uri = storage.join(folder, MANIFEST)
+        """The manifest of the run at ``folder`` (a relative path is taken from the working folder); None when
+        it has none."""
+        uri = storage.join(storage.absolute(folder), MANIFEST)
         if not storage.exists(uri):
             return None
         try:
@@ -82,6 +83,7 @@ class RunManifest:
     @classmethod
     def require(cls, folder: str, needed_by: str) -> RunManifest:
         """The manifest at ``folder``, or a ManifestError that says what ``needed_by`` needs instead."""
+        folder = storage.absolute(folder)
         manifest = cls.read(folder)
         if manifest is None:
             raise ManifestError(f"{folder} has no {MANIFEST}: it is not the output of `das label` or a `das rescore` "
@@ -90,7 +92,7 @@ class RunManifest:
 
     def write(self, folder: str) -> None:
         text = json.dumps(self.to_dict(), indent=2, default=str) + "\n"
-        storage.write_bytes_atomic(storage.join(folder, MANIFEST), text.encode())
+        storage.write_bytes_atomic(storage.join(storage.absolute(folder), MANIFEST), text.encode())
 
     # ------------------------------------------------------------- accessors
     @property

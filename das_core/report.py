@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,11 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from das_core import storage
+from das_core.errors import Refused
 from das_core.manifest import RunManifest
 from das_core.results import ERROR, FILES_DIR, OK, SEGMENTS_DIR, OutputStore
 
 REPORT_DIR = "report"
 REPORT_MD = "report.md"
+REPORT_RECORD = "_report.json"      # the files the last report wrote: the only ones a report or --overwrite removes
 TOP_LABELS = 20            # bars per label chart; the rest is one "other" bar
 TOP_CHANGES = 15
 HIST_LABELS = 6            # score histograms: the most frequent top labels
@@ -383,6 +386,7 @@ def _timelines_md(store: OutputStore, t: Tally, figures: dict) -> list[str]:
 
 def build_report(uri: str) -> tuple[str, dict[str, bytes]]:
     """The Markdown text and the PNG figures (name -> bytes) of the output at ``uri``."""
+    uri = storage.absolute(uri)
     store = OutputStore(uri)
     manifest = RunManifest.read(uri) or {}
     t = tally(store)
@@ -409,15 +413,73 @@ def build_report(uri: str) -> tuple[str, dict[str, bytes]]:
     return "\n".join(lines), figures
 
 
+class ReportRefused(Refused):
+    """The report would replace a file in OUT/report/ that das did not write."""
+
+
+def _is_report_name(name: object) -> bool:
+    """A name das report writes: a plain ``.md`` or ``.png`` file name (a record can never name anything else)."""
+    return (isinstance(name, str) and "/" not in name and "\\" not in name and not name.startswith(".")
+            and name.endswith((".md", ".png")))
+
+
+def recorded_report_files(uri: str) -> list[str]:
+    """The files of ``uri``'s report folder that das's record (``report/_report.json``) names as its own."""
+    record = storage.join(uri, REPORT_DIR, REPORT_RECORD)
+    if not storage.exists(record):
+        return []
+    try:
+        data = json.loads(storage.read_bytes(record))
+    except ValueError:
+        return []
+    names = data.get("files") if isinstance(data, dict) else None
+    return sorted(n for n in (names if isinstance(names, list) else []) if _is_report_name(n))
+
+
+def _write_record(uri: str, names: set[str]) -> None:
+    text = json.dumps({"written_by": "das report", "files": sorted(names)}, indent=2) + "\n"
+    storage.write_bytes_atomic(storage.join(uri, REPORT_DIR, REPORT_RECORD), text.encode())
+
+
+def remove_report(uri: str) -> int:
+    """Delete the files the last report recorded, and the record (``--overwrite``); how many were deleted.
+    Anything else in the report folder stays, and the folder with it."""
+    names = recorded_report_files(uri)
+    for name in names:
+        storage.remove(storage.join(uri, REPORT_DIR, name))
+    record = storage.join(uri, REPORT_DIR, REPORT_RECORD)
+    had_record = storage.exists(record)
+    if had_record:
+        storage.remove(record)
+    storage.remove_empty_folder(storage.join(uri, REPORT_DIR))
+    return len(names) + int(had_record)
+
+
 def write_report(uri: str) -> str:
-    """Write ``uri/report/report.md`` and its figures (local or s3://); returns the report's URI."""
+    """Write ``uri/report/report.md`` and its figures (local or s3://); returns the report's URI.
+
+    Only das's own files are replaced or removed: those of the previous report, named by its record
+    (``report/_report.json``). A file of the same name that is not on the record is refused
+    (``ReportRefused``), and any other file in the folder is left as it is.
+    """
+    uri = storage.absolute(uri)
     text, figures = build_report(uri)
-    storage.remove(storage.join(uri, REPORT_DIR), recursive=True)      # no figure of an earlier report survives
-    for name, data in figures.items():
+    new = {**figures, REPORT_MD: text.encode()}
+    old = recorded_report_files(uri)
+    foreign = [n for n in sorted(new) if n not in old and storage.exists(storage.join(uri, REPORT_DIR, n))]
+    if foreign:
+        folder = storage.join(uri, REPORT_DIR)
+        raise ReportRefused(f"cannot write the report in {folder} ({foreign[0]} is there and das did not write "
+                            f"it: {REPORT_RECORD} does not name it); move that file elsewhere and run "
+                            f"`das report {uri}` again")
+    _write_record(uri, set(old) | set(new))       # first: whatever happens next, every das file is on record
+    for name, data in new.items():
         storage.write_bytes_atomic(storage.join(uri, REPORT_DIR, name), data)
-    target = storage.join(uri, REPORT_DIR, REPORT_MD)
-    storage.write_bytes_atomic(target, text.encode())
-    return target
+    for name in old:
+        if name not in new:                       # a figure of the earlier report that this one has not
+            storage.remove(storage.join(uri, REPORT_DIR, name))
+    _write_record(uri, set(new))
+    return storage.join(uri, REPORT_DIR, REPORT_MD)
 
 
 def report_after_run(out: str) -> None:

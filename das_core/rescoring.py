@@ -114,6 +114,9 @@ class RescoreConfig:
     report: bool = True                  # write the run's report/ at the end (das report)
 
     def __post_init__(self) -> None:
+        for name in ("embeddings", "cache", "out"):        # local paths made absolute once, here
+            object.__setattr__(self, name, storage.absolute(getattr(self, name)))
+        storage.refuse_overlap(self.out, "--out", self.embeddings, "--embeddings")
         if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"--run-id {self.run_id!r} is not a valid run name: use up to 128 letters, digits, "
                               f"'.', '_' or '-', starting with a letter or digit")

@@ -327,7 +327,8 @@ class StoreListing:
         return self.units(folder).get(unit, [])
 
     def has_parts(self) -> bool:
-        return any(self.names.values())
+        """Whether any das part is here (other files, e.g. a user's, do not count)."""
+        return any(parse_part_name(n) for names in self.names.values() for n in names)
 
     def legacy_parts(self) -> list[str]:
         """Parquet parts that do not follow the unit naming (das 0.1 output)."""
@@ -338,7 +339,7 @@ class OutputStore:
     """Reads and writes parts under one output URI (see the module docstring)."""
 
     def __init__(self, uri: str):
-        self.uri = uri.rstrip("/") if not uri.endswith("://") else uri
+        self.uri = storage.absolute(uri)       # listed names are absolute: so must the root they are cut from be
 
     def path(self, *parts: str) -> str:
         return storage.join(self.uri, *parts)
@@ -356,10 +357,32 @@ class OutputStore:
     def has_output(self) -> bool:
         return self.listing().has_parts() or storage.exists(self.path(MANIFEST))
 
-    def remove_all(self) -> None:
-        for sub in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR, "_work", "report"):      # report/: das report's
-            storage.remove(self.path(sub), recursive=True)
-        storage.remove(self.path(MANIFEST))
+    def remove_all(self) -> int:
+        """Delete what das wrote here and nothing else (``--overwrite``); how many files were deleted.
+
+        das's own files are named by das's records and patterns: the parts (``part-<unit>-<tag>.parquet``)
+        in segments/, files/ and pieces/ and the temporary files of its writers there, the work manifest, the
+        report files the last report recorded (``das_core.report``) and ``_manifest.json``. Anything else, a
+        user's file under the same folders included, stays; a folder goes only if that leaves it empty.
+        """
+        from das_core.report import remove_report
+        from das_core.units import WORK_DIR, WORK_MANIFEST
+
+        removed = 0
+        for folder, names in self.listing().names.items():
+            for name in sorted(names):
+                if parse_part_name(name):
+                    storage.remove(self.path(folder, name))
+                    removed += 1
+            removed += storage.remove_temporaries(self.path(folder))
+        removed += remove_report(self.uri)
+        for own in (self.path(WORK_DIR, WORK_MANIFEST), self.path(MANIFEST)):
+            if storage.exists(own):
+                storage.remove(own)
+                removed += 1
+        for folder in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR, WORK_DIR):
+            storage.remove_empty_folder(self.path(folder))
+        return removed
 
     def remove_units(self, units: set[str], listing: StoreListing) -> int:
         """Delete every part of ``units`` (an interrupted unit is redone whole); how many were deleted."""

@@ -256,6 +256,7 @@ class SearchConfig:
     device: str = setting("cpu", help="where queries are encoded: cpu or cuda[:N]")
 
     def __post_init__(self) -> None:
+        self._absolute_paths()
         if not self.texts and not self.like:
             raise ConfigError("no query: give --text QUERY, --text-file FILE or --like AUDIO")
         if any(not t.strip() for t in self.texts):
@@ -272,6 +273,24 @@ class SearchConfig:
             raise ConfigError("--noise-phrases: the file holds no phrase, and --lam needs at least one")
         if self.lam > 0 and not self.texts:
             log.warning("--lam applies to text queries only; --like queries are ranked by plain cosine")
+
+
+    def _absolute_paths(self) -> None:
+        """Every local path made absolute once, here; ``--out`` inside ``--embeddings`` refused (it could replace
+        one of das's parts there)."""
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        put("embeddings", storage.absolute(self.embeddings))
+        put("like", [storage.absolute(u) for u in self.like])
+        put("checkpoint", storage.absolute_if_local(self.checkpoint))
+        if self.out:
+            put("out", storage.absolute(self.out))
+            if storage.overlap(self.out, self.embeddings) in ("inside", "the same location as"):
+                raise ConfigError(f"--out {self.out} is inside --embeddings {self.embeddings} (the matches could "
+                                  f"replace das's own files there); write them outside {self.embeddings}")
+        if self.tokenizer_dir:
+            put("tokenizer_dir", storage.absolute(self.tokenizer_dir))
 
 
 def check_embeddings(c: SearchConfig) -> RunManifest:

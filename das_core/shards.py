@@ -9,7 +9,7 @@ column's value, by default ``<shard id>#<row>`` (Parquet).
   reader (ranged reads on S3: a shard is never downloaded whole). The members
   of one sample share a key (the member name up to the first dot of its base
   name) and follow each other; audio members are those whose extension is one
-  of the run's extensions, others (``.json``, ``.txt``, ``.cls``) are skipped
+  of the run's audio extensions (``inputs.member_extensions``), others (``.json``, ``.txt``, ``.cls``) are skipped
   and counted, and a sample's ``.json`` can be carried into the output
   (``keep_metadata``).
 * **Parquet** (the Hugging Face ``datasets`` Audio layout, a column of struct
@@ -76,7 +76,9 @@ def _bytes_reader(data: bytes) -> Callable[[], AbstractContextManager[IO[bytes]]
 def tar_members(shard_id: str, uri: str, extensions: tuple[str, ...], keep_metadata: bool,
                 skips: Skips) -> Iterator[Member]:
     """The audio members of a tar shard, in order, sample by sample."""
-    wanted = tuple(e.lower() for e in extensions)
+    from das_core.inputs import member_extensions
+
+    wanted = tuple(e.lower() for e in member_extensions(extensions))
     with storage.open_input(uri) as raw:
         try:
             tar = tarfile.open(fileobj=raw, mode="r:")

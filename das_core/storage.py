@@ -70,6 +70,59 @@ def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEMES)
 
 
+def absolute(uri: str) -> str:
+    """The one spelling of a location, made once where a command or reader takes it.
+
+    A local path is made absolute (``~`` expanded, ``.``/``..`` and trailing slashes gone), so that
+    ``archive/``, ``./archive`` and ``/home/me/archive`` are one location, and a run made from one working
+    folder is found from any other. An ``s3://`` URI keeps its spelling less trailing slashes.
+    """
+    if is_s3(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{rest.rstrip('/')}" if rest.strip("/") else uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def absolute_if_local(name: str) -> str:
+    """``absolute(name)`` when ``name`` is a local file or folder that exists, else ``name`` unchanged: for
+    options that also take other names (a published checkpoint name, a Hugging Face hub id)."""
+    if not is_s3(name) and os.path.exists(os.path.expanduser(name)):
+        return absolute(name)
+    return name
+
+
+def _components(uri: str) -> tuple[str, ...]:
+    """A location as comparable path components: S3 ``("s3", bucket, key parts...)`` (``s3a`` is ``s3``);
+    local: the real path (symlinks resolved), split."""
+    if is_s3(uri):
+        return ("s3", *[p for p in uri.split("://", 1)[1].split("/") if p])
+    return ("file", *[p for p in os.path.realpath(absolute(uri)).split(os.sep) if p])
+
+
+def overlap(inner: str, outer: str) -> str | None:
+    """How location ``inner`` meets location ``outer``: ``"the same location as"``, ``"inside"``, ``"contains"``,
+    or None when neither holds the other. Compared by path components (``out2`` is not inside ``out``),
+    local paths with symlinks resolved, S3 prefixes within one bucket."""
+    a, b = _components(inner), _components(outer)
+    if a == b:
+        return "the same location as"
+    if a[:len(b)] == b:
+        return "inside"
+    if b[:len(a)] == a:
+        return "contains"
+    return None
+
+
+def refuse_overlap(out: str, out_option: str, source: str, source_option: str) -> None:
+    """Refuse, before any work, an output location that is, holds or lies inside a location das reads
+    (``Refused``): das would read its own output back, and mix its files with the ones it reads."""
+    how = overlap(out, source)
+    if how is None:
+        return
+    raise Refused(f"{out_option} {out} is {how} {source_option} {source} (das would mix its output with the "
+                  f"files it reads); choose an {out_option} that neither lies inside {source} nor contains it")
+
+
 def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
@@ -261,7 +314,7 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def to_uri(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
     """Turn a path returned by ``fs`` back into a URI of the same kind as ``like``."""
     if is_s3(like):
-        return "s3://" + path.lstrip("/")
+        return like.split("://", 1)[0] + "://" + path.lstrip("/")
     return path
 
 
@@ -383,12 +436,25 @@ def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]
     return sorted(found)
 
 
-def remove(uri: str, recursive: bool = False) -> None:
+def remove(uri: str) -> None:
+    """Delete one file or object, if it exists. There is deliberately no recursive form: das deletes only
+    files it names as its own, one by one, and never a folder with whatever else it holds."""
     fs, path = filesystem(uri)
     with _named_errors(uri, "cannot remove"):
-        if fs.exists(path):
-            fs.rm(path, recursive=recursive)
+        if fs.isfile(path):
+            fs.rm_file(path)
     invalidate(uri)
+
+
+def remove_empty_folder(uri: str) -> bool:
+    """Remove the local folder ``uri`` if it is empty (S3 has no folders to remove); whether it was removed."""
+    if is_s3(uri):
+        return False
+    try:
+        os.rmdir(absolute(uri))
+    except OSError:                 # missing, not empty, or not a folder: left as it is
+        return False
+    return True
 
 
 def _check_writable_parent(path: str, uri: str, option: str) -> None:

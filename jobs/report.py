@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from das_core import storage
 from das_core.manifest import RunManifest
 from das_core.report import write_report
 from jobs.common import add_common_options, job_main
@@ -24,6 +25,7 @@ def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
 
 def run(out: str) -> str:
     """Write the report of ``out``; returns the URI of report.md."""
+    out = storage.absolute(out)
     RunManifest.require(out, "das report; for rescore output, give OUT/run_id=ID")
     target = write_report(out)
     print(f"das report: written to {target}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pyarrow as pa
@@ -9,8 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from das_core.inputs import (
+    AUDIO_EXTENSIONS,
+    DAS_OUTPUT,
+    DEFAULT_EXTENSIONS,
+    SHARD_EXTENSIONS,
     InputError,
     list_input_table,
+    member_extensions,
     normalise_extensions,
     normalise_uri,
     shard_kind,
@@ -38,10 +44,12 @@ def test_folder_listing_skips_hidden_and_foreign_files_and_counts_them(tmp_path)
         os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
         (tmp_path / rel).write_bytes(b"x" * 3)
     table, skipped = list_input_table(str(tmp_path), (".wav", ".flac"))
+    assert table.column("file_id").to_pylist() == ["a.wav", "sub/b.FLAC"]
+    assert table.column("size").to_pylist() == [3, 3]
+    assert skipped.as_dict()["by_reason"] == {"extension": 2, "hidden": 2}
+    table, _ = list_input_table(str(tmp_path))              # the default extensions include shards
     assert table.column("file_id").to_pylist() == ["a.wav", "shards/s-0.tar", "sub/b.FLAC"]
     assert table.column("shard").to_pylist() == [None, "tar", None]
-    assert table.column("size").to_pylist() == [3, 3, 3]
-    assert skipped.as_dict()["by_reason"] == {"extension": 1, "hidden": 2}
     with pytest.raises(InputError, match="no audio files"):
         list_input_table(str(tmp_path / "sub"), (".ogg",))
 
@@ -62,3 +70,34 @@ def test_manifest_paths_are_taken_from_its_folder_and_ids_must_be_unique(tmp_pat
     (tmp_path / "nopath.csv").write_text("file\nx.wav\n")
     with pytest.raises(InputError, match="no 'path' column"):
         list_input_table(str(tmp_path / "nopath.csv"))
+
+
+def test_extensions_keep_parquet_and_tar_shards_out_unless_listed(tmp_path):
+    for rel in ("a.wav", "hf/train-0.parquet", "wds/s-0.tar"):
+        os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    table, skipped = list_input_table(str(tmp_path), normalise_extensions("wav"))
+    assert table.column("file_id").to_pylist() == ["a.wav"]
+    assert skipped.as_dict()["by_reason"] == {"extension": 2}
+    table, _ = list_input_table(str(tmp_path), normalise_extensions("parquet"))
+    assert table.column("file_id").to_pylist() == ["hf/train-0.parquet"]
+    assert table.column("shard").to_pylist() == ["parquet"]
+    assert member_extensions(normalise_extensions("tar")) == AUDIO_EXTENSIONS      # members are never shards
+    assert member_extensions(normalise_extensions("tar,flac")) == (".flac",)
+    assert set(SHARD_EXTENSIONS) <= set(DEFAULT_EXTENSIONS)
+
+
+def test_a_das_output_under_the_input_is_skipped_and_counted(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    for run, job in (("old-labels", "label"), ("nightly/run_id=r1", "rescore"), ("not-das", None)):
+        for rel in ("segments/part-u00000000-c00000.parquet", "files/part-u00000000-end.parquet", "x.wav"):
+            os.makedirs(os.path.dirname(tmp_path / run / rel), exist_ok=True)
+            (tmp_path / run / rel).write_bytes(b"x")
+        (tmp_path / run / "_manifest.json").write_text(json.dumps({"job": job}) if job else "{}")
+    table, skipped = list_input_table(str(tmp_path))
+    assert table.column("file_id").to_pylist() == ["a.wav", "not-das/files/part-u00000000-end.parquet",
+                                                   "not-das/segments/part-u00000000-c00000.parquet",
+                                                   "not-das/x.wav"]
+    assert skipped.as_dict()["by_reason"] == {DAS_OUTPUT: 8, "hidden": 1}
+    with pytest.raises(InputError, match="is the output of a das run"):
+        list_input_table(str(tmp_path / "old-labels"))

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 from das_core.results import (
     END_TAG,
     FILES_DIR,
+    FILES_SCHEMA,
+    PIECES_DIR,
     SEGMENTS_DIR,
     OutputStore,
     count_outcomes,
@@ -64,3 +66,37 @@ def test_outcome_counts():
                       "n_segments": [3, 0, 2, 0]})
     assert count_outcomes(files) == {"files": 4, "ok": 2, "error": 2, "segments": 5,
                                      "errors_by_kind": {"corrupt": 1, "empty": 1}}
+
+
+def test_a_relative_store_sees_the_same_parts_as_an_absolute_one(tmp_path, monkeypatch):
+    store = OutputStore(str(tmp_path / "out"))
+    store.write_part(FILES_DIR, part_name("u00000000", END_TAG), FILES_SCHEMA.empty_table())
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("out", "out/", "./out"):
+        relative = OutputStore(spelling)
+        assert relative.uri == store.uri
+        assert relative.listing().committed_units() == ["u00000000"]
+
+
+def test_remove_all_takes_only_what_das_wrote(tmp_path):
+    store = OutputStore(str(tmp_path))
+    user = {"segments/seg1.wav": b"RIFF", "files/interview.oga": b"OggS", "files/notes.parquet": b"PAR1",
+            "_work/notes.txt": b"notes", "report/field_report.mp3": b"ID3", "report/report.md": b"mine",
+            "notes.txt": b"more"}
+    for rel, data in user.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    assert not store.has_output()                        # a user's files are not das output
+    empty = pa.table({"x": [1]})
+    for folder, tag in ((SEGMENTS_DIR, 0), (FILES_DIR, 0), (FILES_DIR, END_TAG), (PIECES_DIR, 0)):
+        store.write_part(folder, part_name("u00000000", tag), empty)
+    (tmp_path / "_work" / "units.parquet").write_bytes(b"das's work manifest")
+    (tmp_path / "_manifest.json").write_text('{"job": "label"}')
+    (tmp_path / "report" / "_report.json").write_text('{"files": ["a.png", "../notes.txt", "report.md"]}')
+    (tmp_path / "report" / "a.png").write_bytes(b"das's figure")
+    (tmp_path / SEGMENTS_DIR / ".tmp-abc").write_bytes(b"a killed writer's")
+    assert store.has_output()
+    assert store.remove_all() == 10    # 4 parts, a temporary, 2 recorded report files, the record, units, manifest
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert left == set(user) - {"report/report.md"}     # report.md was on das's record: das wrote it last
+    assert not (tmp_path / PIECES_DIR).exists()          # emptied, so removed; the others still hold user files

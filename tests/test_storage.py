@@ -251,3 +251,40 @@ def test_transient_errors_are_retried(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_locations_are_spelled_once_and_compared_by_components(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("out/") == storage.absolute("./out") == str(tmp_path / "out")
+    assert storage.absolute("~/x") == os.path.join(os.path.expanduser("~"), "x")
+    assert storage.absolute("s3://b/p//") == "s3://b/p" and storage.absolute("s3://b") == "s3://b"
+    assert storage.absolute_if_local("630k-audioset-best") == "630k-audioset-best"
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert storage.absolute_if_local("model.pt") == str(tmp_path / "model.pt")
+    (tmp_path / "archive").mkdir()
+    os.symlink(tmp_path / "archive", tmp_path / "link")
+    assert storage.overlap("archive", str(tmp_path / "archive/")) == "the same location as"
+    assert storage.overlap("link/out", "archive") == "inside"            # symlinks resolved
+    assert storage.overlap(".", "archive") == "contains"
+    assert storage.overlap("archive2", "archive") is None                # components, not a string prefix
+    assert storage.overlap("s3://b/archive/out", "s3://b/archive/") == "inside"
+    assert storage.overlap("s3a://b/archive", "s3://b/archive") == "the same location as"
+    assert storage.overlap("s3://b/archive2", "s3://b/archive") is None
+    assert storage.overlap("s3://c/archive", "s3://b/archive") is None
+    assert storage.overlap("s3://b", "s3://b/archive") == "contains"
+    assert storage.overlap(str(tmp_path / "b" / "archive"), "s3://b/archive") is None
+    with pytest.raises(storage.Refused, match="--out archive/out is inside --input archive"):
+        storage.refuse_overlap("archive/out", "--out", "archive", "--input")
+    storage.refuse_overlap("out", "--out", "archive", "--input")
+
+
+def test_remove_takes_one_file_and_only_empty_folders_go(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x")
+    storage.remove(str(tmp_path / "d"))                  # a folder is never removed with what it holds
+    assert (tmp_path / "d" / "f").exists()
+    assert not storage.remove_empty_folder(str(tmp_path / "d"))
+    storage.remove(str(tmp_path / "d" / "f"))
+    assert storage.remove_empty_folder(str(tmp_path / "d")) and not (tmp_path / "d").exists()
+    import inspect
+    assert "recursive" not in inspect.signature(storage.remove).parameters

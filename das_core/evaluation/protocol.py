@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from das_core import storage
 from das_core.baselines import DEFAULT_TAU
 from das_core.cache import DEFAULT_LAM
 from das_core.datasets import (
@@ -213,6 +214,14 @@ class EvaluateConfig:
                                         "than this share of clips (or noise recordings) cannot be decoded")
 
     def __post_init__(self):
+        for name in ("root", "noise_root", "out"):              # local paths made absolute once, here
+            object.__setattr__(self, name, storage.absolute(getattr(self, name)))
+        object.__setattr__(self, "checkpoint", storage.absolute_if_local(self.checkpoint))
+        for name in ("noise_phrases", "tokenizer_dir"):
+            if getattr(self, name):
+                object.__setattr__(self, name, storage.absolute(getattr(self, name)))
+        storage.refuse_overlap(self.out, "--out", self.root, "--root")
+        storage.refuse_overlap(self.out, "--out", self.noise_root, "--noise-root")
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset {self.dataset!r}: expected one of {', '.join(DATASETS)}")
         if not self.conditions or len(set(self.conditions)) != len(self.conditions):
