@@ -78,3 +78,22 @@ def test_unit_tracker_ignores_repeated_chunks():
     assert t.add(stats(2, last=True)) is None
     assert t.add(stats(1, pieces=True)) == ("u1", [0, 1])
     assert t.is_repeat(stats(1)) and t.add(stats(2, last=True)) is None and t.open_units == 0
+
+
+@pytest.mark.parametrize("inp, out, how", [
+    ("s3://b/archive/", "s3://b/archive", "the same location as"),
+    ("s3://b/archive", "s3://b/archive/labels/", "inside"),
+    ("s3://b/archive/2024", "s3://b/archive", "contains"),
+    ("archive", "archive/../archive/labels", "inside"),
+])
+def test_an_out_that_overlaps_the_input_is_refused_at_construction(inp, out, how, tmp_path, monkeypatch):
+    from das_core.errors import Refused
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Refused, match=f"--out .* is {how} --input"):
+        LabelConfig(input=inp, cache="c.npz", checkpoint="x.pt", out=out)
+    with pytest.raises(Refused, match="is inside --noise"):
+        LabelConfig(input="in", cache="c.npz", checkpoint="x.pt", out="noise/out", snr_db=0, noise="noise/")
+    ok = LabelConfig(input="s3://b/archive", cache="c.npz", checkpoint="630k-audioset-best", out="s3://b/archive2")
+    assert ok.out == "s3://b/archive2" and ok.cache == str(tmp_path / "c.npz")
+    assert ok.checkpoint == "630k-audioset-best"                 # a published name is not a path

@@ -13,7 +13,18 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BROKEN_WAV
 
-from das_core.report import REPORT_DIR, REPORT_MD, report_after_run, tally, top_with_other
+from das_core.manifest import RunManifest
+from das_core.report import (
+    REPORT_DIR,
+    REPORT_MD,
+    REPORT_RECORD,
+    ReportRefused,
+    remove_report,
+    report_after_run,
+    tally,
+    top_with_other,
+    write_report,
+)
 from das_core.results import OutputStore
 from jobs.report import main
 from jobs.rescore import RescoreConfig
@@ -96,9 +107,12 @@ def test_report_counts_equal_the_parquet(labelled):
 
 
 def test_cli_rewrites_the_report_and_refuses_a_non_output(labelled, tmp_path, capsys):
-    os.remove(os.path.join(labelled, REPORT_DIR, "scores.png"))
-    stale = os.path.join(labelled, REPORT_DIR, "timeline_9.png")          # from an earlier, larger report
+    folder = os.path.join(labelled, REPORT_DIR)
+    os.remove(os.path.join(folder, "scores.png"))
+    stale = os.path.join(folder, "timeline_9.png")          # from an earlier, larger report: on das's record
     open(stale, "wb").write(PNG_MAGIC)
+    record = json.load(open(os.path.join(folder, REPORT_RECORD)))
+    json.dump({**record, "files": record["files"] + ["timeline_9.png"]}, open(os.path.join(folder, REPORT_RECORD), "w"))
     assert main([labelled]) == 0
     assert os.path.exists(os.path.join(labelled, REPORT_DIR, "scores.png")) and not os.path.exists(stale)
     assert "das report: written to" in capsys.readouterr().out
@@ -145,3 +159,25 @@ def test_no_report_flags_reach_the_configs():
     base = ["--embeddings", "e", "--cache", "c.npz", "--out", "out"]
     assert rescore_config(rescore_parser().parse_args(base)).report is True
     assert rescore_config(rescore_parser().parse_args([*base, "--no-report"])).report is False
+
+
+def test_the_report_replaces_only_the_files_it_recorded(tmp_path, monkeypatch):
+    RunManifest(job="label", status="complete").write(str(tmp_path / "out"))
+    folder = tmp_path / "out" / REPORT_DIR
+    folder.mkdir()
+    (folder / "field_report.mp3").write_bytes(b"ID3 the user's")
+    monkeypatch.chdir(tmp_path)
+    target = write_report("out")                                    # relative: made absolute
+    assert target == str(folder / REPORT_MD)
+    record = json.load(open(folder / REPORT_RECORD))
+    assert record["files"] == [REPORT_MD]                            # no window: no figure
+    (folder / "old.png").write_bytes(PNG_MAGIC)                      # das's, from an earlier report
+    json.dump({"files": [REPORT_MD, "old.png"]}, open(folder / REPORT_RECORD, "w"))
+    write_report("out")
+    assert not (folder / "old.png").exists() and (folder / "field_report.mp3").read_bytes() == b"ID3 the user's"
+    os.remove(folder / REPORT_RECORD)                                # report.md is now nobody's das file
+    with pytest.raises(ReportRefused, match="report.md is there and das did not write it"):
+        write_report("out")
+    json.dump({"files": [REPORT_MD]}, open(folder / REPORT_RECORD, "w"))
+    assert remove_report("out") == 2
+    assert sorted(os.listdir(folder)) == ["field_report.mp3"]
