@@ -173,6 +173,7 @@ def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 _PART = re.compile(r"^part-(u\d+)-(c\d+|end|all)\.parquet$")
+_LEGACY_PART = re.compile(r"^part-[0-9a-f]{20}\.parquet$")      # das 0.1: a sha1 prefix of the part's file ids
 
 
 def part_name(unit: str, tag: str | int) -> str:
@@ -360,8 +361,8 @@ class OutputStore:
     def remove_all(self) -> int:
         """Delete what das wrote here and nothing else (``--overwrite``); how many files were deleted.
 
-        das's own files are named by das's records and patterns: the parts (``part-<unit>-<tag>.parquet``)
-        in segments/, files/ and pieces/ and the temporary files of its writers there, the work manifest, the
+        das's own files are named by das's records and patterns: the parts (``part-<unit>-<tag>.parquet``, and
+        das 0.1's ``part-<20 hex digits>.parquet``) in segments/, files/ and pieces/ and the temporary files of its writers there, the work manifest, the
         report files the last report recorded (``das_core.report``) and ``_manifest.json``. Anything else, a
         user's file under the same folders included, stays; a folder goes only if that leaves it empty.
         """
@@ -371,7 +372,7 @@ class OutputStore:
         removed = 0
         for folder, names in self.listing().names.items():
             for name in sorted(names):
-                if parse_part_name(name):
+                if parse_part_name(name) or _LEGACY_PART.match(name):
                     storage.remove(self.path(folder, name))
                     removed += 1
             removed += storage.remove_temporaries(self.path(folder))

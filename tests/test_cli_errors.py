@@ -287,8 +287,9 @@ def test_a_timeout_elsewhere_is_not_blamed_on_s3(capsys):
 def test_evaluate_out_that_is_a_file(tmp_path):
     blocker = tmp_path / "results.txt"
     blocker.write_text("")
-    rc, out, wall = das(["evaluate", "--dataset", "esc50", "--root", str(tmp_path), "--noise-root", str(tmp_path),
-                         "--checkpoint", "x.pt", "--out", str(blocker)], tmp_path)
+    (tmp_path / "data").mkdir()
+    rc, out, wall = das(["evaluate", "--dataset", "esc50", "--root", str(tmp_path / "data"), "--noise-root",
+                         str(tmp_path / "data"), "--checkpoint", "x.pt", "--out", str(blocker)], tmp_path)
     assert rc == 2
     assert_one_line(out, "das evaluate", "results.txt is a file (a folder is expected)")
     assert wall < 30
@@ -307,8 +308,9 @@ def test_output_folder_checks(tmp_path):
 
 # ----------------------------------------------------------------- das label: refused before work, one line
 def test_label_empty_extensions_and_out_a_file(tmp_path):
-    (tmp_path / "a.wav").write_bytes(b"")
-    common = ["label", "--input", str(tmp_path), "--cache", "cache.npz", "--checkpoint", "x.pt"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.wav").write_bytes(b"")
+    common = ["label", "--input", str(tmp_path / "in"), "--cache", "cache.npz", "--checkpoint", "x.pt"]
     rc, out, wall = das(common + ["--out", str(tmp_path / "o"), "--extensions", ","], tmp_path)
     assert rc == 2 and wall < 30
     assert_one_line(out, "das label", "--extensions", "no audio extensions")

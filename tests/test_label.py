@@ -232,11 +232,12 @@ def test_resume_with_other_settings_is_refused(first_run, s3_archive, cache_uri,
 def test_overwrite_replaces(s3_archive, cache_uri, tiny_ckpt, tmp_path):
     out = str(tmp_path / "ow")
     os.makedirs(out + "/segments")
-    open(out + "/segments/part-stale.parquet", "wb").write(b"stale")
+    open(out + "/segments/part-0123456789abcdef0123.parquet", "wb").write(b"stale")     # a das 0.1 part
+    open(out + "/segments/part-stale.parquet", "wb").write(b"the user's")                # not das's: kept
     open(out + "/_manifest.json", "w").write("{}")
     single = s3_archive + "/short/three.flac"
     run(config(single, cache_uri, tiny_ckpt, out, overwrite=True))
-    assert sorted(os.listdir(out + "/segments")) == ["part-u00000000-c00000.parquet"]
+    assert sorted(os.listdir(out + "/segments")) == ["part-stale.parquet", "part-u00000000-c00000.parquet"]
     assert read(out, "files").file_id.tolist() == ["three.flac"]
 
 
@@ -309,7 +310,9 @@ def test_error_budget_fails_the_job_but_keeps_rows(s3_archive, cache_uri, tiny_c
 
 
 def test_cli_refuses_bad_arguments(capsys, tiny_ckpt, cache_uri, tmp_path):
-    common = ["--input", str(tmp_path), "--cache", cache_uri, "--checkpoint", tiny_ckpt, "--out", str(tmp_path / "o")]
+    (tmp_path / "in").mkdir()
+    common = ["--input", str(tmp_path / "in"), "--cache", cache_uri, "--checkpoint", tiny_ckpt, "--out",
+              str(tmp_path / "o")]
     assert main(common + ["--snr-db", "5"]) == 2
     assert "--snr-db and --noise go together" in capsys.readouterr().err
     assert main(common) == 2
