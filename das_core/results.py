@@ -362,9 +362,10 @@ class OutputStore:
         """Delete what das wrote here and nothing else (``--overwrite``); how many files were deleted.
 
         das's own files are named by das's records and patterns: the parts (``part-<unit>-<tag>.parquet``, and
-        das 0.1's ``part-<20 hex digits>.parquet``) in segments/, files/ and pieces/ and the temporary files of its writers there, the work manifest, the
-        report files the last report recorded (``das_core.report``) and ``_manifest.json``. Anything else, a
-        user's file under the same folders included, stays; a folder goes only if that leaves it empty.
+        das 0.1's ``part-<20 hex digits>.parquet``) in segments/, files/ and pieces/ and the temporary files of
+        its writers there, the work manifest, the report files the last report recorded (``das_core.report``)
+        and ``_manifest.json``. Anything else, a user's file under the same folders included, stays; a folder
+        goes only if that leaves it empty.
         """
         from das_core.report import remove_report
         from das_core.units import WORK_DIR, WORK_MANIFEST

@@ -77,6 +77,8 @@ def absolute(uri: str) -> str:
     ``archive/``, ``./archive`` and ``/home/me/archive`` are one location, and a run made from one working
     folder is found from any other. An ``s3://`` URI keeps its spelling less trailing slashes.
     """
+    if not uri.strip():
+        raise Refused("an empty path was given (a folder, file or s3:// URI is expected); give the location")
     if is_s3(uri):
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://{rest.rstrip('/')}" if rest.strip("/") else uri

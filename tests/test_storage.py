@@ -258,6 +258,8 @@ def test_locations_are_spelled_once_and_compared_by_components(tmp_path, monkeyp
     assert storage.absolute("out/") == storage.absolute("./out") == str(tmp_path / "out")
     assert storage.absolute("~/x") == os.path.join(os.path.expanduser("~"), "x")
     assert storage.absolute("s3://b/p//") == "s3://b/p" and storage.absolute("s3://b") == "s3://b"
+    with pytest.raises(storage.Refused, match="an empty path"):
+        storage.absolute(" ")                        # never silently the working folder
     assert storage.absolute_if_local("630k-audioset-best") == "630k-audioset-best"
     (tmp_path / "model.pt").write_bytes(b"x")
     assert storage.absolute_if_local("model.pt") == str(tmp_path / "model.pt")
