@@ -160,3 +160,24 @@ def test_listing_skips_das_output_and_keeps_to_the_extensions(user):
     assert only_audio.rc == 0, only_audio.out
     assert f"inputs:    {N_INPUTS} file(s)" in only_audio.out and "extension 2" in only_audio.out, only_audio.out
     assert not (user / "out").exists()
+
+
+def test_s3_prefixes_that_overlap_are_refused_by_path_components(user, s3_endpoint, bucket):
+    b = f"s3://{bucket}"
+    cases = [
+        (label_args("--out", f"{b}/archive/labels"), "das label", "is inside --input"),
+        (label_args("--out", f"{b}/archive/"), "das label", "is the same location as --input"),
+        (label_args("--out", b), "das label", "contains --input"),
+        (["rescore", "--embeddings", f"{b}/labels/", "--cache", "cache.npz", "--out", f"{b}/labels/rescored"],
+         "das rescore", "is inside --embeddings"),
+    ]
+    for args, prog, words in cases:
+        args = [f"{b}/archive" if a == "archive" else a for a in args]
+        result = das(args, user, timeout=60)
+        assert result.rc == 2, result.out
+        line = result.error_line(prog)
+        assert words in line and "choose an --out" in line, line
+    sibling = [f"{b}/archive" if a == "archive" else a for a in label_args("--out", f"{b}/archive2")]
+    result = das(sibling, user, timeout=120)                  # archive2 is not inside archive: not refused for that
+    assert result.rc == 2 and "choose an --out" not in result.out, result.out
+    assert f"input {b}/archive does not exist" in result.error_line("das label")
