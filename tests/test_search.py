@@ -308,3 +308,14 @@ def test_config_refuses_bad_settings_when_made(settings, words):
 def test_a_folder_without_a_manifest_is_refused(tmp_path, tiny_ckpt):
     with pytest.raises(Refused, match="_manifest.json"):
         check_embeddings(SearchConfig(embeddings=str(tmp_path), checkpoint=tiny_ckpt, texts=["x"]))
+
+
+def test_paths_are_made_absolute_and_matches_never_land_inside_the_output_searched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = SearchConfig(embeddings="labels/", checkpoint="630k-audioset-best", like=["q.wav"], out="hits.parquet")
+    assert (c.embeddings, c.like, c.out) == (str(tmp_path / "labels"), [str(tmp_path / "q.wav")],
+                                            str(tmp_path / "hits.parquet"))
+    assert c.checkpoint == "630k-audioset-best"
+    with pytest.raises(ConfigError, match="--out .*segments/part-u00000000-c00000.parquet is inside --embeddings"):
+        SearchConfig(embeddings="labels", checkpoint="x", texts=["a"],
+                     out="labels/segments/part-u00000000-c00000.parquet")
