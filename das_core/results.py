@@ -329,7 +329,7 @@ class StoreListing:
 
     def has_parts(self) -> bool:
         """Whether any das part is here (other files, e.g. a user's, do not count)."""
-        return any(parse_part_name(n) for names in self.names.values() for n in names)
+        return any(parse_part_name(n) or _LEGACY_PART.match(n) for names in self.names.values() for n in names)
 
     def legacy_parts(self) -> list[str]:
         """Parquet parts that do not follow the unit naming (das 0.1 output)."""
