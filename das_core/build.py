@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from das_core import storage
 from das_core.cache import DEFAULT_LAM
 from das_core.errors import ConfigError
 from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
@@ -34,6 +35,16 @@ class BuildConfig:
                                         "checkpoints with a RoBERTa text tower when offline (Hugging Face folders "
                                         "carry their own tokenizer)")
     device: str = setting("cpu", help="cpu or cuda[:N] (text encoding is cheap)")
+
+    def __post_init__(self) -> None:
+        # local paths made absolute once, here; an s3:// --out keeps a trailing slash, refused as a folder later
+        put = object.__setattr__
+        put(self, "labels", storage.absolute(self.labels))
+        put(self, "out", self.out if storage.is_s3(self.out) else storage.absolute(self.out))
+        put(self, "checkpoint", storage.absolute_if_local(self.checkpoint))
+        for name in ("noise_phrases", "clean_templates", "tokenizer_dir"):
+            if getattr(self, name):
+                put(self, name, storage.absolute(getattr(self, name)))
 
 
 @dataclass(frozen=True)
