@@ -102,13 +102,17 @@ def test_a_relative_out_resumes_reports_searches_and_rescores_and_the_users_file
         search.out
 
     rescored = user / "rescored"
-    rescore_user = seed_user_files(rescored / "run_id=r1")
+    rescore_user = seed_user_files(rescored)                        # in OUT, and in the run's own folder
+    run_user = seed_user_files(rescored / "run_id=r1")
     for extra in ([], ["--overwrite"]):
         run = das(["rescore", "--embeddings", "out", "--cache", "cache.npz", "--out", "rescored", "--run-id", "r1",
                    *extra], user)
         assert run.rc == 0, run.out
         assert manifest(rescored / "run_id=r1")["counts"]["files"] == N_INPUTS
-        kept(rescored / "run_id=r1", rescore_user)
+        assert manifest(rescored / "run_id=r1")["settings"]["embeddings"] == str(out)
+        kept(rescored, rescore_user)
+        kept(rescored / "run_id=r1", run_user)
+        assert (rescored / "run_id=r1" / "report" / "report.md").exists()
 
     overwritten = das(label_args("--out", "out", "--overwrite", "--no-report"), user)
     assert overwritten.rc == 0, overwritten.out
