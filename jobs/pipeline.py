@@ -214,7 +214,7 @@ class RunMonitor:
     """A thread beside the driver's loop: das's progress line from the first second, and the stall watchdog.
 
     On a terminal the line rewrites itself every second; in a log it is written every ``progress_every_s``.
-    No chunk for ``$DAS_STALL_WARN_S`` logs what is pending against what the nodes offer; for
+    Once the pipeline started, no chunk for ``$DAS_STALL_WARN_S`` logs what is pending against what the nodes offer; for
     ``$DAS_STALL_FAIL_S``, ``failure`` is set and the driver interrupted (the run then fails, exit 1).
     """
 
@@ -241,6 +241,7 @@ class RunMonitor:
     def ray_started(self, finisher: Finisher) -> Finisher:
         """Ray is up: the pipeline starts (a line says so); ``finisher`` counts the committed units."""
         self.finisher = finisher
+        self.watch.beat(time.monotonic())          # the stall clock starts with the pipeline (init_ray is bounded)
         self._show(self.line(), force=True)
         return finisher
 
@@ -284,7 +285,7 @@ class RunMonitor:
 
     def _loop(self) -> None:
         while not self.stopped.wait(self.TICK_S):
-            verdict = self.watch.check(time.monotonic())
+            verdict = self.watch.check(time.monotonic()) if self.finisher is not None else None
             if verdict is not None:
                 self._stalled(verdict)
                 if verdict == "fail":

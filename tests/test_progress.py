@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from das_core.errors import Refused
-from das_core.progress import (ProgressSnapshot, StallWatch, duration, progress_line, stall_limits,
-                               steady_rate)
+from das_core.progress import ProgressSnapshot, StallWatch, duration, progress_line, stall_limits, steady_rate
 
 
 def test_stall_watch_warns_once_per_period_then_fails():
