@@ -258,8 +258,8 @@ def require_cluster_resources(gpus: float = 0.0, cpus: float = 0.0, wait_s: floa
     while True:
         total = ray.cluster_resources()
         have_gpus, have_cpus = float(total.get("GPU", 0)), float(total.get("CPU", 0))
-        missing = ([f"{gpus:g} GPU(s) ({gpu_option} {gpus:g}) but it has {have_gpus:g}"] if gpus > have_gpus else []) \
-            + ([f"{cpus:g} CPU(s) but it has {have_cpus:g}"] if cpus > have_cpus else [])
+        missing = ([f"it needs {gpus:g} GPU(s) ({gpu_option} {gpus:g}) but has {have_gpus:g}"] if gpus > have_gpus
+                   else []) + ([f"it needs {cpus:g} CPU(s) but has {have_cpus:g}"] if cpus > have_cpus else [])
         if not missing and fits is not None:
             missing = fits(node_resources())
         if not missing:
@@ -267,12 +267,12 @@ def require_cluster_resources(gpus: float = 0.0, cpus: float = 0.0, wait_s: floa
         left = deadline - time.monotonic()
         if left <= 0:
             where = "the Ray cluster" if os.environ.get("RAY_ADDRESS") else "the local Ray instance (this machine)"
-            raise ClusterError(f"{where} cannot run this job (it needs {'; '.join(missing)}); "
+            raise ClusterError(f"{where} cannot run this job ({'; '.join(missing)}); "
                                + (f"use {gpu_option} 0 to encode on CPU, " if gpus > have_gpus else "")
                                + "ask for fewer resources (--actors, --cpus-per-actor), or run on a larger "
                                  "cluster (RAY_ADDRESS)"
                                + (f"; waited {wait_s:g} s for the autoscaler ({CLUSTER_WAIT_ENV})" if wait_s else ""))
-        log.info("waiting up to %.0f s for the Ray cluster to offer %s", left, "; ".join(missing))
+        log.info("waiting up to %.0f s for the Ray cluster to grow (%s)", left, "; ".join(missing))
         time.sleep(min(15.0, left))
 
 

@@ -142,7 +142,8 @@ CLUSTER_SCRIPT = textwrap.dedent("""
     import json, os, sys
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20,
+                                                            "include_dashboard": False})
     cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
     cluster.wait_for_nodes()
     os.environ["RAY_ADDRESS"] = cluster.address
@@ -151,6 +152,8 @@ CLUSTER_SCRIPT = textwrap.dedent("""
         for extra in json.loads(sys.argv[2]):
             print("rc", main(json.loads(sys.argv[1]) + extra), flush=True)
     finally:
+        import ray
+        ray.shutdown()
         cluster.shutdown()
 """)
 
