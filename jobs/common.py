@@ -258,8 +258,8 @@ def require_cluster_resources(gpus: float = 0.0, cpus: float = 0.0, wait_s: floa
     while True:
         total = ray.cluster_resources()
         have_gpus, have_cpus = float(total.get("GPU", 0)), float(total.get("CPU", 0))
-        missing = ([f"it needs {gpus:g} GPU(s) ({gpu_option} {gpus:g}) but has {have_gpus:g}"] if gpus > have_gpus
-                   else []) + ([f"it needs {cpus:g} CPU(s) but has {have_cpus:g}"] if cpus > have_cpus else [])
+        missing = ([f"it needs {gpus:g} GPU(s) ({gpu_option} {gpus:g}) but it has {have_gpus:g}"] if gpus > have_gpus
+                   else []) + ([f"it needs {cpus:g} CPU(s) but it has {have_cpus:g}"] if cpus > have_cpus else [])
         if not missing and fits is not None:
             missing = fits(node_resources())
         if not missing:
