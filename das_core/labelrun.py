@@ -34,6 +34,7 @@ from das_core.encoder import DEFAULT_BATCH_SIZE
 from das_core.errors import Refused, RunFailed
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.manifest import MANIFEST, RunManifest
+from das_core.progress import steady_rate
 from das_core.results import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
 from das_core.scoring import DEFAULT_TOP_K
 from das_core.settings import setting
@@ -110,7 +111,7 @@ class LabelConfig:
                                         help="roberta-base tokenizer files (RoBERTa checkpoints)")
     max_error_fraction: float = setting(0.1, help="fail (exit 1) if more than this share of files cannot be "
                                         "decoded; their rows are kept")
-    progress_every_s: float = 15.0
+    progress_every_s: float = 5.0        # the progress line in a log (a terminal's line is rewritten every second)
     report: bool = True                  # write OUT/report/ at the end (das report); --no-report
     manifest_every_s: float = 60.0
 
@@ -398,7 +399,7 @@ def summary(manifest: dict, out: str, wall: float, segments_now: int, n_inputs: 
              + ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items()) + ")\n" if skipped.get("total") else "")
           + f"  segments:  {counts['segments']} ({segments_now} this run, "
           f"{segments_now / wall if wall > 0 else 0:.2f} clips/s"
-          + (f"; {steady:.2f} clips/s after start-up" if steady else "") + ")\n"
+          + (f"; {steady:.2f} windows/s after start-up" if steady else "") + ")\n"
           f"  errors:    {errs}\n"
           f"  weights:   {manifest['checkpoint'].get('weights')}"
           + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
@@ -459,6 +460,7 @@ class LabelRun:
         self.counts, self.tracker = RunCounts(), UnitTracker()
         self.t0 = self.last_progress = self.last_manifest = time.monotonic()
         self.first_output: tuple[float, int] | None = None
+        self.chunks = 0                           # chunks counted (repeats excluded)
         self.aborted: str | None = None          # why the run stopped early
         self.failure: RunFailed | None = None     # set by finish: the run's result is not acceptable
 
@@ -504,14 +506,10 @@ class LabelRun:
         p, c, counts = self.plan, self.plan.config, self.counts
         counts.add(stats)
         now = time.monotonic()
+        self.chunks += 1
         if self.first_output is None:
             # start-up (Ray Data planning, actors importing and loading the model) ends with the first output
             self.first_output = (now - self.t0, stats["windows"])
-        if now - self.last_progress >= c.progress_every_s:
-            self.last_progress = now
-            log.info("progress: %d/%d files done, %d unit(s) committed, %d segments, %d errors, %.2f segments/s",
-                     counts.files, p.todo_files, committed, counts.segments, counts.error,
-                     counts.windows / max(now - self.t0, 1e-9))
         if now - self.last_manifest >= c.manifest_every_s:
             self.last_manifest = now
             self._write_manifest("running", counts.total(p.prior_counts))
@@ -538,10 +536,11 @@ class LabelRun:
                     "files_done": counts.files, "segments_done": counts.segments,
                     "segments_per_s": round(counts.segments / wall, 4) if wall > 0 else None,
                     "nodes": len(counts.nodes)})
-        if self.first_output is not None and wall > self.first_output[0] and counts.windows > self.first_output[1]:
+        if self.first_output is not None:
             run["startup_s"] = round(self.first_output[0], 3)
-            run["steady_segments_per_s"] = round((counts.windows - self.first_output[1])
-                                                 / (wall - self.first_output[0]), 4)
+            steady = steady_rate(*self.first_output, self.chunks, wall, counts.windows)
+            if steady is not None:          # too few chunks after start-up to measure: left out
+                run.update(steady_segments_per_s=round(steady, 4), steady_chunks=self.chunks - 1)
         failed = self.aborted or (total["files"] and total["error"] > c.max_error_fraction * p.n_inputs and
                                   f"{total['error']} of {total['files']} files failed to decode "
                                   f"(more than --max-error-fraction {c.max_error_fraction:g})")

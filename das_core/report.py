@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from das_core import storage
 from das_core.errors import Refused
 from das_core.manifest import RunManifest
+from das_core.progress import STEADY_MIN_CHUNKS, STEADY_MIN_S
 from das_core.results import ERROR, FILES_DIR, OK, SEGMENTS_DIR, OutputStore
 
 REPORT_DIR = "report"
@@ -252,8 +253,17 @@ def run_rates(manifest: dict) -> list[dict]:
         if rate is None:
             continue
         out.append({"started": r.get("started") or "?", "segments": r.get("segments_done") or 0,
-                    "wall_s": r.get("wall_time_s"), "rate": rate, "steady": r.get("steady_segments_per_s")})
+                    "wall_s": r.get("wall_time_s"), "rate": rate, "steady": _steady(r)})
     return out
+
+
+def _steady(run: dict) -> float | None:
+    """A run's "after start-up" rate, only where enough chunks and seconds came after the first chunk
+    (``das_core.progress.steady_rate``); runs recorded before that rule was kept have none."""
+    after_s = (run.get("wall_time_s") or 0) - (run.get("startup_s") or 0)
+    if (run.get("steady_chunks") or 0) < STEADY_MIN_CHUNKS or after_s < STEADY_MIN_S:
+        return None
+    return run.get("steady_segments_per_s")
 
 
 def throughput_png(runs: list[dict]) -> bytes:
@@ -267,7 +277,7 @@ def throughput_png(runs: list[dict]) -> bytes:
     ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     if any(steady):
         bars = ax.barh(y - 0.2, steady, 0.4, label="after start-up", color="#55A868")
-        ax.bar_label(bars, labels=[f"{v:.1f}" if v else "not recorded" for v in steady], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if v else "too short to measure" for v in steady], fontsize=7, padding=2)
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel("windows per second")
     ax.set_title("Throughput of each run (by start time, UTC)", fontsize=11)

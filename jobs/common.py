@@ -7,7 +7,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 from das_core import errors, storage
 from das_core.settings import described
@@ -133,42 +134,117 @@ def _probe_ray_address(address: str) -> None:
                            "Ray") from None
 
 
-def init_ray(gpus: float = 0.0, cpus: float = 0.0) -> None:
-    """Connect to ``RAY_ADDRESS`` when set (cluster, ``ray job submit``), else start a local Ray.
+def init_ray(gpus: float = 0.0, cpus: float = 0.0, fits: Callable[[list[dict]], list[str]] | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set (cluster, ``ray job submit``), else start a private local Ray.
 
-    Bounded: an address where nothing listens is refused within seconds
-    (``ClusterError``); a connection or start-up still pending after
-    ``DAS_RAY_CONNECT_TIMEOUT_S`` (default 60 s; 120 s for a local start)
-    ends the process with one line and status 2. With ``gpus`` / ``cpus``,
-    the cluster must offer that many (``require_cluster_resources``).
+    Without ``RAY_ADDRESS`` das never joins a cluster that another process started on this machine (which a
+    plain ``ray.init()`` finds in Ray's current-cluster file) and leaves that file as it was. Bounded: an
+    address where nothing listens is refused within seconds (``ClusterError``); a connection or start-up
+    still pending after ``DAS_RAY_CONNECT_TIMEOUT_S`` (default 60 s; 120 s for a local start) ends the
+    process with one line and status 2. With ``gpus`` / ``cpus``, the cluster must offer that many, and
+    with ``fits`` its nodes must fit the job (``require_cluster_resources``).
     """
     import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
-        log.info("connecting to Ray cluster at %s" if address else "starting a local Ray instance%s", address or "")
         if address:
+            log.info("connecting to the Ray cluster at RAY_ADDRESS=%s...", address)
             _probe_ray_address(address)
+        else:
+            log.info("starting Ray (local, %d CPUs)...", os.cpu_count() or 1)
         timeout = float(os.environ.get("DAS_RAY_CONNECT_TIMEOUT_S") or (RAY_CONNECT_TIMEOUT_S * (1 if address else 2)))
         where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "the local Ray instance"
         late = (f"{_PROG}: error: {where} did not answer within {timeout:g} s (ray.init is still waiting); "
                 + ("check that the cluster is up and RAY_ADDRESS is right, or unset RAY_ADDRESS for a local Ray"
-                   if address else "check free memory and /tmp space, or stop stale Ray processes (ray stop)"))
+                   if address else LOCAL_RAY_ADVICE))
+        quiet = not log.isEnabledFor(logging.DEBUG)
         try:
-            with errors.exit_after(timeout, late):
-                ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+            with errors.exit_after(timeout, late), _current_cluster_file_kept():
+                _quiet_ray_logs(quiet)
+                # "local": a new private instance; None would join the cluster named in the current-cluster file
+                ray.init(address=address or "local", include_dashboard=None if address else False,
+                         log_to_driver=True, logging_level=logging.WARNING)
+                _quiet_ray_logs(quiet)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
             where = f"connect to the Ray cluster at RAY_ADDRESS={address}" if address else "start a local Ray"
             raise ClusterError(f"cannot {where} ({type(exc).__name__}: {errors.one_line(exc)}); "
                                + ("check RAY_ADDRESS, or unset it to run on a local Ray" if address
-                                  else "run `ray stop` to clear stale Ray processes, then retry")) from exc
-    if gpus or cpus:
-        require_cluster_resources(gpus=gpus, cpus=cpus)
+                                  else LOCAL_RAY_ADVICE)) from exc
+    if gpus or cpus or fits:
+        require_cluster_resources(gpus=gpus, cpus=cpus, fits=fits)
+
+
+# Advice for a local start that failed: never `ray stop`, which stops every Ray cluster on the machine.
+LOCAL_RAY_ADVICE = ("check free memory and space in /tmp (Ray's session folder), and that no das run of yours "
+                    "still runs (`ps -ef | grep das`), then retry; set RAY_ADDRESS to use a running cluster")
+
+
+@contextmanager
+def _current_cluster_file_kept() -> Iterator[None]:
+    """Ray's current-cluster file (/tmp/ray/ray_current_cluster) as it was before the block: das's private
+    instance must not be found by another process's ``ray.init()``; another cluster's entry is never removed."""
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        with open(path) as f:
+            before: str | None = f.read()
+    except OSError:
+        before = None
+    try:
+        yield
+    finally:
+        try:
+            with open(path) as f:
+                after: str | None = f.read()
+        except OSError:
+            after = None
+        if after != before and after is not None and after.strip() == _own_gcs_address():
+            log.debug("restoring Ray's current-cluster file %s (das's own instance is private)", path)
+            with suppress(OSError):
+                if before is None:
+                    os.remove(path)
+                else:
+                    with open(path, "w") as f:
+                        f.write(before)
+
+
+def _own_gcs_address() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+
+
+class _RayNoise(logging.Filter):
+    """Drops the Ray lines a das user cannot act on: Ray Data's INFO lines (execution plans, block progress;
+    they stay in Ray's session log folder, logs/ray-data/) and the token-authentication notice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("ray.data"):
+            return record.levelno >= logging.WARNING and not record.getMessage().startswith("Progress bars disabled")
+        return not record.name.endswith("authentication_token_setup")
+
+
+def _quiet_ray_logs(quiet: bool) -> None:
+    """With ``quiet`` (no -v), Ray's console handlers drop ``_RayNoise``; its log files keep everything."""
+    import ray.data  # noqa: F401 - configures the "ray.data" logger and its handlers
+
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ == "SessionFileHandler":
+                continue
+            for f in [f for f in handler.filters if isinstance(f, _RayNoise)]:
+                handler.removeFilter(f)
+            if quiet:
+                handler.addFilter(_RayNoise())
 
 
 def require_cluster_resources(gpus: float = 0.0, cpus: float = 0.0, wait_s: float | None = None,
-                              gpu_option: str = "--num-gpus") -> None:
-    """Refuse a job that asks for more GPUs / CPUs than the Ray cluster has, instead of waiting forever.
+                              gpu_option: str = "--num-gpus", fits: Callable[[list[dict]], list[str]] | None = None
+                              ) -> None:
+    """Refuse a job that asks for more GPUs / CPUs than the Ray cluster has, or (``fits``: the live nodes'
+    total resources -> what does not fit) whose actors and tasks fit no node, instead of waiting forever.
 
     A cluster's autoscaler may still add nodes: with ``RAY_ADDRESS`` set, wait
     up to ``wait_s`` (default ``$DAS_CLUSTER_WAIT_S`` or 300 s), logging what
@@ -182,16 +258,32 @@ def require_cluster_resources(gpus: float = 0.0, cpus: float = 0.0, wait_s: floa
     while True:
         total = ray.cluster_resources()
         have_gpus, have_cpus = float(total.get("GPU", 0)), float(total.get("CPU", 0))
-        missing = ([f"{gpus:g} GPU(s) ({gpu_option} {gpus:g}) but it has {have_gpus:g}"] if gpus > have_gpus else []) \
-            + ([f"{cpus:g} CPU(s) but it has {have_cpus:g}"] if cpus > have_cpus else [])
+        missing = ([f"it needs {gpus:g} GPU(s) ({gpu_option} {gpus:g}) but it has {have_gpus:g}"] if gpus > have_gpus
+                   else []) + ([f"it needs {cpus:g} CPU(s) but it has {have_cpus:g}"] if cpus > have_cpus else [])
+        if not missing and fits is not None:
+            missing = fits(node_resources())
         if not missing:
             return
         left = deadline - time.monotonic()
         if left <= 0:
             where = "the Ray cluster" if os.environ.get("RAY_ADDRESS") else "the local Ray instance (this machine)"
-            raise ClusterError(f"{where} cannot run this job (it needs {'; '.join(missing)}); "
+            raise ClusterError(f"{where} cannot run this job ({'; '.join(missing)}); "
                                + (f"use {gpu_option} 0 to encode on CPU, " if gpus > have_gpus else "")
-                               + "ask for fewer resources, or run on a larger cluster (RAY_ADDRESS)"
+                               + "ask for fewer resources (--actors, --cpus-per-actor), or run on a larger "
+                                 "cluster (RAY_ADDRESS)"
                                + (f"; waited {wait_s:g} s for the autoscaler ({CLUSTER_WAIT_ENV})" if wait_s else ""))
-        log.info("waiting up to %.0f s for the Ray cluster to offer %s", left, "; ".join(missing))
+        log.info("waiting up to %.0f s for the Ray cluster to grow (%s)", left, "; ".join(missing))
         time.sleep(min(15.0, left))
+
+
+def node_resources(available: bool = False) -> list[dict]:
+    """Each live node's total (or, with ``available``, currently free) Ray resources, in a stable order."""
+    import ray
+
+    nodes = sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: n["NodeID"])
+    if not available:
+        return [dict(n.get("Resources") or {}) for n in nodes]
+    from ray._private.state import available_resources_per_node
+
+    free = available_resources_per_node()
+    return [dict(free.get(n["NodeID"]) or {}) for n in nodes]

@@ -319,3 +319,65 @@ def test_label_empty_extensions_and_out_a_file(tmp_path):
     rc, out, wall = das(common + ["--out", str(blocker)], tmp_path)
     assert rc == 2 and wall < 30
     assert_one_line(out, "das label", "out.txt is a file (a folder is expected)")
+
+
+# ----------------------------------------------------------------- das's own local Ray (issue 20, item 4)
+@pytest.fixture
+def fake_ray_init(monkeypatch, tmp_path):
+    """``ray.init`` recorded instead of run, in a private ``RAY_TMPDIR``; ``writes``: what it leaves in Ray's
+    current-cluster file (as ``ray start`` would), ``fails``: an exception to raise."""
+    import ray
+
+    from jobs import common
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    state = {"calls": [], "writes": None, "fails": None, "file": tmp_path / "ray" / "ray_current_cluster"}
+
+    def init(**kw):
+        state["calls"].append(kw)
+        if state["writes"]:
+            state["file"].write_text(state["writes"])
+        if state["fails"]:
+            raise state["fails"]
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(common, "_own_gcs_address", lambda: "10.0.0.9:6379")
+    return state
+
+
+def test_without_ray_address_das_starts_its_own_ray(fake_ray_init):
+    from jobs.common import init_ray
+
+    fake_ray_init["file"].write_text("127.0.0.1:40000")          # another process's cluster
+    init_ray()
+    (call,) = fake_ray_init["calls"]
+    assert call["address"] == "local" and call["include_dashboard"] is False
+    assert fake_ray_init["file"].read_text() == "127.0.0.1:40000"
+
+
+def test_das_leaves_the_current_cluster_file_as_it_found_it(fake_ray_init):
+    from jobs.common import init_ray
+
+    fake_ray_init["writes"] = "10.0.0.9:6379"                     # das's own instance named there: taken back
+    init_ray()
+    assert not fake_ray_init["file"].exists()
+    fake_ray_init["file"].write_text("127.0.0.1:40000")
+    init_ray()
+    assert fake_ray_init["file"].read_text() == "127.0.0.1:40000"
+    fake_ray_init["writes"] = "127.0.0.1:50000"                   # another cluster started meanwhile: kept
+    init_ray()
+    assert fake_ray_init["file"].read_text() == "127.0.0.1:50000"
+
+
+def test_a_failed_local_start_never_advises_ray_stop(fake_ray_init):
+    from jobs.common import ClusterError, init_ray
+
+    fake_ray_init["fails"] = RuntimeError("raylet died")
+    with pytest.raises(ClusterError) as info:
+        init_ray()
+    message = str(info.value)
+    assert message.startswith("cannot start a local Ray (RuntimeError: raylet died); check free memory")
+    assert "ray stop" not in message

@@ -181,3 +181,16 @@ def test_the_report_replaces_only_the_files_it_recorded(tmp_path, monkeypatch):
     json.dump({"files": [REPORT_MD]}, open(folder / REPORT_RECORD, "w"))
     assert remove_report("out") == 2
     assert sorted(os.listdir(folder)) == ["field_report.mp3"]
+
+
+def test_the_after_start_up_rate_is_shown_only_where_it_was_measured():
+    from das_core.report import run_rates
+
+    runs = [  # issue 20: "972 clips/s" from 64 windows in 47 s, recorded before the rule: left out
+        {"started": "a", "segments_per_s": 1.36, "wall_time_s": 47.0, "startup_s": 46.9,
+         "steady_segments_per_s": 972.0},
+        {"started": "b", "segments_per_s": 5.0, "wall_time_s": 60.0, "startup_s": 20.0,
+         "steady_segments_per_s": 7.5, "steady_chunks": 12},
+        {"started": "c", "segments_per_s": 5.0, "wall_time_s": 25.0, "startup_s": 20.0,
+         "steady_segments_per_s": 7.5, "steady_chunks": 12}]                  # only 5 s after start-up
+    assert [r["steady"] for r in run_rates({"runs": runs})] == [None, 7.5, None]
