@@ -96,7 +96,7 @@ def run_units(run: LabelRun) -> None:
     run.check_whole()
 
 
-def map_rows(rows: list[dict], work: Callable[..., pa.Table], shared, **settings) -> Iterator[pa.Table]:
+def map_rows(rows: list[dict], work: Callable[..., pa.Table], shared: object, **settings) -> Iterator[pa.Table]:
     """``jobs.pipeline.map_rows`` in this process: ``work(row, shared, **settings)`` for each row, in order."""
     for row in rows:
         yield work(row, shared, **settings)

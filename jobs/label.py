@@ -32,7 +32,8 @@ def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
         "Label every audio file under INPUT with zero-shot LAION-CLAP + Drift-Augmented Scoring. Files are "
         "cut into 10 s windows; each window and each file gets a DAS label and the plain zero-shot label, "
         "and window embeddings are stored for re-scoring. Writes OUT/segments/, OUT/files/ and "
-        "OUT/_manifest.json. Runs on the Ray cluster at RAY_ADDRESS, or a local one."))
+        "OUT/_manifest.json. Runs on the Ray cluster at RAY_ADDRESS, or a local one; a small job runs in this "
+        "process, without Ray (--local / --ray force either)."))
     groups: dict = {}
     add_settings(p, LabelConfig, groups)
     groups[IO].add_argument("--extensions", default=",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS),

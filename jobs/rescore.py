@@ -18,7 +18,8 @@ def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
         "Re-label the window embeddings stored by `das label` with a drift cache (another label set, other noise "
         "phrases or lam, or the same cache), without decoding audio or loading the model. Writes "
         "OUT/run_id=ID/segments/, files/ and _manifest.json in the schema of das label. Runs on the Ray cluster "
-        "at RAY_ADDRESS, or a local one."))
+        "at RAY_ADDRESS, or a local one; a small job runs "
+        "in this process, without Ray (--local / --ray force either)."))
     common.add_settings(p, RescoreConfig)
     p.add_argument("--no-report", action="store_true",
                    help="do not write OUT/run_id=ID/report/ (report.md and figures, see `das report`) at the end")

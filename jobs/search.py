@@ -21,7 +21,8 @@ def build_parser(prog: str = "das search") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=common.HelpFormatter, description=(
         "Rank the windows (or files) of a `das label` output, or of a `das rescore` run folder, by cosine with "
         "text or audio queries, using the stored embeddings. Prints the best matches per query and optionally "
-        "writes them to Parquet. Runs on the Ray cluster at RAY_ADDRESS, or a local one."))
+        "writes them to Parquet. Runs on the Ray cluster at RAY_ADDRESS, or a local one; a small job runs "
+        "in this process, without Ray (--local / --ray force either)."))
     common.add_settings(p, SearchConfig)
     p.add_argument("--text-file", metavar="FILE", help="text queries, one per line (local or s3://)")
     p.add_argument("--noise-phrases", metavar="FILE", help="noise phrases of the drift direction, one per line "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pyarrow as pa
 import pytest
@@ -102,12 +103,16 @@ def test_local_and_ray_write_the_same_rows(ray_local, archive, small_cache, tiny
     assert segments.filter(pa.compute.equal(segments.column("file_id"), "long.wav")).num_rows == 4
     assert [r["engine"] for r in RunManifest.read(local_out).runs] == [LOCAL]
     assert [r["engine"] for r in RunManifest.read(on_ray).runs] == [RAY]
+    # a Ray run that lost a commit is completed in this process with the same rows
+    store = OutputStore(on_ray)
+    os.remove(store.path(FILES_DIR, part_name(sorted(store.listing().committed_units())[-1], END_TAG)))
+    label_run(archive, small_cache, tiny_ckpt, on_ray, resume=True, local=True, **SMALL)
+    _assert_same(on_ray, local_out)
+    assert [r["engine"] for r in RunManifest.read(on_ray).runs] == [RAY, LOCAL]
 
 
 @pytest.mark.integration
 def test_resume_after_an_interrupted_local_run(archive, small_cache, tiny_ckpt, local_out, tmp_path):
-    import shutil
-
     out = str(tmp_path / "out")
     shutil.copytree(local_out, out)
     store = OutputStore(out)
