@@ -10,8 +10,9 @@ The same library stages as the Ray pipeline (``jobs/pipeline.py``), wired in a l
 
 Part names derive from the unit and chunk, and every forward pass has the same shape, so a local run writes
 the same files with the same rows as a Ray run, and either can resume the other. The encoder runs with the
-intra-op threads a Ray encoder actor gets (``--torch-threads``, else ``--cpus-per-actor``), which keeps the
-floating-point path, and so the rows, the same. Which engine runs a job: ``das_core.engine``.
+intra-op threads a Ray encoder actor gets (``--torch-threads``, else ``--cpus-per-actor``): a precaution, as
+some CPU kernels choose their blocking by thread count (on the 2-core test machine 1 and 2 threads gave the
+same bits). Which engine runs a job: ``das_core.engine``.
 """
 
 from __future__ import annotations
