@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core import __version__, storage
+from das_core import __version__, engine, storage
 from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.encoder import DEFAULT_BATCH_SIZE
 from das_core.errors import Refused, RunFailed
@@ -109,6 +109,10 @@ class LabelConfig:
                                         "about 30 MiB of audio)")
     tokenizer_dir: str | None = setting(None, group=COMPUTE, metavar="DIR",
                                         help="roberta-base tokenizer files (RoBERTa checkpoints)")
+    local: bool = setting(False, group=COMPUTE, help="run in this process, without Ray (the same rows; one encoder, "
+                          "--num-gpus 0 or 1). Default: automatic, local for small jobs (see README)")
+    ray: bool = setting(False, group=COMPUTE, help="run on Ray (RAY_ADDRESS, or a private local Ray) even when the "
+                        "job is small")
     max_error_fraction: float = setting(0.1, help="fail (exit 1) if more than this share of files cannot be "
                                         "decoded; their rows are kept")
     progress_every_s: float = 5.0        # the progress line in a log (a terminal's line is rewritten every second)
@@ -144,6 +148,7 @@ class LabelConfig:
             raise RunRefused("--unit-mib must be positive")
         if not 0.0 <= self.max_error_fraction <= 1.0:
             raise RunRefused("--max-error-fraction must be between 0 and 1")
+        engine.check_forced(self.local, self.ray, num_gpus=self.num_gpus, actors=self.actors)
 
     @property
     def windows_per_chunk(self) -> int:
@@ -455,8 +460,10 @@ class LabelRun:
         c = p.config
         self.plan = p
         self.runs = list(p.previous.runs) if c.resume and p.previous else []
+        self.engine, self.engine_reason = engine.choose(c.local, c.ray, engine.label_too_big(
+            p.todo, c.num_gpus, c.actor_count))
         self.this_run = {**new_run_entry(p), "device": "cuda" if c.num_gpus > 0 else "cpu",
-                         "torch_threads": c.torch_threads}
+                         "torch_threads": c.torch_threads, "engine": self.engine}
         self.counts, self.tracker = RunCounts(), UnitTracker()
         self.t0 = self.last_progress = self.last_manifest = time.monotonic()
         self.first_output: tuple[float, int] | None = None
@@ -485,9 +492,10 @@ class LabelRun:
         if p.write_work_manifest:
             write_work_manifest(c.out, p.units)
         self._write_manifest("running", p.prior_counts)
-        log.info("labelling %d file(s) in %d unit(s) with %d encoder actor(s) (%s), %d class(es), lam=%g",
-                 p.todo_files, len(p.todo), c.actor_count,
-                 f"{c.gpus_per_actor:g} GPU each" if c.gpus_per_actor else "CPU", len(p.cache.labels), p.cache.lam)
+        log.info("labelling %d file(s) in %d unit(s) with %d encoder actor(s) (%s), %d class(es), lam=%g; "
+                 "engine: %s (%s)", p.todo_files, len(p.todo), c.actor_count,
+                 f"{c.gpus_per_actor:g} GPU each" if c.gpus_per_actor else "CPU", len(p.cache.labels), p.cache.lam,
+                 self.engine, self.engine_reason)
         self.t0 = self.last_progress = self.last_manifest = time.monotonic()
         return True
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from das_core import __version__, storage
+from das_core import __version__, engine, storage
 from das_core.cache import DriftCache
 from das_core.errors import ConfigError, Refused, RunFailed
 from das_core.inputs import normalise_uri
@@ -110,6 +110,9 @@ class RescoreConfig:
     overwrite: bool = setting(False, help="replace OUT/run_id=ID/ when it already holds a run (otherwise refused)")
     copy_embeddings: bool = setting(False, help="write the window embeddings into this run's segments/ too "
                                     "(default: the run references the label output's, which das readers follow)")
+    local: bool = setting(False, help="run in this process, without Ray (the same rows). Default: automatic, local "
+                          "when the label output holds few windows (see README)")
+    ray: bool = setting(False, help="run on Ray (RAY_ADDRESS, or a private local Ray) even for a small output")
     progress_every_s: float = 15.0
     report: bool = True                  # write the run's report/ at the end (das report)
 
@@ -117,6 +120,7 @@ class RescoreConfig:
         for name in ("embeddings", "cache", "out"):        # local paths made absolute once, here
             object.__setattr__(self, name, storage.absolute(getattr(self, name)))
         storage.refuse_overlap(self.out, "--out", self.embeddings, "--embeddings")
+        engine.check_forced(self.local, self.ray)
         if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"--run-id {self.run_id!r} is not a valid run name: use up to 128 letters, digits, "
                               f"'.', '_' or '-', starting with a letter or digit")

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from das_core import storage
+from das_core import engine, storage
 from das_core.errors import ConfigError, Refused
 from das_core.manifest import RunManifest
 from das_core.prompts import NOISY_TEMPLATE
@@ -254,9 +254,13 @@ class SearchConfig:
     tokenizer_dir: str | None = setting(None, metavar="DIR", help="roberta-base tokenizer files (RoBERTa "
                                         "checkpoints)")
     device: str = setting("cpu", help="where queries are encoded: cpu or cuda[:N]")
+    local: bool = setting(False, help="search in this process, without Ray (the same matches). Default: automatic, "
+                          "local when the output holds few windows (see README)")
+    ray: bool = setting(False, help="search on Ray (RAY_ADDRESS, or a private local Ray) even a small output")
 
     def __post_init__(self) -> None:
         self._absolute_paths()
+        engine.check_forced(self.local, self.ray)
         if not self.texts and not self.like:
             raise ConfigError("no query: give --text QUERY, --text-file FILE or --like AUDIO")
         if any(not t.strip() for t in self.texts):

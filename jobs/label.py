@@ -1,7 +1,7 @@
 """``das label``: label an audio archive with LAION-CLAP + DAS on Ray Data; Parquet out, nothing lost.
 
 Argument parsing only: the run is ``das_core.labelrun`` (plan, counts, manifest) driven through the Ray
-pipeline by ``jobs.pipeline.run_label``.
+pipeline (``jobs.pipeline``), or in this process for a small job (``das_core.localrun``; ``das_core.engine``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from das_core import labelrun
+from das_core.engine import LOCAL
 from das_core.errors import Refused
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, normalise_extensions
-from das_core.labelrun import COMPUTE, IO, RESUME_KEYS, LabelConfig, RunRefused, plan_run, print_dry_run  # noqa: F401
+from das_core.labelrun import (  # noqa: F401
+    COMPUTE,
+    IO,
+    RESUME_KEYS,
+    LabelConfig,
+    LabelRun,
+    RunRefused,
+    plan_run,
+    print_dry_run,
+)
 from das_core.storage import check_output_folder
 from jobs.common import HelpFormatter, add_common_options, add_settings, job_main, settings_from_args
 
@@ -21,7 +32,8 @@ def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
         "Label every audio file under INPUT with zero-shot LAION-CLAP + Drift-Augmented Scoring. Files are "
         "cut into 10 s windows; each window and each file gets a DAS label and the plain zero-shot label, "
         "and window embeddings are stored for re-scoring. Writes OUT/segments/, OUT/files/ and "
-        "OUT/_manifest.json. Runs on the Ray cluster at RAY_ADDRESS, or a local one."))
+        "OUT/_manifest.json. Runs on the Ray cluster at RAY_ADDRESS, or a local one; a small job runs in this "
+        "process, without Ray (--local / --ray force either)."))
     groups: dict = {}
     add_settings(p, LabelConfig, groups)
     groups[IO].add_argument("--extensions", default=",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS),
@@ -48,9 +60,19 @@ def run(c: LabelConfig) -> dict:
     if c.dry_run:                    # no Ray import, no model
         check_output_folder(c.out)
         return print_dry_run(plan_run(c))
-    from jobs.pipeline import run_label
+    return labelrun.run_label(c, run_units)
 
-    return run_label(c)
+
+def run_units(run: LabelRun) -> None:
+    """The units to do, in this process or on Ray, as ``run.engine`` says (Ray is imported only for Ray)."""
+    if run.engine == LOCAL:
+        from das_core.localrun import run_units as run_here
+
+        run_here(run)
+        return
+    from jobs.pipeline import run_units_on_ray
+
+    run_units_on_ray(run)
 
 
 def main(argv: list[str] | None = None, prog: str = "das label") -> int:

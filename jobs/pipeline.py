@@ -170,11 +170,13 @@ def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, d
 
 
 def run_label(c: LabelConfig) -> dict:
-    """Label ``c.input`` into ``c.out`` on Ray (``das label``; its dry run is ``jobs.label.run``); the manifest."""
-    return labelrun.run_label(c, _run_units)
+    """Label ``c.input`` into ``c.out`` (``das label``: on Ray, or in this process for a small job); the manifest."""
+    from jobs.label import run_units
+
+    return labelrun.run_label(c, run_units)
 
 
-def _run_units(run: LabelRun) -> None:
+def run_units_on_ray(run: LabelRun) -> None:
     """The pipeline over the units to do; the driver only counts and commits whole units."""
     p, c = run.plan, run.plan.config
     if not len(p.todo):

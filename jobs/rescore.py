@@ -1,11 +1,13 @@
 """``das rescore``: re-label the embeddings a ``das label`` run stored, with a drift cache; no audio, no model.
-Arguments and Ray wiring (one task per committed unit) only; the rest, and the output, is ``das_core.rescoring``."""
+Arguments and Ray wiring (one task per committed unit, or a loop in this process for a small output:
+``das_core.engine``) only; the rest, and the output, is ``das_core.rescoring``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from das_core import engine, localrun
 from das_core.report import report_after_run
 from das_core.rescoring import RescoreConfig, plan_rescore, rescore_unit, start_run
 from jobs import common
@@ -16,7 +18,8 @@ def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
         "Re-label the window embeddings stored by `das label` with a drift cache (another label set, other noise "
         "phrases or lam, or the same cache), without decoding audio or loading the model. Writes "
         "OUT/run_id=ID/segments/, files/ and _manifest.json in the schema of das label. Runs on the Ray cluster "
-        "at RAY_ADDRESS, or a local one."))
+        "at RAY_ADDRESS, or a local one; a small job runs "
+        "in this process, without Ray (--local / --ray force either)."))
     common.add_settings(p, RescoreConfig)
     p.add_argument("--no-report", action="store_true",
                    help="do not write OUT/run_id=ID/report/ (report.md and figures, see `das report`) at the end")
@@ -30,14 +33,21 @@ def config_from_args(args: argparse.Namespace) -> RescoreConfig:
 
 def run(c: RescoreConfig) -> dict:
     """Re-score ``c.embeddings`` into ``c.out/run_id=ID``; returns the run's final manifest."""
-    from jobs.pipeline import map_rows
-
     p = plan_rescore(c)
+    where, why = engine.choose(c.local, c.ray, engine.segments_too_many(p.label.counts.get("segments")))
     tally = start_run(p)
+    tally.this_run["engine"] = where
     if p.todo:
-        common.init_ray()
+        common.log.info("engine: %s (%s)", where, why)
+        if where == engine.LOCAL:
+            map_rows, env = localrun.map_rows, {}
+        else:
+            from jobs.pipeline import map_rows
+
+            common.init_ray()
+            env = {"env": common.worker_env()}
         tally.scoring_started()
-        for table in map_rows(p.unit_rows(), rescore_unit, p.cache, env=common.worker_env(), **p.unit_settings()):
+        for table in map_rows(p.unit_rows(), rescore_unit, p.cache, **env, **p.unit_settings()):
             tally.add(table)
     manifest = tally.finish()
     print(tally.summary(manifest), flush=True)

@@ -1,5 +1,6 @@
 """``das search``: find the windows (or files) of a labelled archive closest to a text or an audio query.
-Arguments and Ray wiring only (one task per group of committed units); the search is in ``das_core.search``."""
+Arguments and Ray wiring only (one task per group of committed units, or a loop in this process for a small
+output: ``das_core.engine``); the search is in ``das_core.search``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 
 import pyarrow as pa
 
-from das_core import search
+from das_core import engine, localrun, search
+from das_core.manifest import RunManifest
 from das_core.prompts import read_lines_from
 from das_core.search import SearchConfig, units_per_task
 from das_core.storage import check_output_file
@@ -19,7 +21,8 @@ def build_parser(prog: str = "das search") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=common.HelpFormatter, description=(
         "Rank the windows (or files) of a `das label` output, or of a `das rescore` run folder, by cosine with "
         "text or audio queries, using the stored embeddings. Prints the best matches per query and optionally "
-        "writes them to Parquet. Runs on the Ray cluster at RAY_ADDRESS, or a local one."))
+        "writes them to Parquet. Runs on the Ray cluster at RAY_ADDRESS, or a local one; a small job runs "
+        "in this process, without Ray (--local / --ray force either)."))
     common.add_settings(p, SearchConfig)
     p.add_argument("--text-file", metavar="FILE", help="text queries, one per line (local or s3://)")
     p.add_argument("--noise-phrases", metavar="FILE", help="noise phrases of the drift direction, one per line "
@@ -35,8 +38,13 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run_stages(units: list[str], listing, embeddings: str, queries: search.Queries, top: int,
-               min_score: float | None, level: str, env: dict[str, str] | None = None):
-    """One Ray task per group of committed units; streams each group's few hits to the driver."""
+               min_score: float | None, level: str, env: dict[str, str] | None = None, where: str = engine.RAY):
+    """One Ray task (or, ``where`` local, one call here) per group of committed units; streams each group's few
+    hits to the driver."""
+    if where == engine.LOCAL:
+        rows = search.unit_groups(units, listing, level, units_per_task(len(units), 1))
+        return localrun.map_rows(rows, search.search_group, queries, embeddings=embeddings, top=top,
+                                 min_score=min_score, level=level)
     import ray
 
     from jobs.pipeline import map_rows
@@ -46,14 +54,23 @@ def run_stages(units: list[str], listing, embeddings: str, queries: search.Queri
                     min_score=min_score, level=level)
 
 
+def searched_segments(embeddings: str) -> int | None:
+    """The windows the output searched holds, as its manifest counts them (None if it does not say)."""
+    manifest = RunManifest.read(embeddings)
+    return manifest.counts.get("segments") if manifest is not None else None
+
+
 def run(c: SearchConfig) -> pa.Table:
     """Search ``c.embeddings``; returns the ranked matches (``HITS_SCHEMA``), printed and written to ``c.out``."""
     if c.out:
         check_output_file(c.out)
     p = search.plan_search(c)
-    common.init_ray()
-    env = common.worker_env()
-    parts = run_stages(p.units, p.listing, c.embeddings, p.queries, c.top, c.min_score, c.level, env=env)
+    where, why = engine.choose(c.local, c.ray, engine.segments_too_many(searched_segments(c.embeddings)))
+    common.log.info("engine: %s (%s)", where, why)
+    if where == engine.RAY:
+        common.init_ray()
+    parts = run_stages(p.units, p.listing, c.embeddings, p.queries, c.top, c.min_score, c.level,
+                       env=common.worker_env(), where=where)
     return search.finish_search(c, p, list(parts))
 
 
