@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from das_core.lease import Lease, sigterm_as_interrupt
 from das_core.report import report_after_run
 from das_core.rescoring import RescoreConfig, plan_rescore, rescore_unit, start_run
+from das_core.storage import check_output_folder
 from jobs import common
 
 
@@ -32,17 +34,24 @@ def run(c: RescoreConfig) -> dict:
     """Re-score ``c.embeddings`` into ``c.out/run_id=ID``; returns the run's final manifest."""
     from jobs.pipeline import map_rows
 
-    p = plan_rescore(c)
-    tally = start_run(p)
-    if p.todo:
-        common.init_ray()
-        tally.scoring_started()
-        for table in map_rows(p.unit_rows(), rescore_unit, p.cache, env=common.worker_env(), **p.unit_settings()):
-            tally.add(table)
-    manifest = tally.finish()
-    print(tally.summary(manifest), flush=True)
-    if c.report:
-        report_after_run(p.run_uri)
+    check_output_folder(c.out)
+    with sigterm_as_interrupt(), Lease(c.out, "das rescore"):       # one writer per OUT at a time
+        p = plan_rescore(c)
+        tally = start_run(p)
+        try:
+            if p.todo:
+                common.init_ray()
+                tally.scoring_started()
+                for table in map_rows(p.unit_rows(), rescore_unit, p.cache, env=common.worker_env(),
+                                      **p.unit_settings()):
+                    tally.add(table)
+            manifest = tally.finish()
+        except BaseException as exc:
+            tally.abandon(exc)
+            raise
+        print(tally.summary(manifest), flush=True)
+        if c.report:
+            report_after_run(p.run_uri)
     tally.raise_if_failed()
     return manifest.to_dict()
 
