@@ -568,7 +568,8 @@ class LabelRun:
         if now - self.last_progress >= c.progress_every_s:
             self.last_progress = now
             log.info("progress: %d/%d files done, %d unit(s) committed, %d segments, %d errors, %.2f segments/s",
-                     counts.files, p.todo_files, committed, counts.segments, counts.error,
+                     counts.files, self.known_files() - p.prior_counts["files"], committed, counts.segments,
+                     counts.error,
                      counts.windows / max(now - self.t0, 1e-9))
         if now - self.last_manifest >= c.manifest_every_s:
             self.last_manifest = now

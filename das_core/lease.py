@@ -102,6 +102,7 @@ class Holder:
             return cls("unknown", "unknown", "unknown", 0, "unknown", _iso(fallback_unix), fallback_unix)
 
     def to_bytes(self) -> bytes:
+        """The lock file's contents."""
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
 
     def describe(self, now: float | None = None) -> str:
@@ -270,6 +271,7 @@ class Lease:
         self._mutex = threading.Lock()
 
     def holder(self) -> Holder:
+        """This run as the lock names it, with a heartbeat of now."""
         now = time.time()
         return Holder(self.run_id, self.command, socket.gethostname(), os.getpid(), _iso(self.started), _iso(now),
                       now)
