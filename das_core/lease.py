@@ -164,7 +164,7 @@ class _LocalLockFile:
 
     def replace(self, data: bytes, version: object) -> bool:
         """Swap in ``data`` if the lock is still at ``version``; False when it changed."""
-        aside = f"{self.path}.{uuid.uuid4().hex}.stale"
+        aside = os.path.join(os.path.dirname(self.path), f"{storage.TEMP_PREFIX}lock-{uuid.uuid4().hex}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
