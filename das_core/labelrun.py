@@ -359,10 +359,9 @@ class RunCounts:
         kinds.update(self.errors_by_kind)
         skipped = Counter(prior.get("skipped_members") or {})
         skipped.update(self.skipped)
-        examples = (list(prior.get("error_examples") or []) + self.error_examples)[:ERROR_EXAMPLES]
         return {"files": prior["files"] + self.files, "ok": prior["ok"] + self.ok,
                 "error": prior["error"] + self.error, "segments": prior["segments"] + self.segments,
-                "errors_by_kind": dict(sorted(kinds.items())), "error_examples": examples,
+                "errors_by_kind": dict(sorted(kinds.items())),
                 "skipped_members": dict(sorted(skipped.items()))}
 
 
@@ -429,9 +428,9 @@ def _not_done_text(not_done: dict) -> str:
             + (f" (+ {shards} shard(s) not finished, members not yet counted)" if shards else ""))
 
 
-def _errors_text(counts: dict) -> str:
-    kinds = ", ".join(f"{k} {v}" for k, v in counts["errors_by_kind"].items()) or "none"
-    examples = counts.get("error_examples") or []
+def _errors_text(manifest: dict) -> str:
+    kinds = ", ".join(f"{k} {v}" for k, v in manifest["counts"]["errors_by_kind"].items()) or "none"
+    examples = (manifest["runs"] or [{}])[-1].get("error_examples") or []
     return kinds + (f"; e.g. {', '.join(examples)}" if examples else "")
 
 
@@ -448,7 +447,7 @@ def summary(manifest: dict, out: str, wall: float, segments_now: int, not_done: 
           + f"  segments:  {counts['segments']} ({segments_now} this run, "
           f"{segments_now / wall if wall > 0 else 0:.2f} clips/s"
           + (f"; {steady:.2f} clips/s after start-up" if steady else "") + ")\n"
-          f"  errors:    {_errors_text(counts)}\n"
+          f"  errors:    {_errors_text(manifest)}\n"
           f"  weights:   {manifest['checkpoint'].get('weights')}"
           + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
           + f"\n  output:    {out} (segments/, files/, _manifest.json)")
@@ -604,7 +603,8 @@ class LabelRun:
             return
         status, reason = ended_by(exc)
         self.this_run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                              "ended": status, "reason": reason, "files_done": self.counts.files})
+                              "ended": status, "reason": reason, "files_done": self.counts.files,
+                              "error_examples": self.counts.error_examples})
         try:
             self._write_manifest(status, self.counts.total(self.plan.prior_counts))
         except Exception as write_error:  # noqa: BLE001 - the run's own error is the one to report
@@ -622,7 +622,7 @@ class LabelRun:
         run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "wall_time_s": round(wall, 3),
                     "files_done": counts.files, "segments_done": counts.segments,
                     "segments_per_s": round(counts.segments / wall, 4) if wall > 0 else None,
-                    "nodes": len(counts.nodes)})
+                    "nodes": len(counts.nodes), "error_examples": counts.error_examples})
         if self.first_output is not None and wall > self.first_output[0] and counts.windows > self.first_output[1]:
             run["startup_s"] = round(self.first_output[0], 3)
             run["steady_segments_per_s"] = round((counts.windows - self.first_output[1])
