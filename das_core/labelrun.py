@@ -320,7 +320,7 @@ def _check_resumable(c: LabelConfig, previous: RunManifest | None, settings: dic
             + "); use --overwrite or another --out")
 
 
-ERROR_EXAMPLES = 5        # files named in the summary and the manifest's counts as examples of failures
+ERROR_EXAMPLES = 5        # failed files named in the summary (and the run's entry in the manifest)
 
 
 @dataclass

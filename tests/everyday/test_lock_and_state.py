@@ -127,7 +127,7 @@ def test_an_interrupted_run_is_recorded_interrupted(workdir, tiny_ckpt, small_ca
         wait_for(lambda: running(workdir / "labels"), proc)
         time.sleep(2)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
