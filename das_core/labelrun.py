@@ -31,8 +31,9 @@ import pyarrow.compute as pc
 from das_core import __version__, engine, storage
 from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.encoder import DEFAULT_BATCH_SIZE
-from das_core.errors import Refused, RunFailed
+from das_core.errors import Refused, RunFailed, describe_failure
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
+from das_core.lease import Lease, sigterm_as_interrupt
 from das_core.manifest import MANIFEST, RunManifest
 from das_core.progress import steady_rate
 from das_core.results import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
@@ -57,6 +58,7 @@ class RunRefused(Refused):
 
 
 IO, NOISE, COMPUTE = "input and output", "noise (evaluation and stress tests)", "compute"
+DEFAULT_MIN_ERRORS = 5
 
 
 @dataclass
@@ -113,8 +115,12 @@ class LabelConfig:
                           "--num-gpus 0 or 1). Default: automatic, local for small jobs (see README)")
     ray: bool = setting(False, group=COMPUTE, help="run on Ray (RAY_ADDRESS, or a private local Ray) even when the "
                         "job is small")
-    max_error_fraction: float = setting(0.1, help="fail (exit 1) if more than this share of files cannot be "
-                                        "decoded; their rows are kept")
+    max_error_fraction: float = setting(0.1, help="fail (exit 1) if more than this share of the files counted "
+                                        "(plain files and shard members) cannot be decoded, and at least "
+                                        "--min-errors-to-fail of them; their rows are kept. 1 never fails")
+    min_errors_to_fail: int = setting(DEFAULT_MIN_ERRORS, help="the error budget fails a run only once at least "
+                                      "this many files failed, so that a few bad files never fail a small "
+                                      "archive (1: any share over --max-error-fraction fails)")
     progress_every_s: float = 5.0        # the progress line in a log (a terminal's line is rewritten every second)
     report: bool = True                  # write OUT/report/ at the end (das report); --no-report
     manifest_every_s: float = 60.0
@@ -149,6 +155,13 @@ class LabelConfig:
         if not 0.0 <= self.max_error_fraction <= 1.0:
             raise RunRefused("--max-error-fraction must be between 0 and 1")
         engine.check_forced(self.local, self.ray, num_gpus=self.num_gpus, actors=self.actors)
+        if self.min_errors_to_fail < 0:
+            raise RunRefused("--min-errors-to-fail must be at least 0")
+
+    def over_error_budget(self, errors: int, files: int) -> bool:
+        """The error budget: more than ``max_error_fraction`` of ``files`` failed, and at least
+        ``min_errors_to_fail`` of them (a fraction of 1 never fails)."""
+        return errors >= max(self.min_errors_to_fail, 1) and errors > self.max_error_fraction * files
 
     @property
     def windows_per_chunk(self) -> int:
@@ -252,8 +265,7 @@ def plan_run(c: LabelConfig) -> LabelPlan:
     previous = RunManifest.read(c.out)
     has_output = store.has_output()
     if has_output and not (c.resume or c.overwrite):
-        raise RunRefused(f"output {c.out} already holds results; pass --resume to continue that run or "
-                         f"--overwrite to replace it")
+        raise RunRefused(holds_message(c.out, previous))
     cache = DriftCache.load(c.cache)
     local = ckpt.resolve(c.checkpoint)
     checkpoint_id = ckpt.fingerprint(local)
@@ -282,6 +294,26 @@ def plan_run(c: LabelConfig) -> LabelPlan:
                      previous if c.resume else None, count_outcomes(_empty_files()), write_work_manifest=True)
 
 
+def holds_message(out: str, previous: RunManifest | None) -> str:
+    """Why a plain run into ``out`` is refused, and what to do, by the state of the run found there."""
+    last = previous.runs[-1] if previous and previous.runs else {}
+    reason = f": {last['reason']}" if last.get("reason") else ""
+    status = previous.status if previous else None
+    if status == "complete":
+        return (f"output {out} already holds a complete run (finished {last.get('finished', '?')}); pass --resume "
+                "to add files new in the input, --overwrite to start again, or choose another --out")
+    if status in ("interrupted", "failed"):
+        article = "an" if status == "interrupted" else "a"
+        return (f"output {out} holds {article} {status} run (started {last.get('started', '?')}{reason}); pass "
+                "--resume to continue it (committed units are kept) or --overwrite to start again")
+    if status == "running":
+        return (f"output {out} holds a run that stopped without recording its end (started "
+                f"{last.get('started', '?')}; its process was killed); pass --resume to continue it (committed "
+                "units are kept) or --overwrite to start again")
+    return (f"output {out} already holds results (status: {status or f'no {MANIFEST}'}); pass --resume to continue "
+            "that run or --overwrite to replace it")
+
+
 def _empty_files() -> pa.Table:
     from das_core.results import FILES_SCHEMA
 
@@ -303,9 +335,16 @@ def _check_resumable(c: LabelConfig, previous: RunManifest | None, settings: dic
             + "); use --overwrite or another --out")
 
 
+ERROR_EXAMPLES = 5        # failed files named in the summary (and the run's entry in the manifest)
+
+
 @dataclass
 class RunCounts:
-    """Counts of a run kept up to date from chunk statistics (``files/`` is never read back for them)."""
+    """Counts of a run kept up to date from chunk statistics (``files/`` is never read back for them).
+
+    One scale: a "file" is a ``files/`` row, i.e. a plain file or a member of a tar or Parquet shard.
+    Shards are units of work; how many members one holds is known only once it is decoded.
+    """
 
     files: int = 0
     ok: int = 0
@@ -315,9 +354,13 @@ class RunCounts:
     errors_by_kind: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     nodes: set = field(default_factory=set)
+    error_examples: list = field(default_factory=list)      # a few "path (kind)" of files that failed
 
     def add(self, stats: dict) -> None:
         self.skipped.update(json.loads(stats.get("skipped") or "{}"))
+        room = ERROR_EXAMPLES - len(self.error_examples)
+        if room > 0:
+            self.error_examples.extend(json.loads(stats.get("error_examples") or "[]")[:room])
         self.ok += stats["files_ok"]
         self.error += stats["files_error"]
         self.files += stats["files_ok"] + stats["files_error"]
@@ -333,7 +376,8 @@ class RunCounts:
         skipped.update(self.skipped)
         return {"files": prior["files"] + self.files, "ok": prior["ok"] + self.ok,
                 "error": prior["error"] + self.error, "segments": prior["segments"] + self.segments,
-                "errors_by_kind": dict(sorted(kinds.items())), "skipped_members": dict(sorted(skipped.items()))}
+                "errors_by_kind": dict(sorted(kinds.items())),
+                "skipped_members": dict(sorted(skipped.items()))}
 
 
 def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> RunManifest:
@@ -351,6 +395,8 @@ def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> R
         extra={"windows": {"window_s": WINDOW_SECONDS, "hop_s": WINDOW_SECONDS, "min_tail_s": MIN_TAIL_SECONDS,
                            "file_pooling": "max over windows"},
                "work": {"units": len(p.units), "inputs": p.n_inputs, "files_per_unit": c.files_per_unit,
+                        "scale": "counts.files = files/ rows (plain files and shard members); inputs = listed "
+                                 "entries (a shard is one)",
                         "unit_bytes": c.unit_bytes, "chunk_windows": c.windows_per_chunk},
                "skipped": _skipped(p, counts)})
 
@@ -391,21 +437,32 @@ def print_dry_run(p: LabelPlan) -> dict:
             "todo_files": p.todo_files, "skipped": skipped}
 
 
-def summary(manifest: dict, out: str, wall: float, segments_now: int, n_inputs: int, steady: float | None) -> str:
-    """The closing lines of ``das label``."""
+def _not_done_text(not_done: dict) -> str:
+    files, shards = not_done.get("files", 0), not_done.get("shards", 0)
+    return ((f" + {files} not done" if files else "")
+            + (f" (+ {shards} shard(s) not finished, members not yet counted)" if shards else ""))
+
+
+def _errors_text(manifest: dict) -> str:
+    kinds = ", ".join(f"{k} {v}" for k, v in manifest["counts"]["errors_by_kind"].items()) or "none"
+    examples = (manifest["runs"] or [{}])[-1].get("error_examples") or []
+    return kinds + (f"; e.g. {', '.join(examples)}" if examples else "")
+
+
+def summary(manifest: dict, out: str, wall: float, segments_now: int, not_done: dict, steady: float | None) -> str:
+    """The closing lines of ``das label``. "files" are ``files/`` rows (plain files and shard members);
+    ``not_done``: plain files and shards of the plan that no row counts yet (never negative)."""
     counts = manifest["counts"]
-    errs = ", ".join(f"{k} {v}" for k, v in counts["errors_by_kind"].items()) or "none"
-    missing = n_inputs - counts["files"]
+    files_in = counts["files"] + not_done.get("files", 0)
     skipped = manifest.get("skipped") or {}
     return (f"das label: {manifest['status']} in {wall:.1f} s\n"
-          f"  files in:  {n_inputs} = {counts['ok']} ok + {counts['error']} error"
-          + (f" + {missing} not done" if missing else "") + "\n"
+          f"  files in:  {files_in} = {counts['ok']} ok + {counts['error']} error" + _not_done_text(not_done) + "\n"
           + (f"  skipped:   {skipped['total']} not picked up ("
              + ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items()) + ")\n" if skipped.get("total") else "")
           + f"  segments:  {counts['segments']} ({segments_now} this run, "
           f"{segments_now / wall if wall > 0 else 0:.2f} clips/s"
           + (f"; {steady:.2f} windows/s after start-up" if steady else "") + ")\n"
-          f"  errors:    {errs}\n"
+          f"  errors:    {_errors_text(manifest)}\n"
           f"  weights:   {manifest['checkpoint'].get('weights')}"
           + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
           + f"\n  output:    {out} (segments/, files/, _manifest.json)")
@@ -453,23 +510,30 @@ class LabelRun:
     ``start`` prepares OUT (--overwrite, --resume clean-up, the work manifest,
     a ``running`` manifest); ``observe`` counts each chunk's statistics and
     returns the unit they make whole, to be committed; ``finish`` writes the
-    final manifest, prints the summary and says whether the run failed.
+    final manifest, prints the summary and says whether the run failed;
+    ``abandon`` records a run that ended otherwise as ``failed`` or ``interrupted``.
     """
 
-    def __init__(self, p: LabelPlan):
+    def __init__(self, p: LabelPlan, run_id: str | None = None):
         c = p.config
         self.plan = p
         self.runs = list(p.previous.runs) if c.resume and p.previous else []
         self.engine, self.engine_reason = engine.choose(c.local, c.ray, engine.label_too_big(
             p.todo, c.num_gpus, c.actor_count))
-        self.this_run = {**new_run_entry(p), "device": "cuda" if c.num_gpus > 0 else "cpu",
-                         "torch_threads": c.torch_threads, "engine": self.engine}
+        self.this_run = {**({"run_id": run_id} if run_id else {}), **new_run_entry(p),
+                         "device": "cuda" if c.num_gpus > 0 else "cpu", "torch_threads": c.torch_threads,
+                         "engine": self.engine}
         self.counts, self.tracker = RunCounts(), UnitTracker()
         self.t0 = self.last_progress = self.last_manifest = time.monotonic()
         self.first_output: tuple[float, int] | None = None
         self.chunks = 0                           # chunks counted (repeats excluded)
         self.aborted: str | None = None          # why the run stopped early
         self.failure: RunFailed | None = None     # set by finish: the run's result is not acceptable
+        self.started = False                      # a "running" manifest was written
+        shard = p.todo.column("shard").to_pylist() if "shard" in p.todo.column_names else [None] * len(p.todo)
+        self.shard_units = {u for u, k in zip(p.todo.column("unit").to_pylist(), shard) if k}
+        self.plain_todo = p.todo_files - len(self.shard_units)   # a shard unit lists its shard: one entry
+        self.plain_counted = 0                    # files/ rows counted this run from plain-file units
 
     def start(self) -> bool:
         """Prepare OUT; False (and a line printed) when --resume finds every unit committed."""
@@ -492,6 +556,7 @@ class LabelRun:
         if p.write_work_manifest:
             write_work_manifest(c.out, p.units)
         self._write_manifest("running", p.prior_counts)
+        self.started = True
         log.info("labelling %d file(s) in %d unit(s) with %d encoder actor(s) (%s), %d class(es), lam=%g; "
                  "engine: %s (%s)", p.todo_files, len(p.todo), c.actor_count,
                  f"{c.gpus_per_actor:g} GPU each" if c.gpus_per_actor else "CPU", len(p.cache.labels), p.cache.lam,
@@ -507,12 +572,14 @@ class LabelRun:
     def observe(self, stats: dict, committed: int = 0) -> tuple[str, list[int]] | None:
         """Count one chunk's statistics; the unit (with its pieces' chunks) they make whole, if any.
 
-        Sets ``aborted`` once more files failed than --max-error-fraction allows.
+        Sets ``aborted`` once the error budget is exceeded for good (``known_files``).
         """
         if self.tracker.is_repeat(stats):
             return None               # a retried task's chunk, already counted (its part was overwritten)
         p, c, counts = self.plan, self.plan.config, self.counts
         counts.add(stats)
+        if stats["unit"] not in self.shard_units:
+            self.plain_counted += stats["files_ok"] + stats["files_error"]
         now = time.monotonic()
         self.chunks += 1
         if self.first_output is None:
@@ -521,16 +588,43 @@ class LabelRun:
         if now - self.last_manifest >= c.manifest_every_s:
             self.last_manifest = now
             self._write_manifest("running", counts.total(p.prior_counts))
-        errors = p.prior_counts["error"] + counts.error
-        if errors > c.max_error_fraction * p.n_inputs:
-            self.aborted = (f"more than {c.max_error_fraction:.0%} of {p.n_inputs} files failed to decode "
-                            f"({errors} so far); stopping early")
+        errors, known = p.prior_counts["error"] + counts.error, self.known_files()
+        if c.over_error_budget(errors, known):
+            self.aborted = (f"{errors} of the {known} files known so far failed to decode, more than "
+                            f"--max-error-fraction {c.max_error_fraction:g} of them however the rest turns out; "
+                            "stopping early")
         return self.tracker.add(stats)
+
+    def known_files(self) -> int:
+        """Files (``files/`` rows) known so far: those counted, plus the plain files still to do. A shard's
+        members are known only as they are decoded, so the early stop never judges them before."""
+        return (self.plan.prior_counts["files"] + self.counts.files
+                + max(self.plain_todo - self.plain_counted, 0))
+
+    def not_done(self) -> dict:
+        """Plain files and shards of this run's units that no counted row covers (never negative)."""
+        return {"files": max(self.plain_todo - self.plain_counted, 0),
+                "shards": len(self.shard_units - self.tracker.whole)}
 
     def check_whole(self) -> None:
         """After the pipeline: every unit it started is whole, unless the run stopped early."""
         if self.aborted is None and self.tracker.open_units:
             raise RuntimeError(f"pipeline ended with {self.tracker.open_units} unit(s) not whole")
+
+    def abandon(self, exc: BaseException) -> None:
+        """Record a run that ends by ``exc`` as ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` with the one-line
+        reason, so that no manifest is left ``running``; the next plain run then says what to do."""
+        if not self.started:
+            return
+        status, reason = ended_by(exc)
+        self.this_run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                              "ended": status, "reason": reason, "files_done": self.counts.files,
+                              "error_examples": self.counts.error_examples})
+        try:
+            self._write_manifest(status, self.counts.total(self.plan.prior_counts))
+        except Exception as write_error:  # noqa: BLE001 - the run's own error is the one to report
+            log.error("could not record the %s run in %s (%s)", status, self.plan.config.out, write_error)
+        self.started = False
 
     def finish(self) -> dict:
         """Write the final manifest and print the summary; RunFailed when too many files failed."""
@@ -543,43 +637,59 @@ class LabelRun:
         run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "wall_time_s": round(wall, 3),
                     "files_done": counts.files, "segments_done": counts.segments,
                     "segments_per_s": round(counts.segments / wall, 4) if wall > 0 else None,
-                    "nodes": len(counts.nodes)})
+                    "nodes": len(counts.nodes), "error_examples": counts.error_examples})
         if self.first_output is not None:
             run["startup_s"] = round(self.first_output[0], 3)
             steady = steady_rate(*self.first_output, self.chunks, wall, counts.windows)
             if steady is not None:          # too few chunks after start-up to measure: left out
                 run.update(steady_segments_per_s=round(steady, 4), steady_chunks=self.chunks - 1)
-        failed = self.aborted or (total["files"] and total["error"] > c.max_error_fraction * p.n_inputs and
-                                  f"{total['error']} of {total['files']} files failed to decode "
-                                  f"(more than --max-error-fraction {c.max_error_fraction:g})")
+        failed = self.aborted or (c.over_error_budget(total["error"], total["files"]) and
+                                  f"{total['error']} of {total['files']} files failed to decode (more than "
+                                  f"--max-error-fraction {c.max_error_fraction:g}, and at least "
+                                  f"--min-errors-to-fail {c.min_errors_to_fail})")
+        run.update({"ended": "failed" if failed else "complete", **({"reason": failed} if failed else {})})
         manifest = self._write_manifest("failed" if failed else "complete", total)
-        print(summary(manifest, c.out, wall, counts.segments, p.n_inputs, run.get("steady_segments_per_s")),
+        self.started = False
+        print(summary(manifest, c.out, wall, counts.segments, self.not_done(), run.get("steady_segments_per_s")),
               flush=True)
         self.failure = (RunFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ "
                                   "(see the 'error' column)") if failed else None)
         return manifest
 
 
+def ended_by(exc: BaseException) -> tuple[str, str]:
+    """The manifest status (``interrupted`` or ``failed``) and the one-line reason for a run ended by ``exc``."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'})"
+    if isinstance(exc, SystemExit):          # Ray's driver turns SIGTERM into sys.exit(15)
+        return "interrupted", ("interrupted (signal SIGTERM)" if exc.code == 15 else f"exited ({exc.code})")
+    return "failed", describe_failure(exc)[1]
+
+
 def run_label(c: LabelConfig, run_units: Callable[[LabelRun], None]) -> dict:
-    """A label run: plan, ``run_units(run)`` (the job's pipeline, which feeds ``run.observe``), the final
-    manifest, the summary and the report; returns the manifest. A worker's disk-full or permission error
-    ends the run as one ``RunFailed`` that says what is kept."""
+    """A label run: the lock on OUT, plan, ``run_units(run)`` (the job's pipeline, which feeds ``run.observe``),
+    the final manifest, the summary and the report; returns the manifest. A worker's disk-full or permission
+    error ends the run as one ``RunFailed`` that says what is kept; any other end is recorded in the manifest
+    (``LabelRun.abandon``) before it is raised."""
     from das_core.report import report_after_run
 
     check_output_folder(c.out)
-    run = LabelRun(plan_run(c))
-    if not run.start():
-        return run.plan.previous.to_dict()
-    try:
-        run_units(run)
-    except Exception as exc:
-        refusal = write_refusal(exc, c.out)
-        if refusal is None:
-            raise
-        raise refusal from None
-    manifest = run.finish()
-    if c.report:
-        report_after_run(c.out)
+    command = "das label" + (" --resume" if c.resume else " --overwrite" if c.overwrite else "")
+    with sigterm_as_interrupt(), Lease(c.out, command) as lease:
+        run = LabelRun(plan_run(c), run_id=lease.run_id)
+        try:
+            if not run.start():
+                return run.plan.previous.to_dict()
+            run_units(run)
+        except BaseException as exc:
+            refusal = write_refusal(exc, c.out) if isinstance(exc, Exception) else None
+            run.abandon(refusal or exc)
+            if refusal is None:
+                raise
+            raise refusal from None
+        manifest = run.finish()
+        if c.report:
+            report_after_run(c.out)
     if run.failure:
         raise run.failure
     return manifest

@@ -482,6 +482,20 @@ class RescoreTally:
         manifest.write(p.run_uri)
         return manifest
 
+    def abandon(self, exc: BaseException) -> None:
+        """Record a run ended by ``exc`` as ``interrupted`` or ``failed`` (with the reason), never ``running``."""
+        from das_core.labelrun import ended_by
+
+        p = self.plan
+        status, reason = ended_by(exc)
+        counts = count_stats(self.stats, p)
+        self.this_run.update({"finished": _now(), "ended": status, "reason": reason, "units_done": counts["units"]})
+        covered = p.covered_before | {s["part"] for s in self.stats if not s["failure"]}
+        try:
+            run_manifest(p, status, counts, self.this_run, covered).write(p.run_uri)
+        except Exception as write_error:  # noqa: BLE001 - the run's own error is the one to report
+            log.error("could not record the %s run in %s (%s)", status, p.run_uri, write_error)
+
     def raise_if_failed(self) -> None:
         failures = self.failures
         if failures:

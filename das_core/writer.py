@@ -79,6 +79,7 @@ STATS_SCHEMA = pa.schema([
     pa.field("errors_by_kind", pa.string()),  # JSON {kind: n}
     pa.field("pieces", pa.bool_()),           # wrote a pieces part: finish_unit must read it
     pa.field("skipped", pa.string()),         # JSON {reason: n} of shard members not labelled
+    pa.field("error_examples", pa.string()),  # JSON ["path (kind)", ...]: a few of the files that failed here
     pa.field("node", pa.string()),
     pa.field("seconds", pa.float64()),
 ])
@@ -253,6 +254,7 @@ def _stats(unit: str, chunk: int, last: bool, n_windows: int, meta: ChunkMeta, p
             "files_error": len(closed) - len(ok), "segments": sum(int(f.get("n_emitted", 0)) for f in ok),
             "errors_by_kind": json.dumps(dict(sorted(kinds.items()))), "pieces": pieces,
             "skipped": json.dumps(meta.skipped),
+            "error_examples": json.dumps([f"{f['path']} ({f['error_kind']})" for f in closed if f["status"] != OK][:5]),
             "node": os.environ.get("DAS_NODE_ID", os.uname().nodename), "seconds": seconds}
 
 

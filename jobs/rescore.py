@@ -8,8 +8,10 @@ import argparse
 import sys
 
 from das_core import engine, localrun
+from das_core.lease import Lease, sigterm_as_interrupt
 from das_core.report import report_after_run
 from das_core.rescoring import RescoreConfig, plan_rescore, rescore_unit, start_run
+from das_core.storage import check_output_folder
 from jobs import common
 
 
@@ -33,26 +35,32 @@ def config_from_args(args: argparse.Namespace) -> RescoreConfig:
 
 def run(c: RescoreConfig) -> dict:
     """Re-score ``c.embeddings`` into ``c.out/run_id=ID``; returns the run's final manifest."""
-    p = plan_rescore(c)
-    where, why = engine.choose(c.local, c.ray, engine.segments_too_many(p.label.counts.get("segments")))
-    tally = start_run(p)
-    tally.this_run["engine"] = where
-    if p.todo:
-        common.log.info("engine: %s (%s)", where, why)
-        if where == engine.LOCAL:
-            map_rows, env = localrun.map_rows, {}
-        else:
-            from jobs.pipeline import map_rows
+    check_output_folder(c.out)
+    with sigterm_as_interrupt(), Lease(c.out, "das rescore"):       # one writer per OUT at a time
+        p = plan_rescore(c)
+        where, why = engine.choose(c.local, c.ray, engine.segments_too_many(p.label.counts.get("segments")))
+        tally = start_run(p)
+        tally.this_run["engine"] = where
+        try:
+            if p.todo:
+                common.log.info("engine: %s (%s)", where, why)
+                if where == engine.LOCAL:
+                    map_rows, env = localrun.map_rows, {}
+                else:
+                    from jobs.pipeline import map_rows
 
-            common.init_ray()
-            env = {"env": common.worker_env()}
-        tally.scoring_started()
-        for table in map_rows(p.unit_rows(), rescore_unit, p.cache, **env, **p.unit_settings()):
-            tally.add(table)
-    manifest = tally.finish()
-    print(tally.summary(manifest), flush=True)
-    if c.report:
-        report_after_run(p.run_uri)
+                    common.init_ray()
+                    env = {"env": common.worker_env()}
+                tally.scoring_started()
+                for table in map_rows(p.unit_rows(), rescore_unit, p.cache, **env, **p.unit_settings()):
+                    tally.add(table)
+            manifest = tally.finish()
+        except BaseException as exc:
+            tally.abandon(exc)
+            raise
+        print(tally.summary(manifest), flush=True)
+        if c.report:
+            report_after_run(p.run_uri)
     tally.raise_if_failed()
     return manifest.to_dict()
 

@@ -303,7 +303,7 @@ def test_manifest_input_with_missing_object(s3_archive, cache_uri, tiny_ckpt, tm
 def test_error_budget_fails_the_job_but_keeps_rows(s3_archive, cache_uri, tiny_ckpt, tmp_path):
     out = str(tmp_path / "budget")
     with pytest.raises(JobFailed, match="failed to decode"):
-        run(config(s3_archive + "/bad", cache_uri, tiny_ckpt, out, max_error_fraction=0.5))
+        run(config(s3_archive + "/bad", cache_uri, tiny_ckpt, out, max_error_fraction=0.5, min_errors_to_fail=1))
     files = read(out, "files")
     assert len(files) >= 3 and (files.status == "error").all()
     assert RunManifest.read(out).to_dict()["status"] == "failed"

@@ -8,7 +8,7 @@ import pytest
 from conftest import sine, write_audio
 
 from das_core.errors import RunFailed
-from das_core.labelrun import LabelConfig, LabelRun, UnitTracker, plan_run
+from das_core.labelrun import LabelConfig, LabelRun, RunRefused, UnitTracker, ended_by, plan_run
 from das_core.manifest import RunManifest
 from das_core.units import read_work_manifest
 
@@ -43,7 +43,7 @@ def test_run_counts_chunks_commits_whole_units_and_stops_at_the_error_budget(arc
                                                                              tmp_path):
     out = str(tmp_path / "out")
     c = LabelConfig(input=archive, cache=small_cache, checkpoint=tiny_ckpt, out=out, files_per_unit=2,
-                    max_error_fraction=0.25, report=False)
+                    max_error_fraction=0.25, min_errors_to_fail=1, report=False)
     run = LabelRun(plan_run(c))
     assert run.start()
     assert len(read_work_manifest(out)) == 2 and RunManifest.read(out).to_dict()["status"] == "running"
@@ -97,3 +97,58 @@ def test_an_out_that_overlaps_the_input_is_refused_at_construction(inp, out, how
     ok = LabelConfig(input="s3://b/archive", cache="c.npz", checkpoint="630k-audioset-best", out="s3://b/archive2")
     assert ok.out == "s3://b/archive2" and ok.cache == str(tmp_path / "c.npz")
     assert ok.checkpoint == "630k-audioset-best"                 # a published name is not a path
+
+
+@pytest.mark.parametrize("errors, files, fraction, minimum, fails", [
+    (2, 18, 0.1, 5, False),        # two bad files never fail a small archive by default
+    (5, 18, 0.1, 5, True),
+    (4, 4, 1.0, 1, False),         # a fraction of 1 never fails
+    (1, 20, 0.0, 1, True),         # strict: any error
+    (9, 100, 0.1, 5, False),
+    (11, 100, 0.1, 5, True),
+    (0, 0, 0.0, 0, False),
+])
+def test_error_budget_needs_the_fraction_and_the_minimum(errors, files, fraction, minimum, fails, tmp_path):
+    c = LabelConfig(input="in", cache="c", checkpoint="k", out=str(tmp_path), max_error_fraction=fraction,
+                    min_errors_to_fail=minimum)
+    assert c.over_error_budget(errors, files) is fails
+
+
+def test_early_stop_judges_known_files_not_a_guess(archive, small_cache, tiny_ckpt, tmp_path):
+    """Plain files are known from the plan; the early stop fires only once the verdict cannot change."""
+    c = LabelConfig(input=archive, cache=small_cache, checkpoint=tiny_ckpt, out=str(tmp_path / "out"),
+                    files_per_unit=2, max_error_fraction=0.5, min_errors_to_fail=1, report=False)
+    run = LabelRun(plan_run(c))
+    run.observe(stats("u00000000", 0, last=True, error=2))       # 2 of 4 known: not more than half yet
+    assert run.aborted is None and run.known_files() == 4 and run.not_done() == {"files": 2, "shards": 0}
+    run.observe(stats("u00000001", 0, last=True, ok=1, error=1))
+    assert "3 of the 4 files known so far" in run.aborted            # 3 of 4: over half whatever comes
+    manifest = run.finish()
+    assert manifest["status"] == "failed" and run.not_done() == {"files": 0, "shards": 0}
+
+
+def test_abandoned_run_is_recorded_failed_or_interrupted_and_the_next_run_is_told_what_to_do(
+        archive, small_cache, tiny_ckpt, tmp_path):
+    out = str(tmp_path / "out")
+    c = LabelConfig(input=archive, cache=small_cache, checkpoint=tiny_ckpt, out=out, report=False)
+    run = LabelRun(plan_run(c), run_id="r1")
+    assert run.start()
+    run.abandon(KeyboardInterrupt())
+    m = RunManifest.read(out)
+    assert m.status == "interrupted" and m.runs[-1]["reason"] == "interrupted (Ctrl-C)" and m.runs[-1]["run_id"] == "r1"
+    with pytest.raises(RunRefused, match="holds an interrupted run .*pass --resume to continue it"):
+        plan_run(c)
+    run = LabelRun(plan_run(LabelConfig(input=archive, cache=small_cache, checkpoint=tiny_ckpt, out=out,
+                                        resume=True, report=False)))
+    assert run.start()
+    run.abandon(RuntimeError("boom"))
+    m = RunManifest.read(out)
+    assert m.status == "failed" and "RuntimeError: boom" in m.runs[-1]["reason"] and len(m.runs) == 2
+    with pytest.raises(RunRefused, match="holds a failed run .*RuntimeError: boom.*--resume"):
+        plan_run(c)
+
+
+def test_ended_by_names_signals():
+    assert ended_by(KeyboardInterrupt("signal SIGTERM")) == ("interrupted", "interrupted (signal SIGTERM)")
+    assert ended_by(SystemExit(15))[0] == "interrupted"
+    assert ended_by(RunFailed("too many"))[0] == "failed"
