@@ -16,7 +16,6 @@ never change, so their part names and rows stay valid.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ import pyarrow.compute as pc
 from das_core import __version__, storage
 from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.encoder import DEFAULT_BATCH_SIZE
-from das_core.errors import Refused, RunFailed
+from das_core.errors import WRITE_ERRNOS, Refused, RunFailed
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.manifest import MANIFEST, RunManifest
 from das_core.results import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
@@ -567,9 +566,6 @@ def run_label(c: LabelConfig, run_units: Callable[[LabelRun], None]) -> dict:
     if run.failure:
         raise run.failure
     return manifest
-
-
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def write_refusal(exc: BaseException, out: str) -> RunFailed | None:

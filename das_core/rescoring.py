@@ -365,6 +365,7 @@ def _apply_watermark(p: RescorePlan) -> None:
 def plan_rescore(c: RescoreConfig) -> RescorePlan:
     """Everything that can be refused is refused here, before any part is read."""
     run_id = c.run_id or default_run_id()
+    storage.check_output_folder(c.out)
     cache = DriftCache.load(c.cache)
     label = open_embeddings(c.embeddings, cache.encoder_id, f"the drift cache {c.cache} was built with",
                             "das rescore", remedy="it cannot re-score them; rebuild it with "

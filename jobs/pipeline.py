@@ -123,6 +123,13 @@ def configure_data_context() -> None:
     # Ray Data reserves part of the cluster for each operator; with a fixed actor pool beside one task
     # operator that only idles CPUs the decode tasks could use (decode_scaling in `make bench`: 0.57 -> 0.72).
     ctx.op_resource_reservation_enabled = False
+    keep_worker_errors()
+
+
+def keep_worker_errors() -> None:
+    """A worker's own exception reaches the driver (as ``RayTaskError.cause``) instead of Ray Data's
+    ``UserCodeException``, whose cause is lost on the way: a full disk stays an ``OSError`` with its path."""
+    ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
 def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, decode: units.DecodeSettings,
@@ -184,6 +191,7 @@ def map_rows(rows: list[dict], work, shared, *, env: dict[str, str] | None = Non
     if not rows:
         return
     runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+    keep_worker_errors()
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(_map_row, fn_kwargs={"work": work, "shared_box": [ray.put(shared)], "settings": settings},
                         batch_size=1, batch_format="pyarrow", num_cpus=1, **runtime_env)
