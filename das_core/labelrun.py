@@ -22,7 +22,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -75,7 +75,8 @@ class LabelConfig:
     overwrite: bool = setting(False, group=IO, help="delete what OUT holds and start again")
     embedding_dtype: str = setting("float16", group=IO, choices=("float16", "float32"),
                                    help="storage type of embeddings; scores are computed from the stored values")
-    top_k: int = setting(DEFAULT_TOP_K, group=IO, help="classes kept per window and per file")
+    top_k: int | None = setting(None, group=IO, metavar="K", help=f"classes kept per window and per file (default "
+                                f"{DEFAULT_TOP_K}, or every class of a cache with fewer; at most the cache's classes)")
     probabilities: bool = setting(False, group=IO, help="add top_k_probs: softmax over all classes of the "
                                   "checkpoint's logit scale x DAS scores")
     audio_column: str | None = setting(None, group=IO, metavar="NAME", help="Parquet shards: the column of audio "
@@ -239,6 +240,7 @@ def plan_run(c: LabelConfig) -> LabelPlan:
         raise RunRefused(f"output {c.out} already holds results; pass --resume to continue that run or "
                          f"--overwrite to replace it")
     cache = DriftCache.load(c.cache)
+    c = replace(c, top_k=cache.top_k_for(c.top_k, c.cache, DEFAULT_TOP_K))
     local = ckpt.resolve(c.checkpoint)
     checkpoint_id = ckpt.fingerprint(local)
     cache.check_encoder(checkpoint_id, c.checkpoint)

@@ -362,6 +362,13 @@ def _apply_watermark(p: RescorePlan) -> None:
                     "labels (run without --since-last-run to relabel everything)", p.previous.get("run_id"))
 
 
+def _top_k(c: RescoreConfig, cache: DriftCache, label: RunManifest) -> int:
+    """``--top-k`` (refused above the cache's class count), else the label run's, at most every class."""
+    if c.top_k is not None:
+        return cache.top_k_for(c.top_k, c.cache, DEFAULT_TOP_K)
+    return cache.top_k_for(None, c.cache, label.settings.get("top_k") or DEFAULT_TOP_K)
+
+
 def plan_rescore(c: RescoreConfig) -> RescorePlan:
     """Everything that can be refused is refused here, before any part is read."""
     run_id = c.run_id or default_run_id()
@@ -383,7 +390,7 @@ def plan_rescore(c: RescoreConfig) -> RescorePlan:
     if not label.complete:
         log.info("the label output is %s: its %d committed unit(s) are scored", label.status, len(committed))
     p = RescorePlan(c, run_id, run_uri, normalise_uri(c.embeddings), label, label.checkpoint_fingerprint, cache,
-                    c.top_k or label.settings.get("top_k") or DEFAULT_TOP_K, listing, committed, uncommitted,
+                    _top_k(c, cache, label), listing, committed, uncommitted,
                     todo=list(committed))
     if c.since_last_run:
         _apply_watermark(p)
