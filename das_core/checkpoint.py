@@ -56,9 +56,10 @@ DOWNLOAD_TIMEOUT_S = 10.0
 RANDOM_WEIGHTS_NAME = "das-random-weights"
 HF_RANDOM_WEIGHTS_KEY = "das_weights"
 # The files of a saved ClapModel that determine its embeddings: fingerprinted, fetched from s3 and the hub.
-HF_MODEL_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "model.safetensors.index.json",
-                  "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
-                  "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+HF_MODEL_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "*.safetensors",
+                  "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+                  "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                  "added_tokens.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
