@@ -244,7 +244,7 @@ def plan_run(c: LabelConfig) -> LabelPlan:
     local = ckpt.resolve(c.checkpoint)
     checkpoint_id = ckpt.fingerprint(local)
     cache.check_encoder(checkpoint_id, c.checkpoint)
-    info = ckpt.describe(local)
+    info = ckpt.describe(local, without_torch=c.dry_run)    # a dry run never imports torch
     settings = settings_of(c, cache.fingerprint, checkpoint_id)
     units = read_work_manifest(c.out) if c.resume and has_output else None
     if c.resume and has_output:
