@@ -169,7 +169,9 @@ def _read_manifest(uri: str) -> pa.Table:
             table = pcsv.read_csv(io.BytesIO(data), convert_options=pcsv.ConvertOptions(
                 column_types={"path": "string", "id": "string"}))
         else:
-            table = pq.read_table(io.BytesIO(data))
+            # from an Arrow buffer, not a Python file object: no reader thread calls back into Python (one that
+            # does while the interpreter exits ends the process with a native abort)
+            table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # noqa: BLE001 - any parse failure is the manifest's
         raise InputError(f"manifest {uri} cannot be read: {exc}") from None
     if "path" not in table.column_names:

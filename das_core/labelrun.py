@@ -244,12 +244,13 @@ def plan_run(c: LabelConfig) -> LabelPlan:
     local = ckpt.resolve(c.checkpoint)
     checkpoint_id = ckpt.fingerprint(local)
     cache.check_encoder(checkpoint_id, c.checkpoint)
-    info = ckpt.describe(local, without_torch=c.dry_run)    # a dry run never imports torch
     settings = settings_of(c, cache.fingerprint, checkpoint_id)
     units = read_work_manifest(c.out) if c.resume and has_output else None
     if c.resume and has_output:
         _check_resumable(c, previous, settings, units)
     inputs, skipped, noise_uris = _list(c)
+    # after the input is listed: a bad input is refused before torch is imported; a dry run never imports it
+    info = ckpt.describe(local, without_torch=c.dry_run)
     if units is not None:
         planned = pc.list_flatten(units.column("file_ids"))
         new = inputs.filter(pc.invert(pc.is_in(inputs.column("file_id"), planned)))

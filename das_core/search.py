@@ -422,9 +422,9 @@ class SearchPlan:
 
 def plan_search(c: SearchConfig) -> SearchPlan:
     """Check the output searched (manifest, checkpoint, columns), then encode the queries; before any task."""
+    check_like_files(c.like)
     manifest = check_embeddings(c)
     listing, units = searchable_units(c)
-    check_like_files(c.like)
     start = time.monotonic()
     queries = encode_queries(c, manifest.settings)
     log.info("searching %d unit(s) of %s at %s level for %d query(ies)", len(units), c.embeddings, c.level,
