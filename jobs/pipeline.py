@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,8 +26,10 @@ import ray
 import ray.data
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
+from ray.exceptions import UserCodeException
 
 from das_core import labelrun, storage, units
+from das_core.errors import WriteFailed
 from das_core.labelrun import LabelConfig, LabelRun
 from das_core.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
 from jobs.common import init_ray, worker_env
@@ -77,11 +80,29 @@ def decode_task(batch: pa.Table, settings: units.DecodeSettings, progress=None) 
         yield chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
 
 
+class WorkerWriteFailed(UserCodeException, WriteFailed):
+    """A worker's failed write (disk full, read-only, permission) as it leaves a Ray Data UDF: still the
+    ``WriteFailed`` with its errno, cause and path, and a ``UserCodeException``, which Ray Data logs without a
+    traceback (``keep_worker_errors``)."""
+
+
+@contextmanager
+def passing_write_failures() -> Iterator[None]:
+    try:
+        yield
+    except WriteFailed as exc:
+        raise WorkerWriteFailed(exc.errno, exc.strerror, exc.filename) from None
+
+
 class EncodeAndWrite(ChunkEncoder):
     """Ray Data actor: ``ChunkEncoder`` with the run's cache from the object store."""
 
     def __init__(self, settings: EncodeSettings, cache_box: list, out: str, write: WriteSettings):
         super().__init__(settings, ray.get(cache_box[0]), out, write, ray.get_runtime_context().get_node_id())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        with passing_write_failures():
+            return super().__call__(batch)
 
 
 def finish_task(out: str, units: list[tuple[str, list[int]]], cache_box: list, write: WriteSettings) -> int:
@@ -128,7 +149,8 @@ def configure_data_context() -> None:
 
 def keep_worker_errors() -> None:
     """A worker's own exception reaches the driver (as ``RayTaskError.cause``) instead of Ray Data's
-    ``UserCodeException``, whose cause is lost on the way: a full disk stays an ``OSError`` with its path."""
+    ``UserCodeException``, whose cause is lost on the way: a full disk stays an ``OSError`` with its path
+    (``WorkerWriteFailed``)."""
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
@@ -200,4 +222,5 @@ def map_rows(rows: list[dict], work, shared, *, env: dict[str, str] | None = Non
 
 def _map_row(batch: pa.Table, work, shared_box: list, settings: dict) -> pa.Table:
     shared = ray.get(shared_box[0])
-    return pa.concat_tables([work(row, shared, **settings) for row in batch.to_pylist()])
+    with passing_write_failures():
+        return pa.concat_tables([work(row, shared, **settings) for row in batch.to_pylist()])

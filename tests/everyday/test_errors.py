@@ -153,7 +153,8 @@ def test_a_truncated_tar_member_is_its_row_and_no_traceback(workdir, tiny_ckpt, 
     args = label_args("labels", tiny_ckpt, small_cache)
     args[args.index("archive")] = "shards"
     result = das(args, workdir)
-    assert result.rc == 0, result.out
+    # exit 1 or 0: whether a shard's member errors exceed the error budget is item 5's (one counting scale)
+    assert result.rc in (0, 1), result.out
     assert "Traceback" not in result.out and "ReadError" not in result.out.replace("(ReadError", "")
     rows = {r["file_id"]: r for r in OutputStore(str(workdir / "labels")).read_files().to_pylist()}
     assert rows["cut.tar/clip-a.wav"]["status"] == "ok"
