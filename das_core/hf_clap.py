@@ -150,9 +150,8 @@ class LogMelFrontEnd:
         # inside (ClapProcessor.save_pretrained of transformers 5): ClapFeatureExtractor reads either
         if not any(os.path.isfile(os.path.join(folder, name)) for name in FEATURE_CONFIGS):
             raise ckpt.CheckpointError(f"{folder} has no preprocessor_config.json or processor_config.json: save the "
-                                       f"model's "
-                                       f"ClapFeatureExtractor (or ClapProcessor) into the folder; its mel settings "
-                                       f"(e.g. frequency_min) are part of the model")
+                                       f"model's ClapFeatureExtractor (or ClapProcessor) into the folder; its mel "
+                                       f"settings (e.g. frequency_min) are part of the model")
         with hf_offline():
             fe = ClapFeatureExtractor.from_pretrained(folder, local_files_only=True)
         mels = int(audio_config.get("num_mel_bins", 64))

@@ -20,7 +20,7 @@ import posixpath
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO
 
 import fsspec
@@ -432,7 +432,8 @@ def _check_can_make(folder: str, uri: str, option: str) -> None:
                       "choose a location you can write to") from None
     finally:
         if missing:
-            os.rmdir(missing)
+            with suppress(OSError):              # something else wrote there meanwhile: leave it
+                os.rmdir(missing)
 
 
 def check_output_file(uri: str, option: str = "--out") -> None:
