@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from das_core import __version__, storage
 from das_core.cache import DriftCache
-from das_core.errors import ConfigError, Refused, RunFailed
+from das_core.errors import ConfigError, Refused, RunFailed, WriteFailed
 from das_core.inputs import normalise_uri
 from das_core.labelrun import DEFAULT_TOP_K
 from das_core.manifest import RunManifest
@@ -210,13 +210,16 @@ def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str,
     """The task of one label unit (``row``: ``RescorePlan.unit_rows``): one ``PART_STATS_SCHEMA`` row.
 
     A unit that cannot be re-scored (unreadable, damaged) is reported in
-    ``failure``; it never fails the task, so every other unit still gets done.
+    ``failure``; it never fails the task, so every other unit still gets done. A write that fails
+    (``WriteFailed``: disk full, read-only) ends the run.
     """
     unit, start = row["unit"], time.monotonic()
     counts, failure = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}, None
     try:
         counts = rescore_part(embeddings, out_run, unit, row["segments"], row["files"], cache, top_k, logit_scale,
                               copy_embeddings, embedding_dtype)
+    except WriteFailed:
+        raise                                # the output's disk, not this unit: the run stops with its line
     except Exception as exc:  # noqa: BLE001 - reported per unit, counted by the driver
         failure = f"{storage.join(embeddings, FILES_DIR, part_name(unit, END_TAG))} (unit {unit}): " \
                   f"{type(exc).__name__}: {exc}"

@@ -95,6 +95,19 @@ def test_a_read_only_output_is_refused_before_work(workdir, tiny_ckpt, small_cac
         assert snapshot(workdir / "archive") == before
 
 
+@pytest.mark.slow
+def test_a_write_failing_during_rescore_is_one_line_with_its_path(workdir, tiny_ckpt, small_cache):
+    assert das(label_args("labels", tiny_ckpt, small_cache), workdir).rc == 0
+    env = dict(os.environ, DAS_TEST_FAIL_WRITE="segments/part-")      # das's switch: that write hits ENOSPC
+    # absolute paths: relative ones are item 1's (paths resolved at the edge)
+    result = das(["rescore", "--embeddings", workdir / "labels", "--cache", small_cache, "--out", workdir / "rescored",
+                  "--run-id", "r1", "--no-report"], workdir, env=env)
+    line = result.error_line("das rescore")
+    assert result.rc == 1, result.out
+    assert f"cannot write {workdir / 'rescored' / 'run_id=r1' / 'segments'}/part-" in line, line
+    assert "(No space left on device)" in line and "internal error" not in line
+
+
 # ------------------------------------------------------------------ inputs that are not what they should be
 
 def test_a_like_file_that_is_missing_or_not_audio_is_refused_before_the_model(workdir, tiny_ckpt):
