@@ -227,6 +227,17 @@ class DriftCache:
                                                    "clean_template", "noisy_template", "lam", "encoder_id",
                                                    "clean_templates") if k in meta})
 
+    def top_k_for(self, top_k: int | None, uri: str, default: int) -> int:
+        """The classes to keep per window: ``top_k`` when asked for (refused above this cache's class count),
+        else ``default`` or every class of a cache with fewer."""
+        n = len(self.labels)
+        if top_k is None:
+            return min(default, n)
+        if top_k > n:
+            raise CacheError(f"--top-k {top_k} is more than the {n} classes of the drift cache {uri}; "
+                             f"give --top-k {n} or less")
+        return top_k
+
     def check_encoder(self, encoder_id: str, checkpoint: str = "the checkpoint") -> None:
         """Refuse to score embeddings of another model with this cache."""
         if self.encoder_id != encoder_id:

@@ -27,15 +27,22 @@ outputs, so that mismatched artefacts are refused.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import json
+import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
+
+import numpy as np
 
 from das_core import storage
 from das_core.errors import Refused
@@ -56,9 +63,10 @@ DOWNLOAD_TIMEOUT_S = 10.0
 RANDOM_WEIGHTS_NAME = "das-random-weights"
 HF_RANDOM_WEIGHTS_KEY = "das_weights"
 # The files of a saved ClapModel that determine its embeddings: fingerprinted, fetched from s3 and the hub.
-HF_MODEL_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "model.safetensors.index.json",
-                  "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
-                  "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+HF_MODEL_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "*.safetensors",
+                  "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+                  "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                  "added_tokens.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -272,9 +280,6 @@ def load_state_dict(local_path: str) -> dict:
 
     Loaded with ``weights_only=True``: a checkpoint cannot run code.
     """
-    import pickle
-    import zipfile
-
     import torch
 
     with open(local_path, "rb") as f:
@@ -299,18 +304,23 @@ def load_state_dict(local_path: str) -> dict:
     return state
 
 
-def describe(local_path: str) -> dict:
+def describe(local_path: str, without_torch: bool = False) -> dict:
     """Provenance for manifests: backend, architecture and whether the weights are das's random test weights.
 
     Memory-maps the file (reads only config.json of a folder), so it is cheap even for large checkpoints.
+    ``without_torch`` (the dry run): a torch zip checkpoint is read by ``TensorShapes`` instead, without
+    importing torch (about 0.5 GiB of memory); ``logit_scale`` is then exp computed in float64, rounded to float32.
     """
-    import torch
-
     if is_hf_folder(local_path):
         config = read_hf_config(local_path)
         return {"backend": "hf", "architecture": hf_architecture(config).describe(),
                 "weights": "random" if config.get(HF_RANDOM_WEIGHTS_KEY) == "random" else "trained",
                 "logit_scale": _hf_logit_scale(local_path)}
+    if without_torch:
+        shapes = TensorShapes.read(local_path)
+        if shapes is not None:
+            return shapes.describe()
+    import torch
 
     try:
         obj = torch.load(local_path, map_location="cpu", weights_only=True, mmap=True)
@@ -325,10 +335,86 @@ def describe(local_path: str) -> dict:
             "logit_scale": float(scale.float().exp()) if scale is not None else None}
 
 
+class _Tensor:
+    """A tensor of a torch zip checkpoint as ``TensorShapes`` reads it: its shape, and where its values are."""
+
+    def __init__(self, storage: tuple[str, str], offset: int, size: tuple[int, ...]):
+        self.storage, self.offset, self.shape = storage, offset, tuple(size)
+
+
+# torch storage classes -> numpy dtype of their values (what a scalar such as logit_scale_a is read as)
+_STORAGE_DTYPES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "LongStorage": "<i8",
+                   "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1",
+                   "BoolStorage": "?", "BFloat16Storage": "bf16"}
+
+
+class _ShapeUnpickler(pickle.Unpickler):
+    """Unpickles a checkpoint's ``data.pkl`` into dicts of ``_Tensor``: only the names a state dict uses are
+    known, every other global is refused, so nothing but these stand-ins can be built (no code runs)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return lambda storage, offset, size, *_: _Tensor(storage, offset, size)
+        if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+            return lambda data, *_: data
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain state dict")
+
+    def persistent_load(self, pid):
+        _, storage_type, key, *_ = pid                # ("storage", type, key, location, numel)
+        return storage_type, str(key)
+
+
+@dataclass
+class TensorShapes:
+    """A torch zip checkpoint read without torch: its top-level object, tensors as ``_Tensor`` (shapes only)."""
+
+    path: str
+    prefix: str                 # the archive's folder: <prefix>data.pkl, <prefix>data/<storage key>
+    obj: object
+
+    @classmethod
+    def read(cls, path: str) -> TensorShapes | None:
+        """None where it cannot be read so (not a zip, or globals other than a state dict's): use torch."""
+        try:
+            with zipfile.ZipFile(path) as z:
+                pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if pkl is None:
+                    return None
+                obj = _ShapeUnpickler(io.BytesIO(z.read(pkl))).load()
+        except (zipfile.BadZipFile, pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError):
+            return None
+        return cls(path, pkl[: -len("data.pkl")], obj)
+
+    def scalar(self, tensor: _Tensor) -> float | None:
+        dtype = _STORAGE_DTYPES[tensor.storage[0]]
+        if dtype == "bf16":
+            return None
+        size = np.dtype(dtype).itemsize
+        with zipfile.ZipFile(self.path) as z, z.open(f"{self.prefix}data/{tensor.storage[1]}") as f:
+            f.seek(tensor.offset * size)
+            return float(np.frombuffer(f.read(size), dtype=dtype)[0])
+
+    def describe(self) -> dict:
+        """``describe``'s answer, from the shapes (``detect`` reads only keys and shapes)."""
+        obj = self.obj
+        name = obj.get("name") if isinstance(obj, dict) else None
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
+            raise CheckpointError(f"{self.path} holds no state dict (found {type(obj).__name__})")
+        state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+        scale = state.get("logit_scale_a")
+        value = self.scalar(scale) if isinstance(scale, _Tensor) else None
+        return {"backend": "laion", "architecture": detect(state).describe(),
+                "weights": "random" if name == RANDOM_WEIGHTS_NAME else "trained",
+                "logit_scale": float(np.float32(math.exp(value))) if value is not None else None}
+
+
 def _hf_logit_scale(folder: str) -> float | None:
     """``exp(logit_scale_a)`` read from the folder's safetensors weights without loading the model."""
-    import math
-
     from safetensors import safe_open
 
     for name in sorted(os.listdir(folder)):

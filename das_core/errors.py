@@ -10,6 +10,7 @@ traceback with ``--debug``).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -19,6 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# A write that failed while the job ran (the output was checked before): the job failed, exit status 1.
+RUN_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+WRITE_ERRNOS = (*RUN_WRITE_ERRNOS, errno.EACCES, errno.EPERM)
 DEBUG_ENV = "DAS_DEBUG"
 
 
@@ -36,6 +40,15 @@ class ClusterError(Refused):
 
 class RunFailed(Exception):
     """The job ran but its result is not acceptable, e.g. too many bad files (exit status 1)."""
+
+
+class WriteFailed(OSError):
+    """A write that failed while a job ran (disk full, read-only file system, permission), with its errno,
+    cause and path. It keeps them across Ray: Ray Data appends its retry advice to an exception's ``args``,
+    and pickles an ``OSError`` from them, so that a plain one arrives with that advice as its file name."""
+
+    def __reduce__(self):
+        return type(self), (self.errno, self.strerror, self.filename)
 
 
 def one_line(text: object) -> str:
@@ -74,6 +87,10 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, one_line(exc)
     if isinstance(exc, RunFailed):
         return EXIT_FAILED, one_line(exc)
+    if isinstance(exc, WriteFailed) or (isinstance(exc, OSError) and exc.errno in RUN_WRITE_ERRNOS):
+        where = exc.filename or "a file"
+        return EXIT_FAILED, (f"cannot write {where} ({exc.strerror or exc}); free space or choose a location "
+                             "you can write to, then rerun")
     typed = storage.as_storage_error(exc, "an S3 object", "cannot use")
     if typed is not None:
         return EXIT_USAGE, one_line(typed)

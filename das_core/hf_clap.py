@@ -5,7 +5,8 @@ What this module guarantees:
 * **The folder's own model, tokenizer and feature settings.** The weights load
   strictly (a missing or unexpected tensor is refused, never initialised at
   random); the text goes through the folder's tokenizer after it is verified
-  against the model; the mel settings come from its ``preprocessor_config.json``.
+  against the model; the mel settings come from its ``preprocessor_config.json`` (or the
+  ``processor_config.json`` a ``ClapProcessor`` of transformers 5 saves).
 * **Same features as ``ClapFeatureExtractor``, deterministically.** das hands
   the encoder 10 s windows (480 000 samples at 48 kHz), already repeat-padded
   and int16-round-tripped. For such a clip the extractor never crops; it
@@ -30,6 +31,7 @@ from das_core.audio import SAMPLE_RATE, WINDOW_SAMPLES
 from das_core.encoder import ROBERTA_PROBES, ROBERTA_VOCAB_SIZE, EncoderError, TokenizerError
 from das_core.offline import hf_offline
 
+FEATURE_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 # Round-trip probe: any faithful byte-level tokenizer gives this text back from its ids.
 TOKENIZER_PROBE = "the sound of a dog barking at 3 a.m. near Zürich, then rain"
 
@@ -144,10 +146,12 @@ class LogMelFrontEnd:
         """Settings and filters of the folder's ``preprocessor_config.json``, checked against das's windows."""
         from transformers import ClapFeatureExtractor
 
-        if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-            raise ckpt.CheckpointError(f"{folder} has no preprocessor_config.json: save the model's "
-                                       f"ClapFeatureExtractor (or ClapProcessor) into the folder; its mel settings "
-                                       f"(e.g. frequency_min) are part of the model")
+        # preprocessor_config.json (hub folders), or processor_config.json with the feature extractor nested
+        # inside (ClapProcessor.save_pretrained of transformers 5): ClapFeatureExtractor reads either
+        if not any(os.path.isfile(os.path.join(folder, name)) for name in FEATURE_CONFIGS):
+            raise ckpt.CheckpointError(f"{folder} has no preprocessor_config.json or processor_config.json: save the "
+                                       f"model's ClapFeatureExtractor (or ClapProcessor) into the folder; its mel "
+                                       f"settings (e.g. frequency_min) are part of the model")
         with hf_offline():
             fe = ClapFeatureExtractor.from_pretrained(folder, local_files_only=True)
         mels = int(audio_config.get("num_mel_bins", 64))

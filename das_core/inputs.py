@@ -190,6 +190,12 @@ def list_inputs(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> lis
     return [InputFile(i, p) for i, p in zip(table.column("file_id").to_pylist(), table.column("path").to_pylist())]
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
 def _read_manifest(uri: str) -> pa.Table:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -203,11 +209,17 @@ def _read_manifest(uri: str) -> pa.Table:
             table = pcsv.read_csv(io.BytesIO(data), convert_options=pcsv.ConvertOptions(
                 column_types={"path": "string", "id": "string"}))
         else:
-            table = pq.read_table(io.BytesIO(data))
+            # from an Arrow buffer, not a Python file object: no reader thread calls back into Python (one that
+            # does while the interpreter exits ends the process with a native abort)
+            table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # noqa: BLE001 - any parse failure is the manifest's
         raise InputError(f"manifest {uri} cannot be read: {exc}") from None
     if "path" not in table.column_names:
-        raise InputError(f"manifest {uri} has no 'path' column (columns: {', '.join(table.column_names)})")
+        raise InputError(f"manifest {uri} has no 'path' column (columns: {', '.join(table.column_names)}); "
+                         "give a CSV or Parquet file with a text column 'path' of audio files")
+    if not _is_text(table.schema.field("path").type):
+        raise InputError(f"manifest {uri}: the path column must be text (it holds {table.schema.field('path').type}); "
+                         "give a 'path' column of file paths or URIs")
     paths = table.column("path").cast(pa.string())
     if paths.null_count or pc.any(pc.equal(pc.utf8_trim_whitespace(paths), "")).as_py():
         row = next(i for i, p in enumerate(paths.to_pylist()) if p is None or not p.strip())

@@ -16,14 +16,13 @@ never change, so their part names and rows stay valid.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,7 +30,7 @@ import pyarrow.compute as pc
 from das_core import __version__, engine, storage
 from das_core.audio import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.encoder import DEFAULT_BATCH_SIZE
-from das_core.errors import Refused, RunFailed, describe_failure
+from das_core.errors import WRITE_ERRNOS, Refused, RunFailed, describe_failure
 from das_core.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.lease import Lease, sigterm_as_interrupt
 from das_core.manifest import MANIFEST, RunManifest
@@ -79,7 +78,8 @@ class LabelConfig:
     overwrite: bool = setting(False, group=IO, help="delete what OUT holds and start again")
     embedding_dtype: str = setting("float16", group=IO, choices=("float16", "float32"),
                                    help="storage type of embeddings; scores are computed from the stored values")
-    top_k: int = setting(DEFAULT_TOP_K, group=IO, help="classes kept per window and per file")
+    top_k: int | None = setting(None, group=IO, metavar="K", help=f"classes kept per window and per file (default "
+                                f"{DEFAULT_TOP_K}, or every class of a cache with fewer; at most the cache's classes)")
     probabilities: bool = setting(False, group=IO, help="add top_k_probs: softmax over all classes of the "
                                   "checkpoint's logit scale x DAS scores")
     audio_column: str | None = setting(None, group=IO, metavar="NAME", help="Parquet shards: the column of audio "
@@ -267,15 +267,17 @@ def plan_run(c: LabelConfig) -> LabelPlan:
     if has_output and not (c.resume or c.overwrite):
         raise RunRefused(holds_message(c.out, previous))
     cache = DriftCache.load(c.cache)
+    c = replace(c, top_k=cache.top_k_for(c.top_k, c.cache, DEFAULT_TOP_K))
     local = ckpt.resolve(c.checkpoint)
     checkpoint_id = ckpt.fingerprint(local)
     cache.check_encoder(checkpoint_id, c.checkpoint)
-    info = ckpt.describe(local)
     settings = settings_of(c, cache.fingerprint, checkpoint_id)
     units = read_work_manifest(c.out) if c.resume and has_output else None
     if c.resume and has_output:
         _check_resumable(c, previous, settings, units)
     inputs, skipped, noise_uris = _list(c)
+    # after the input is listed: a bad input is refused before torch is imported; a dry run never imports it
+    info = ckpt.describe(local, without_torch=c.dry_run)
     if units is not None:
         planned = pc.list_flatten(units.column("file_ids"))
         new = inputs.filter(pc.invert(pc.is_in(inputs.column("file_id"), planned)))
@@ -693,9 +695,6 @@ def run_label(c: LabelConfig, run_units: Callable[[LabelRun], None]) -> dict:
     if run.failure:
         raise run.failure
     return manifest
-
-
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def write_refusal(exc: BaseException, out: str) -> RunFailed | None:

@@ -73,16 +73,18 @@ def byte_level_tokenizer(vocab_size: int = 400):
 
 
 def write_random_hf_checkpoint(folder: str, *, audio: str = "test-tiny", fusion: bool = False, seed: int = 0,
-                               text_layers: int = 1, text_hidden: int = 32, projection_dim: int = 32) -> str:
+                               text_layers: int = 1, text_hidden: int = 32, projection_dim: int = 32,
+                               processor: bool = False) -> str:
     """Save a ``transformers`` ``ClapModel`` with random weights, its tokenizer and feature extractor in ``folder``.
 
     ``audio``: an ``HF_AUDIO_SIZES`` key (``HTSAT-tiny`` is laion-clap's
     HTSAT-tiny). config.json records ``das_weights: random``, so outputs made
     with it say that the weights are random. The feature extractor has
-    laion-clap's mel settings (48 kHz, 10 s, 64 bins, 50 - 14 000 Hz).
+    laion-clap's mel settings (48 kHz, 10 s, 64 bins, 50 - 14 000 Hz). ``processor``: save tokenizer and
+    feature extractor as one ``ClapProcessor`` (transformers 5 writes ``processor_config.json``).
     """
     import torch
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
 
     from das_core.checkpoint import HF_RANDOM_WEIGHTS_KEY
 
@@ -105,8 +107,12 @@ def write_random_hf_checkpoint(folder: str, *, audio: str = "test-tiny", fusion:
     partial = folder.rstrip("/") + ".partial"     # saved aside and renamed: a folder is never half written
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    ClapFeatureExtractor(frequency_min=50, frequency_max=14_000).save_pretrained(partial)
+    extractor = ClapFeatureExtractor(frequency_min=50, frequency_max=14_000)
+    if processor:
+        ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(partial)
+    else:
+        tokenizer.save_pretrained(partial)
+        extractor.save_pretrained(partial)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
     return folder

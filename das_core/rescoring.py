@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from das_core import __version__, engine, storage
 from das_core.cache import DriftCache
-from das_core.errors import ConfigError, Refused, RunFailed
+from das_core.errors import ConfigError, Refused, RunFailed, WriteFailed
 from das_core.inputs import normalise_uri
 from das_core.labelrun import DEFAULT_TOP_K
 from das_core.manifest import RunManifest
@@ -217,13 +217,16 @@ def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str,
     """The task of one label unit (``row``: ``RescorePlan.unit_rows``): one ``PART_STATS_SCHEMA`` row.
 
     A unit that cannot be re-scored (unreadable, damaged) is reported in
-    ``failure``; it never fails the task, so every other unit still gets done.
+    ``failure``; it never fails the task, so every other unit still gets done. A write that fails
+    (``WriteFailed``: disk full, read-only) ends the run.
     """
     unit, start = row["unit"], time.monotonic()
     counts, failure = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}, None
     try:
         counts = rescore_part(embeddings, out_run, unit, row["segments"], row["files"], cache, top_k, logit_scale,
                               copy_embeddings, embedding_dtype)
+    except WriteFailed:
+        raise                                # the output's disk, not this unit: the run stops with its line
     except Exception as exc:  # noqa: BLE001 - reported per unit, counted by the driver
         failure = f"{storage.join(embeddings, FILES_DIR, part_name(unit, END_TAG))} (unit {unit}): " \
                   f"{type(exc).__name__}: {exc}"
@@ -369,9 +372,17 @@ def _apply_watermark(p: RescorePlan) -> None:
                     "labels (run without --since-last-run to relabel everything)", p.previous.get("run_id"))
 
 
+def _top_k(c: RescoreConfig, cache: DriftCache, label: RunManifest) -> int:
+    """``--top-k`` (refused above the cache's class count), else the label run's, at most every class."""
+    if c.top_k is not None:
+        return cache.top_k_for(c.top_k, c.cache, DEFAULT_TOP_K)
+    return cache.top_k_for(None, c.cache, label.settings.get("top_k") or DEFAULT_TOP_K)
+
+
 def plan_rescore(c: RescoreConfig) -> RescorePlan:
     """Everything that can be refused is refused here, before any part is read."""
     run_id = c.run_id or default_run_id()
+    storage.check_output_folder(c.out)
     cache = DriftCache.load(c.cache)
     label = open_embeddings(c.embeddings, cache.encoder_id, f"the drift cache {c.cache} was built with",
                             "das rescore", remedy="it cannot re-score them; rebuild it with "
@@ -389,7 +400,7 @@ def plan_rescore(c: RescoreConfig) -> RescorePlan:
     if not label.complete:
         log.info("the label output is %s: its %d committed unit(s) are scored", label.status, len(committed))
     p = RescorePlan(c, run_id, run_uri, normalise_uri(c.embeddings), label, label.checkpoint_fingerprint, cache,
-                    c.top_k or label.settings.get("top_k") or DEFAULT_TOP_K, listing, committed, uncommitted,
+                    _top_k(c, cache, label), listing, committed, uncommitted,
                     todo=list(committed))
     if c.since_last_run:
         _apply_watermark(p)

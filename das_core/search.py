@@ -351,6 +351,24 @@ def embed_like(encoder, uri: str) -> np.ndarray:
     return embedded.embeddings
 
 
+def check_like_files(uris: Sequence[str]) -> None:
+    """Refuse a ``--like`` file that is missing, unreadable or not audio, before the model is loaded: only its
+    header is read."""
+    from das_core.audio import AudioDecodeError, AudioStream
+
+    for uri in uris:
+        try:
+            with storage.open_input(uri) as f, AudioStream(f, uri):
+                pass
+        except AudioDecodeError as exc:
+            raise Refused(f"--like {uri}: not audio das can decode ({exc.kind}: {exc.cause}); "
+                          "give an audio file") from None
+        except OSError as exc:
+            cause = exc.strerror or str(exc)
+            raise Refused(f"--like {uri}: cannot read it ({cause[:1].lower() + cause[1:]}); "
+                          "give an existing audio file you can read") from None
+
+
 def encode_queries(c: SearchConfig, label_settings: dict) -> Queries:
     """Every query as a unit vector, encoded once; ``label_settings``: the label run's (batch size, precision)."""
     from das_core.encoder import ClapEncoder
@@ -427,6 +445,7 @@ class SearchPlan:
 
 def plan_search(c: SearchConfig) -> SearchPlan:
     """Check the output searched (manifest, checkpoint, columns), then encode the queries; before any task."""
+    check_like_files(c.like)
     manifest = check_embeddings(c)
     listing, units = searchable_units(c)
     start = time.monotonic()

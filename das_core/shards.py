@@ -135,8 +135,55 @@ def _member_reader(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str):
         f = tar.extractfile(info)
         if f is None:
             raise OSError(f"{name}: not a regular member")
-        return f
+        return GuardedMember(f, name)
     return open_member
+
+
+class GuardedMember(io.RawIOBase):
+    """A tar member's reader whose reads and seeks never raise: soundfile calls them from C callbacks, where
+    an exception (``tarfile.ReadError`` at a truncated member) is printed as a traceback and lost. The first
+    error is kept, the read returns end of data, and leaving the ``with`` block raises it as the member's
+    ``truncated`` error once the decoder has returned."""
+
+    def __init__(self, raw: IO[bytes], name: str):
+        super().__init__()
+        self._raw, self.name, self.error = raw, name, None
+
+    def _guard(self, call, fallback):
+        if self.error is not None:
+            return fallback
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - kept and raised in __exit__, out of the C callback
+            self.error = exc
+            return fallback
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._guard(lambda: self._raw.readinto(buffer), 0)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._guard(lambda: self._raw.read(size), b"")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._guard(lambda: self._raw.seek(offset, whence), self._guard(self._raw.tell, 0))
+
+    def tell(self) -> int:
+        return self._guard(self._raw.tell, 0)
+
+    def __exit__(self, *exc_info) -> None:
+        from das_core.audio import TRUNCATED, AudioDecodeError
+
+        self.close()
+        self._raw.close()
+        if self.error is not None:
+            raise AudioDecodeError(self.name, TRUNCATED, f"the tar member ends early or is damaged "
+                                   f"({type(self.error).__name__}: {self.error})") from None
 
 
 def audio_column_of(schema: pa.Schema, wanted: str | None) -> str | None:

@@ -20,12 +20,12 @@ import posixpath
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO
 
 import fsspec
 
-from das_core.errors import Refused
+from das_core.errors import WRITE_ERRNOS, Refused, WriteFailed
 
 S3_SCHEMES = ("s3://", "s3a://")
 
@@ -411,8 +411,10 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)                      # a failed write leaves nothing behind, not even hidden
-        if isinstance(exc, OSError) and exc.filename is None:
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
             # ENOSPC from write() names no file: name the part that could not be written
+            raise WriteFailed(exc.errno, exc.strerror or str(exc), exc.filename or path) from exc
+        if isinstance(exc, OSError) and exc.filename is None:
             raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 
@@ -459,15 +461,47 @@ def remove_empty_folder(uri: str) -> bool:
     return True
 
 
-def _check_writable_parent(path: str, uri: str, option: str) -> None:
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):           # the folders to create: the nearest existing one must allow it
-        parent = os.path.dirname(parent)
+def _cause(exc: OSError) -> str:
+    """An OS error's cause as a message part: ``read-only file system``, ``no space left on device``."""
+    text = exc.strerror or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _try_write_in(folder: str) -> None:
+    """Create and remove a hidden temporary file in ``folder``: the only true test of writing there
+    (``os.access`` says yes to root on a read-only file system)."""
+    fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX + "probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_can_make(folder: str, uri: str, option: str) -> None:
+    """Refuse ``uri`` unless a file can be written in ``folder``: try it, creating the nearest missing folder
+    on the way (and removing what the try made)."""
+    parent, missing = folder, None
+    while not os.path.lexists(parent) and os.path.dirname(parent) != parent:   # the folders to create
+        parent, missing = os.path.dirname(parent), parent
     if not os.path.isdir(parent):
         raise Refused(f"{option} {uri}: {parent} is a file, not a folder; choose another location")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise Refused(f"{option} {uri}: cannot write in {parent} (permission denied); "
-                      "choose a location you can write to")
+    try:
+        if missing:
+            os.mkdir(missing)
+    except FileExistsError:
+        missing = None                           # made meanwhile by someone else: only test writing in it
+    except OSError as exc:
+        raise Refused(f"{option} {uri}: cannot create {missing} ({_cause(exc)}); "
+                      "choose a location you can write to") from None
+    where = missing or parent
+    try:
+        _try_write_in(where)
+    except OSError as exc:
+        it = "it" if where == os.path.abspath(os.path.expanduser(uri)) else where
+        raise Refused(f"{option} {uri}: cannot write in {it} ({_cause(exc)}); "
+                      "choose a location you can write to") from None
+    finally:
+        if missing:
+            with suppress(OSError):              # something else wrote there meanwhile: leave it
+                os.rmdir(missing)
 
 
 def check_output_file(uri: str, option: str = "--out") -> None:
@@ -481,7 +515,7 @@ def check_output_file(uri: str, option: str = "--out") -> None:
     if os.path.isdir(path):
         raise Refused(f"{option} {uri} is a folder (a file is expected); give a file name, "
                          f"e.g. {os.path.join(uri, 'cache.npz')}")
-    _check_writable_parent(path, uri, option)
+    _check_can_make(os.path.dirname(path), uri, option)
 
 
 def check_output_folder(uri: str, option: str = "--out") -> None:
@@ -491,9 +525,4 @@ def check_output_folder(uri: str, option: str = "--out") -> None:
     path = os.path.abspath(os.path.expanduser(uri))
     if os.path.exists(path) and not os.path.isdir(path):
         raise Refused(f"{option} {uri} is a file (a folder is expected); choose another {option}")
-    if os.path.isdir(path):
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise Refused(f"{option} {uri}: cannot write in it (permission denied); "
-                             "choose a location you can write to")
-        return
-    _check_writable_parent(path, uri, option)
+    _check_can_make(path, uri, option)

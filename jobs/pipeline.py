@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,9 +31,10 @@ import ray
 import ray.data
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
+from ray.exceptions import UserCodeException
 
 from das_core import labelrun, placement, storage, units
-from das_core.errors import RunFailed
+from das_core.errors import RunFailed, WriteFailed
 from das_core.labelrun import LabelConfig, LabelRun
 from das_core.progress import ProgressSnapshot, StallWatch, progress_line, stall_limits
 from das_core.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
@@ -84,6 +86,20 @@ def decode_task(batch: pa.Table, settings: units.DecodeSettings, progress=None) 
         yield chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
 
 
+class WorkerWriteFailed(UserCodeException, WriteFailed):
+    """A worker's failed write (disk full, read-only, permission) as it leaves a Ray Data UDF: still the
+    ``WriteFailed`` with its errno, cause and path, and a ``UserCodeException``, which Ray Data logs without a
+    traceback (``keep_worker_errors``)."""
+
+
+@contextmanager
+def passing_write_failures() -> Iterator[None]:
+    try:
+        yield
+    except WriteFailed as exc:
+        raise WorkerWriteFailed(exc.errno, exc.strerror, exc.filename) from None
+
+
 class EncodeAndWrite(ChunkEncoder):
     """Ray Data actor: ``ChunkEncoder`` with the run's cache from the object store."""
 
@@ -91,6 +107,10 @@ class EncodeAndWrite(ChunkEncoder):
         # laion-clap's HTSAT calls torch.meshgrid without indexing=: a warning per actor that no user can act on
         warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
         super().__init__(settings, ray.get(cache_box[0]), out, write, ray.get_runtime_context().get_node_id())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        with passing_write_failures():
+            return super().__call__(batch)
 
 
 def finish_task(out: str, units: list[tuple[str, list[int]]], cache_box: list, write: WriteSettings) -> int:
@@ -141,6 +161,14 @@ def configure_data_context() -> None:
     ctx.op_resource_reservation_enabled = False
     # das prints its own progress line (RunMonitor); Ray Data's bars and block logs only with -v
     ctx.enable_progress_bars = log.isEnabledFor(logging.DEBUG)
+    keep_worker_errors()
+
+
+def keep_worker_errors() -> None:
+    """A worker's own exception reaches the driver (as ``RayTaskError.cause``) instead of Ray Data's
+    ``UserCodeException``, whose cause is lost on the way: a full disk stays an ``OSError`` with its path
+    (``WorkerWriteFailed``)."""
+    ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
 def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, decode: units.DecodeSettings,
@@ -322,6 +350,7 @@ def map_rows(rows: list[dict], work, shared, *, env: dict[str, str] | None = Non
     if not rows:
         return
     runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+    keep_worker_errors()
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(_map_row, fn_kwargs={"work": work, "shared_box": [ray.put(shared)], "settings": settings},
                         batch_size=1, batch_format="pyarrow", num_cpus=1, **runtime_env)
@@ -330,4 +359,5 @@ def map_rows(rows: list[dict], work, shared, *, env: dict[str, str] | None = Non
 
 def _map_row(batch: pa.Table, work, shared_box: list, settings: dict) -> pa.Table:
     shared = ray.get(shared_box[0])
-    return pa.concat_tables([work(row, shared, **settings) for row in batch.to_pylist()])
+    with passing_write_failures():
+        return pa.concat_tables([work(row, shared, **settings) for row in batch.to_pylist()])

@@ -23,10 +23,28 @@ def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
     return p
 
 
+def require_output(out: str) -> None:
+    """Refuse a folder that is not a das output, saying what was given and what to give instead."""
+    from das_core import storage
+    from das_core.manifest import MANIFEST, ManifestError
+    from das_core.rescoring import RUN_PREFIX, list_runs
+
+    if RunManifest.read(out) is not None:
+        return
+    runs = list_runs(out)
+    if runs:
+        example = storage.join(out, RUN_PREFIX + str(runs[-1].get("run_id")))
+        raise ManifestError(f"{out} holds das rescore runs, not one run (it has no {MANIFEST} of its own); give one "
+                            f"run folder, e.g. das report {example}")
+    what = "does not exist" if not storage.exists(out) else f"is not a das label or das rescore output (no {MANIFEST})"
+    raise ManifestError(f"{out} {what}; give the --out folder of a das label run, or a das rescore run folder "
+                        f"OUT/{RUN_PREFIX}ID")
+
+
 def run(out: str) -> str:
     """Write the report of ``out``; returns the URI of report.md."""
     out = storage.absolute(out)
-    RunManifest.require(out, "das report; for rescore output, give OUT/run_id=ID")
+    require_output(out)
     target = write_report(out)
     print(f"das report: written to {target}", flush=True)
     return target

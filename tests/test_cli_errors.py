@@ -381,3 +381,39 @@ def test_a_failed_local_start_never_advises_ray_stop(fake_ray_init):
     message = str(info.value)
     assert message.startswith("cannot start a local Ray (RuntimeError: raylet died); check free memory")
     assert "ray stop" not in message
+
+
+def test_a_write_that_fails_during_a_run_is_one_line_with_its_path(capsys, monkeypatch):
+    """Ray Data appends its retry advice to a UDF exception's args; the path and cause survive the trip."""
+    import errno
+    import pickle
+
+    from ray.data._internal.util import _annotate_exception_with_retry_context
+    from ray.exceptions import RayTaskError
+
+    from das_core.errors import WriteFailed
+    from jobs.pipeline import WorkerWriteFailed
+
+    monkeypatch.delenv("DAS_DEBUG", raising=False)
+    for exc in (WriteFailed(errno.EROFS, "Read-only file system", "/o/run_id=1/segments/part-u1.parquet"),
+                WorkerWriteFailed(errno.ENOSPC, "No space left on device", "/o/run_id=1/segments/part-u1.parquet")):
+        annotated = _annotate_exception_with_retry_context(exc, description="apply UDF transform", attempts=1,
+                                                           max_attempts=1, total_backoff_s=0, exception_str=str(exc))
+        arrived = pickle.loads(pickle.dumps(annotated))
+        assert arrived.filename == "/o/run_id=1/segments/part-u1.parquet" and arrived.errno == exc.errno
+        wrapped = RayTaskError("rescore", "Traceback ...", arrived).as_instanceof_cause()
+        assert run_main("das rescore", _raise(wrapped), _args()) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"das rescore: error: cannot write /o/run_id=1/segments/part-u1.parquet "
+                              f"({exc.strerror}); ") and err.count("\n") == 1 and "internal error" not in err
+
+
+def test_output_checks_try_a_write_and_leave_nothing(tmp_path):
+    from das_core.storage import check_output_file, check_output_folder
+
+    check_output_folder(str(tmp_path / "new" / "deeper"))
+    check_output_file(str(tmp_path / "other" / "c.npz"))
+    check_output_folder(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []                   # the folders and the probe file are gone again
+    with pytest.raises(UsageError, match=r"--out /proc/das-x: cannot create /proc/das-x \(no such file"):
+        check_output_folder("/proc/das-x")

@@ -157,6 +157,24 @@ def test_detects_architectures(tiny_ckpt, roberta_ckpt, fusion_ckpt):
     assert ckpt.detect(ckpt.load_state_dict(fusion_ckpt)) == ckpt.Architecture("HTSAT-tiny", "transformer", "aff_2d")
 
 
+def test_describe_without_torch_reads_the_same(tiny_ckpt, roberta_ckpt, fusion_ckpt, tmp_path):
+    """The dry run describes a checkpoint from its pickled shapes, without importing torch."""
+    for path in (tiny_ckpt, roberta_ckpt, fusion_ckpt):
+        assert ckpt.describe(path, without_torch=True) == ckpt.describe(path)
+    state = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    bare = tmp_path / "bare.pt"
+    torch.save({k[len("module."):]: torch.nn.Parameter(v) if v.is_floating_point() else v for k, v in state.items()},
+               bare)
+    assert ckpt.describe(str(bare), without_torch=True) == ckpt.describe(str(bare))
+    odd = tmp_path / "odd.pt"                     # a global outside a state dict: torch reads it instead
+    torch.save({"state_dict": state, "extra": torch.Size([3])}, odd)
+    assert ckpt.TensorShapes.read(str(odd)) is None
+    assert ckpt.describe(str(odd), without_torch=True) == ckpt.describe(str(odd))
+    code = (f"import sys; from das_core import checkpoint as c; c.describe({tiny_ckpt!r}, without_torch=True); "
+            "assert 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
 def test_detects_htsat_base():
     arch = ckpt.Architecture("HTSAT-base", "transformer", None)
     state = build_model(arch).state_dict()

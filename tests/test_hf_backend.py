@@ -196,7 +196,7 @@ def test_folders_that_are_not_clap_models_are_refused(hf_folder, tmp_path):
         ckpt.resolve(str(tmp_path / "empty"))
     no_fe = shutil.copytree(hf_folder, tmp_path / "no-fe")
     os.unlink(no_fe / "preprocessor_config.json")
-    with pytest.raises(ckpt.CheckpointError, match="no preprocessor_config.json"):
+    with pytest.raises(ckpt.CheckpointError, match="no preprocessor_config.json or processor_config.json"):
         ClapEncoder.from_checkpoint(str(no_fe))
     deeper = shutil.copytree(hf_folder, tmp_path / "deeper")
     config = json.loads((deeper / "config.json").read_text())
@@ -204,6 +204,19 @@ def test_folders_that_are_not_clap_models_are_refused(hf_folder, tmp_path):
     (deeper / "config.json").write_text(json.dumps(config))
     with pytest.raises(ckpt.CheckpointError, match="do not fit config.json: missing_keys"):
         ClapEncoder.from_checkpoint(str(deeper))
+
+
+def test_a_folder_saved_by_clapprocessor_loads(hf_folder, ckpt_dir):
+    """transformers 5 saves a ClapProcessor as processor_config.json (the feature extractor nested inside)."""
+    folder = write_random_hf_checkpoint(str(ckpt_dir / "hf-tiny-processor"), seed=0, processor=True)
+    assert not os.path.exists(os.path.join(folder, "preprocessor_config.json"))
+    assert "feature_extractor" in json.loads(open(os.path.join(folder, "processor_config.json")).read())
+    waves = np.stack([int16_round_trip(repeat_pad(sine(440.0, 3.0, SAMPLE_RATE))),
+                      int16_round_trip(sine(220.0, 10.0, SAMPLE_RATE))])
+    saved_as_processor = ClapEncoder.from_checkpoint(folder, max_batch_size=2)
+    saved_apart = ClapEncoder.from_checkpoint(hf_folder, max_batch_size=2)
+    np.testing.assert_array_equal(saved_as_processor.embed_audio(waves), saved_apart.embed_audio(waves))
+    np.testing.assert_array_equal(saved_as_processor.embed_text(TEXTS), saved_apart.embed_text(TEXTS))
 
 
 def test_s3_folder_is_downloaded_once(bucket, hf_folder, tmp_path, monkeypatch):

@@ -101,3 +101,29 @@ def test_a_das_output_under_the_input_is_skipped_and_counted(tmp_path):
     assert skipped.as_dict()["by_reason"] == {DAS_OUTPUT: 8, "hidden": 1}
     with pytest.raises(InputError, match="is the output of a das run"):
         list_input_table(str(tmp_path / "old-labels"))
+
+
+@pytest.mark.parametrize("table, message", [
+    (pa.table({"path": [1, 2, 3]}), "path column must be text"),
+    (pa.table({"path": [["a.wav"], ["b.wav"]]}), "path column must be text"),
+    (pa.table({"path": pa.array([None, None], pa.null())}), "path column must be text"),
+    (pa.table({"file": ["a.wav"]}), "no 'path' column"),
+    (pa.table({"x": [1.0, 2.0], "y": ["a", "b"]}), "no 'path' column"),
+    (pa.table({"path": pa.array([], pa.string())}), "lists no files"),
+    (None, "cannot be read"),
+])
+def test_a_manifest_of_the_wrong_shape_is_refused_in_one_line(tmp_path, table, message):
+    manifest = tmp_path / "list.parquet"
+    if table is None:
+        manifest.write_bytes(b"PAR1 not really Parquet PAR1")
+    else:
+        pq.write_table(table, manifest)
+    with pytest.raises(InputError, match=message) as refused:
+        list_input_table(str(manifest))
+    assert "\n" not in str(refused.value) and str(manifest) in str(refused.value)
+
+
+def test_a_manifest_path_column_of_dictionary_text_is_read(tmp_path):
+    manifest = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"path": pa.array(["b.wav", "a.wav"]).dictionary_encode()}), manifest)
+    assert list_input_table(str(manifest))[0].column("file_id").to_pylist() == ["a.wav", "b.wav"]

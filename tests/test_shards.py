@@ -81,6 +81,32 @@ def test_hostile_tars(tmp_path):
     assert len(junk) == 1 and junk[0].error[0] == "not_audio" and "junk.tar" in junk[0].error[1]
 
 
+def test_a_truncated_member_is_its_truncated_error_without_a_traceback(tmp_path, capfd):
+    import tarfile
+
+    from das_core.audio import AudioDecodeError, AudioStream
+
+    good = open(write_tar(tmp_path / "ok.tar", extra=False), "rb").read()
+    with tarfile.open(tmp_path / "ok.tar") as tar:
+        cut_member = tar.getmember("sample001.flac")
+    (tmp_path / "cut.tar").write_bytes(good[: cut_member.offset_data + cut_member.size // 2])
+    outcomes = {}
+    for member in tar_members("cut.tar", str(tmp_path / "cut.tar"), (".flac",), False, Skips({}, {})):
+        if member.open is None:
+            outcomes[member.file_id] = member.error[0]
+            continue
+        try:
+            with member.open() as f, AudioStream(f, member.path) as stream:
+                sum(1 for _ in stream.windows())
+            outcomes[member.file_id] = "ok"
+        except AudioDecodeError as exc:
+            outcomes[member.file_id] = exc.kind
+            assert "ReadError" in str(exc) and "sample001.flac" in str(exc)
+    assert outcomes["cut.tar/sample000.flac"] == "ok" and outcomes["cut.tar/sample001.flac"] == "truncated"
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
 def test_parquet_members(tmp_path):
     shard = write_hf_parquet(tmp_path / "train-00000.parquet", with_null=True)
     members = list(parquet_members("train-00000.parquet", shard, None, None))
