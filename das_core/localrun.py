@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from das_core import storage, units
+from das_core.decode_process import DecodeProcess
 from das_core.engine import EngineRefused
 from das_core.writer import ChunkEncoder, EncodeSettings, finish_units
 
@@ -69,13 +70,17 @@ def check_device(settings: EncodeSettings) -> None:
 
 
 def chunk_stats(run: LabelRun, encoder: ChunkEncoder, node: str) -> Iterator[dict]:
-    """Every chunk of the units to do, decoded and encoded in turn; the statistics of each."""
+    """Every chunk of the units to do, decoded (in a child process) and encoded in turn; the statistics of each."""
     p = run.plan
-    decode = p.decode_settings()
-    for group in units_to_do(p.config.out, p.row_groups_to_do()):
-        for chunk in units.decode_units(group, decode):
-            chunk = chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
-            yield from encoder(chunk).to_pylist()
+    with DecodeProcess(p.decode_settings()) as decoder:
+        for group in units_to_do(p.config.out, p.row_groups_to_do()):
+            yield from _encoded(decoder.decode(group), encoder, node)
+
+
+def _encoded(chunks: Iterator[pa.Table], encoder: ChunkEncoder, node: str) -> Iterator[dict]:
+    for chunk in chunks:
+        chunk = chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
+        yield from encoder(chunk).to_pylist()
 
 
 def run_units(run: LabelRun) -> None:

@@ -139,3 +139,23 @@ def test_error_budget_stops_a_local_run_early(small_cache, tiny_ckpt, tmp_path):
     manifest = RunManifest.read(out)
     assert manifest.status == "failed" and manifest.counts["files"] < 9 and manifest.counts["ok"] == 0
     assert manifest.runs[-1]["engine"] == LOCAL
+
+
+@pytest.mark.integration
+def test_a_file_that_kills_the_decoder_is_one_error_row_in_a_local_run(archive, small_cache, tiny_ckpt, local_out,
+                                                                      tmp_path, monkeypatch):
+    """The decoder runs in a child process: its death costs that file one ``decoder_crash`` row, not the run."""
+    from das_core.audio import DECODER_CRASH
+
+    monkeypatch.setenv("DAS_TEST_CRASH_ON", "b.wav")           # the decoding process SIGKILLs itself there
+    out = str(tmp_path / "out")
+    manifest = label_run(archive, small_cache, tiny_ckpt, out, local=True, **SMALL)
+    (segments, files), (ref_segments, ref_files) = read_output(out), read_output(local_out)
+    crashed = files.filter(pa.compute.equal(files.column("file_id"), "b.wav")).to_pylist()
+    assert len(crashed) == 1 and crashed[0]["error_kind"] == DECODER_CRASH and crashed[0]["status"] == "error"
+    others = pa.compute.not_equal(files.column("file_id"), "b.wav")
+    assert files.filter(others).select(["file_id", "status", "label", "embedding"]).equals(
+        ref_files.filter(pa.compute.not_equal(ref_files.column("file_id"), "b.wav")).select(
+            ["file_id", "status", "label", "embedding"]))
+    assert segments.equals(ref_segments.filter(pa.compute.not_equal(ref_segments.column("file_id"), "b.wav")))
+    assert manifest["counts"]["files"] == len(CLIPS) + len(BROKEN) and manifest["status"] == "complete"
