@@ -39,6 +39,7 @@ import importlib.util
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -286,7 +287,7 @@ class ClapEncoder:
         import torch.nn.functional as F
 
         out = np.empty((len(windows), self.dim), dtype=np.float32)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), quiet_meshgrid():
             for start in range(0, len(windows), self.max_batch_size):
                 part = windows[start:start + self.max_batch_size]
                 n = len(part)
@@ -405,6 +406,15 @@ class LoadedClap:
     tokenizer: object = None          # what before_build returned: the RoBERTa tokenizer, or None
 
 
+@contextlib.contextmanager
+def quiet_meshgrid():
+    """laion-clap's HTSAT calls ``torch.meshgrid`` without ``indexing=`` (when built and when run): a torch
+    warning that no user of das can act on, silenced for the block only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+        yield
+
+
 def load_clap(uri: str, before_build=None) -> LoadedClap:
     """Resolve, read, recognise and load a checkpoint into laion-clap's ``CLAP`` (eval mode, CPU).
 
@@ -419,7 +429,8 @@ def load_clap(uri: str, before_build=None) -> LoadedClap:
     state = ckpt.load_state_dict(local)
     arch = ckpt.detect(state)
     tokenizer = before_build(arch) if before_build else None
-    model = build_model(arch, ckpt.roberta_config(state) if arch.text == "roberta" else None)
+    with quiet_meshgrid():
+        model = build_model(arch, ckpt.roberta_config(state) if arch.text == "roberta" else None)
     _load_weights(model, state, local)
     return LoadedClap(model, arch, local, ckpt.fingerprint(local), tokenizer)
 

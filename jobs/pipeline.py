@@ -21,7 +21,6 @@ import logging
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -104,8 +103,6 @@ class EncodeAndWrite(ChunkEncoder):
     """Ray Data actor: ``ChunkEncoder`` with the run's cache from the object store."""
 
     def __init__(self, settings: EncodeSettings, cache_box: list, out: str, write: WriteSettings):
-        # laion-clap's HTSAT calls torch.meshgrid without indexing=: a warning per actor that no user can act on
-        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
         super().__init__(settings, ray.get(cache_box[0]), out, write, ray.get_runtime_context().get_node_id())
 
     def __call__(self, batch: pa.Table) -> pa.Table:

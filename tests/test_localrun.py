@@ -33,6 +33,7 @@ def _units(files: list[int], sizes: list[int | None], shards: list[str | None] |
 
 def test_small_label_jobs_run_here_and_large_ones_on_ray(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(engine, "ray_in_this_process", lambda: False)    # other tests may have started Ray here
     small = _units([3, 2], [10 * 2**20, 5])
     assert engine.choose(False, False, engine.label_too_big(small, 0.0, 1)) == (LOCAL, "small job")
     assert engine.choose(False, False, engine.label_too_big(small, 1.0, 1))[0] == LOCAL      # one GPU in-process
@@ -48,6 +49,9 @@ def test_small_label_jobs_run_here_and_large_ones_on_ray(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert engine.choose(False, False, None) == (RAY, "RAY_ADDRESS is set")
     assert engine.choose(True, False, None)[0] == LOCAL
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(engine, "ray_in_this_process", lambda: True)
+    assert engine.choose(False, False, None) == (RAY, "Ray is already running in this process")
 
 
 def test_rescore_and_search_threshold():

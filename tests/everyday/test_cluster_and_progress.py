@@ -94,8 +94,9 @@ def drivers_of(cluster: dict) -> dict:
 
 
 def label_args(tiny_ckpt: str, small_cache: str, out: str | None = "labels") -> list[str]:
+    # --ray: a small job would run in the das process; Ray's start-up and pipeline are the point here
     return ["label", "--input", "archive", "--cache", small_cache, "--checkpoint", tiny_ckpt,
-            "--max-error-fraction", "0.5", "--no-report"] + (["--out", out] if out else [])
+            "--max-error-fraction", "0.5", "--no-report", "--ray"] + (["--out", out] if out else [])
 
 
 def test_label_and_rescore_start_their_own_ray_and_print_a_readable_progress_line(other_cluster, workdir,
@@ -121,7 +122,7 @@ def test_label_and_rescore_start_their_own_ray_and_print_a_readable_progress_lin
     before = drivers_of(other_cluster)
     # absolute --embeddings: relative paths are issue 20's item 1, not this test's
     r = das(["rescore", "--embeddings", workdir / "labels", "--cache", small_cache, "--out", "rescored",
-             "--no-report", "-v"], workdir, env=other_cluster["env"], timeout=300)
+             "--no-report", "-v", "--ray"], workdir, env=other_cluster["env"], timeout=300)
     assert r.rc == 0 and "1 re-scored of 1 committed" in r.out, r.out
     assert drivers_of(other_cluster)["drivers"] == before["drivers"] + 1, r.out
     assert other_cluster["current"].read_text().strip() == other_cluster["address"]
