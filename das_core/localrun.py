@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import socket
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -32,13 +30,11 @@ import pyarrow.parquet as pq
 from das_core import storage, units
 from das_core.decode_process import DecodeProcess
 from das_core.engine import EngineRefused
-from das_core.progress import ProgressSnapshot, progress_line
+from das_core.progress import RunMonitor
 from das_core.writer import ChunkEncoder, EncodeSettings, finish_units
 
 if TYPE_CHECKING:
     from das_core.labelrun import LabelRun
-
-log = logging.getLogger("das")
 
 
 def units_to_do(out: str, keep: dict[int, list[str]] | None) -> Iterator[pa.Table]:
@@ -95,24 +91,16 @@ def run_units(run: LabelRun) -> None:
         return
     check_device(p.encode_settings())
     write, node = p.write_settings(), socket.gethostname()
-    committed, chunks, first = 0, 0, (None, 0)
-    log.info("loading the model in this process ...")
-    with encoder_threads(p.encode_settings()) as encode:
+    committed = [0]
+    monitor = RunMonitor(run, "loading the model in this process", "decoding and encoding in this process")
+    with monitor, encoder_threads(p.encode_settings()) as encode:
+        monitor.started(lambda: committed[0], "starting: loading the model in this process, decoding")
         encoder = ChunkEncoder(encode, p.cache, c.out, write, node)
-        last = time.monotonic()
         for stats in chunk_stats(run, encoder, node):
-            whole = run.observe(stats, committed)
+            whole = run.observe(stats, committed[0])
+            monitor.beat()
             if whole:
-                committed += finish_units(c.out, [whole], p.cache, write)
-            chunks += 1
-            now = time.monotonic()
-            first = first if first[0] is not None else (now - run.t0, run.counts.files)
-            if now - last >= c.progress_every_s or run.counts.files == p.todo_files:
-                last = now
-                log.info("%s", progress_line(ProgressSnapshot(
-                    elapsed_s=now - run.t0, files=run.counts.files, files_total=p.todo_files,
-                    windows=run.counts.windows, units_committed=len(p.units) - len(p.todo) + committed,
-                    units_total=len(p.units), chunks=chunks, first_s=first[0], first_files=first[1])))
+                committed[0] += finish_units(c.out, [whole], p.cache, write)
             if run.aborted:
                 break
     run.check_whole()

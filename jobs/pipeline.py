@@ -15,11 +15,8 @@ attempt past an input or gives that input up. A retried chunk overwrites the par
 
 from __future__ import annotations
 
-import _thread
 import io
 import logging
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,9 +30,9 @@ from ray.data.block import BlockMetadata
 from ray.exceptions import UserCodeException
 
 from das_core import labelrun, placement, storage, units
-from das_core.errors import RunFailed, WriteFailed
+from das_core.errors import WriteFailed
 from das_core.labelrun import LabelConfig, LabelRun
-from das_core.progress import ProgressSnapshot, StallWatch, progress_line, stall_limits
+from das_core.progress import RunMonitor
 from das_core.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
 from jobs.common import init_ray, log, node_resources, worker_env
 
@@ -207,27 +204,25 @@ def run_units_on_ray(run: LabelRun) -> None:
     if not len(p.todo):
         return
     demand = label_demand(c)
-    monitor = RunMonitor(run, demand)
-    try:
-        with monitor:
-            # refused now rather than an endless wait: totals, then whether the actors and a decode task fit nodes
-            init_ray(gpus=c.num_gpus, cpus=c.actor_count * c.cpus_per_actor,
-                     fits=lambda nodes: placement.misfits(nodes, demand))
-            cache_box, write, env = [ray.put(p.cache)], p.write_settings(), worker_env()
-            finisher = monitor.ray_started(Finisher(c.out, cache_box, write, env))
-            for stats in run_stages(units.work_manifest_uri(c.out), p.row_groups_to_do(), c.out, p.decode_settings(),
-                                    p.encode_settings(), write, cache_box=cache_box, actors=c.actor_count, env=env):
-                whole = run.observe(stats, finisher.poll())
-                monitor.beat()
-                if whole:
-                    finisher.add(whole)
-                if run.aborted:
-                    break
-            finisher.flush(in_flight=0)
-    except KeyboardInterrupt:
-        if monitor.failure:         # the watchdog stopped a stalled run
-            raise RunFailed(monitor.failure) from None
-        raise
+    monitor = RunMonitor(run, "starting Ray", demand.describe(),
+                         lambda: placement.describe_nodes(node_resources(available=True), node_resources()))
+    with monitor:
+        # refused now rather than an endless wait: totals, then whether the actors and a decode task fit nodes
+        init_ray(gpus=c.num_gpus, cpus=c.actor_count * c.cpus_per_actor,
+                 fits=lambda nodes: placement.misfits(nodes, demand))
+        cache_box, write, env = [ray.put(p.cache)], p.write_settings(), worker_env()
+        finisher = Finisher(c.out, cache_box, write, env)
+        monitor.started(lambda: finisher.committed,
+                        f"starting: loading the model on {demand.actors} encoder actor(s), decoding")
+        for stats in run_stages(units.work_manifest_uri(c.out), p.row_groups_to_do(), c.out, p.decode_settings(),
+                                p.encode_settings(), write, cache_box=cache_box, actors=c.actor_count, env=env):
+            whole = run.observe(stats, finisher.poll())
+            monitor.beat()
+            if whole:
+                finisher.add(whole)
+            if run.aborted:
+                break
+        finisher.flush(in_flight=0)
     run.check_whole()
 
 
@@ -235,107 +230,6 @@ def label_demand(c: LabelConfig) -> placement.Demand:
     """What the label pipeline asks of the nodes (``run_stages``'s resource requests)."""
     return placement.Demand(actors=c.actor_count, cpus_per_actor=c.cpus_per_actor, gpus_per_actor=c.gpus_per_actor,
                             decode_cpus=1.0, decode_memory=DECODE_MEMORY_BYTES)
-
-
-class RunMonitor:
-    """A thread beside the driver's loop: das's progress line from the first second, and the stall watchdog.
-
-    On a terminal the line rewrites itself every second; in a log it is written every ``progress_every_s``.
-    Once the pipeline started, no chunk for ``$DAS_STALL_WARN_S`` logs what is pending against what the nodes offer; for
-    ``$DAS_STALL_FAIL_S``, ``failure`` is set and the driver interrupted (the run then fails, exit 1).
-    """
-
-    TICK_S = 1.0
-
-    def __init__(self, run: LabelRun, demand: placement.Demand):
-        self.run, self.demand = run, demand
-        self.finisher: Finisher | None = None       # once Ray is up
-        self.every_s = run.plan.config.progress_every_s
-        self.tty = sys.stderr.isatty()
-        warn_s, fail_s = stall_limits()
-        self.watch = StallWatch(warn_s, fail_s, time.monotonic())
-        self.failure: str | None = None
-        self.chunks, self.first_s, self.first_files = 0, None, 0
-        self.last_line = 0.0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="das-progress", daemon=True)
-
-    def __enter__(self) -> RunMonitor:
-        self.watch.beat(time.monotonic())
-        self.thread.start()
-        return self
-
-    def ray_started(self, finisher: Finisher) -> Finisher:
-        """Ray is up: the pipeline starts (a line says so); ``finisher`` counts the committed units."""
-        self.finisher = finisher
-        self.watch.beat(time.monotonic())          # the stall clock starts with the pipeline (init_ray is bounded)
-        self._show(self.line(), force=True)
-        return finisher
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        self.thread.join()
-        if exc[0] is None:
-            self._show(self.line(), force=True)
-        if self.tty:
-            sys.stderr.write("\n")
-
-    def beat(self) -> None:
-        """The driver received a chunk."""
-        now = time.monotonic()
-        self.watch.beat(now)
-        self.chunks += 1
-        if self.first_s is None:
-            self.first_s, self.first_files = now - self.run.t0, self.run.counts.files
-
-    def snapshot(self) -> ProgressSnapshot:
-        r, p = self.run, self.run.plan
-        return ProgressSnapshot(
-            elapsed_s=time.monotonic() - r.t0, files=r.counts.files, files_total=p.todo_files,
-            windows=r.counts.windows,
-            units_committed=len(p.units) - len(p.todo) + (self.finisher.committed if self.finisher else 0),
-            units_total=len(p.units), chunks=self.chunks, first_s=self.first_s, first_files=self.first_files,
-            starting="starting Ray" if self.finisher is None else
-            f"starting: loading the model on {self.demand.actors} encoder actor(s), decoding")
-
-    def line(self) -> str:
-        return f"das label: {progress_line(self.snapshot())}"
-
-    def _show(self, line: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.tty:
-            sys.stderr.write(f"\r{line}\x1b[K")
-            sys.stderr.flush()
-        elif force or now - self.last_line >= self.every_s:
-            self.last_line = now
-            log.info("%s", line.removeprefix("das label: "))
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.TICK_S):
-            verdict = self.watch.check(time.monotonic()) if self.finisher is not None else None
-            if verdict is not None:
-                self._stalled(verdict)
-                if verdict == "fail":
-                    return
-            self._show(self.line())
-
-    def _stalled(self, verdict: str) -> None:
-        quiet = self.watch.quiet_s(time.monotonic())
-        try:
-            nodes = placement.describe_nodes(node_resources(available=True), node_resources())
-        except Exception as exc:  # noqa: BLE001 - the words for a stall must not fail in their turn
-            nodes = f"unknown ({type(exc).__name__}: {exc})"
-        s = self.snapshot()
-        what = (f"no chunk finished for {quiet:.0f} s with {s.files_total - s.files} of {s.files_total} file(s) "
-                f"to do; pending: {self.demand.describe()}; nodes offer (free/total): {nodes}")
-        if verdict == "warn":
-            log.warning("%s; das stops the run after %g s without a chunk (DAS_STALL_FAIL_S)", what, self.watch.fail_s)
-            return
-        self.failure = (f"{what} (stalled past DAS_STALL_FAIL_S={self.watch.fail_s:g}); committed units are kept: "
-                        "ask for resources the nodes have (--actors, --cpus-per-actor, --num-gpus) or raise "
-                        "DAS_STALL_FAIL_S, then rerun with --resume")
-        if not self.stopped.is_set():
-            _thread.interrupt_main()
 
 
 def map_rows(rows: list[dict], work, shared, *, env: dict[str, str] | None = None, **settings) -> Iterator[pa.Table]:
