@@ -29,7 +29,7 @@ def bench_driver(chunks: int) -> dict:
     In 0.1 the driver received every window's embedding and scores, assembled files and wrote all Parquet
     itself (issue #10 measured 6 700 - 13 500 windows/s locally, about 1 000 with S3 output).
     """
-    from das_core.labelrun import RunCounts, UnitTracker
+    from das_core.label.run import RunCounts, UnitTracker
 
     rows = []
     for i in range(chunks):
@@ -50,7 +50,7 @@ def bench_driver(chunks: int) -> dict:
 
 
 def _chunk(rng, n_files: int, windows_per_file: int, dim: int):
-    from das_core.units import ChunkMeta
+    from das_core.label.units import ChunkMeta
 
     windows, files = [], []
     for f in range(n_files):
@@ -65,7 +65,7 @@ def _chunk(rng, n_files: int, windows_per_file: int, dim: int):
 def _moto():
     from moto.server import ThreadedMotoServer
 
-    from das_core import storage
+    from das_core.io import storage
 
     port = 0
     import socket
@@ -95,15 +95,15 @@ def bench_write(cache, repeats: int) -> dict:
 
     import pyarrow.parquet as pq
 
-    from das_core import storage
-    from das_core.results import OutputStore, segments_schema
-    from das_core.writer import WriteSettings, _segments, write_chunk
+    from das_core.io import storage
+    from das_core.label.writer import WriteSettings, _segments, write_chunk
+    from das_core.output.store import OutputStore, segments_schema
 
     rng = np.random.default_rng(3)
     meta, emb = _chunk(rng, n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)
     ws = WriteSettings(top_k=5, embedding_dtype="float16")
     keep = np.ones(len(meta.windows), dtype=bool)
-    from das_core.scoring import label_windows
+    from das_core.scoring.scorer import label_windows
 
     segments = _segments(meta, keep, emb, label_windows(emb.astype(np.float32), cache, 5), ws)
     assert segments.schema.equals(segments_schema("float16"))
@@ -206,13 +206,13 @@ def bench_shards(work: str, clips: int, shards: int = 8) -> dict:
     import soundfile as sf
     import webdataset as wds
 
-    from das_core.units import DecodeSettings, decode_unit
+    from das_core.label.units import DecodeSettings, decode_unit
 
     server = _moto()
     try:
         import boto3
 
-        from das_core import storage
+        from das_core.io import storage
 
         s3 = boto3.client("s3", endpoint_url=storage.s3_endpoint())
         rng = np.random.default_rng(4)
@@ -267,7 +267,7 @@ def bench_ffmpeg_vs_sndfile(seconds: float, repeats: int) -> dict:
 
     import soundfile as sf
 
-    from das_core.audio import AudioStream
+    from das_core.audio.decode import AudioStream
 
     rng = np.random.default_rng(5)
     x = (0.1 * rng.standard_normal((int(seconds * 44100), 2))).astype(np.float32)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.audio import WINDOW_SAMPLES
+from das_core.audio.decode import WINDOW_SAMPLES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOALS = {
@@ -146,7 +146,7 @@ ENCODER_ROUNDS = 3
 def bench_encoder(ckpt: str, sizes: Sizes, threads: int) -> dict:
     import torch
 
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -179,7 +179,7 @@ def profile_encoder(ckpt: str, windows: np.ndarray) -> dict[str, float]:
     """Share of the encoder's CPU time per operator (torch.profiler, self time), the largest eight."""
     from torch.profiler import ProfilerActivity, profile
 
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
 
     enc = ClapEncoder.from_checkpoint(ckpt, max_batch_size=len(windows), batch_invariant=True)
     enc.embed_audio(windows)
@@ -198,8 +198,8 @@ def bench_hf_encoder(ckpt: str, work: str, sizes: Sizes, threads: int, batch_siz
     log-mel front end, whose share is reported separately."""
     import torch
 
-    from das_core.encoder import ClapEncoder
-    from das_core.random_checkpoint import write_random_hf_checkpoint
+    from das_core.clap.encoder import ClapEncoder
+    from das_core.clap.random_weights import write_random_hf_checkpoint
 
     folder = os.path.join(work, "HTSAT-tiny-hf-random")
     if not os.path.isdir(folder):
@@ -226,8 +226,8 @@ def bench_hf_encoder(ckpt: str, work: str, sizes: Sizes, threads: int, batch_siz
 
 
 def make_cache(ckpt: str, labels: list[str], phrases: list[str]):
-    from das_core.cache import DriftCache
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
+    from das_core.scoring.cache import DriftCache
 
     enc = ClapEncoder.from_checkpoint(ckpt)
     t = time.perf_counter()
@@ -272,7 +272,7 @@ def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
     import librosa
     import torch
 
-    from das_core.offline import hf_offline
+    from das_core.clap.offline import hf_offline
 
     torch.set_num_threads(threads)
     with hf_offline():      # laion_clap loads tokenizers at import: local-only, or it hangs retrying the network
@@ -298,7 +298,7 @@ def bench_naive(ckpt: str, paths: list[str], threads: int) -> dict:
 
 
 def bench_scoring(sizes: Sizes) -> dict:
-    from das_core.cache import DriftCache
+    from das_core.scoring.cache import DriftCache
 
     rng = np.random.default_rng(1)
     d = 512
@@ -371,8 +371,8 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
     import ray
     import ray.data
 
-    from das_core.inputs import list_inputs
-    from das_core.units import DecodeSettings, decode_units
+    from das_core.io.inputs import list_inputs
+    from das_core.label.units import DecodeSettings, decode_units
     from jobs.pipeline import DECODE_MEMORY_BYTES, configure_data_context
 
     folder = os.path.join(work, f"decode-{sizes.decode_files}x{sizes.decode_seconds:g}s")
@@ -467,7 +467,7 @@ def bare_decode(data: bytes, ext: str, block: int | None = None) -> None:
         return
     import soundfile as sf
 
-    from das_core.audio import block_frames_for
+    from das_core.audio.decode import block_frames_for
 
     with sf.SoundFile(io.BytesIO(data)) as f:
         block = block or block_frames_for(f.channels)
@@ -480,11 +480,11 @@ _STAGE_FILES: dict[str, str] = {}
 
 
 def decode_stage(data: bytes, name: str, noise_path: str | None = None) -> int:
-    """das label's decode stage over ``data`` (``das_core.units.decode_unit``: the file's windows as int16
+    """das label's decode stage over ``data`` (``das_core.label.units.decode_unit``: the file's windows as int16
     bytes packed into chunk rows for the encoder); returns the number of windows.
 
     With ``noise_path`` every window is mixed at 10 dB first, as ``das label --snr-db`` does."""
-    from das_core.units import DecodeSettings, decode_unit
+    from das_core.label.units import DecodeSettings, decode_unit
 
     path = _STAGE_FILES.get(name)
     if path is None:
@@ -505,7 +505,7 @@ def decode_stage_before(data: bytes) -> int:
     import soundfile as sf
     import soxr
 
-    from das_core.audio import SAMPLE_RATE, segment
+    from das_core.audio.decode import SAMPLE_RATE, segment
 
     def mono(f):
         rs = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
@@ -526,7 +526,7 @@ def resample_alone(rate: int, frames: int, block: int = 1 << 16, quality: str = 
     """CPU seconds soxr takes, streamed in the decoder's blocks, to bring ``frames`` mono samples to 48 kHz."""
     import soxr
 
-    from das_core.audio import SAMPLE_RATE
+    from das_core.audio.decode import SAMPLE_RATE
 
     if rate == SAMPLE_RATE:
         return 0.0
@@ -544,7 +544,7 @@ def resample_alone(rate: int, frames: int, block: int = 1 << 16, quality: str = 
 def _rate_and_frames(data: bytes, name: str) -> tuple[int, int]:
     import io
 
-    from das_core.audio import AudioStream
+    from das_core.audio.decode import AudioStream
 
     with AudioStream(io.BytesIO(data), name) as stream:
         for _ in stream.windows():
@@ -610,8 +610,8 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
     """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
     import pyarrow as pa
 
-    from das_core.manifest import RunManifest
-    from das_core.results import (
+    from das_core.output.manifest import RunManifest
+    from das_core.output.store import (
         END_TAG,
         FILES_DIR,
         FORMAT_VERSION,
@@ -623,7 +623,7 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
         labelled_columns,
         part_name,
     )
-    from das_core.scoring import label_windows
+    from das_core.scoring.scorer import label_windows
 
     rng = np.random.default_rng(2)
     store = OutputStore(out)
@@ -672,8 +672,8 @@ def rescore_breakdown(labels: str, cache) -> dict:
     """Where one part's re-scoring time goes, in this process: what must be read, scored and written."""
     import pyarrow.parquet as pq
 
-    from das_core.rescoring import rescore_tables
-    from das_core.results import END_TAG, part_name, table_to_bytes
+    from das_core.output.store import END_TAG, part_name, table_to_bytes
+    from das_core.rescore.run import rescore_tables
 
     seg_path = os.path.join(labels, "segments", part_name("u00000000", 0))
     files_path = os.path.join(labels, "files", part_name("u00000000", END_TAG))
@@ -742,9 +742,9 @@ def _columns_row_by_row(lab, n: int) -> dict:
 
 def bench_changes(ckpt: str, sizes: Sizes) -> dict:
     """The effect of this project's own speed-ups, each against the way it was done before, in this run."""
-    from das_core.encoder import ClapEncoder, laion
-    from das_core.results import labelled_columns
-    from das_core.scoring import _labelled, top_k
+    from das_core.clap.encoder import ClapEncoder, laion
+    from das_core.output.store import labelled_columns
+    from das_core.scoring.scorer import _labelled, top_k
 
     enc = ClapEncoder.from_checkpoint(ckpt)
     prompts = [f"class {i:03d} with noise kind {j}" for i in range(sizes.cache_classes) for j in range(2)][:512]
@@ -781,7 +781,7 @@ def machine() -> dict:
 def bench_gpu(ckpt: str) -> dict:
     import torch
 
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
 
     if not torch.cuda.is_available():
         return {"gpu_clips_per_s": None, "gpu_note": "no CUDA device on this machine"}
@@ -907,7 +907,7 @@ def on_ray_only(which: str, work: str, sizes: Sizes) -> dict:
     """The re-scoring or decode-stage figures alone (re-scoring: on the cache a full run left in ``work``)."""
     import ray
 
-    from das_core.cache import DriftCache
+    from das_core.scoring.cache import DriftCache
 
     cache_uri = os.path.join(work, "cache.npz")
     if which == "rescore" and not os.path.exists(cache_uri):
@@ -948,7 +948,7 @@ def bench_on_ray(ckpt: str, cache, cache_uri: str, paths: list[str], work: str, 
 
 
 def bench_all(work: str, sizes: Sizes, threads: int) -> dict:
-    from das_core.random_checkpoint import write_random_checkpoint
+    from das_core.clap.random_weights import write_random_checkpoint
 
     ckpt = os.path.join(work, "HTSAT-tiny-transformer-random.pt")
     if not os.path.exists(ckpt):

@@ -12,7 +12,7 @@ import numpy as np
 
 
 def _queries(n: int, dim: int):
-    from das_core.search import Queries
+    from das_core.search.run import Queries
 
     rng = np.random.default_rng(7)
     v = rng.standard_normal((n, dim))
@@ -22,8 +22,8 @@ def _queries(n: int, dim: int):
 
 def _search_seconds(labels: str, queries, top: int) -> float:
     """Wall time of the distributed ranking (one task per unit) and the driver's merge, best of two."""
-    from das_core.results import OutputStore
-    from das_core.search import SEGMENT, merge_hits
+    from das_core.output.store import OutputStore
+    from das_core.search.run import SEGMENT, merge_hits
     from jobs.search import run_stages
 
     listing = OutputStore(labels).listing()
@@ -43,8 +43,8 @@ def bench_search(cache, work: str, rows: int, best_of) -> dict:
     import pyarrow.parquet as pq
 
     from bench.run import write_label_output
-    from das_core.results import SEGMENTS_DIR, OutputStore
-    from das_core.search import SEGMENT_COLUMNS, unit_hits
+    from das_core.output.store import SEGMENTS_DIR, OutputStore
+    from das_core.search.run import SEGMENT_COLUMNS, unit_hits
 
     labels = os.path.join(work, "search-labels")
     write_label_output(cache, labels, rows)

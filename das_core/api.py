@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core import storage
-from das_core.audio import WINDOW_SAMPLES, AudioStream
-from das_core.cache import DriftCache
-from das_core.results import mean_embedding
-from das_core.scoring import Labelled, label_files, label_windows, window_scores
+from das_core.audio.decode import WINDOW_SAMPLES, AudioStream
+from das_core.io import storage
+from das_core.output.store import mean_embedding
+from das_core.scoring.cache import DriftCache
+from das_core.scoring.scorer import Labelled, label_files, label_windows, window_scores
 
 
 def load_encoder(checkpoint: str, device: str = "cpu", precision: str = "fp32", **options):
     """A ``ClapEncoder`` for a LAION ``.pt`` path, ``s3://`` URI, published name or Hugging Face CLAP folder."""
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
 
     return ClapEncoder.from_checkpoint(checkpoint, device=device, precision=precision, **options)
 

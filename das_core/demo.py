@@ -52,8 +52,8 @@ def generate_example(folder: str, seed: int = 0) -> list[str]:
 
 
 def resolve_demo_checkpoint() -> str:
-    from das_core import checkpoint as ckpt
-    from das_core.random_checkpoint import write_random_checkpoint
+    from das_core.clap import checkpoint as ckpt
+    from das_core.clap.random_weights import write_random_checkpoint
 
     if os.environ.get("DAS_CHECKPOINT"):
         log.info("using DAS_CHECKPOINT=%s", os.environ["DAS_CHECKPOINT"])
@@ -79,9 +79,9 @@ def resolve_demo_checkpoint() -> str:
 def prepare_demo(out: str) -> tuple[str, str, str]:
     """Write the example archive (with one broken file) and its drift cache under ``out``;
     (archive folder, cache URI, checkpoint)."""
-    from das_core.cache import DriftCache
-    from das_core.encoder import ClapEncoder
-    from das_core.prompts import DEFAULT_NOISE_PHRASES
+    from das_core.clap.encoder import ClapEncoder
+    from das_core.scoring.cache import DriftCache
+    from das_core.scoring.prompts import DEFAULT_NOISE_PHRASES
 
     audio_dir = os.path.join(out, "archive")
     paths = generate_example(audio_dir)

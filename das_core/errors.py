@@ -66,8 +66,8 @@ def unwrap(exc: BaseException) -> BaseException:
 
 
 def refusal_types() -> tuple[type[BaseException], ...]:
-    from das_core import storage
-    from das_core.audio import AudioDecodeError
+    from das_core.audio.decode import AudioDecodeError
+    from das_core.io import storage
 
     return (Refused, storage.StorageError, AudioDecodeError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError)
@@ -80,7 +80,7 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
     and raw botocore credential / connection errors), 1 for ``RunFailed``
     and for anything unexpected (an internal error).
     """
-    from das_core import storage
+    from das_core.io import storage
 
     exc = unwrap(exc)
     if isinstance(exc, refusal_types()):

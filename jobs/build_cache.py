@@ -1,11 +1,11 @@
-"""``das build-cache``: encode K x (1 + P) prompts once into a DriftCache file (``das_core.build``)."""
+"""``das build-cache``: encode K x (1 + P) prompts once into a DriftCache file (``das_core.scoring.build``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from das_core.build import BuildConfig, build_cache
+from das_core.scoring.build import BuildConfig, build_cache
 from jobs.common import HelpFormatter, add_common_options, add_settings, job_main, settings_from_args
 
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from das_core import errors, storage
+from das_core import errors
+from das_core.io import storage
 from das_core.settings import described
 
 log = logging.getLogger("das")

@@ -1,7 +1,7 @@
 """``das label``: label an audio archive with LAION-CLAP + DAS on Ray Data; Parquet out, nothing lost.
 
-Argument parsing only: the run is ``das_core.labelrun`` (plan, counts, manifest) driven through the Ray
-pipeline (``jobs.pipeline``), or in this process for a small job (``das_core.localrun``; ``das_core.engine``).
+The run is ``das_core.label.run`` (plan, counts, manifest) driven through the Ray
+pipeline (``jobs.pipeline``), or in this process for a small job (``das_core.runtime``).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from das_core import labelrun
-from das_core.engine import LOCAL
 from das_core.errors import Refused
-from das_core.inputs import DEFAULT_EXTENSIONS, InputError, normalise_extensions
-from das_core.labelrun import (  # noqa: F401
+from das_core.io.inputs import DEFAULT_EXTENSIONS, InputError, normalise_extensions
+from das_core.io.storage import check_output_folder
+from das_core.label import run as labelrun
+from das_core.label.run import (  # noqa: F401
     COMPUTE,
     IO,
     RESUME_KEYS,
@@ -23,7 +23,7 @@ from das_core.labelrun import (  # noqa: F401
     plan_run,
     print_dry_run,
 )
-from das_core.storage import check_output_folder
+from das_core.runtime.engine import LOCAL
 from jobs.common import HelpFormatter, add_common_options, add_settings, job_main, settings_from_args
 
 
@@ -66,7 +66,7 @@ def run(c: LabelConfig) -> dict:
 def run_units(run: LabelRun) -> None:
     """The units to do, in this process or on Ray, as ``run.engine`` says (Ray is imported only for Ray)."""
     if run.engine == LOCAL:
-        from das_core.localrun import run_units as run_here
+        from das_core.runtime.local import run_units as run_here
 
         run_here(run)
         return

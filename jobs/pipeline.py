@@ -29,11 +29,14 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.exceptions import UserCodeException
 
-from das_core import labelrun, placement, storage, units
 from das_core.errors import WriteFailed
-from das_core.labelrun import LabelConfig, LabelRun
-from das_core.progress import RunMonitor
-from das_core.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
+from das_core.io import storage
+from das_core.label import run as labelrun
+from das_core.label import units
+from das_core.label.run import LabelConfig, LabelRun
+from das_core.label.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
+from das_core.runtime import placement
+from das_core.runtime.progress import RunMonitor
 from jobs.common import init_ray, log, node_resources, worker_env
 
 # What a decode task may hold: a chunk of int16 windows, libsndfile and soxr state, and the noise cache.

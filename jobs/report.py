@@ -1,15 +1,15 @@
 """``das report OUT``: a Markdown report with figures of a ``das label`` output or a ``das rescore`` run folder.
 
-Writes ``OUT/report/report.md`` and its PNG figures (``das_core.report``): no Ray, no model."""
+Writes ``OUT/report/report.md`` and its PNG figures (``das_core.report.run``): no Ray, no model."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from das_core import storage
-from das_core.manifest import RunManifest
-from das_core.report import write_report
+from das_core.io import storage
+from das_core.output.manifest import RunManifest
+from das_core.report.run import write_report
 from jobs.common import add_common_options, job_main
 
 
@@ -25,9 +25,9 @@ def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
 
 def require_output(out: str) -> None:
     """Refuse a folder that is not a das output, saying what was given and what to give instead."""
-    from das_core import storage
-    from das_core.manifest import MANIFEST, ManifestError
-    from das_core.rescoring import RUN_PREFIX, list_runs
+    from das_core.io import storage
+    from das_core.output.manifest import MANIFEST, ManifestError
+    from das_core.rescore.run import RUN_PREFIX, list_runs
 
     if RunManifest.read(out) is not None:
         return

@@ -1,17 +1,18 @@
 """``das rescore``: re-label the embeddings a ``das label`` run stored, with a drift cache; no audio, no model.
 Arguments and Ray wiring (one task per committed unit, or a loop in this process for a small output:
-``das_core.engine``) only; the rest, and the output, is ``das_core.rescoring``."""
+``das_core.runtime.engine``) only; the rest, and the output, is ``das_core.rescore.run``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from das_core import engine, localrun
-from das_core.lease import Lease, sigterm_as_interrupt
-from das_core.report import report_after_run
-from das_core.rescoring import RescoreConfig, plan_rescore, rescore_unit, start_run
-from das_core.storage import check_output_folder
+from das_core.io.storage import check_output_folder
+from das_core.output.lease import Lease, sigterm_as_interrupt
+from das_core.report.run import report_after_run
+from das_core.rescore.run import RescoreConfig, plan_rescore, rescore_unit, start_run
+from das_core.runtime import engine
+from das_core.runtime import local as localrun
 from jobs import common
 
 

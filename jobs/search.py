@@ -1,6 +1,6 @@
 """``das search``: find the windows (or files) of a labelled archive closest to a text or an audio query.
 Arguments and Ray wiring only (one task per group of committed units, or a loop in this process for a small
-output: ``das_core.engine``); the search is in ``das_core.search``."""
+output: ``das_core.runtime.engine``); the search is in ``das_core.search.run``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import sys
 
 import pyarrow as pa
 
-from das_core import engine, localrun, search
-from das_core.manifest import RunManifest
-from das_core.prompts import read_lines_from
-from das_core.search import SearchConfig, units_per_task
-from das_core.storage import check_output_file
+from das_core.io.storage import check_output_file
+from das_core.output.manifest import RunManifest
+from das_core.runtime import engine
+from das_core.runtime import local as localrun
+from das_core.scoring.prompts import read_lines_from
+from das_core.search import run as search
+from das_core.search.run import SearchConfig, units_per_task
 from jobs import common
 
 

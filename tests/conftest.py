@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -33,7 +34,7 @@ def ckpt_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_ckpt(ckpt_dir) -> str:
     """HTSAT-tiny + transformer text tower, random weights, LAION's format (fully offline)."""
-    from das_core.random_checkpoint import write_random_checkpoint
+    from das_core.clap.random_weights import write_random_checkpoint
 
     return write_random_checkpoint(str(ckpt_dir / "tiny-transformer.pt"), seed=0)
 
@@ -41,14 +42,14 @@ def tiny_ckpt(ckpt_dir) -> str:
 @pytest.fixture(scope="session")
 def other_ckpt(ckpt_dir) -> str:
     """Same architecture, other weights: a different checkpoint fingerprint."""
-    from das_core.random_checkpoint import write_random_checkpoint
+    from das_core.clap.random_weights import write_random_checkpoint
 
     return write_random_checkpoint(str(ckpt_dir / "tiny-transformer-seed1.pt"), seed=1)
 
 
 @pytest.fixture(scope="session")
 def encoder(tiny_ckpt):
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
 
     return ClapEncoder.from_checkpoint(tiny_ckpt)
 
@@ -107,7 +108,7 @@ def ray_local(s3_endpoint):
 @pytest.fixture(scope="session")
 def small_cache(encoder, tmp_path_factory) -> str:
     """A drift cache of three classes for the tiny test checkpoint."""
-    from das_core.cache import DriftCache
+    from das_core.scoring.cache import DriftCache
 
     uri = str(tmp_path_factory.mktemp("small-cache") / "cache.npz")
     DriftCache.build(encoder.embed_text, ["siren", "dog_bark", "engine_idling"], ["traffic noise"],
@@ -126,7 +127,7 @@ def label_run(src, cache: str, ckpt: str, out, **kw) -> dict:
 
 def read_output(out):
     """(segments, files) of a label output's committed units, sorted."""
-    from das_core.results import OutputStore
+    from das_core.output.store import OutputStore
 
     store = OutputStore(str(out))
     return (store.read_segments().sort_by([("file_id", "ascending"), ("segment", "ascending")]),
@@ -158,8 +159,8 @@ def write_clips(folder, clips: dict, seed: int = 0, broken: dict[str, bytes] | N
 def make_cache(encoder, tmp_path_factory):
     """``make_cache(labels, phrases=<3 default phrases>, **build options)``: the URI of a new drift cache for the
     tiny checkpoint."""
-    from das_core.cache import DriftCache
-    from das_core.prompts import DEFAULT_NOISE_PHRASES
+    from das_core.scoring.cache import DriftCache
+    from das_core.scoring.prompts import DEFAULT_NOISE_PHRASES
 
     def make(labels, phrases=tuple(DEFAULT_NOISE_PHRASES[:3]), **kw) -> str:
         uri = str(tmp_path_factory.mktemp("caches") / "cache.npz")
@@ -182,3 +183,38 @@ def make_label_output(ray_local, tiny_ckpt, tmp_path_factory):
         return str(root / "out")
 
     return make
+
+
+# shard files, written by the libraries that write them in the wild
+def flac(seconds: float, freq: float, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, sine(freq, seconds, rate, amp=0.3), rate, format="FLAC")
+    return buf.getvalue()
+
+
+CLIPS = {"sample000": flac(3.0, 300), "sample001": flac(12.0, 500), "sample002": flac(1.5, 700)}
+
+
+def write_tar(path, clips=CLIPS, extra=True) -> str:
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for key, data in clips.items():
+            sample = {"__key__": key, "flac": data}
+            if extra:
+                sample.update({"json": {"source": key, "licence": "cc-by"}, "cls": 3})
+            sink.write(sample)
+    return str(path)
+
+
+def write_hf_parquet(path, clips=CLIPS, with_null=False) -> str:
+    from datasets import Audio, Dataset
+
+    rows = [{"bytes": data, "path": f"{key}.flac"} for key, data in clips.items()]
+    ids = list(clips)
+    if with_null:
+        rows.append(None)
+        ids.append("nothing")
+    ds = Dataset.from_dict({"audio": rows, "clip_id": ids}).cast_column("audio", Audio(decode=False))
+    ds.to_parquet(str(path))
+    return str(path)

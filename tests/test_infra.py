@@ -398,7 +398,7 @@ def ray_head(tmp_path):
 
 
 def test_ray_job_submit_runs_das_label(ray_head, encoder, tiny_ckpt, tmp_path):
-    from das_core.cache import DriftCache
+    from das_core.scoring.cache import DriftCache
 
     audio = tmp_path / "audio"
     audio.mkdir()

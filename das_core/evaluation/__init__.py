@@ -3,7 +3,7 @@
 What it does, in order:
 
 1. Reads the dataset in its published layout and the noise recordings
-   (``das_core.datasets``), applies ``--limit`` / ``--noise-limit``
+   (``das_core.evaluation.datasets``), applies ``--limit`` / ``--noise-limit``
    (``protocol``).
 2. Text, once: the DAS drift cache for the dataset's labels, and in the same
    batched call every other prompt (LAION's template, Acevedo's anchors, the

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core import storage
-from das_core.baselines import background_prompts
-from das_core.cache import CacheError, DriftCache
-from das_core.datasets import NoiseSet
 from das_core.errors import Refused
+from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.protocol import CACHE_LAM, Plan
-from das_core.prompts import ACEVEDO_TEMPLATE, CLEAN_TEMPLATE, LAION_TEMPLATE, NOISY_TEMPLATE, label_text
+from das_core.io import storage
+from das_core.scoring.baselines import background_prompts
+from das_core.scoring.cache import CacheError, DriftCache
+from das_core.scoring.prompts import ACEVEDO_TEMPLATE, CLEAN_TEMPLATE, LAION_TEMPLATE, NOISY_TEMPLATE, label_text
 
 log = logging.getLogger("das.evaluation")
 
@@ -119,7 +119,7 @@ def saved_caches(out: str) -> list[tuple[str, DriftCache]]:
 # ---------------------------------------------------------------- encoding
 def _encode(p: Plan, cache: DriftCache | None, missing: list[str]) -> tuple[DriftCache, dict[str, np.ndarray]]:
     """One batched text encoding: the drift cache's prompts (when ``cache`` is None) and the ``missing`` ones."""
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
 
     c, labels = p.config, p.dataset.label_names
     log.info("encoding text with %s: %s%d other prompt(s)", c.checkpoint,

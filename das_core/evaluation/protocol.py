@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core import storage
-from das_core.baselines import DEFAULT_TAU
-from das_core.cache import DEFAULT_LAM
-from das_core.datasets import (
+from das_core.clap.encoder import DEFAULT_BATCH_SIZE
+from das_core.errors import ConfigError
+from das_core.evaluation.datasets import (
     DATASETS,
     ESC50,
     FSD50K,
@@ -31,9 +30,10 @@ from das_core.datasets import (
     read_noise,
     stratified_subset,
 )
-from das_core.encoder import DEFAULT_BATCH_SIZE
-from das_core.errors import ConfigError
-from das_core.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
+from das_core.io import storage
+from das_core.scoring.baselines import DEFAULT_TAU
+from das_core.scoring.cache import DEFAULT_LAM
+from das_core.scoring.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
 from das_core.settings import setting
 
 log = logging.getLogger("das.evaluation")
@@ -305,8 +305,8 @@ def _check_split(c: EvaluateConfig, dataset: Dataset, split: TuneSplit, is_tune:
 
 def plan(c: EvaluateConfig) -> Plan:
     """Read and check everything that can be refused before any model is loaded."""
-    from das_core import checkpoint as ckpt
-    from das_core.cache import validate_build_inputs
+    from das_core.clap import checkpoint as ckpt
+    from das_core.scoring.cache import validate_build_inputs
 
     dataset = read_dataset(c.dataset, c.root)
     noise = read_noise(c.noise_root)

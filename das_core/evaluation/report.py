@@ -8,12 +8,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from das_core.datasets import ESC50, FSD50K, URBANSOUND8K
+from das_core.evaluation.datasets import ESC50, FSD50K, URBANSOUND8K
 from das_core.evaluation.prompts import UNKNOWN_SCENE_TEXT
 from das_core.evaluation.protocol import Condition, Plan
 from das_core.evaluation.scoring import BASELINES, METHODS, Evaluation
 from das_core.evaluation.stores import ConditionData, StoreData
-from das_core.prompts import CLEAN_TEMPLATE
+from das_core.scoring.prompts import CLEAN_TEMPLATE
 
 DATASET_TITLES = {URBANSOUND8K: "UrbanSound8K", ESC50: "ESC-50", FSD50K: "FSD50K eval"}
 METHOD_DESCRIPTIONS = {

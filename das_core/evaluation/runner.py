@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from das_core import __version__, storage
+from das_core import __version__
 from das_core.errors import Refused, RunFailed
 from das_core.evaluation.prompts import prepare_text
 from das_core.evaluation.protocol import EvaluateConfig, Plan, plan
@@ -28,7 +28,8 @@ from das_core.evaluation.report import (
 from das_core.evaluation.scoring import METHODS, evaluate
 from das_core.evaluation.side import side_information
 from das_core.evaluation.stores import NOISE_STORE, EvaluationError, encode_stores, load_conditions
-from das_core.labelrun import LabelConfig
+from das_core.io import storage
+from das_core.label.run import LabelConfig
 
 log = logging.getLogger("das.evaluation")
 SUMMARY = "evaluation.json"

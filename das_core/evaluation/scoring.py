@@ -2,7 +2,7 @@
 
 No Ray and no model here: the stores were encoded by label runs
 (``das_core.evaluation.stores``); every window is scored with the library's
-scorer (``das_core.scoring``, ``das_core.cache.project_rows``) and clip
+scorer (``das_core.scoring.scorer``, ``das_core.scoring.cache.project_rows``) and clip
 scores are the maximum over the clip's windows.
 """
 
@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from das_core.baselines import TGAP_POOL_SIZE, acevedo_scores, background_profile, tgap_prototypes
-from das_core.cache import DriftCache, project_rows
-from das_core.datasets import Dataset
+from das_core.evaluation.datasets import Dataset
 from das_core.evaluation.side import SideInformation
 from das_core.evaluation.stores import ConditionData, EvaluationError
-from das_core.scoring import max_by_file
+from das_core.scoring.baselines import TGAP_POOL_SIZE, acevedo_scores, background_profile, tgap_prototypes
+from das_core.scoring.cache import DriftCache, project_rows
+from das_core.scoring.scorer import max_by_file
 
 METHODS = ("zs_das_template", "zs_laion_template", "das", "acevedo_zs_text", "acevedo_zs_audio",
            "acevedo_tgap_text", "acevedo_tgap_audio")
@@ -148,7 +148,7 @@ class Labels:
 
 def metric_values(labels: Labels, scores: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """``accuracy`` and ``accuracy_fold_mean`` (single-label) or macro ``mAP`` over the clips in ``mask``."""
-    from das_core.metrics import accuracy, mean_average_precision
+    from das_core.scoring.metrics import accuracy, mean_average_precision
 
     if not mask.any():
         raise ValueError("no decodable clip in this split")
@@ -164,7 +164,7 @@ def metric_values(labels: Labels, scores: np.ndarray, mask: np.ndarray) -> dict[
 
 def per_class_values(labels: Labels, scores: np.ndarray, mask: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     """(metric name, value per class, clips per class): recall for single-label data, AP for multi-label."""
-    from das_core.metrics import mean_average_precision, per_class_accuracy
+    from das_core.scoring.metrics import mean_average_precision, per_class_accuracy
 
     k = len(labels.names)
     if labels.multi_label:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.baselines import background_prompts
-from das_core.datasets import NoiseSet
 from das_core.errors import RunFailed
+from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import (
     UNKNOWN_SCENE,
     TextEmbeddings,
@@ -26,6 +25,7 @@ from das_core.evaluation.prompts import (
     scene_text,
 )
 from das_core.evaluation.stores import StoreData
+from das_core.scoring.baselines import background_prompts
 
 log = logging.getLogger("das.evaluation")
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core import storage
-from das_core.datasets import NoiseSet
 from das_core.errors import Refused, RunFailed
+from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import UNKNOWN_SCENE, TextEmbeddings, saved_caches
 from das_core.evaluation.protocol import Condition, Plan
-from das_core.labelrun import LabelConfig
-from das_core.manifest import NoiseSource, RunManifest
+from das_core.io import storage
+from das_core.label.run import LabelConfig
+from das_core.output.manifest import NoiseSource, RunManifest
 
 log = logging.getLogger("das.evaluation")
 
@@ -88,7 +88,7 @@ def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from das_core.results import SEGMENTS_DIR, OutputStore, embeddings_to_numpy
+    from das_core.output.store import SEGMENTS_DIR, OutputStore, embeddings_to_numpy
 
     store = OutputStore(uri)
     listing = store.listing()
@@ -143,7 +143,7 @@ def write_manifest(uri: str, paths: Sequence[str], ids: Sequence[str]) -> None:
     """A label-job manifest (``path``, ``id``), rewritten only when its content changes."""
     import pyarrow as pa
 
-    from das_core.results import table_to_bytes
+    from das_core.output.store import table_to_bytes
 
     table = pa.table({"path": pa.array(list(paths), pa.string()), "id": pa.array(list(ids), pa.string())})
     data = table_to_bytes(table)
@@ -189,7 +189,7 @@ def store_jobs(p: Plan) -> list[StoreJob]:
 
 def store_state(job: StoreJob, checkpoint_id: str) -> tuple[str, RunManifest | None]:
     """``new``, ``complete`` or ``partial`` (and the store's manifest); refuses a store made with other settings."""
-    from das_core.results import OutputStore
+    from das_core.output.store import OutputStore
 
     store = OutputStore(job.uri)
     manifest = RunManifest.read(job.uri)

@@ -15,14 +15,15 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_datasets import US8K_CLASSES, make_esc50, make_fsd50k, make_tau, make_urbansound8k
 
-from das_core.baselines import acevedo_scores, background_profile, background_prompts, tgap_prototypes
-from das_core.cache import DriftCache
 from das_core.errors import Refused
 from das_core.evaluation import BASELINES, METHODS, plan
 from das_core.evaluation.stores import StoreJob, store_jobs, store_state
+from das_core.scoring.baselines import acevedo_scores, background_profile, background_prompts, tgap_prototypes
+from das_core.scoring.cache import DriftCache
 from jobs import evaluate as ev
+
+from .test_datasets import US8K_CLASSES, make_esc50, make_fsd50k, make_tau, make_urbansound8k
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
 
@@ -92,7 +93,7 @@ def one_text_encoder(encoder, tiny_ckpt):
 
     Only the driver process is patched: the label job's actors still load the checkpoint themselves.
     """
-    from das_core.encoder import ClapEncoder
+    from das_core.clap.encoder import ClapEncoder
 
     real = ClapEncoder.from_checkpoint.__func__
     loads = []
@@ -294,7 +295,7 @@ def test_rerun_encodes_nothing_and_gives_identical_results(us8k, monkeypatch, ca
     def no_label(*_a, **_k):
         raise AssertionError("a rerun must not run the label job")
 
-    monkeypatch.setattr("das_core.encoder.ClapEncoder.from_checkpoint", no_model)
+    monkeypatch.setattr("das_core.clap.encoder.ClapEncoder.from_checkpoint", no_model)
     monkeypatch.setattr("jobs.pipeline.run_label", no_label)
     rc, printed = _run(us8k["args"], capsys)
     assert rc == 0, printed
@@ -415,10 +416,11 @@ def _upload(folder, bucket, prefix) -> str:
 
 def test_out_on_s3_is_scored_from_its_stores(us8k, bucket, monkeypatch, capsys):
     """An OUT folder copied to S3 is recognised, scored from the stores there, and gives identical results."""
-    from das_core import storage
+    from das_core.io import storage
 
     out = _upload(us8k["out"], bucket, "results/us8k")
-    monkeypatch.setattr("das_core.encoder.ClapEncoder.from_checkpoint", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("das_core.clap.encoder.ClapEncoder.from_checkpoint",
+                        lambda *a, **k: pytest.fail("model loaded"))
     monkeypatch.setattr("jobs.pipeline.run_label", lambda *a, **k: pytest.fail("label job run"))
     rc, printed = _run([a if a != us8k["out"] else out for a in us8k["args"]], capsys)
     assert rc == 0, printed

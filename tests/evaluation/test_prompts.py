@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from das_core.baselines import background_prompts
-from das_core.cache import DriftCache
-from das_core.datasets import NoiseSet
+from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import (
     UNKNOWN_SCENE,
     UNKNOWN_SCENE_TEXT,
@@ -19,6 +17,8 @@ from das_core.evaluation.prompts import (
     scene_keys,
     wanted_prompts,
 )
+from das_core.scoring.baselines import background_prompts
+from das_core.scoring.cache import DriftCache
 
 
 def _unit_rows(n, d, seed=0):

@@ -6,7 +6,6 @@ import dataclasses
 import shutil
 
 import pytest
-from test_datasets import make_esc50, make_tau, make_urbansound8k
 
 from das_core.errors import ConfigError, Refused
 from das_core.evaluation import (
@@ -18,6 +17,8 @@ from das_core.evaluation import (
     plan,
 )
 from das_core.evaluation.protocol import ranges
+
+from .test_datasets import make_esc50, make_tau, make_urbansound8k
 
 
 def test_conditions_are_parsed_in_order_and_named_for_folders():

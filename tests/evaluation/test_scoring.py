@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from das_core.baselines import tgap_prototypes
-from das_core.cache import DriftCache
-from das_core.datasets import Clip, Dataset
 from das_core.evaluation import Condition, ConditionData, EvaluationError, SideInformation, StoreData, scoring
+from das_core.evaluation.datasets import Clip, Dataset
 from das_core.evaluation.scoring import cross_fit_tgap
+from das_core.scoring.baselines import tgap_prototypes
+from das_core.scoring.cache import DriftCache
 
 LAM_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 

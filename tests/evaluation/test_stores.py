@@ -6,7 +6,7 @@ import pytest
 
 from das_core.evaluation.prompts import UNKNOWN_SCENE
 from das_core.evaluation.stores import background_keys, noise_uri
-from das_core.manifest import ManifestError, NoiseSource
+from das_core.output.manifest import ManifestError, NoiseSource
 
 
 def test_noise_uri_reads_the_noise_source_column():

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from das_core.results import OutputStore
+from das_core.output.store import OutputStore
 from everyday.conftest import das, snapshot
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_clips
 
-from das_core.manifest import RunManifest
+from das_core.output.manifest import RunManifest
 from everyday.conftest import das
 
 pytestmark = pytest.mark.integration

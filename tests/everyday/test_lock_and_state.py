@@ -142,7 +142,7 @@ def test_an_interrupted_run_is_recorded_interrupted(workdir, tiny_ckpt, small_ca
 
 
 def test_tar_shards_are_counted_on_one_scale_and_a_fraction_of_one_never_fails(tmp_path, tiny_ckpt, small_cache):
-    from test_shards import CLIPS, write_tar
+    from conftest import CLIPS, write_tar
 
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from das_core.results import FILES_DIR, OutputStore
+from das_core.output.store import FILES_DIR, OutputStore
 from everyday.conftest import das, seed_user_files, snapshot
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,306 @@
+"""Worker-side writing of ``das label`` output: one chunk at a time, then each unit's commit mark.
+
+The encoder actor calls ``write_chunk`` with a chunk's embeddings as they are
+stored: every window is scored once, here, from those values; the chunk's
+``segments`` part, the maxima of any file that spans chunks (``pieces``) and
+the ``files`` rows of the files it holds whole are written, in that order.
+What goes back to the driver is a small ``ChunkStats`` row: counts, error
+kinds and timing, never an embedding or a score vector.
+
+``finish_unit`` runs once every chunk of a unit is written: it pools each
+spanning file's pieces (the maximum over all its windows, exactly what pooling
+the windows at once gives), drops the windows of a spanning file that failed
+part-way, and writes the unit's ``end`` part, which commits the unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from das_core.audio.decode import WINDOW_SAMPLES
+from das_core.label.units import ChunkMeta
+from das_core.output.store import (
+    END_TAG,
+    FILES_DIR,
+    OK,
+    PIECES_DIR,
+    SEGMENTS_DIR,
+    FileOutcome,
+    OutputStore,
+    embedding_array,
+    files_table,
+    labelled_columns,
+    mean_embedding,
+    normalised,
+    part_name,
+    segments_schema,
+)
+from das_core.scoring.cache import DriftCache
+from das_core.scoring.scorer import DEFAULT_TOP_K, label_files, label_pooled, label_windows, window_scores
+
+PIECES_SCHEMA = pa.schema([
+    pa.field("file_id", pa.string()),
+    pa.field("path", pa.string()),
+    pa.field("chunk", pa.int32()),
+    pa.field("piece", pa.int32()),
+    pa.field("n_windows", pa.int32()),
+    pa.field("das_max", pa.list_(pa.float32())),
+    pa.field("zs_max", pa.list_(pa.float32())),
+    pa.field("emb_sum", pa.list_(pa.float64())),     # sum of the piece's window embeddings (as stored)
+    pa.field("closes", pa.bool_()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("error_kind", pa.string()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("sample_rate", pa.int32()),
+    pa.field("channels", pa.int32()),
+    pa.field("decoder", pa.string()),
+    pa.field("key", pa.string()),
+    pa.field("metadata", pa.string()),
+])
+
+STATS_SCHEMA = pa.schema([
+    pa.field("unit", pa.string()),
+    pa.field("chunk", pa.int32()),
+    pa.field("last", pa.bool_()),
+    pa.field("windows", pa.int32()),          # windows encoded in this chunk
+    pa.field("files_ok", pa.int32()),         # files that closed in this chunk
+    pa.field("files_error", pa.int32()),
+    pa.field("segments", pa.int64()),         # windows of the ok files that closed here
+    pa.field("errors_by_kind", pa.string()),  # JSON {kind: n}
+    pa.field("pieces", pa.bool_()),           # wrote a pieces part: finish_unit must read it
+    pa.field("skipped", pa.string()),         # JSON {reason: n} of shard members not labelled
+    pa.field("error_examples", pa.string()),  # JSON ["path (kind)", ...]: a few of the files that failed here
+    pa.field("node", pa.string()),
+    pa.field("seconds", pa.float64()),
+])
+# What an encoder actor hands the driver per chunk: the statistics and the node that decoded the chunk.
+STATS_WITH_NODES = STATS_SCHEMA.append(pa.field("decoded_on", pa.string()))
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How each encoder actor loads and runs the model."""
+
+    checkpoint: str
+    num_gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    precision: str = "fp32"
+    max_batch_size: int | None = None
+    torch_threads: int | None = None
+    tokenizer_dir: str | None = None
+
+
+class ChunkEncoder:
+    """The encode-and-write stage: embeds each chunk row's windows, scores them once and writes its parts.
+
+    One per encoder actor (``jobs/pipeline.py`` gives it the cache the driver
+    put in the object store); ``node`` tags the statistics it returns.
+    """
+
+    def __init__(self, settings: EncodeSettings, cache: DriftCache, out: str, write: WriteSettings, node: str):
+        from das_core.clap.encoder import ClapEncoder
+
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        device = "cuda" if settings.num_gpus_per_actor > 0 else "cpu"
+        self.encoder = ClapEncoder.from_checkpoint(settings.checkpoint, device=device, precision=settings.precision,
+                                                   tokenizer_dir=settings.tokenizer_dir,
+                                                   max_batch_size=settings.max_batch_size, batch_invariant=True)
+        # the driver checked too; a worker may see another file at the same path
+        cache.check_encoder(self.encoder.encoder_id, settings.checkpoint)
+        self.cache, self.store, self.write, self.node = cache, OutputStore(out), write, node
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        audio = batch.column("audio")           # read in place: a chunk's windows are about 30 MiB
+        for i, row in enumerate(batch.drop_columns(["audio"]).to_pylist()):
+            n = row["n_windows"]
+            stored = None
+            if n:
+                windows = np.frombuffer(audio[i].as_buffer(), dtype=np.int16).reshape(n, WINDOW_SAMPLES)
+                stored = self.encoder.embed_audio_int16(windows).astype(self.write.embedding_dtype)
+            stats = write_chunk(self.store, row["unit"], row["chunk"], row["last"], ChunkMeta.parse(row["meta"]),
+                                stored, self.cache, self.write)
+            rows.append({**stats, "node": self.node, "decoded_on": row.get("decoded_on")})
+        return pa.Table.from_pylist(rows, schema=STATS_WITH_NODES)
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    top_k: int = DEFAULT_TOP_K
+    embedding_dtype: str = "float16"
+    snr_db: float | None = None
+    seed: int | None = None
+    logit_scale: float | None = None       # with --probabilities: top_k_probs from softmax(scale x scores)
+
+
+def _outcome(entry: dict, embedding: np.ndarray | None = None) -> FileOutcome:
+    return FileOutcome(entry["file_id"], entry["path"], entry["status"], entry.get("error"), entry.get("error_kind"),
+                       entry.get("n_emitted", 0), entry.get("duration_s"), entry.get("sample_rate"),
+                       entry.get("channels"), entry.get("decoder"), entry.get("key"), entry.get("metadata"),
+                       embedding)
+
+
+def _segments(meta: ChunkMeta, keep: np.ndarray, stored: np.ndarray | None, lab, ws: WriteSettings) -> pa.Table:
+    """The chunk's window rows that are kept (those of files that did not fail)."""
+    rows = np.flatnonzero(keep)
+    windows = [meta.windows[i] for i in rows]
+    files = [meta.files[w[0]] for w in windows]
+    n = len(rows)
+    cols = {
+        "file_id": pa.array([f["file_id"] for f in files], pa.string()),
+        "path": pa.array([f["path"] for f in files], pa.string()),
+        "segment": pa.array([w[1] for w in windows], pa.int32()),
+        "start_s": pa.array([w[2] for w in windows], pa.float64()),
+        "end_s": pa.array([w[3] for w in windows], pa.float64()),
+    }
+    cols.update(labelled_columns(lab.take(rows) if lab is not None and n else None, n))
+    emb = stored[rows] if stored is not None and n else None
+    cols["embedding"] = embedding_array(emb, n, np.arange(n), ws.embedding_dtype)
+    cols["snr_db"] = pa.array([ws.snr_db] * n, pa.float64())
+    cols["seed"] = pa.array([ws.seed] * n, pa.int64())
+    cols["noise_source"] = pa.array([w[4] for w in windows], pa.string())
+    return pa.table(cols, schema=segments_schema(ws.embedding_dtype))
+
+
+def _float_lists(rows: list[np.ndarray | None]) -> pa.Array:
+    return pa.array([None if r is None else r.astype(np.float32) for r in rows], pa.list_(pa.float32()))
+
+
+def write_chunk(store: OutputStore, unit: str, chunk: int, last: bool, meta: ChunkMeta, stored: np.ndarray | None,
+                cache: DriftCache, ws: WriteSettings) -> dict:
+    """Score and write one chunk; ``stored``: its window embeddings as stored (``ws.embedding_dtype``)."""
+    started = time.monotonic()
+    n = len(meta.windows)
+    owner = np.array([w[0] for w in meta.windows], dtype=np.int64)
+    failed = np.array([f.get("closes", False) and f["status"] != OK for f in meta.files], dtype=bool)
+    whole = np.array([f.get("closes", False) and f["piece"] == 0 for f in meta.files], dtype=bool)
+    keep = ~failed[owner] if n else np.zeros(0, dtype=bool)
+    das = plain = lab = None
+    if n:
+        das, plain = window_scores(stored.astype(np.float32), cache)
+        lab = label_windows(None, cache, ws.top_k, scores=(das, plain), logit_scale=ws.logit_scale)
+    segments = _segments(meta, keep, stored, lab, ws)
+    if len(segments):
+        store.write_part(SEGMENTS_DIR, part_name(unit, chunk), segments)
+
+    pieces = [i for i, f in enumerate(meta.files) if not whole[i]]
+    if pieces:
+        store.write_part(PIECES_DIR, part_name(unit, chunk), _pieces_table(meta, pieces, owner, keep, das, plain,
+                                                                          stored, chunk))
+    whole_ids = [i for i in range(len(meta.files)) if whole[i]]
+    if whole_ids:
+        ok = [i for i in whole_ids if not failed[i]]
+        file_lab = None
+        counts: dict[str, int] = {}
+        embeddings: dict[int, np.ndarray] = {}
+        if ok:
+            in_ok = np.isin(owner, ok) & keep
+            index = {f: j for j, f in enumerate(ok)}
+            file_lab = label_files(None, np.array([index[o] for o in owner[in_ok]]), len(ok), cache, ws.top_k,
+                                   scores=(das[in_ok], plain[in_ok]), logit_scale=ws.logit_scale)
+            counts = {meta.files[i]["file_id"]: int(np.sum(owner[in_ok] == i)) for i in ok}
+            embeddings = {i: mean_embedding(stored[(owner == i) & keep]) for i in ok}
+        outcomes = [_outcome(meta.files[i], embeddings.get(i)) for i in whole_ids]
+        store.write_part(FILES_DIR, part_name(unit, chunk), files_table(outcomes, file_lab, counts,
+                                                                       ws.embedding_dtype))
+    return _stats(unit, chunk, last, n, meta, bool(pieces), time.monotonic() - started)
+
+
+def _pieces_table(meta: ChunkMeta, entries: list[int], owner: np.ndarray, keep: np.ndarray, das, plain,
+                  stored: np.ndarray | None, chunk: int) -> pa.Table:
+    das_max, zs_max, emb_sum, counts = [], [], [], []
+    for i in entries:
+        mine = (owner == i) & keep if len(owner) else np.zeros(0, dtype=bool)
+        counts.append(int(mine.sum()))
+        das_max.append(das[mine].max(axis=0) if mine.any() else None)
+        zs_max.append(plain[mine].max(axis=0) if mine.any() else None)
+        emb_sum.append(stored[mine].astype(np.float64).sum(axis=0) if mine.any() else None)
+    files = [meta.files[i] for i in entries]
+
+    def col(key: str, typ: pa.DataType) -> pa.Array:
+        return pa.array([f.get(key) for f in files], typ)
+
+    return pa.table({
+        "file_id": col("file_id", pa.string()), "path": col("path", pa.string()),
+        "chunk": pa.array([chunk] * len(files), pa.int32()), "piece": col("piece", pa.int32()),
+        "n_windows": pa.array(counts, pa.int32()), "das_max": _float_lists(das_max), "zs_max": _float_lists(zs_max),
+        "emb_sum": pa.array(emb_sum, pa.list_(pa.float64())),
+        "closes": col("closes", pa.bool_()), "status": col("status", pa.string()), "error": col("error", pa.string()),
+        "error_kind": col("error_kind", pa.string()), "duration_s": col("duration_s", pa.float64()),
+        "sample_rate": col("sample_rate", pa.int32()), "channels": col("channels", pa.int32()),
+        "decoder": col("decoder", pa.string()), "key": col("key", pa.string()),
+        "metadata": col("metadata", pa.string()),
+    }, schema=PIECES_SCHEMA)
+
+
+def _stats(unit: str, chunk: int, last: bool, n_windows: int, meta: ChunkMeta, pieces: bool, seconds: float) -> dict:
+    closed = [f for f in meta.files if f.get("closes")]
+    ok = [f for f in closed if f["status"] == OK]
+    kinds = Counter(f["error_kind"] for f in closed if f["status"] != OK)
+    return {"unit": unit, "chunk": chunk, "last": last, "windows": n_windows, "files_ok": len(ok),
+            "files_error": len(closed) - len(ok), "segments": sum(int(f.get("n_emitted", 0)) for f in ok),
+            "errors_by_kind": json.dumps(dict(sorted(kinds.items()))), "pieces": pieces,
+            "skipped": json.dumps(meta.skipped),
+            "error_examples": json.dumps([f"{f['path']} ({f['error_kind']})" for f in closed if f["status"] != OK][:5]),
+            "node": os.environ.get("DAS_NODE_ID", os.uname().nodename), "seconds": seconds}
+
+
+def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: DriftCache, ws: WriteSettings
+                ) -> None:
+    """Commit ``unit``: rows of its spanning files (from the pieces parts of ``piece_chunks``), then its end part."""
+    tables = [store.read_part(PIECES_DIR, part_name(unit, c)) for c in sorted(piece_chunks)]
+    pieces = pa.concat_tables(tables) if tables else PIECES_SCHEMA.empty_table()
+    outcomes, pooled_das, pooled_zs, counts = [], [], [], {}
+    for file_id in dict.fromkeys(pieces.column("file_id").to_pylist()):
+        rows = pieces.filter(pc.equal(pieces.column("file_id"), file_id)).to_pylist()
+        closing = next(r for r in rows if r["closes"])
+        outcome = FileOutcome(file_id, closing["path"], closing["status"], closing["error"], closing["error_kind"],
+                              0, closing["duration_s"], closing["sample_rate"], closing["channels"],
+                              closing["decoder"], closing["key"], closing["metadata"])
+        if outcome.status != OK:
+            outcomes.append(outcome)
+            _drop_windows(store, unit, file_id, [r["chunk"] for r in rows if r["n_windows"]])
+            continue
+        total = np.sum([r["emb_sum"] for r in rows if r["emb_sum"] is not None], axis=0)
+        outcomes.append(dataclasses.replace(outcome, embedding=normalised(total)))
+        pooled_das.append(np.max([r["das_max"] for r in rows if r["das_max"] is not None], axis=0))
+        pooled_zs.append(np.max([r["zs_max"] for r in rows if r["zs_max"] is not None], axis=0))
+        counts[file_id] = sum(r["n_windows"] for r in rows)
+    lab = (label_pooled(np.array(pooled_das, dtype=np.float32), np.array(pooled_zs, dtype=np.float32), cache,
+                        ws.top_k, ws.logit_scale) if pooled_das else None)
+    store.write_part(FILES_DIR, part_name(unit, END_TAG), files_table(outcomes, lab, counts, ws.embedding_dtype))
+    for c in piece_chunks:
+        store.remove_part(PIECES_DIR, part_name(unit, c))
+
+
+def _drop_windows(store: OutputStore, unit: str, file_id: str, chunks: list[int]) -> None:
+    """A spanning file failed after some of its windows were written: take them out again."""
+    for c in chunks:
+        name = part_name(unit, c)
+        table = store.read_part(SEGMENTS_DIR, name)
+        kept = table.filter(pc.not_equal(table.column("file_id"), file_id))
+        if len(kept):
+            store.write_part(SEGMENTS_DIR, name, kept)
+        else:
+            store.remove_part(SEGMENTS_DIR, name)
+
+
+def finish_units(out: str, units: list[tuple[str, list[int]]], cache: DriftCache, ws: WriteSettings) -> int:
+    """Commit whole units (``finish_unit`` for each, as ``(unit, chunks with pieces)``); how many."""
+    store = OutputStore(out)
+    for unit, piece_chunks in units:
+        finish_unit(store, unit, piece_chunks, cache, ws)
+    return len(units)

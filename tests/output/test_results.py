@@ -1,0 +1,102 @@
+"""The on-disk format (``das_core.output.store``): part names, the commit rule, columns and their encoding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from das_core.output.store import (
+    END_TAG,
+    FILES_DIR,
+    FILES_SCHEMA,
+    PIECES_DIR,
+    SEGMENTS_DIR,
+    OutputStore,
+    count_outcomes,
+    embedding_array,
+    embeddings_to_numpy,
+    parse_part_name,
+    part_name,
+    table_to_bytes,
+)
+
+
+def test_part_names_round_trip_and_foreign_names_are_not_parts():
+    assert part_name("u00000007", 3) == "part-u00000007-c00003.parquet"
+    assert parse_part_name(part_name("u00000007", 3)) == ("u00000007", "c00003")
+    assert parse_part_name(part_name("u00000007", END_TAG)) == ("u00000007", "end")
+    for name in ("part-0.parquet", ".tmp-part-u00000001-end.parquet", "part-u1-end.parquet.bak"):
+        assert parse_part_name(name) is None
+
+
+def test_only_units_with_an_end_part_are_committed_and_removing_units_takes_all_their_parts(tmp_path):
+    store = OutputStore(str(tmp_path))
+    empty = pa.table({"x": [1]})
+    for folder, unit, tag in ((SEGMENTS_DIR, "u00000000", 0), (FILES_DIR, "u00000000", 0),
+                              (FILES_DIR, "u00000000", END_TAG), (SEGMENTS_DIR, "u00000001", 0),
+                              (FILES_DIR, "u00000001", 0)):
+        store.write_part(folder, part_name(unit, tag), empty)
+    (tmp_path / FILES_DIR / "notes.parquet").write_bytes(b"not a part")
+    listing = store.listing()
+    assert listing.committed_units() == ["u00000000"]
+    assert listing.legacy_parts() == ["notes.parquet"]
+    assert store.remove_units({"u00000001"}, listing) == 2
+    assert sorted(store.listing().names[SEGMENTS_DIR]) == [part_name("u00000000", 0)]
+
+
+def test_embeddings_are_stored_plain_with_nulls_where_a_row_has_none():
+    emb = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    column = embedding_array(emb, 3, np.array([0, 2]), "float16")
+    assert column.null_count == 1 and column[1].as_py() is None
+    table = pa.table({"file_id": ["a", "b", "c"], "embedding": column})
+    meta = pq.ParquetFile(io.BytesIO(table_to_bytes(table))).metadata.row_group(0)
+    by_path = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert by_path["embedding.list.element"].compression == "UNCOMPRESSED"
+    assert by_path["file_id"].compression == "ZSTD"
+    back = embeddings_to_numpy(pq.read_table(io.BytesIO(table_to_bytes(table.filter(column.is_valid())))
+                                             ).column("embedding"))
+    np.testing.assert_array_equal(back, emb.astype(np.float16).astype(np.float32))
+
+
+def test_outcome_counts():
+    files = pa.table({"status": ["ok", "error", "ok", "error"], "error_kind": [None, "corrupt", None, "empty"],
+                      "n_segments": [3, 0, 2, 0]})
+    assert count_outcomes(files) == {"files": 4, "ok": 2, "error": 2, "segments": 5,
+                                     "errors_by_kind": {"corrupt": 1, "empty": 1}}
+
+
+def test_a_relative_store_sees_the_same_parts_as_an_absolute_one(tmp_path, monkeypatch):
+    store = OutputStore(str(tmp_path / "out"))
+    store.write_part(FILES_DIR, part_name("u00000000", END_TAG), FILES_SCHEMA.empty_table())
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("out", "out/", "./out"):
+        relative = OutputStore(spelling)
+        assert relative.uri == store.uri
+        assert relative.listing().committed_units() == ["u00000000"]
+
+
+def test_remove_all_takes_only_what_das_wrote(tmp_path):
+    store = OutputStore(str(tmp_path))
+    user = {"segments/seg1.wav": b"RIFF", "files/interview.oga": b"OggS", "files/notes.parquet": b"PAR1",
+            "_work/notes.txt": b"notes", "report/field_report.mp3": b"ID3", "report/report.md": b"mine",
+            "notes.txt": b"more"}
+    for rel, data in user.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    assert not store.has_output()                        # a user's files are not das output
+    empty = pa.table({"x": [1]})
+    for folder, tag in ((SEGMENTS_DIR, 0), (FILES_DIR, 0), (FILES_DIR, END_TAG), (PIECES_DIR, 0)):
+        store.write_part(folder, part_name("u00000000", tag), empty)
+    (tmp_path / "_work" / "units.parquet").write_bytes(b"das's work manifest")
+    (tmp_path / "_manifest.json").write_text('{"job": "label"}')
+    (tmp_path / "report" / "_report.json").write_text('{"files": ["a.png", "../notes.txt", "report.md"]}')
+    (tmp_path / "report" / "a.png").write_bytes(b"das's figure")
+    (tmp_path / SEGMENTS_DIR / ".tmp-abc").write_bytes(b"a killed writer's")
+    assert store.has_output()
+    assert store.remove_all() == 10    # 4 parts, a temporary, 2 recorded report files, the record, units, manifest
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert left == set(user) - {"report/report.md"}     # report.md was on das's record: das wrote it last
+    assert not (tmp_path / PIECES_DIR).exists()          # emptied, so removed; the others still hold user files
