@@ -6,7 +6,6 @@ The label runs are the caller's (``run_label``: ``jobs.label.run`` for
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import time
@@ -30,6 +29,7 @@ from das_core.evaluation.side import side_information
 from das_core.evaluation.stores import NOISE_STORE, EvaluationError, encode_stores, load_conditions
 from das_core.io import storage
 from das_core.label.run import LabelConfig
+from das_core.output.record import utc_now
 
 log = logging.getLogger("das.evaluation")
 SUMMARY = "evaluation.json"
@@ -113,6 +113,6 @@ def run_evaluation(c: EvaluateConfig, run_label: Callable[[LabelConfig], dict]) 
               "encoded_now": sum(encoded.values()), "text_encoded_now": text.encoded_now}
     outcome = Outcome(p, ev, conditions, noise_store, counts)
     wall = time.monotonic() - t0
-    written = write_outputs(outcome, {"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    written = write_outputs(outcome, {"finished": utc_now(),
                                       "wall_time_s": round(wall, 3)})
     return written, summary_text(outcome, wall)

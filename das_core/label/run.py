@@ -15,7 +15,6 @@ never change, so their part names and rows stay valid.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ import pyarrow.compute as pc
 from das_core import __version__
 from das_core.audio.decode import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.clap.encoder import DEFAULT_BATCH_SIZE
-from das_core.errors import WRITE_ERRNOS, Refused, RunFailed, describe_failure
+from das_core.errors import WRITE_ERRNOS, Refused, RunFailed
 from das_core.io import storage
 from das_core.io.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.io.storage import check_output_folder
@@ -44,6 +43,7 @@ from das_core.label.units import (
 from das_core.label.writer import EncodeSettings, WriteSettings
 from das_core.output.lease import Lease, sigterm_as_interrupt
 from das_core.output.manifest import MANIFEST, RunManifest
+from das_core.output.record import cache_block, ended_by, utc_now, weights_line
 from das_core.output.store import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
 from das_core.runtime import engine
 from das_core.runtime.progress import steady_rate
@@ -396,10 +396,7 @@ def run_manifest(p: LabelPlan, status: str, counts: dict, runs: list[dict]) -> R
     return RunManifest(
         job="label", status=status, das_version=__version__, format_version=FORMAT_VERSION,
         settings=settings_of(c, cache.fingerprint, p.checkpoint_id),
-        cache={"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels),
-               "lam": cache.lam, "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
-               "clean_templates": list(cache.clean_templates) or None,     # a prompt ensemble, if any
-               "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
+        cache=cache_block(c.cache, cache),
         checkpoint={"uri": c.checkpoint, "fingerprint": p.checkpoint_id, **p.checkpoint_info},
         counts=counts, runs=tuple(runs),
         extra={"windows": {"window_s": WINDOW_SECONDS, "hop_s": WINDOW_SECONDS, "min_tail_s": MIN_TAIL_SECONDS,
@@ -421,7 +418,7 @@ def _skipped(p: LabelPlan, counts: dict) -> dict:
 
 
 def new_run_entry(p: LabelPlan) -> dict:
-    return {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "units_to_do": len(p.todo),
+    return {"started": utc_now(), "units_to_do": len(p.todo),
             "files_to_do": p.todo_files}
 
 
@@ -473,8 +470,7 @@ def summary(manifest: dict, out: str, wall: float, segments_now: int, not_done: 
           f"{segments_now / wall if wall > 0 else 0:.2f} clips/s"
           + (f"; {steady:.2f} windows/s after start-up" if steady else "") + ")\n"
           f"  errors:    {_errors_text(manifest)}\n"
-          f"  weights:   {manifest['checkpoint'].get('weights')}"
-          + ("  (RANDOM: labels are meaningless)" if manifest["checkpoint"].get("weights") == "random" else "")
+          + weights_line(manifest["checkpoint"].get("weights"))
           + f"\n  output:    {out} (segments/, files/, _manifest.json)")
 
 
@@ -627,7 +623,7 @@ class LabelRun:
         if not self.started:
             return
         status, reason = ended_by(exc)
-        self.this_run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        self.this_run.update({"finished": utc_now(),
                               "ended": status, "reason": reason, "files_done": self.counts.files,
                               "error_examples": self.counts.error_examples})
         try:
@@ -644,7 +640,7 @@ class LabelRun:
             log.info("removed %d temporary file(s) left by workers that died while writing", removed)
         wall = time.monotonic() - self.t0
         total = counts.total(p.prior_counts)
-        run.update({"finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "wall_time_s": round(wall, 3),
+        run.update({"finished": utc_now(), "wall_time_s": round(wall, 3),
                     "files_done": counts.files, "segments_done": counts.segments,
                     "segments_per_s": round(counts.segments / wall, 4) if wall > 0 else None,
                     "nodes": len(counts.nodes), "error_examples": counts.error_examples})
@@ -665,15 +661,6 @@ class LabelRun:
         self.failure = (RunFailed(f"{failed}. Rows for every processed file are in {c.out}/files/ "
                                   "(see the 'error' column)") if failed else None)
         return manifest
-
-
-def ended_by(exc: BaseException) -> tuple[str, str]:
-    """The manifest status (``interrupted`` or ``failed``) and the one-line reason for a run ended by ``exc``."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'})"
-    if isinstance(exc, SystemExit):          # Ray's driver turns SIGTERM into sys.exit(15)
-        return "interrupted", ("interrupted (signal SIGTERM)" if exc.code == 15 else f"exited ({exc.code})")
-    return "failed", describe_failure(exc)[1]
 
 
 def run_label(c: LabelConfig, run_units: Callable[[LabelRun], None]) -> dict:

@@ -20,7 +20,6 @@ it to be taken over.
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import json
 import logging
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass
 
 from das_core.errors import Refused
 from das_core.io import storage
+from das_core.output.record import utc_compact, utc_from_unix
 
 log = logging.getLogger("das")
 
@@ -50,13 +50,12 @@ class LeaseHeld(Refused):
     """Another run holds the output's lock (exit status 2); the message names it and says what to do."""
 
 
-def _iso(unix: float) -> str:
-    return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat(timespec="seconds")
+_iso = utc_from_unix
 
 
 def new_run_id() -> str:
     """A run id: UTC start time and a random suffix, e.g. ``20261206T081900Z-3fa2c1``."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return utc_compact() + "-" + uuid.uuid4().hex[:6]
 
 
 def stale_after_s() -> float:

@@ -34,7 +34,6 @@ scored again.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import re
@@ -50,6 +49,7 @@ from das_core.io import storage
 from das_core.io.inputs import normalise_uri
 from das_core.label.run import DEFAULT_TOP_K
 from das_core.output.manifest import RunManifest
+from das_core.output.record import cache_block, ended_by, utc_date, utc_now, weights_line
 from das_core.output.store import (
     EMBEDDING_TYPES,
     END_TAG,
@@ -133,11 +133,8 @@ class RescoreConfig:
 
 
 def default_run_id() -> str:
-    return dt.datetime.now(dt.UTC).date().isoformat()
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    """The run id when ``--run-id`` is not given: today's UTC date."""
+    return utc_date()
 
 
 # ------------------------------------------------------------------ one unit (the work of one Ray task)
@@ -431,10 +428,7 @@ def run_manifest(p: RescorePlan, status: str, counts: dict, this_run: dict, cove
                   "checkpoint_fingerprint": p.checkpoint_id, "top_k": p.top_k,
                   "embedding_dtype": settings.get("embedding_dtype"), "since_last_run": c.since_last_run,
                   "snr_db": settings.get("snr_db"), "seed": settings.get("seed"), "noise": settings.get("noise")},
-        cache={"uri": c.cache, "fingerprint": cache.fingerprint, "n_labels": len(cache.labels), "lam": cache.lam,
-               "clean_template": cache.clean_template, "noisy_template": cache.noisy_template,
-               "clean_templates": list(cache.clean_templates) or None,     # a prompt ensemble, if any
-               "noise_phrases": list(cache.noise_phrases), "labels": list(cache.labels)},
+        cache=cache_block(c.cache, cache),
         checkpoint=dict(label.checkpoint or {"fingerprint": p.checkpoint_id}),
         counts=counts, runs=(this_run,),
         extra={"embeddings": {"source": p.embeddings, "copied": c.copy_embeddings}, "run_id": p.run_id,
@@ -453,7 +447,7 @@ class RescoreTally:
     def __init__(self, p: RescorePlan):
         self.plan = p
         self.stats: list[dict] = []
-        self.this_run = {"started": _now(), "units_to_do": len(p.todo)}
+        self.this_run = {"started": utc_now(), "units_to_do": len(p.todo)}
         self.start = time.monotonic()
         self.scoring_start: float | None = None     # Ray start-up excluded: the basis of rows/s
         self.last_progress = 0.0
@@ -486,7 +480,7 @@ class RescoreTally:
         self.scoring_s = time.monotonic() - self.scoring_start if self.scoring_start is not None else 0.0
         counts = count_stats(self.stats, p)
         covered = p.covered_before | {s["part"] for s in self.stats if not s["failure"]}
-        self.this_run.update({"finished": _now(), "wall_time_s": round(self.wall, 3),
+        self.this_run.update({"finished": utc_now(), "wall_time_s": round(self.wall, 3),
                               "scoring_time_s": round(self.scoring_s, 3), "units_done": counts["units"],
                               "segments_done": counts["segments"],
                               "segments_per_s": (round(counts["segments"] / self.scoring_s, 4)
@@ -497,12 +491,10 @@ class RescoreTally:
 
     def abandon(self, exc: BaseException) -> None:
         """Record a run ended by ``exc`` as ``interrupted`` or ``failed`` (with the reason), never ``running``."""
-        from das_core.label.run import ended_by
-
         p = self.plan
         status, reason = ended_by(exc)
         counts = count_stats(self.stats, p)
-        self.this_run.update({"finished": _now(), "ended": status, "reason": reason, "units_done": counts["units"]})
+        self.this_run.update({"finished": utc_now(), "ended": status, "reason": reason, "units_done": counts["units"]})
         covered = p.covered_before | {s["part"] for s in self.stats if not s["failure"]}
         try:
             run_manifest(p, status, counts, self.this_run, covered).write(p.run_uri)
@@ -531,8 +523,7 @@ class RescoreTally:
                 + (f" (error rows carried over: {errs})" if counts["error"] else "") + "\n"
                 f"  rows:      {counts['segments']} segments in {self.scoring_s:.1f} s, {rate:.1f} rows/s\n"
                 f"  cache:     {cache['n_labels']} classes, lam {cache['lam']:g}, {cache['fingerprint']}\n"
-                f"  weights:   {weights}" + ("  (RANDOM: labels are meaningless)" if weights == "random" else "")
-                + "\n  output:    " + p.run_uri + " "
+                + weights_line(weights) + "\n  output:    " + p.run_uri + " "
                 + ("(segments/, files/, _manifest.json)" if counts["units"] else
                    "(_manifest.json only: nothing to score)"))
 

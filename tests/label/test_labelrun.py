@@ -8,9 +8,10 @@ import pytest
 from conftest import sine, write_audio
 
 from das_core.errors import RunFailed
-from das_core.label.run import LabelConfig, LabelRun, RunRefused, UnitTracker, ended_by, plan_run
+from das_core.label.run import LabelConfig, LabelRun, RunRefused, UnitTracker, plan_run
 from das_core.label.units import read_work_manifest
 from das_core.output.manifest import RunManifest
+from das_core.output.record import ended_by
 
 
 def stats(unit: str, chunk: int, *, last: bool, ok: int = 0, error: int = 0, windows: int = 0) -> dict:
