@@ -673,7 +673,7 @@ def rescore_breakdown(labels: str, cache) -> dict:
     import pyarrow.parquet as pq
 
     from das_core.output.store import END_TAG, part_name, table_to_bytes
-    from das_core.rescore.run import rescore_tables
+    from das_core.rescore.unit import rescore_tables
 
     seg_path = os.path.join(labels, "segments", part_name("u00000000", 0))
     files_path = os.path.join(labels, "files", part_name("u00000000", END_TAG))

@@ -33,7 +33,7 @@ _PUBLIC = {
     "AudioStream": "das_core.audio.decode",
     "AudioDecodeError": "das_core.audio.decode",
     "LabelConfig": "das_core.label.run",
-    "RescoreConfig": "das_core.rescore.run",
+    "RescoreConfig": "das_core.rescore.config",
     "SearchConfig": "das_core.search.run",
     "EvaluateConfig": "das_core.evaluation",
     "BuildConfig": "das_core.scoring.build",

@@ -27,7 +27,8 @@ def require_output(out: str) -> None:
     """Refuse a folder that is not a das output, saying what was given and what to give instead."""
     from das_core.io import storage
     from das_core.output.manifest import MANIFEST, ManifestError
-    from das_core.rescore.run import RUN_PREFIX, list_runs
+    from das_core.rescore.config import RUN_PREFIX
+    from das_core.rescore.plan import list_runs
 
     if RunManifest.read(out) is not None:
         return

@@ -1,4 +1,4 @@
-"""das_core.rescore.run without Ray: settings, the watermark, earlier runs, refusals before any part is read."""
+"""das_core.rescore without Ray: settings, the watermark, earlier runs, refusals before any part is read."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from das_core.output.store import (
     labelled_columns,
     segments_schema,
 )
-from das_core.rescore.run import RescoreConfig, Watermark, plan_rescore, previous_run, rescore_tables
+from das_core.rescore.config import RescoreConfig
+from das_core.rescore.plan import Watermark, plan_rescore, previous_run
+from das_core.rescore.unit import rescore_tables
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import label_files, label_windows
 
