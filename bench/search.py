@@ -12,7 +12,7 @@ import numpy as np
 
 
 def _queries(n: int, dim: int):
-    from das_core.search.run import Queries
+    from das_core.search.queries import Queries
 
     rng = np.random.default_rng(7)
     v = rng.standard_normal((n, dim))
@@ -23,7 +23,7 @@ def _queries(n: int, dim: int):
 def _search_seconds(labels: str, queries, top: int) -> float:
     """Wall time of the distributed ranking (one task per unit) and the driver's merge, best of two."""
     from das_core.output.store import OutputStore
-    from das_core.search.run import SEGMENT, merge_hits
+    from das_core.search.queries import SEGMENT, merge_hits
     from jobs.search import run_stages
 
     listing = OutputStore(labels).listing()
@@ -44,7 +44,7 @@ def bench_search(cache, work: str, rows: int, best_of) -> dict:
 
     from bench.run import write_label_output
     from das_core.output.store import SEGMENTS_DIR, OutputStore
-    from das_core.search.run import SEGMENT_COLUMNS, unit_hits
+    from das_core.search.queries import SEGMENT_COLUMNS, unit_hits
 
     labels = os.path.join(work, "search-labels")
     write_label_output(cache, labels, rows)

@@ -34,7 +34,7 @@ _PUBLIC = {
     "AudioDecodeError": "das_core.audio.decode",
     "LabelConfig": "das_core.label.run",
     "RescoreConfig": "das_core.rescore.config",
-    "SearchConfig": "das_core.search.run",
+    "SearchConfig": "das_core.search.config",
     "EvaluateConfig": "das_core.evaluation",
     "BuildConfig": "das_core.scoring.build",
     "RunManifest": "das_core.output.manifest",

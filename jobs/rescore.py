@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from das_core.io.storage import check_output_folder
 from das_core.output.lease import Lease, sigterm_as_interrupt
@@ -16,7 +15,6 @@ from das_core.rescore.ledger import start_run
 from das_core.rescore.plan import plan_rescore
 from das_core.rescore.unit import rescore_unit
 from das_core.runtime import engine
-from das_core.runtime import local as localrun
 from jobs import common
 
 
@@ -52,7 +50,7 @@ def run(config: RescoreConfig) -> dict:
         try:
             if plan.todo:
                 common.log.info("engine: %s (%s)", where, why)
-                map_rows, env = row_mapper(where)
+                map_rows, env = common.row_mapper(where)
                 tally.scoring_started()
                 for table in map_rows(plan.unit_rows(), rescore_unit, plan.cache, **env, **plan.unit_settings()):
                     tally.add(table)
@@ -65,16 +63,6 @@ def run(config: RescoreConfig) -> dict:
             report_after_run(plan.run_uri)
     tally.raise_if_failed()
     return manifest.to_dict()
-
-
-def row_mapper(where: str) -> tuple[Callable, dict]:
-    """The ``map_rows`` of ``where`` (this process, or Ray Data: Ray started here) and its keyword arguments."""
-    if where == engine.LOCAL:
-        return localrun.map_rows, {}
-    from jobs.pipeline import map_rows
-
-    common.init_ray()
-    return map_rows, {"env": common.worker_env()}
 
 
 def main(argv: list[str] | None = None, prog: str = "das rescore") -> int:

@@ -16,17 +16,9 @@ from das_core.output.store import OutputStore, StoreListing, embeddings_to_numpy
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.prompts import DEFAULT_NOISE_PHRASES
 from das_core.scoring.scorer import probabilities
-from das_core.search.run import (
-    FILE,
-    Queries,
-    SearchConfig,
-    check_embeddings,
-    score_embeddings,
-    text_queries,
-    top_rows,
-    unit_groups,
-    units_per_task,
-)
+from das_core.search.config import SearchConfig
+from das_core.search.plan import check_embeddings, unit_groups, units_per_task
+from das_core.search.queries import FILE, Queries, score_embeddings, text_queries, top_rows
 from jobs.search import main, run
 
 integration = pytest.mark.integration     # Ray, S3 (moto) or subprocesses: `make test-fast` skips these

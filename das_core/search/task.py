@@ -1,0 +1,31 @@
+"""Ranking one group of committed units: the work of one Ray task of ``das search`` (or one local call)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from das_core.output.store import OutputStore, with_embeddings
+from das_core.search.queries import HITS_SCHEMA, SEGMENT, Queries, level_source, merge_hits, unit_hits
+
+
+def search_group(row: dict, queries: Queries, *, embeddings: str, top: int, min_score: float | None,
+                 level: str) -> pa.Table:
+    """The task of one group of units (``row``: see ``unit_groups``): the group's best ``top`` rows per query
+    (``HITS_SCHEMA``). Units are read one at a time; only their top rows are kept in between."""
+    store = OutputStore(embeddings)
+    folder, columns = level_source(level)
+    # a rescore run that references its label output's window embeddings: join them back unit by unit
+    source = store.embedding_source() if level == SEGMENT else None
+    src = OutputStore(source) if source else None
+    src_listing = src.listing() if src else None
+    own = [name for name in columns if name != "embedding"] + ["segment"] if src else columns
+    out = []
+    for unit, parts in zip(row["units"], row["parts"]):
+        tables = [store.read_part(folder, name, own) for name in parts]
+        if tables:
+            table = pa.concat_tables(tables, promote_options="permissive")
+            if src is not None:
+                table = with_embeddings(table, src, src_listing, unit).select(columns)
+            out.append(unit_hits(table, queries, top, min_score, level))
+    # the top N of a union is the top N of its parts' top N: send the group's, not each unit's
+    return merge_hits(out, queries.names, top) if out else HITS_SCHEMA.empty_table()
