@@ -1,6 +1,6 @@
 """``das report OUT``: a Markdown report with figures of a ``das label`` output or a ``das rescore`` run folder.
 
-Writes ``OUT/report/report.md`` and its PNG figures (``das_core.report.run``): no Ray, no model."""
+Writes ``OUT/report/report.md`` and its PNG figures (``das_core.report``): no Ray, no model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 from das_core.io import storage
 from das_core.output.manifest import RunManifest
-from das_core.report.run import write_report
+from das_core.report.write import write_report
 from jobs.common import add_common_options, job_main
 
 

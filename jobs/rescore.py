@@ -9,7 +9,7 @@ import sys
 
 from das_core.io.storage import check_output_folder
 from das_core.output.lease import Lease, sigterm_as_interrupt
-from das_core.report.run import report_after_run
+from das_core.report.write import report_after_run
 from das_core.rescore.config import RescoreConfig
 from das_core.rescore.ledger import start_run
 from das_core.rescore.plan import plan_rescore

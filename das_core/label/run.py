@@ -668,7 +668,7 @@ def run_label(c: LabelConfig, run_units: Callable[[LabelRun], None]) -> dict:
     the final manifest, the summary and the report; returns the manifest. A worker's disk-full or permission
     error ends the run as one ``RunFailed`` that says what is kept; any other end is recorded in the manifest
     (``LabelRun.abandon``) before it is raised."""
-    from das_core.report.run import report_after_run
+    from das_core.report.write import report_after_run
 
     check_output_folder(c.out)
     command = "das label" + (" --resume" if c.resume else " --overwrite" if c.overwrite else "")

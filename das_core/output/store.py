@@ -363,12 +363,12 @@ class OutputStore:
 
         das's own files are named by das's records and patterns: the parts (``part-<unit>-<tag>.parquet``, and
         das 0.1's ``part-<20 hex digits>.parquet``) in segments/, files/ and pieces/ and the temporary files of
-        its writers there, the work manifest, the report files the last report recorded (``das_core.report.run``)
+        its writers there, the work manifest, the report files the last report recorded (``das_core.report.record``)
         and ``_manifest.json``. Anything else, a user's file under the same folders included, stays; a folder
         goes only if that leaves it empty.
         """
         from das_core.label.units import WORK_DIR, WORK_MANIFEST
-        from das_core.report.run import remove_report
+        from das_core.report.record import remove_report
 
         removed = 0
         for folder, names in self.listing().names.items():

@@ -15,17 +15,9 @@ from conftest import BROKEN_WAV
 
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
-from das_core.report.run import (
-    REPORT_DIR,
-    REPORT_MD,
-    REPORT_RECORD,
-    ReportRefused,
-    remove_report,
-    report_after_run,
-    tally,
-    top_with_other,
-    write_report,
-)
+from das_core.report.record import REPORT_DIR, REPORT_MD, REPORT_RECORD, remove_report
+from das_core.report.tally import tally, top_with_other
+from das_core.report.write import ReportRefused, report_after_run, write_report
 from jobs.report import main
 from jobs.rescore import RescoreConfig
 from jobs.rescore import run as rescore_run
@@ -184,7 +176,7 @@ def test_the_report_replaces_only_the_files_it_recorded(tmp_path, monkeypatch):
 
 
 def test_the_after_start_up_rate_is_shown_only_where_it_was_measured():
-    from das_core.report.run import run_rates
+    from das_core.report.tally import run_rates
 
     runs = [  # issue 20: "972 clips/s" from 64 windows in 47 s, recorded before the rule: left out
         {"started": "a", "segments_per_s": 1.36, "wall_time_s": 47.0, "startup_s": 46.9,

@@ -1,0 +1,131 @@
+"""What a report shows, folded from a das output one committed unit at a time (``Tally``), and each run's
+throughput as its manifest records it.
+
+Counts and fixed-bin histograms only, so that the report's memory does not
+grow with the number of windows; only the files' durations (one float each)
+and the few longest files' identities (for their timelines) are kept whole.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from das_core.output.store import ERROR, FILES_DIR, OK, SEGMENTS_DIR, OutputStore
+from das_core.runtime.progress import STEADY_MIN_CHUNKS, STEADY_MIN_S
+
+TOP_LABELS = 20            # bars per label chart; the rest is one "other" bar
+TIMELINES = 3              # the longest files get a label strip each
+SCORE_BINS = np.linspace(-1.0, 1.5, 251)     # DAS scores are cosines plus a small bonus: fixed bins, any run
+SEGMENT_COLUMNS = ["file_id", "start_s", "end_s", "label", "score", "zs_label"]
+FILE_COLUMNS = ["file_id", "path", "status", "error_kind", "duration_s", "label", "zs_label"]
+
+
+@dataclass
+class Tally:
+    """What the report shows, folded unit by unit."""
+
+    windows_by_label: Counter = field(default_factory=Counter)
+    files_by_label: Counter = field(default_factory=Counter)
+    window_changes: Counter = field(default_factory=Counter)      # (zero-shot label, DAS label) -> windows
+    file_changes: Counter = field(default_factory=Counter)
+    errors_by_kind: Counter = field(default_factory=Counter)
+    score_hist: dict = field(default_factory=dict)                # DAS label -> counts over SCORE_BINS
+    durations: list = field(default_factory=list)                 # arrays of ok files' durations (s)
+    longest: list = field(default_factory=list)                   # heap of (duration, file_id, path, unit)
+    windows: int = 0
+    files_ok: int = 0
+    units: int = 0
+
+    def add_segments(self, table: pa.Table) -> None:
+        """Fold in a ``segments`` table (``SEGMENT_COLUMNS``); unlabelled windows are left out."""
+        table = table.filter(pc.is_valid(table.column("label")))
+        labels = table.column("label").to_pylist()
+        zs = table.column("zs_label").to_pylist()
+        scores = table.column("score").to_numpy(zero_copy_only=False)
+        self.windows += len(labels)
+        self.windows_by_label.update(labels)
+        self.window_changes.update((a, b) for a, b in zip(zs, labels) if a != b)
+        by_label: dict[str, list[int]] = {}
+        for i, lb in enumerate(labels):
+            by_label.setdefault(lb, []).append(i)
+        for lb, rows in by_label.items():
+            counts, _ = np.histogram(scores[rows], bins=SCORE_BINS)
+            self.score_hist[lb] = self.score_hist.get(lb, 0) + counts
+
+    def add_files(self, table: pa.Table, unit: str) -> None:
+        """Fold in the ``files`` table (``FILE_COLUMNS``) of committed unit ``unit``."""
+        status = table.column("status").to_pylist()
+        kinds = table.column("error_kind").to_pylist()
+        self.errors_by_kind.update(k or "unknown" for s, k in zip(status, kinds) if s == ERROR)
+        ok = table.filter(pc.equal(table.column("status"), OK))
+        self.files_ok += len(ok)
+        self.files_by_label.update(lb for lb in ok.column("label").to_pylist() if lb is not None)
+        self.file_changes.update((a, b) for a, b in zip(ok.column("zs_label").to_pylist(),
+                                                         ok.column("label").to_pylist()) if a != b)
+        durations = ok.column("duration_s").fill_null(0.0).to_numpy(zero_copy_only=False)
+        self.durations.append(durations)
+        for d, fid, path in zip(durations.tolist(), ok.column("file_id").to_pylist(), ok.column("path").to_pylist()):
+            item = (d, fid, path, unit)
+            if len(self.longest) < TIMELINES:
+                heapq.heappush(self.longest, item)
+            elif item > self.longest[0]:
+                heapq.heapreplace(self.longest, item)
+
+
+def tally(store: OutputStore) -> Tally:
+    """Fold every committed unit of ``store`` into a ``Tally``, one unit in memory at a time."""
+    listing = store.listing()
+    t = Tally()
+    for unit in listing.committed_units():
+        t.units += 1
+        for name in listing.parts_of(unit, FILES_DIR):
+            t.add_files(store.read_part(FILES_DIR, name, FILE_COLUMNS), unit)
+        for name in listing.parts_of(unit, SEGMENTS_DIR):
+            t.add_segments(store.read_part(SEGMENTS_DIR, name, SEGMENT_COLUMNS))
+    return t
+
+
+def file_windows(store: OutputStore, unit: str, file_id: str) -> pa.Table:
+    """The windows of one file (label columns only), in time order."""
+    listing = store.listing()
+    tables = [store.read_part(SEGMENTS_DIR, name, SEGMENT_COLUMNS) for name in listing.parts_of(unit, SEGMENTS_DIR)]
+    if not tables:
+        return pa.table({c: [] for c in SEGMENT_COLUMNS})
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.filter(pc.equal(table.column("file_id"), file_id)).sort_by("start_s")
+
+
+def top_with_other(counts: Counter, n: int = TOP_LABELS) -> list[tuple[str, int]]:
+    """The ``n`` largest entries, then one ``other (k labels)`` entry for the rest (if any)."""
+    top = counts.most_common(n)
+    rest = counts.total() - sum(v for _, v in top)
+    if rest > 0:
+        top.append((f"other ({len(counts) - len(top)} labels)", rest))
+    return top
+
+
+def run_rates(manifest: dict) -> list[dict]:
+    """Each run of the manifest with a throughput: start, windows done, wall time, windows/s (overall, steady)."""
+    out = []
+    for r in manifest.get("runs") or []:
+        rate = r.get("segments_per_s")
+        if rate is None:
+            continue
+        out.append({"started": r.get("started") or "?", "segments": r.get("segments_done") or 0,
+                    "wall_s": r.get("wall_time_s"), "rate": rate, "steady": _steady(r)})
+    return out
+
+
+def _steady(run: dict) -> float | None:
+    """A run's "after start-up" rate, only where enough chunks and seconds came after the first chunk
+    (``das_core.runtime.progress.steady_rate``); runs recorded before that rule was kept have none."""
+    after_s = (run.get("wall_time_s") or 0) - (run.get("startup_s") or 0)
+    if (run.get("steady_chunks") or 0) < STEADY_MIN_CHUNKS or after_s < STEADY_MIN_S:
+        return None
+    return run.get("steady_segments_per_s")
