@@ -10,11 +10,13 @@ What it does, in order:
    background-scene prompts), saved under ``OUT/text/`` as drift caches
    (``prompts``). A rerun that needs no new prompt loads no model.
 3. Audio, once per (clip, condition): each condition is one run of the label
-   job (the caller's ``run_label``: ``jobs.label.run`` for ``das evaluate``)
-   over a manifest of the clips, into ``OUT/store/<condition>/``; the noise
-   recordings are encoded clean into ``OUT/store/noise/``. A store whose
-   manifest says ``complete`` and that holds every clip is skipped, so a rerun
-   or a new λ grid encodes nothing; an interrupted one is resumed (``stores``).
+   job over a path list of the clips, into ``OUT/store/<condition>/``; the
+   noise recordings are encoded clean into ``OUT/store/noise/``. The library
+   says which label runs are needed and with which ``LabelConfig``
+   (``stores.label_runs``); ``jobs/evaluate.py`` runs each through
+   ``jobs.label.run``. A store whose ``_manifest.json`` says ``complete`` and
+   that holds every clip is skipped, so a rerun or a new λ grid encodes
+   nothing; an interrupted one is resumed (``stores``).
 4. Scoring, from the stored window embeddings only: every window is scored,
    clip scores are the maximum over the clip's windows. Methods: plain
    zero-shot with the DAS clean template and with LAION's template, DAS over
@@ -25,7 +27,7 @@ What it does, in order:
    split. Ties go to the smaller λ.
 6. Writes ``results.json``, ``results.csv``, ``per_class.csv``, ``report.md``,
    ``snr_curves.png`` and ``evaluation.json`` under ``OUT`` (``report``;
-   the steps in order: ``runner``).
+   the steps before and after the label runs: ``runner``).
 
 Choices made here (documented in the report as well):
 
@@ -63,7 +65,7 @@ from das_core.evaluation.protocol import (
     parse_tune_split,
     plan,
 )
-from das_core.evaluation.runner import run_evaluation
+from das_core.evaluation.runner import EvaluationRun, finish_evaluation, start_evaluation
 from das_core.evaluation.scoring import BASELINES, METHODS, Evaluation, choose_lam, evaluate
 from das_core.evaluation.side import SideInformation, side_information
 from das_core.evaluation.stores import ConditionData, EvaluationError, StoreData, read_store
@@ -71,7 +73,8 @@ from das_core.evaluation.stores import ConditionData, EvaluationError, StoreData
 __all__ = [
     "BASELINES", "CACHE_LAM", "DEFAULT_LAM_GRID", "DEFAULT_MAX_ERROR_FRACTION", "DEFAULT_SEED",
     "DEFAULT_SNRS", "DEFAULT_TUNE_SPLITS", "METHODS", "UNKNOWN_SCENE", "Condition", "ConditionData", "EvaluateConfig",
-    "Evaluation", "EvaluationError", "Plan", "SideInformation", "StoreData", "TextEmbeddings", "TuneSplit",
-    "choose_lam", "choose_tune_split", "evaluate", "parse_conditions", "parse_lam_grid", "parse_tune_split", "plan",
-    "prepare_text", "read_store", "run_evaluation", "side_information",
+    "Evaluation", "EvaluationError", "EvaluationRun", "Plan", "SideInformation", "StoreData", "TextEmbeddings",
+    "TuneSplit",
+    "choose_lam", "choose_tune_split", "evaluate", "finish_evaluation", "parse_conditions", "parse_lam_grid",
+    "parse_tune_split", "plan", "prepare_text", "read_store", "side_information", "start_evaluation",
 ]

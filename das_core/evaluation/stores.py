@@ -1,10 +1,12 @@
 """The label-job stores of an evaluation: ``OUT/store/<condition>/`` and ``OUT/store/noise/``.
 
-Each (clip, condition) is encoded once, by a label run over a manifest of the
-clips; the noise recordings once, clean. A store whose manifest says
-``complete`` and that holds every clip is skipped; an interrupted one is
-resumed with the settings it was started with; a store made with other
-settings is refused. Scoring reads the stored window embeddings only.
+Each (clip, condition) is encoded once, by a label run over a path list of
+the clips (``OUT/manifests/clips.parquet``); the noise recordings once, clean.
+A store whose ``_manifest.json`` says ``complete`` and that holds every clip is
+skipped; an interrupted one is resumed with the settings it was started with; a
+store made with other settings is refused (``label_runs`` says which label runs
+are needed; the caller runs them). Scoring reads the stored window embeddings
+only.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.errors import Refused, RunFailed
+from das_core.errors import Refused
 from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import UNKNOWN_SCENE, TextEmbeddings, saved_caches
 from das_core.evaluation.protocol import Condition, Plan
@@ -28,7 +30,7 @@ from das_core.output.manifest import NoiseSource, RunManifest
 log = logging.getLogger("das.evaluation")
 
 STORE_DIR = "store"
-MANIFEST_DIR = "manifests"
+LIST_DIR = "manifests"       # OUT/manifests/: the label runs' path lists (the folder's name on disk)
 NOISE_STORE = "noise"
 
 
@@ -50,6 +52,8 @@ class StoreData:
 
 @dataclass
 class ConditionData:
+    """One condition's store and, per window, the scene of the noise mixed into it."""
+
     condition: Condition
     store: StoreData
     background: list[str | None]     # per window: scene key of the noise mixed in; None = no background
@@ -85,6 +89,8 @@ def noise_uri(source: str | None) -> str | None:
 
 
 def read_store(uri: str, ids: Sequence[str]) -> StoreData:
+    """The committed results of the store at ``uri`` for the files ``ids`` (in that order); refused
+    (``EvaluationError``) when a file has no result, two, or is ok without a stored window."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -124,23 +130,23 @@ def background_keys(noise_uris: Sequence[str | None], scene_of: dict[str, str | 
     return keys
 
 
-def load_conditions(p: Plan) -> tuple[list[ConditionData], StoreData]:
+def load_conditions(plan: Plan) -> tuple[list[ConditionData], StoreData]:
     """Every condition's store, with each window's background, and the store of the noise recordings."""
-    c = p.config
-    ids = [clip.clip_id for clip in p.dataset.clips]
-    scene_of = p.noise.scene_of()
+    config = plan.config
+    ids = [clip.clip_id for clip in plan.dataset.clips]
+    scene_of = plan.noise.scene_of()
     conditions = []
-    for cond in c.conditions:
-        store = read_store(storage.join(c.out, STORE_DIR, cond.name), ids)
+    for cond in config.conditions:
+        store = read_store(storage.join(config.out, STORE_DIR, cond.name), ids)
         keys = background_keys(store.noise_uri, scene_of) if cond.snr_db is not None else [None] * len(store.owner)
         conditions.append(ConditionData(cond, store, keys))
-    noise_store = read_store(storage.join(c.out, STORE_DIR, NOISE_STORE), list(p.noise.uris))
+    noise_store = read_store(storage.join(config.out, STORE_DIR, NOISE_STORE), list(plan.noise.uris))
     return conditions, noise_store
 
 
-# ----------------------------------------------------------------- writing
-def write_manifest(uri: str, paths: Sequence[str], ids: Sequence[str]) -> None:
-    """A label-job manifest (``path``, ``id``), rewritten only when its content changes."""
+# ------------------------------------------------------- the label runs that fill the stores
+def write_path_list(uri: str, paths: Sequence[str], ids: Sequence[str]) -> None:
+    """A label run's input: a path list (``path``, ``id``) as Parquet, rewritten only when its content changes."""
     import pyarrow as pa
 
     from das_core.output.store import table_to_bytes
@@ -152,38 +158,41 @@ def write_manifest(uri: str, paths: Sequence[str], ids: Sequence[str]) -> None:
     storage.write_bytes_atomic(uri, data)
 
 
-def noise_manifest_uri(out: str, noise: NoiseSet) -> str:
-    # named by content: a different noise set can never be mistaken for the one a store was mixed with
+def noise_list_uri(out: str, noise: NoiseSet) -> str:
+    """Where the path list of the noise recordings is written, named by its content: a different noise set can
+    never be mistaken for the one a store was mixed with."""
     digest = hashlib.sha1("\n".join(noise.uris).encode()).hexdigest()[:12]
-    return storage.join(out, MANIFEST_DIR, f"noise-{digest}.parquet")
+    return storage.join(out, LIST_DIR, f"noise-{digest}.parquet")
 
 
 @dataclass
 class StoreJob:
+    """One store of the evaluation and the label run that fills it: what it reads, its noise and seed."""
+
     name: str                     # condition name or "noise"
     uri: str
-    input: str                    # manifest URI
+    input: str                    # the path list the label run reads
     ids: list[str]
     snr_db: float | None
     noise: str | None
     seed: int
 
 
-def store_jobs(p: Plan) -> list[StoreJob]:
-    """The label runs the evaluation needs (the noise store first), after writing their input manifests."""
-    c = p.config
-    clips_uri = storage.join(c.out, MANIFEST_DIR, "clips.parquet")
-    noise_uri_ = noise_manifest_uri(c.out, p.noise)
-    ids = [clip.clip_id for clip in p.dataset.clips]
-    write_manifest(clips_uri, [clip.uri for clip in p.dataset.clips], ids)
-    write_manifest(noise_uri_, p.noise.uris, p.noise.uris)
-    jobs = [StoreJob(NOISE_STORE, storage.join(c.out, STORE_DIR, NOISE_STORE), noise_uri_, list(p.noise.uris),
+def store_jobs(plan: Plan) -> list[StoreJob]:
+    """The label runs the evaluation needs (the noise store first), after writing their path lists."""
+    config = plan.config
+    clips_uri = storage.join(config.out, LIST_DIR, "clips.parquet")
+    noise_list = noise_list_uri(config.out, plan.noise)
+    ids = [clip.clip_id for clip in plan.dataset.clips]
+    write_path_list(clips_uri, [clip.uri for clip in plan.dataset.clips], ids)
+    write_path_list(noise_list, plan.noise.uris, plan.noise.uris)
+    jobs = [StoreJob(NOISE_STORE, storage.join(config.out, STORE_DIR, NOISE_STORE), noise_list, list(plan.noise.uris),
                      None, None, 0)]
-    for cond in c.conditions:
+    for cond in config.conditions:
         # the seed only matters where noise is mixed; clean stores keep seed 0 so that --seed never invalidates them
         noisy = cond.snr_db is not None
-        jobs.append(StoreJob(cond.name, storage.join(c.out, STORE_DIR, cond.name), clips_uri, ids, cond.snr_db,
-                             noise_uri_ if noisy else None, c.seed if noisy else 0))
+        jobs.append(StoreJob(cond.name, storage.join(config.out, STORE_DIR, cond.name), clips_uri, ids, cond.snr_db,
+                             noise_list if noisy else None, config.seed if noisy else 0))
     return jobs
 
 
@@ -199,7 +208,7 @@ def store_state(job: StoreJob, checkpoint_id: str) -> tuple[str, RunManifest | N
                           f"delete it or use another --out")
         return "new", None
     settings = dict(manifest.settings)
-    # Manifests are compared by name (the noise manifest's is derived from its content), so that an OUT folder
+    # Path lists are compared by name (the noise list's is derived from its content), so that an OUT folder
     # copied elsewhere (e.g. from a cluster's bucket to a laptop) is still recognised; clips are checked by id below.
     for key in ("input", "noise"):
         if settings.get(key):
@@ -215,10 +224,11 @@ def store_state(job: StoreJob, checkpoint_id: str) -> tuple[str, RunManifest | N
     return ("complete" if manifest.complete and set(job.ids) <= set(done) else "partial"), manifest
 
 
-def _label_config(p: Plan, job: StoreJob, text: TextEmbeddings, manifest: RunManifest | None,
+def _label_config(plan: Plan, job: StoreJob, text: TextEmbeddings, manifest: RunManifest | None,
                   saved: dict[str, str]) -> LabelConfig:
-    c = p.config
-    cache_uri, batch_size = text.cache_uri, c.batch_size
+    """The settings of the label run that fills ``job``'s store (``manifest``: the store's, when it exists)."""
+    config = plan.config
+    cache_uri, batch_size = text.cache_uri, config.batch_size
     if manifest is not None:
         # An interrupted store resumes with the settings it was started with: the cache (only its label
         # columns use it) and the batch size (part of the encoder's floating-point path).
@@ -226,29 +236,37 @@ def _label_config(p: Plan, job: StoreJob, text: TextEmbeddings, manifest: RunMan
         if started.get("cache_fingerprint") != text.cache.fingerprint and started.get("cache_fingerprint") in saved:
             cache_uri = saved[started["cache_fingerprint"]]
         batch_size = int(started.get("batch_size") or batch_size)
-    return LabelConfig(input=job.input, cache=cache_uri, checkpoint=c.checkpoint, out=job.uri, snr_db=job.snr_db,
-                       noise=job.noise, seed=job.seed, num_gpus=c.num_gpus, actors=c.actors, batch_size=batch_size,
-                       tokenizer_dir=c.tokenizer_dir, resume=manifest is not None,
-                       max_error_fraction=c.max_error_fraction,
+    return LabelConfig(input=job.input, cache=cache_uri, checkpoint=config.checkpoint, out=job.uri,
+                       snr_db=job.snr_db, noise=job.noise, seed=job.seed, num_gpus=config.num_gpus,
+                       actors=config.actors, batch_size=batch_size, tokenizer_dir=config.tokenizer_dir,
+                       resume=manifest is not None, max_error_fraction=config.max_error_fraction,
                        report=False)       # an intermediate encoding run: the evaluation writes its own results
 
 
-def encode_stores(p: Plan, text: TextEmbeddings, run_label: Callable[[LabelConfig], dict]) -> dict[str, int]:
-    """Run the label job (``run_label``) for every store that is not complete; returns windows encoded per store."""
-    jobs = store_jobs(p)
-    states = {job.name: store_state(job, p.checkpoint_id) for job in jobs}    # refuse before any encoding
-    saved = {cache.fingerprint: uri for uri, cache in saved_caches(p.config.out)}
+@dataclass(frozen=True)
+class StoreEncoding:
+    """One label run the evaluation needs: the store it fills (``job``) and the run's settings (``config``)."""
+
+    job: StoreJob
+    config: LabelConfig
+
+    def describe(self) -> str:
+        """What the store holds: the noise recordings, clean, or the clips in a condition."""
+        return "noise recordings, clean" if self.job.name == NOISE_STORE else Condition(self.job.snr_db).title
+
+
+def label_runs(plan: Plan, text: TextEmbeddings) -> list[StoreEncoding]:
+    """The label runs that fill every store not yet complete, the noise store first. A store made with other
+    settings is refused (``Refused``) before any of them runs."""
+    jobs = store_jobs(plan)
+    states = {job.name: store_state(job, plan.checkpoint_id) for job in jobs}
+    saved = {cache.fingerprint: uri for uri, cache in saved_caches(plan.config.out)}
     todo = [job for job in jobs if states[job.name][0] != "complete"]
     if not todo:
         log.info("all %d stores are complete: nothing to encode", len(jobs))
-    encoded: dict[str, int] = {}
-    for i, job in enumerate(todo, 1):
-        what = "noise recordings, clean" if job.name == NOISE_STORE else Condition(job.snr_db).title
-        log.info("encoding store %d/%d: %s (%d file(s), %s) into %s", i, len(todo), job.name, len(job.ids), what,
-                 job.uri)
-        try:
-            result = run_label(_label_config(p, job, text, states[job.name][1], saved))
-        except RunFailed as exc:
-            raise RunFailed(f"encoding {job.name}: {exc}") from None
-        encoded[job.name] = int(result["runs"][-1].get("segments_done") or 0)
-    return encoded
+    return [StoreEncoding(job, _label_config(plan, job, text, states[job.name][1], saved)) for job in todo]
+
+
+def windows_encoded(manifest: dict) -> int:
+    """The windows a label run encoded, from its final manifest (``jobs.label.run``'s result)."""
+    return int(manifest["runs"][-1].get("segments_done") or 0)
