@@ -20,19 +20,19 @@ fault.
   ``scene_label``), or any folder of audio recordings, whose scene is
   unknown (``None``).
 
-Label names are kept in the dataset's spelling (``dog_bark``); prompts are made
+A dataset's clip list (``Dataset.clips``) is read from its metadata; "manifest"
+means ``_manifest.json`` only. Label names are kept in the dataset's spelling (``dog_bark``); prompts are made
 from them by ``das_core.scoring.prompts.label_text`` where prompts are made.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import os
-from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -64,6 +64,8 @@ class LayoutError(Refused):
 
 @dataclass(frozen=True)
 class Clip:
+    """One clip of a dataset's clip list: its id, where its audio is, its labels and its fold."""
+
     clip_id: str                 # the dataset's own name for the clip (unique): slice_file_name, fname, filename
     uri: str                     # where the audio is (absolute local path or s3:// URI)
     labels: tuple[str, ...]      # label names, in the dataset's spelling; exactly one for single-label datasets
@@ -72,6 +74,9 @@ class Clip:
 
 @dataclass(frozen=True)
 class Dataset:
+    """A dataset as its metadata describes it: its clip list (in the metadata's order) and its classes (in the
+    dataset's own order)."""
+
     name: str
     root: str
     label_names: tuple[str, ...]
@@ -80,9 +85,11 @@ class Dataset:
 
     @property
     def folds(self) -> tuple[int, ...]:
+        """The published folds present, sorted (none for FSD50K eval)."""
         return tuple(sorted({c.fold for c in self.clips if c.fold is not None}))
 
     def label_index(self) -> dict[str, int]:
+        """Each class name's index in ``label_names``."""
         return {name: i for i, name in enumerate(self.label_names)}
 
     def targets(self) -> np.ndarray:
@@ -101,11 +108,14 @@ class Dataset:
         return y
 
     def with_clips(self, clips: Sequence[Clip]) -> Dataset:
+        """The same dataset with another clip list (a subset)."""
         return replace(self, clips=tuple(clips))
 
 
 @dataclass(frozen=True)
 class NoiseSet:
+    """The noise recordings mixed into the clips: their URIs (sorted) and scenes, and the layout they came in."""
+
     root: str
     uris: tuple[str, ...]                  # sorted
     scenes: tuple[str | None, ...]         # scene label per recording; None where unknown
@@ -113,9 +123,11 @@ class NoiseSet:
     missing: tuple[str, ...] = ()          # listed in meta.csv but absent, left out (and reported)
 
     def scene_of(self) -> dict[str, str | None]:
+        """Each recording's scene (None where unknown), by URI."""
         return dict(zip(self.uris, self.scenes))
 
     def with_uris(self, uris: Sequence[str]) -> NoiseSet:
+        """The same set restricted to ``uris`` (a subset), kept sorted."""
         scene = self.scene_of()
         kept = tuple(sorted(uris))
         return replace(self, uris=kept, scenes=tuple(scene[u] for u in kept))
@@ -123,12 +135,14 @@ class NoiseSet:
 
 # ------------------------------------------------------------------ helpers
 def _root(root: str) -> str:
+    """``root`` as an absolute local path, or an s3:// prefix without its trailing slash."""
     if storage.is_s3(root):
         return root.rstrip("/")
     return os.path.abspath(os.path.expanduser(root))
 
 
 def _read_text(root: str, rel: str, what: str) -> tuple[str, str]:
+    """The URI and UTF-8 text of the metadata file ``rel`` under ``root``, refused with the file at fault."""
     uri = storage.join(root, rel)
     try:
         data = storage.read_bytes(uri)
@@ -160,6 +174,7 @@ def _read_rows(uri: str, text: str, required: Sequence[str], delimiter: str = ",
 
 
 def _int(uri: str, line: int, row: dict, column: str) -> int:
+    """The integer in ``column`` of a CSV row, refused naming the file, line and column."""
     value = row.get(column)
     try:
         return int(str(value).strip())
@@ -168,6 +183,7 @@ def _int(uri: str, line: int, row: dict, column: str) -> int:
 
 
 def _nonempty(uri: str, line: int, row: dict, column: str) -> str:
+    """The non-empty text in ``column`` of a CSV row, refused naming the file, line and column."""
     value = row.get(column)
     if not value:
         raise LayoutError(f"{uri}, line {line}: column {column} is empty")
@@ -175,6 +191,7 @@ def _nonempty(uri: str, line: int, row: dict, column: str) -> str:
 
 
 def _unique(uri: str, ids: Sequence[str], column: str) -> None:
+    """Refuse a clip list in which an id appears twice."""
     dup = [k for k, n in Counter(ids).items() if n > 1]
     if dup:
         raise LayoutError(f"{uri}: {column} {dup[0]!r} appears {Counter(ids)[dup[0]]} times")
@@ -249,10 +266,12 @@ def _read_fold_layout(layout: _FoldLayout, root: str, check_audio: bool) -> Data
 
 
 def read_urbansound8k(root: str, check_audio: bool = True) -> Dataset:
+    """UrbanSound8K's clip list at ``root`` (with ``check_audio``: its audio folder checked too)."""
     return _read_fold_layout(_US8K, root, check_audio)
 
 
 def read_esc50(root: str, check_audio: bool = True) -> Dataset:
+    """ESC-50's clip list at ``root`` (with ``check_audio``: its audio folder checked too)."""
     return _read_fold_layout(_ESC50, root, check_audio)
 
 
@@ -285,6 +304,7 @@ def _read_vocabulary(root: str) -> tuple[str, ...]:
 
 
 def read_fsd50k(root: str, check_audio: bool = True) -> Dataset:
+    """FSD50K eval's clip list at ``root``, classes in vocabulary order (with ``check_audio``: its audio too)."""
     root = _root(root)
     labels = _read_vocabulary(root)
     known = set(labels)
@@ -315,6 +335,7 @@ READERS: dict[str, Callable[..., Dataset]] = {
 
 
 def read_dataset(name: str, root: str, check_audio: bool = True) -> Dataset:
+    """The clip list of dataset ``name`` (one of ``DATASETS``) at ``root``; ``LayoutError`` for another name."""
     if name not in READERS:
         raise LayoutError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return READERS[name](root, check_audio=check_audio)
@@ -342,72 +363,3 @@ def read_noise(root: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> Noi
         raise LayoutError(f"noise root {root} holds no {TAU_META} and no audio files "
                           f"(extensions: {', '.join(extensions)})")
     return NoiseSet(root, tuple(uris), tuple(None for _ in uris), "folder")
-
-
-# ----------------------------------------------------------------- subsets
-def stable_hash(key: str) -> int:
-    """A hash of ``key`` that is the same on every machine and run (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
-
-
-def hash_fraction(key: str) -> float:
-    """``key`` mapped deterministically to [0, 1)."""
-    return stable_hash(key) / 2.0**64
-
-
-def stratified_order(keys: Sequence[str], label_of: Sequence[Hashable], group_of: Sequence[Hashable]) -> list[int]:
-    """Indices of ``keys`` in an order whose every prefix is spread over labels and groups.
-
-    Items are dealt round-robin over labels; within a label, round-robin over
-    its groups (starting at a different group for each label), and within a
-    (label, group) by ``stable_hash``. Taking the first ``n`` therefore gives a
-    deterministic subset with every label about equally represented and each
-    label's items spread over the groups (folds, or tune/test halves).
-    """
-    by_label: dict[Hashable, dict[Hashable, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for i, (lab, grp) in enumerate(zip(label_of, group_of)):
-        by_label[lab][grp].append(i)
-    per_label: list[list[int]] = []
-    for li, lab in enumerate(sorted(by_label, key=str)):
-        groups = [sorted(v, key=lambda i: (stable_hash(keys[i]), keys[i]))
-                  for _, v in sorted(by_label[lab].items(), key=lambda kv: str(kv[0]))]
-        shift = li % len(groups)
-        groups = groups[shift:] + groups[:shift]
-        per_label.append(_round_robin(groups))
-    return _round_robin(per_label)
-
-
-def _round_robin(lists: list[list[int]]) -> list[int]:
-    out: list[int] = []
-    depth = max((len(x) for x in lists), default=0)
-    for d in range(depth):
-        out.extend(x[d] for x in lists if d < len(x))
-    return out
-
-
-def rarest_label(dataset: Dataset) -> list[str]:
-    """Each clip's least frequent label (ties: vocabulary order); its own label for single-label data."""
-    counts = Counter(lb for c in dataset.clips for lb in c.labels)
-    order = dataset.label_index()
-    return [min(c.labels, key=lambda lb: (counts[lb], order[lb])) for c in dataset.clips]
-
-
-def stratified_subset(dataset: Dataset, n: int, group_of: Sequence[Hashable] | None = None) -> Dataset:
-    """``n`` clips chosen by ``stratified_order`` (labels: each clip's rarest; groups: folds by default).
-
-    The subset keeps the dataset's order of clips.
-    """
-    if n >= len(dataset.clips):
-        return dataset
-    groups = group_of if group_of is not None else [c.fold for c in dataset.clips]
-    order = stratified_order([c.clip_id for c in dataset.clips], rarest_label(dataset), groups)
-    chosen = sorted(order[:n])
-    return dataset.with_clips([dataset.clips[i] for i in chosen])
-
-
-def noise_subset(noise: NoiseSet, n: int) -> NoiseSet:
-    """``n`` recordings spread over the scenes, chosen deterministically."""
-    if n >= len(noise.uris):
-        return noise
-    order = stratified_order(list(noise.uris), [s or "" for s in noise.scenes], [0] * len(noise.uris))
-    return noise.with_uris([noise.uris[i] for i in order[:n]])

@@ -24,12 +24,10 @@ from das_core.evaluation.datasets import (
     URBANSOUND8K,
     Dataset,
     NoiseSet,
-    hash_fraction,
-    noise_subset,
     read_dataset,
     read_noise,
-    stratified_subset,
 )
+from das_core.evaluation.subsets import hash_fraction, noise_subset, stratified_subset
 from das_core.io import storage
 from das_core.scoring.baselines import DEFAULT_TAU
 from das_core.scoring.cache import DEFAULT_LAM

@@ -14,15 +14,13 @@ import soundfile as sf
 from das_core.evaluation import datasets as dsm
 from das_core.evaluation.datasets import (
     LayoutError,
-    noise_subset,
     read_dataset,
     read_esc50,
     read_fsd50k,
     read_noise,
     read_urbansound8k,
-    stratified_order,
-    stratified_subset,
 )
+from das_core.evaluation.subsets import noise_subset, stratified_order, stratified_subset
 
 RATE = 16_000
 
