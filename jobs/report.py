@@ -14,13 +14,15 @@ from jobs.common import add_common_options, job_main
 
 
 def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=(
+    """The options of ``das report``: OUT and the common ones."""
+    parser = argparse.ArgumentParser(prog=prog, description=(
         "Write OUT/report/report.md with PNG figures: label distribution, DAS against plain zero-shot, score "
         "histograms, errors by kind, durations, throughput of each run, and the top label along time of the "
         "longest files. OUT is the output of `das label` or a `das rescore` run folder (run_id=ID), local or s3://."))
-    p.add_argument("out", metavar="OUT", help="output folder or s3:// prefix of das label, or a das rescore run folder")
-    add_common_options(p)
-    return p
+    parser.add_argument("out", metavar="OUT",
+                        help="output folder or s3:// prefix of das label, or a das rescore run folder")
+    add_common_options(parser)
+    return parser
 
 
 def require_output(out: str) -> None:
@@ -52,6 +54,7 @@ def run(out: str) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "das report") -> int:
+    """``das report``: parse ``argv``, write the report, and return the exit status."""
     return job_main(argv, prog, build_parser, lambda args: args.out, run)
 
 

@@ -34,28 +34,35 @@ UNKNOWN_SCENE_TEXT = "background noise"
 
 @dataclass
 class TextEmbeddings:
+    """The evaluation's text side: the DAS drift cache (and where it is saved) and every other prompt's embedding."""
+
     cache: DriftCache                  # lam = CACHE_LAM; evaluation uses with_lam
     cache_uri: str
     prompts: dict[str, np.ndarray]     # prompt -> unit embedding
     encoded_now: int                   # text encodings done by this run
 
     def matrix(self, prompts: Sequence[str]) -> np.ndarray:
-        return np.stack([self.prompts[p] for p in prompts]).astype(np.float32)
+        """The embeddings of ``prompts``, one row each, ``(len(prompts), d)`` float32."""
+        return np.stack([self.prompts[prompt] for prompt in prompts]).astype(np.float32)
 
 
 def laion_prompts(labels: Sequence[str]) -> list[str]:
+    """LAION's zero-shot prompt of each label."""
     return [LAION_TEMPLATE.format(label=label_text(lb)) for lb in labels]
 
 
 def anchor_prompts(labels: Sequence[str]) -> list[str]:
+    """Acevedo et al.'s anchor prompt of each label."""
     return [ACEVEDO_TEMPLATE.format(label=label_text(lb)) for lb in labels]
 
 
 def scene_text(key: str) -> str:
+    """The text that names a background scene (``UNKNOWN_SCENE``: "background noise")."""
     return UNKNOWN_SCENE_TEXT if key == UNKNOWN_SCENE else key
 
 
 def scene_keys(noise: NoiseSet) -> list[str]:
+    """The background keys of the noise set: its scenes, sorted, ``UNKNOWN_SCENE`` for recordings of none."""
     return sorted({s if s is not None else UNKNOWN_SCENE for s in noise.scenes})
 
 
@@ -98,6 +105,7 @@ def _cache_matches(cache: DriftCache, labels: Sequence[str], phrases: Sequence[s
 
 
 def cache_uri_for(out: str, fingerprint: str) -> str:
+    """Where the drift cache of ``fingerprint`` is saved under ``OUT/text/``."""
     return storage.join(out, TEXT_DIR, f"{CACHE_PREFIX}{fingerprint.split(':')[-1][:16]}.npz")
 
 
@@ -117,48 +125,49 @@ def saved_caches(out: str) -> list[tuple[str, DriftCache]]:
 
 
 # ---------------------------------------------------------------- encoding
-def _encode(p: Plan, cache: DriftCache | None, missing: list[str]) -> tuple[DriftCache, dict[str, np.ndarray]]:
+def _encode(plan: Plan, cache: DriftCache | None, missing: list[str]) -> tuple[DriftCache, dict[str, np.ndarray]]:
     """One batched text encoding: the drift cache's prompts (when ``cache`` is None) and the ``missing`` ones."""
     from das_core.clap.encoder import ClapEncoder
 
-    c, labels = p.config, p.dataset.label_names
-    log.info("encoding text with %s: %s%d other prompt(s)", c.checkpoint,
-             f"drift cache {len(labels)} x (1 + {len(p.phrases)}) + " if cache is None else "", len(missing))
-    encoder = ClapEncoder.from_checkpoint(c.checkpoint, tokenizer_dir=c.tokenizer_dir)
-    if encoder.encoder_id != p.checkpoint_id:
-        raise Refused(f"checkpoint {c.checkpoint} changed while das evaluate was running")
+    config, labels = plan.config, plan.dataset.label_names
+    log.info("encoding text with %s: %s%d other prompt(s)", config.checkpoint,
+             f"drift cache {len(labels)} x (1 + {len(plan.phrases)}) + " if cache is None else "", len(missing))
+    encoder = ClapEncoder.from_checkpoint(config.checkpoint, tokenizer_dir=config.tokenizer_dir)
+    if encoder.encoder_id != plan.checkpoint_id:
+        raise Refused(f"checkpoint {config.checkpoint} changed while das evaluate was running")
     extra: dict[str, np.ndarray] = {}
 
     def encode_text(cache_prompts: list[str]) -> np.ndarray:
+        """The cache's prompts encoded in one call with the ``missing`` ones, which are kept aside."""
         emb = encoder.embed_text(list(cache_prompts) + missing)
         extra.update(zip(missing, emb[len(cache_prompts):]))
         return emb[:len(cache_prompts)]
 
     if cache is None:
-        cache = DriftCache.build(encode_text, labels, p.phrases, lam=CACHE_LAM, encoder_id=p.checkpoint_id,
+        cache = DriftCache.build(encode_text, labels, plan.phrases, lam=CACHE_LAM, encoder_id=plan.checkpoint_id,
                                  encoder_name=encoder.name)
-        cache.save(cache_uri_for(c.out, cache.fingerprint))
+        cache.save(cache_uri_for(config.out, cache.fingerprint))
     else:
         encode_text([])
     return cache, extra
 
 
-def prepare_text(p: Plan) -> TextEmbeddings:
+def prepare_text(plan: Plan) -> TextEmbeddings:
     """The DAS cache and every other prompt embedding; encodes (one batched call) only what is not saved."""
-    out, labels = p.config.out, p.dataset.label_names
+    out, labels = plan.config.out, plan.dataset.label_names
     cache_uri, cache = next(((uri, saved) for uri, saved in saved_caches(out)
-                             if _cache_matches(saved, labels, p.phrases, p.checkpoint_id)), (None, None))
-    wanted = wanted_prompts(labels, p.noise)
+                             if _cache_matches(saved, labels, plan.phrases, plan.checkpoint_id)), (None, None))
+    wanted = wanted_prompts(labels, plan.noise)
     bank_uri = storage.join(out, TEXT_DIR, PROMPT_BANK)
-    bank = load_prompt_bank(bank_uri, p.checkpoint_id)
+    bank = load_prompt_bank(bank_uri, plan.checkpoint_id)
     missing = [t for t in wanted if t not in bank]
     if cache is not None and not missing:
         log.info("text embeddings: all %d prompts and the drift cache are saved in %s; no model loaded",
                  len(wanted) + cache.n_text_encodings, storage.join(out, TEXT_DIR))
         return TextEmbeddings(cache, cache_uri, bank, 0)
     built = cache is None
-    cache, extra = _encode(p, cache, missing)
+    cache, extra = _encode(plan, cache, missing)
     bank.update(extra)
-    prompt_bank(bank, p.checkpoint_id).save(bank_uri)
+    prompt_bank(bank, plan.checkpoint_id).save(bank_uri)
     encoded = len(missing) + (cache.n_text_encodings if built else 0)
     return TextEmbeddings(cache, cache_uri if not built else cache_uri_for(out, cache.fingerprint), bank, encoded)

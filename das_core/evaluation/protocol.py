@@ -48,6 +48,8 @@ SNR_RANGE_DB = (-60.0, 120.0)
 
 @dataclass(frozen=True)
 class Condition:
+    """One condition of the evaluation: clean, or noise mixed in at ``snr_db``."""
+
     snr_db: float | None          # None: clean
 
     @property
@@ -57,6 +59,7 @@ class Condition:
 
     @property
     def title(self) -> str:
+        """How reports name it: ``clean``, ``20 dB``."""
         return "clean" if self.snr_db is None else f"{self.snr_db:g} dB"
 
 
@@ -70,11 +73,13 @@ class TuneSplit:
     note: str = ""                        # why this split when das chose it (the dataset lacks default folds)
 
     def is_tune(self, clip) -> bool:
+        """Whether ``clip`` belongs to the tuning split."""
         if self.percent is not None:
             return hash_fraction(clip.clip_id) < self.percent / 100.0
         return clip.fold in self.folds
 
     def describe(self, dataset: Dataset, tune: bool) -> str:
+        """The tuning side (``tune``) or the test side of the split, in words, for ``dataset``."""
         if self.percent is not None:
             return (f"the {self.percent:g}% of clips whose id hashes lowest (sha1, {self.spec})" if tune
                     else f"the other {100 - self.percent:g}% of clips")
@@ -241,24 +246,24 @@ class EvaluateConfig:
             raise ConfigError("--max-error-fraction must be between 0 and 1")
 
 
-def choose_tune_split(c: EvaluateConfig, dataset: Dataset) -> TuneSplit:
+def choose_tune_split(config: EvaluateConfig, dataset: Dataset) -> TuneSplit:
     """``--tune-split``, else the dataset's default, else (some folds absent) the lower half of those present."""
-    split = parse_tune_split(c.tune_split or DEFAULT_TUNE_SPLITS[c.dataset])
+    split = parse_tune_split(config.tune_split or DEFAULT_TUNE_SPLITS[config.dataset])
     if not split.folds:
         return split
     present = dataset.folds
     if not present:
-        raise ConfigError(f"--tune-split {split.spec}: {c.dataset} has no folds; use hash:P "
+        raise ConfigError(f"--tune-split {split.spec}: {config.dataset} has no folds; use hash:P "
                           "(e.g. --tune-split hash:50)")
     unknown = sorted(split.folds - set(present))
-    if c.tune_split and unknown:
-        raise ConfigError(f"--tune-split {split.spec}: fold(s) {ranges(unknown)} do not exist in {c.dataset} "
-                          f"(folds: {ranges(present)}); choose among the folds present in {c.root}")
-    if c.tune_split or (not unknown and set(present) - split.folds):
+    if config.tune_split and unknown:
+        raise ConfigError(f"--tune-split {split.spec}: fold(s) {ranges(unknown)} do not exist in {config.dataset} "
+                          f"(folds: {ranges(present)}); choose among the folds present in {config.root}")
+    if config.tune_split or (not unknown and set(present) - split.folds):
         return split                       # as asked; an empty side is refused by plan()
     if len(present) < 2:
-        raise ConfigError(f"{c.root} holds only fold {ranges(present)} of {c.dataset} (evaluation needs at least "
-                          "2 folds: one to choose lam on, one to test on); add another fold of the dataset")
+        raise ConfigError(f"{config.root} holds only fold {ranges(present)} of {config.dataset} (evaluation needs at "
+                          "least 2 folds: one to choose lam on, one to test on); add another fold of the dataset")
     tune = present[:len(present) // 2]
     chosen = TuneSplit(f"folds:{','.join(map(str, tune))}", folds=frozenset(tune),
                        note=f"chosen from the folds present ({ranges(present)}): the default {split.spec} "
@@ -283,46 +288,48 @@ class Plan:
     n_available: int              # clips in the dataset before --limit
 
 
-def _limited(c: EvaluateConfig, dataset: Dataset, split: TuneSplit) -> Dataset:
-    # spread the subset over folds, or over the tuning and test halves where there are no folds
+def _limited(config: EvaluateConfig, dataset: Dataset, split: TuneSplit) -> Dataset:
+    """``--limit`` clips, spread over folds, or over the tuning and test halves where there are no folds."""
     strata = [clip.fold for clip in dataset.clips] if dataset.folds else [split.is_tune(clip) for clip in dataset.clips]
-    return stratified_subset(dataset, c.limit, strata)
+    return stratified_subset(dataset, config.limit, strata)
 
 
-def _check_split(c: EvaluateConfig, dataset: Dataset, split: TuneSplit, is_tune: np.ndarray,
+def _check_split(config: EvaluateConfig, dataset: Dataset, split: TuneSplit, is_tune: np.ndarray,
                  groups: list[Hashable]) -> None:
-    limit = f", --limit {c.limit}" if c.limit else ""
+    """Refuse a split with an empty side, and clips all in one TGAP group."""
+    limit = f", --limit {config.limit}" if config.limit else ""
     if is_tune.all() or not is_tune.any():
         which = "test" if is_tune.all() else "tuning"
         raise ConfigError(f"the {which} split is empty ({len(dataset.clips)} clips, --tune-split {split.spec}{limit})"
                           ": choose another split or a larger --limit")
     if len(set(groups)) < 2:
         raise ConfigError("TGAP needs clips outside each clip's fold, but all clips are in one fold"
-                          + (f" (--limit {c.limit})" if c.limit else ""))
+                          + (f" (--limit {config.limit})" if config.limit else ""))
 
 
-def plan(c: EvaluateConfig) -> Plan:
+def plan(config: EvaluateConfig) -> Plan:
     """Read and check everything that can be refused before any model is loaded."""
     from das_core.clap import checkpoint as ckpt
     from das_core.scoring.cache import validate_build_inputs
 
-    dataset = read_dataset(c.dataset, c.root)
-    noise = read_noise(c.noise_root)
-    split = choose_tune_split(c, dataset)
+    dataset = read_dataset(config.dataset, config.root)
+    noise = read_noise(config.noise_root)
+    split = choose_tune_split(config, dataset)
     n_available = len(dataset.clips)
-    if c.limit:
-        dataset = _limited(c, dataset, split)
-    if c.noise_limit:
-        noise = noise_subset(noise, c.noise_limit)
+    if config.limit:
+        dataset = _limited(config, dataset, split)
+    if config.noise_limit:
+        noise = noise_subset(noise, config.noise_limit)
     is_tune = np.array([split.is_tune(clip) for clip in dataset.clips], dtype=bool)
     groups: list[Hashable] = ([clip.fold for clip in dataset.clips] if dataset.folds
                               else [clip.clip_id for clip in dataset.clips])
-    _check_split(c, dataset, split, is_tune, groups)
-    phrases = tuple(read_lines_from(c.noise_phrases, "noise phrases")) if c.noise_phrases else DEFAULT_NOISE_PHRASES
+    _check_split(config, dataset, split, is_tune, groups)
+    phrases = (tuple(read_lines_from(config.noise_phrases, "noise phrases")) if config.noise_phrases
+               else DEFAULT_NOISE_PHRASES)
     try:
         validate_build_inputs(dataset.label_names, phrases, CLEAN_TEMPLATE, NOISY_TEMPLATE, CACHE_LAM)
     except ValueError as exc:
-        raise ConfigError(f"{c.dataset} labels / noise phrases: {exc}") from None
-    local = ckpt.resolve(c.checkpoint)
-    return Plan(c, dataset, noise, split, is_tune, groups, phrases, ckpt.fingerprint(local), ckpt.describe(local),
+        raise ConfigError(f"{config.dataset} labels / noise phrases: {exc}") from None
+    local = ckpt.resolve(config.checkpoint)
+    return Plan(config, dataset, noise, split, is_tune, groups, phrases, ckpt.fingerprint(local), ckpt.describe(local),
                 n_available)

@@ -57,10 +57,12 @@ class Outcome:
 
     @property
     def condition_list(self) -> list[Condition]:
+        """The conditions evaluated, in order."""
         return [d.condition for d in self.conditions]
 
     @property
     def random_weights(self) -> bool:
+        """Whether the checkpoint has random weights (the numbers are then meaningless)."""
         return self.plan.checkpoint_info.get("weights") == "random"
 
     def value(self, method: str, cond: Condition, metric: str | None = None) -> float | None:
@@ -73,10 +75,12 @@ class Outcome:
 
 
 def percent(value: float | None) -> str:
+    """A metric as a percentage with two decimals; "n/a" for none or NaN."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
 def records_csv(records: Sequence[dict], fields: Sequence[str]) -> bytes:
+    """``records`` as CSV bytes with the columns ``fields`` (None written as an empty cell)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
@@ -163,6 +167,7 @@ def _failure_lines(o: Outcome) -> list[str]:
 
 
 def render_report(o: Outcome) -> str:
+    """The text of ``report.md``: setup, results, methods, failures."""
     lines = [f"# das evaluate: {DATASET_TITLES[o.plan.dataset.name]}", ""]
     for part in (_setup_lines, _result_lines, _method_lines, _failure_lines):
         lines += part(o) + [""]
@@ -179,6 +184,7 @@ def _positions(conds: Sequence[Condition]) -> dict[Condition, float]:
 
 
 def render_plot(o: Outcome) -> bytes:
+    """``snr_curves.png``: each method's test metric against the SNR (clean at the right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,18 +217,19 @@ def render_plot(o: Outcome) -> bytes:
 # ------------------------------------------------------------------ console
 def summary_text(o: Outcome, wall: float) -> str:
     """What ``das evaluate`` prints at the end: counts, λ and the main table."""
-    p, ev, counts, conds = o.plan, o.evaluation, o.counts, o.condition_list
+    plan, ev, counts, conds = o.plan, o.evaluation, o.counts, o.condition_list
     width = max(len(m) for m in METHODS)
     table = [f"    {'':<{width}}  " + "  ".join(f"{cd.title:>8}" for cd in conds)]
     table += [f"    {m:<{width}}  " + "  ".join(f"{percent(o.value(m, cd)):>8}" for cd in conds) for m in METHODS]
     errors = sum(len(d.store.errors) for d in o.conditions)
-    weights = p.checkpoint_info.get("weights")
-    return (f"das evaluate: {p.dataset.name} done in {wall:.1f} s\n"
+    weights = plan.checkpoint_info.get("weights")
+    return (f"das evaluate: {plan.dataset.name} done in {wall:.1f} s\n"
             f"  encodings:  {counts['clips']} clips x {counts['conditions']} conditions + "
             f"{counts['noise_recordings']} noise = {counts['encodings']} ({counts['encoded_now']} windows encoded "
             f"by this run)\n"
-            f"  lam:        {ev.lam:g} (chosen on the tuning split, {p.split.describe(p.dataset, True)})\n"
+            f"  lam:        {ev.lam:g} (chosen on the tuning split, {plan.split.describe(plan.dataset, True)})\n"
             f"  {ev.main_metric} on the test split (%):\n" + "\n".join(table) + "\n"
             f"  undecodable: {errors} clip-condition(s), {len(o.noise_store.errors)} noise recording(s)\n"
             f"  weights:    {weights}" + ("  (RANDOM: the numbers are meaningless)" if o.random_weights else "")
-            + f"\n  output:     {p.config.out} (report.md, results.json, results.csv, per_class.csv, snr_curves.png)")
+            + f"\n  output:     {plan.config.out} (report.md, results.json, results.csv, per_class.csv, "
+              "snr_curves.png)")

@@ -45,6 +45,7 @@ class GroupedPrototypes:
     overrides: dict[Hashable, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def for_group(self, g: Hashable) -> np.ndarray:
+        """The prototypes ``(K, d)`` for the windows of group ``g``: the default, with ``g``'s overrides."""
         protos = self.default.copy()
         if g in self.overrides:
             classes, rows = self.overrides[g]
@@ -137,10 +138,12 @@ class Labels:
 
     @property
     def main_metric(self) -> str:
+        """``mAP`` for multi-label data, else ``accuracy``."""
         return "mAP" if self.multi_label else "accuracy"
 
     @classmethod
     def of(cls, dataset: Dataset) -> Labels:
+        """The ground truth of ``dataset``'s clip list."""
         y = dataset.label_matrix() if dataset.multi_label else dataset.targets()
         folds = np.array([c.fold if c.fold is not None else -1 for c in dataset.clips], dtype=np.int64)
         return cls(dataset.multi_label, y, folds, dataset.label_names)
@@ -177,6 +180,8 @@ def per_class_values(labels: Labels, scores: np.ndarray, mask: np.ndarray) -> tu
 
 @dataclass
 class Evaluation:
+    """The scored evaluation: result and per-class records, the λ chosen, the sweep behind it, the main metric."""
+
     records: list[dict]
     per_class: list[dict]
     lam: float
