@@ -95,10 +95,10 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------- report.md
-def _setup_lines(o: Outcome) -> list[str]:
-    p, ev = o.plan, o.evaluation
+def _setup_lines(outcome: Outcome) -> list[str]:
+    p, ev = outcome.plan, outcome.evaluation
     c, ds = p.config, p.dataset
-    title, n_cond = DATASET_TITLES[ds.name], len(o.conditions)
+    title, n_cond = DATASET_TITLES[ds.name], len(outcome.conditions)
     return [
         f"- dataset: {title} at `{ds.root}`: {len(ds.clips)} clips"
         + (f" (--limit {c.limit} of {p.n_available})" if c.limit else "") + f", {len(ds.label_names)} classes",
@@ -108,27 +108,27 @@ def _setup_lines(o: Outcome) -> list[str]:
         f"- noise: `{p.noise.root}` ({p.noise.layout}), {len(p.noise.uris)} recordings, "
         f"{len({s for s in p.noise.scenes if s is not None})} scenes; seed {c.seed}",
         f"- checkpoint: `{c.checkpoint}` ({p.checkpoint_id[:19]}…, {p.checkpoint_info.get('architecture')})"
-        + ("; **random weights: these numbers are meaningless**" if o.random_weights else ""),
+        + ("; **random weights: these numbers are meaningless**" if outcome.random_weights else ""),
         f"- encodings: {len(ds.clips)} clips x {n_cond} conditions + {len(p.noise.uris)} noise recordings = "
-        f"{o.counts['encodings']} ({o.counts['windows']} windows of 10 s)",
+        f"{outcome.counts['encodings']} ({outcome.counts['windows']} windows of 10 s)",
         f"- DAS: λ = **{ev.lam:g}**, chosen on the tuning split from {{{', '.join(f'{x:g}' for x in ev.objective)}}} "
         f"by the {ev.main_metric} averaged over all {n_cond} conditions (one λ for every SNR; ties: smaller λ); "
         f"{len(p.phrases)} noise phrases; Acevedo τ = {c.tau:g}",
     ]
 
 
-def _result_lines(o: Outcome) -> list[str]:
-    ev, conds = o.evaluation, o.condition_list
+def _result_lines(outcome: Outcome) -> list[str]:
+    ev, conds = outcome.evaluation, outcome.condition_list
     header = ["method"] + [cd.title for cd in conds]
     main = METRIC_TITLES[ev.main_metric]
     lines = [f"## {main} (%) on the test split", ""]
-    lines += _table([[m] + [percent(o.value(m, cd)) for cd in conds] for m in METHODS], header)
-    if not o.plan.dataset.multi_label:
+    lines += _table([[m] + [percent(outcome.value(m, cd)) for cd in conds] for m in METHODS], header)
+    if not outcome.plan.dataset.multi_label:
         lines += ["", "## Accuracy (%) on the test split, mean over folds", ""]
-        lines += _table([[m] + [percent(o.value(m, cd, "accuracy_fold_mean")) for cd in conds] for m in METHODS],
+        lines += _table([[m] + [percent(outcome.value(m, cd, "accuracy_fold_mean")) for cd in conds] for m in METHODS],
                         header)
     lines += ["", f"## DAS minus baseline ({main}, points)", ""]
-    lines += _table([[f"das_minus_{b}"] + [f"{100 * o.value(f'das_minus_{b}', cd):+.2f}" for cd in conds]
+    lines += _table([[f"das_minus_{b}"] + [f"{100 * outcome.value(f'das_minus_{b}', cd):+.2f}" for cd in conds]
                      for b in BASELINES], header)
     lines += ["", f"## λ sweep on the tuning split ({main}, %)", ""]
     rows = [[f"{lam:g}" + (" (chosen)" if lam == ev.lam else "")]
@@ -136,26 +136,26 @@ def _result_lines(o: Outcome) -> list[str]:
     return lines + _table(rows, ["λ"] + [cd.title for cd in conds] + ["mean"])
 
 
-def _method_lines(o: Outcome) -> list[str]:
+def _method_lines(outcome: Outcome) -> list[str]:
     lines = ["## Methods", ""]
     lines += [f"- `{m}`: {METHOD_DESCRIPTIONS[m].format(clean=CLEAN_TEMPLATE)}" for m in METHODS]
     lines += ["", "## What the Acevedo variants need that DAS does not", "",
               "DAS needs only the class names and a fixed list of generic noise phrases (text, encoded once). "
               "Each Acevedo variant needs, in addition:", ""]
     lines += [f"- `{m}`: {need}." for m, need in NEEDS.items()] + ["", CHOICES]
-    excluded = o.evaluation.excluded_classes
+    excluded = outcome.evaluation.excluded_classes
     if excluded:
         lines += ["", "Classes without a positive clip in the test split are left out of the macro mAP: "
-                  + ", ".join(f"{cd.title}: {excluded[cd.name]}" for cd in o.condition_list) + "."]
+                  + ", ".join(f"{cd.title}: {excluded[cd.name]}" for cd in outcome.condition_list) + "."]
     return lines
 
 
-def _failure_lines(o: Outcome) -> list[str]:
-    failed = {d.condition.title: d.store.errors for d in o.conditions if d.store.errors}
-    if o.noise_store.errors:
-        failed["noise recordings"] = o.noise_store.errors
-    if o.plan.noise.missing:
-        failed["noise recordings listed in meta.csv but missing"] = {u: "missing" for u in o.plan.noise.missing}
+def _failure_lines(outcome: Outcome) -> list[str]:
+    failed = {d.condition.title: d.store.errors for d in outcome.conditions if d.store.errors}
+    if outcome.noise_store.errors:
+        failed["noise recordings"] = outcome.noise_store.errors
+    if outcome.plan.noise.missing:
+        failed["noise recordings listed in meta.csv but missing"] = {u: "missing" for u in outcome.plan.noise.missing}
     lines = ["## Clips and recordings that could not be decoded", ""]
     if not failed:
         return lines + ["None: every clip was decoded in every condition."]
@@ -166,11 +166,11 @@ def _failure_lines(o: Outcome) -> list[str]:
     return lines
 
 
-def render_report(o: Outcome) -> str:
+def render_report(outcome: Outcome) -> str:
     """The text of ``report.md``: setup, results, methods, failures."""
-    lines = [f"# das evaluate: {DATASET_TITLES[o.plan.dataset.name]}", ""]
+    lines = [f"# das evaluate: {DATASET_TITLES[outcome.plan.dataset.name]}", ""]
     for part in (_setup_lines, _result_lines, _method_lines, _failure_lines):
-        lines += part(o) + [""]
+        lines += part(outcome) + [""]
     return "\n".join(lines[:-1]) + "\n"
 
 
@@ -183,28 +183,29 @@ def _positions(conds: Sequence[Condition]) -> dict[Condition, float]:
     return {cd: (cd.snr_db if cd.snr_db is not None else clean_at) for cd in conds}
 
 
-def render_plot(o: Outcome) -> bytes:
+def render_plot(outcome: Outcome) -> bytes:
     """``snr_curves.png``: each method's test metric against the SNR (clean at the right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ev, position = o.evaluation, _positions(o.condition_list)
+    ev, position = outcome.evaluation, _positions(outcome.condition_list)
     ordered = sorted(position, key=position.get)
     fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=120)
     markers = "os^vD<>"
     for i, m in enumerate(METHODS):
         # distinct line styles keep baselines with equal values visible on top of each other
         style = "-" if m == "das" or m.startswith("zs_") else ("--" if "_zs_" in m else ":")
-        ax.plot([position[cd] for cd in ordered], [100 * o.value(m, cd) for cd in ordered],
+        ax.plot([position[cd] for cd in ordered], [100 * outcome.value(m, cd) for cd in ordered],
                 marker=markers[i % len(markers)], linestyle=style, linewidth=2.6 if m == "das" else 1.5,
                 zorder=3 if m == "das" else 2, label=f"DAS (λ = {ev.lam:g})" if m == "das" else m)
     ax.set_xticks([position[cd] for cd in ordered], [cd.title for cd in ordered])
     ax.set_xlabel("SNR of the mixed noise (dB)")
     ax.set_ylabel(f"{'macro mAP' if ev.main_metric == 'mAP' else 'accuracy'} on the test split (%)")
-    title = f"{DATASET_TITLES[o.plan.dataset.name]}: {ev.main_metric} vs SNR ({len(o.plan.dataset.clips)} clips"
-    ax.set_title(title + (", random weights)" if o.random_weights else ")"))
+    dataset = outcome.plan.dataset
+    title = f"{DATASET_TITLES[dataset.name]}: {ev.main_metric} vs SNR ({len(dataset.clips)} clips"
+    ax.set_title(title + (", random weights)" if outcome.random_weights else ")"))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
     fig.tight_layout()
@@ -215,13 +216,13 @@ def render_plot(o: Outcome) -> bytes:
 
 
 # ------------------------------------------------------------------ console
-def summary_text(o: Outcome, wall: float) -> str:
+def summary_text(outcome: Outcome, wall: float) -> str:
     """What ``das evaluate`` prints at the end: counts, λ and the main table."""
-    plan, ev, counts, conds = o.plan, o.evaluation, o.counts, o.condition_list
+    plan, ev, counts, conds = outcome.plan, outcome.evaluation, outcome.counts, outcome.condition_list
     width = max(len(m) for m in METHODS)
     table = [f"    {'':<{width}}  " + "  ".join(f"{cd.title:>8}" for cd in conds)]
-    table += [f"    {m:<{width}}  " + "  ".join(f"{percent(o.value(m, cd)):>8}" for cd in conds) for m in METHODS]
-    errors = sum(len(d.store.errors) for d in o.conditions)
+    table += [f"    {m:<{width}}  " + "  ".join(f"{percent(outcome.value(m, cd)):>8}" for cd in conds) for m in METHODS]
+    errors = sum(len(d.store.errors) for d in outcome.conditions)
     weights = plan.checkpoint_info.get("weights")
     return (f"das evaluate: {plan.dataset.name} done in {wall:.1f} s\n"
             f"  encodings:  {counts['clips']} clips x {counts['conditions']} conditions + "
@@ -229,7 +230,7 @@ def summary_text(o: Outcome, wall: float) -> str:
             f"by this run)\n"
             f"  lam:        {ev.lam:g} (chosen on the tuning split, {plan.split.describe(plan.dataset, True)})\n"
             f"  {ev.main_metric} on the test split (%):\n" + "\n".join(table) + "\n"
-            f"  undecodable: {errors} clip-condition(s), {len(o.noise_store.errors)} noise recording(s)\n"
-            f"  weights:    {weights}" + ("  (RANDOM: the numbers are meaningless)" if o.random_weights else "")
+            f"  undecodable: {errors} clip-condition(s), {len(outcome.noise_store.errors)} noise recording(s)\n"
+            f"  weights:    {weights}" + ("  (RANDOM: the numbers are meaningless)" if outcome.random_weights else "")
             + f"\n  output:     {plan.config.out} (report.md, results.json, results.csv, per_class.csv, "
               "snr_curves.png)")
