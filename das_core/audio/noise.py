@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.audio.decode import SAMPLE_RATE, load_mono48k
+from das_core.audio.decode import load_mono48k
+from das_core.audio.windows import SAMPLE_RATE
 from das_core.io import storage
 
 Decibels = float

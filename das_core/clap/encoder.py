@@ -8,7 +8,7 @@ What this module guarantees for the laion backend:
 
 * **Same numbers as laion-clap.** The network is laion-clap's own ``CLAP``
   module, built from its own model configs; audio goes through LAION's int16
-  round trip and ``repeatpad`` (done upstream by ``das_core.audio.decode``), text
+  round trip and ``repeatpad`` (done upstream by ``das_core.audio.windows``), text
   through LAION's tokenisation; the result is L2-normalised as in
   ``get_audio_embedding`` / ``get_text_embedding``.
 * **No network, no hang.** Importing ``laion_clap`` loads three Hugging Face
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES, dequantize_int16, int16_round_trip
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, dequantize_int16, int16_round_trip
 from das_core.clap import checkpoint as ckpt
 from das_core.clap.offline import hf_offline
 from das_core.errors import Refused
@@ -261,7 +261,7 @@ class ClapEncoder:
         return self._embed_waveforms(int16_round_trip(windows))
 
     def embed_audio_int16(self, windows: np.ndarray) -> np.ndarray:
-        """As ``embed_audio`` for windows already quantised by ``das_core.audio.decode.quantize_int16``."""
+        """As ``embed_audio`` for windows already quantised by ``das_core.audio.windows.quantize_int16``."""
         windows = self._check_windows(windows, dtype=np.int16)
         return self._embed_waveforms(dequantize_int16(windows))
 

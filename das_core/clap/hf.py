@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES
 from das_core.clap import checkpoint as ckpt
 from das_core.clap.encoder import ROBERTA_PROBES, ROBERTA_VOCAB_SIZE, EncoderError, TokenizerError
 from das_core.clap.offline import hf_offline

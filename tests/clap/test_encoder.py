@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import sine
 
-from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
 from das_core.clap import checkpoint as ckpt
 from das_core.clap.encoder import ClapEncoder, EncoderError, TokenizerError, build_model, laion, load_clap
 from das_core.clap.random_weights import write_random_checkpoint
@@ -109,7 +109,7 @@ def test_repeatable_and_batch_independent(encoder):
 
 
 def test_int16_input_is_the_same_round_trip(encoder):
-    from das_core.audio.decode import quantize_int16
+    from das_core.audio.windows import quantize_int16
 
     x = clips(2)
     np.testing.assert_array_equal(encoder.embed_audio_int16(quantize_int16(x)), encoder.embed_audio(x))

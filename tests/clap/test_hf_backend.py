@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import sine
 
-from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
 from das_core.clap import checkpoint as ckpt
 from das_core.clap.encoder import ClapEncoder, TokenizerError
 from das_core.clap.random_weights import byte_level_tokenizer, write_random_hf_checkpoint
@@ -44,7 +44,7 @@ def hf_model(request, hf_folder, hf_fused_folder):
 
 
 def clips(seconds):
-    """Noisy tones, one per duration (all at most 10 s), int16-round-tripped as das_core.audio.decode delivers them."""
+    """Noisy tones, one per duration (all at most 10 s), int16-round-tripped as das_core.audio.windows delivers them."""
     rng = np.random.default_rng(0)
     out = []
     for i, s in enumerate(seconds):
