@@ -98,9 +98,14 @@ class _Reader(Protocol):
     frames_read: int
     truncation_slack: int | None     # frames a stream may end short of ``info.frames``; None: no check
 
-    def blocks(self) -> Iterator[np.ndarray]: ...
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The audio as mono float32 blocks at the input rate, counted in ``frames_read``; ``AudioDecodeError``
+        where decoding fails."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the container (idempotent)."""
+        ...
 
 
 class _SndfileReader:
@@ -124,6 +129,8 @@ class _SndfileReader:
         self._block_frames = block_frames or block_frames_for(f.channels)
 
     def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks of ``block_frames`` frames (the last one shorter), each a view of one buffer that
+        the next block overwrites; ``AudioDecodeError`` (truncated or unreadable) where libsndfile fails."""
         info, n = self.info, self._block_frames
         channels = info.channels
         raw = np.empty(n if channels == 1 else (n, channels), dtype=np.float32)
@@ -146,6 +153,7 @@ class _SndfileReader:
                 return
 
     def close(self) -> None:
+        """Close libsndfile's handle."""
         self._sf.close()
 
 
@@ -251,6 +259,7 @@ class AudioStream:
         self.close()
 
     def close(self) -> None:
+        """Close the decoder and the container it reads (the source file object stays open)."""
         self._reader.close()
 
     def _checked_blocks(self) -> Iterator[np.ndarray]:

@@ -101,6 +101,8 @@ class FFmpegReader:
         return info, slack
 
     def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks at the input rate (views of one accumulator, valid until the next block);
+        ``AudioDecodeError`` where FFmpeg fails (truncated after the first samples) or the stream changes format."""
         info = self.info
         rate, channels = info.sample_rate, info.channels
         acc = np.empty(self._block_frames, dtype=np.float32)
@@ -142,6 +144,7 @@ class FFmpegReader:
         return block
 
     def close(self) -> None:
+        """Close PyAV's container."""
         self._container.close()
 
 

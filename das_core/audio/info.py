@@ -52,5 +52,6 @@ class AudioInfo:
 
     @property
     def duration_s(self) -> Seconds:
+        """The declared length in seconds."""
         return self.frames / self.sample_rate
 

@@ -39,14 +39,17 @@ class Window:
 
     @property
     def start_s(self) -> Seconds:
+        """Where the window starts in the stream, in seconds."""
         return self.start / SAMPLE_RATE
 
     @property
     def end_s(self) -> Seconds:
+        """Where its real audio ends in the stream, in seconds (padding not counted)."""
         return (self.start + self.length) / SAMPLE_RATE
 
     @property
     def real(self) -> np.ndarray:
+        """The unpadded audio: ``samples[:length]``."""
         return self.samples[: self.length]
 
 
