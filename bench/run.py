@@ -742,7 +742,8 @@ def _columns_row_by_row(lab, n: int) -> dict:
 
 def bench_changes(ckpt: str, sizes: Sizes) -> dict:
     """The effect of this project's own speed-ups, each against the way it was done before, in this run."""
-    from das_core.clap.encoder import ClapEncoder, laion
+    from das_core.clap.encoder import ClapEncoder
+    from das_core.clap.laion import laion
     from das_core.output.store import labelled_columns
     from das_core.scoring.scorer import _labelled, top_k
 
