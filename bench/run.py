@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.audio.decode import WINDOW_SAMPLES
+from das_core.audio.windows import WINDOW_SAMPLES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOALS = {
@@ -467,7 +467,7 @@ def bare_decode(data: bytes, ext: str, block: int | None = None) -> None:
         return
     import soundfile as sf
 
-    from das_core.audio.decode import block_frames_for
+    from das_core.audio.info import block_frames_for
 
     with sf.SoundFile(io.BytesIO(data)) as f:
         block = block or block_frames_for(f.channels)
@@ -505,7 +505,7 @@ def decode_stage_before(data: bytes) -> int:
     import soundfile as sf
     import soxr
 
-    from das_core.audio.decode import SAMPLE_RATE, segment
+    from das_core.audio.windows import SAMPLE_RATE, segment
 
     def mono(f):
         rs = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
@@ -526,7 +526,7 @@ def resample_alone(rate: int, frames: int, block: int = 1 << 16, quality: str = 
     """CPU seconds soxr takes, streamed in the decoder's blocks, to bring ``frames`` mono samples to 48 kHz."""
     import soxr
 
-    from das_core.audio.decode import SAMPLE_RATE
+    from das_core.audio.windows import SAMPLE_RATE
 
     if rate == SAMPLE_RATE:
         return 0.0
@@ -742,7 +742,8 @@ def _columns_row_by_row(lab, n: int) -> dict:
 
 def bench_changes(ckpt: str, sizes: Sizes) -> dict:
     """The effect of this project's own speed-ups, each against the way it was done before, in this run."""
-    from das_core.clap.encoder import ClapEncoder, laion
+    from das_core.clap.encoder import ClapEncoder
+    from das_core.clap.laion import laion
     from das_core.output.store import labelled_columns
     from das_core.scoring.scorer import _labelled, top_k
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.audio.decode import WINDOW_SAMPLES, AudioStream
+from das_core.audio.decode import AudioStream
+from das_core.audio.windows import WINDOW_SAMPLES
 from das_core.io import storage
 from das_core.output.store import mean_embedding
 from das_core.scoring.cache import DriftCache

@@ -53,7 +53,9 @@ def generate_example(folder: str, seed: int = 0) -> list[str]:
 
 def resolve_demo_checkpoint() -> str:
     from das_core.clap import checkpoint as ckpt
+    from das_core.clap.download import cache_dir
     from das_core.clap.random_weights import write_random_checkpoint
+    from das_core.errors import CheckpointError
 
     if os.environ.get("DAS_CHECKPOINT"):
         log.info("using DAS_CHECKPOINT=%s", os.environ["DAS_CHECKPOINT"])
@@ -62,11 +64,11 @@ def resolve_demo_checkpoint() -> str:
         path = ckpt.resolve("630k-audioset-best")
         log.info("using LAION's 630k-audioset-best (%s)", path)
         return path
-    except ckpt.CheckpointError as exc:
+    except CheckpointError as exc:
         log.debug("%s", exc)          # its advice names --checkpoint, an option the demo does not have
         log.warning("LAION's 630k-audioset-best cannot be downloaded here; set DAS_CHECKPOINT to a local copy "
                     "for real labels")
-    path = os.path.join(ckpt.cache_dir(), "checkpoints", "random", "HTSAT-tiny-transformer-random.pt")
+    path = os.path.join(cache_dir(), "checkpoints", "random", "HTSAT-tiny-transformer-random.pt")
     if not os.path.isfile(path):
         log.warning("writing a checkpoint with RANDOM weights (HTSAT-tiny audio tower, LAION's transformer text "
                     "tower so that no tokenizer download is needed) to %s", path)

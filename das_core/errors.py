@@ -38,6 +38,18 @@ class ClusterError(Refused):
     """The Ray cluster cannot be used: it does not answer, or lacks the resources asked for."""
 
 
+class CheckpointError(Refused):
+    """A checkpoint that cannot be found, fetched, read or recognised."""
+
+
+class EncoderError(Refused):
+    """A problem with the encoder's configuration (device, precision, inputs)."""
+
+
+class TokenizerError(EncoderError):
+    """The RoBERTa tokenizer a checkpoint needs is missing or is not the real one."""
+
+
 class RunFailed(Exception):
     """The job ran but its result is not acceptable, e.g. too many bad files (exit status 1)."""
 

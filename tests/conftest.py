@@ -48,6 +48,22 @@ def other_ckpt(ckpt_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def roberta_ckpt(ckpt_dir) -> str:
+    """HTSAT-tiny + RoBERTa text tower, random weights, LAION's format."""
+    from das_core.clap.random_weights import write_random_checkpoint
+
+    return write_random_checkpoint(str(ckpt_dir / "tiny-roberta.pt"), text="roberta", seed=2)
+
+
+@pytest.fixture(scope="session")
+def fusion_ckpt(ckpt_dir) -> str:
+    """HTSAT-tiny with LAION's aff_2d fusion + transformer text tower, random weights, LAION's format."""
+    from das_core.clap.random_weights import write_random_checkpoint
+
+    return write_random_checkpoint(str(ckpt_dir / "tiny-fusion.pt"), fusion=True, seed=3)
+
+
+@pytest.fixture(scope="session")
 def encoder(tiny_ckpt):
     from das_core.clap.encoder import ClapEncoder
 

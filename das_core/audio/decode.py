@@ -1,20 +1,19 @@
-"""Decoding, resampling and windowing of audio, streamed block by block.
+"""Decoding audio into mono 48 kHz blocks, streamed: ``AudioStream``, the libsndfile path, choosing the reader.
 
 Everything the model sees is mono, 48 kHz, float32 in [-1, 1], cut into
-10 s windows (480 000 samples), as LAION-CLAP was trained:
+10 s windows (480 000 samples, ``das_core.audio.windows``), as LAION-CLAP was
+trained:
 
 * any container libsndfile reads (WAV, FLAC, OGG/Vorbis, AIFF, MP3, ...) is
-  decoded by libsndfile (the fast path); everything else FFmpeg reads (AAC in
+  decoded by libsndfile (the fast path, here); everything else FFmpeg reads (AAC in
   M4A/MP4/MOV, Opus/Vorbis in WebM/Matroska, WMA, AMR, AC-3, ...) by FFmpeg
   through PyAV (``das_core.audio.ffmpeg``). Both read a file object or bytes, never
   a path, so S3 objects stream through ranged reads; ``AudioStream.decoder``
   says which one read a file;
 * channels are averaged to mono, then resampled with soxr's streaming
   resampler (quality "HQ"): a one-hour file is never held whole in memory;
-* windows follow METHOD.md §6: consecutive 10 s windows; a tail of at least
-  1 s becomes one more window; a file shorter than 10 s is one window; short
-  windows are repeat-padded exactly as LAION's ``repeatpad`` (whole repeats,
-  then zeros).
+* headers, non-finite samples and streams that end early are refused as
+  ``AudioDecodeError`` with one of the kinds of ``das_core.audio.info``.
 
 The pipeline's fast path is ``AudioStream.int16_windows()`` (or ``windows()``
 with ``quantize_int16(..., out=)`` when noise is mixed in): no allocation per
@@ -26,105 +25,53 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import IO, Protocol
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-Seconds = float
-
-SAMPLE_RATE = 48_000
-WINDOW_SECONDS: Seconds = 10.0
-WINDOW_SAMPLES = 480_000
-MIN_TAIL_SECONDS: Seconds = 1.0
+from das_core.audio.info import (
+    EMPTY,
+    FFMPEG,
+    LIBSNDFILE,
+    NON_FINITE,
+    NOT_AUDIO,
+    TRUNCATED,
+    UNREADABLE,
+    UNSUPPORTED,
+    AudioInfo,
+    Seconds,
+    block_frames_for,
+)
+from das_core.audio.windows import (
+    MIN_TAIL_SECONDS,
+    SAMPLE_RATE,
+    WINDOW_SAMPLES,
+    Window,
+    quantize_int16,
+    segment,
+)
 
 MIN_INPUT_RATE = 1_000
 MAX_INPUT_RATE = 768_000
 MAX_CHANNELS = 64
-
-# Error kinds, shared with the jobs' summaries and the `files/` table.
-EMPTY = "empty"
-TRUNCATED = "truncated"
-NOT_AUDIO = "not_audio"
-NON_FINITE = "non_finite"
-UNREADABLE = "unreadable"
-UNSUPPORTED = "unsupported"
-MISSING = "missing"
-DECODER_CRASH = "decoder_crash"     # the decoding process died twice on this input (das_core.label.units)
-
-# Which decoder read a file (``AudioStream.decoder``).
-LIBSNDFILE = "libsndfile"
-FFMPEG = "ffmpeg"
 
 # Containers libsndfile cannot read: these go straight to FFmpeg. Any other
 # file libsndfile refuses (MP2 and MPA it reads) is offered to FFmpeg too.
 FFMPEG_EXTENSIONS = (".m4a", ".m4b", ".m4r", ".mp4", ".aac", ".mov", ".3gp", ".3g2", ".webm", ".mka", ".mkv",
                      ".wma", ".asf", ".amr", ".ac3", ".eac3", ".dts", ".ape", ".wv", ".tta")
 
-# Decoded samples (frames x channels) per block: 2 MiB of float32. Larger blocks cut per-call overhead
-# (1 << 18 stereo frames measured 3-4 % faster per window than 1 << 16); memory stays a few MiB.
-BLOCK_SAMPLES = 1 << 19
-
-
-def block_frames_for(channels: int) -> int:
-    return max(1 << 12, BLOCK_SAMPLES // max(channels, 1))
-
 
 class AudioDecodeError(Exception):
-    """A file that cannot be turned into audio; ``kind`` is one of the error kinds above."""
+    """A file that cannot be turned into audio; ``kind`` is one of the error kinds of ``das_core.audio.info``."""
 
     def __init__(self, name: str, kind: str, cause: str):
         self.name = name
         self.kind = kind
         self.cause = cause
         super().__init__(f"{name}: {kind}: {cause}")
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    """What the container declares. ``frames_exact`` is False where ``frames`` is FFmpeg's estimate
-    (from a bitrate, or a duration rounded to milliseconds): it is then no basis for a truncation check."""
-
-    sample_rate: int
-    channels: int
-    frames: int
-    format: str
-    subtype: str
-    frames_exact: bool = True
-
-    @property
-    def duration_s(self) -> Seconds:
-        return self.frames / self.sample_rate
-
-
-@dataclass(frozen=True)
-class Window:
-    """One model input: ``samples`` is float32 ``[WINDOW_SAMPLES]``.
-
-    The first ``length`` samples are real audio starting at stream sample
-    ``start``; the rest (if any) is repeat-padding, so ``samples[:length]``
-    is always the unpadded audio.
-    """
-
-    index: int
-    start: int
-    length: int
-    samples: np.ndarray
-
-    @property
-    def start_s(self) -> Seconds:
-        return self.start / SAMPLE_RATE
-
-    @property
-    def end_s(self) -> Seconds:
-        return (self.start + self.length) / SAMPLE_RATE
-
-    @property
-    def real(self) -> np.ndarray:
-        return self.samples[: self.length]
 
 
 _SHOULD_BE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -151,9 +98,14 @@ class _Reader(Protocol):
     frames_read: int
     truncation_slack: int | None     # frames a stream may end short of ``info.frames``; None: no check
 
-    def blocks(self) -> Iterator[np.ndarray]: ...
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The audio as mono float32 blocks at the input rate, counted in ``frames_read``; ``AudioDecodeError``
+        where decoding fails."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the container (idempotent)."""
+        ...
 
 
 class _SndfileReader:
@@ -177,6 +129,8 @@ class _SndfileReader:
         self._block_frames = block_frames or block_frames_for(f.channels)
 
     def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks of ``block_frames`` frames (the last one shorter), each a view of one buffer that
+        the next block overwrites; ``AudioDecodeError`` (truncated or unreadable) where libsndfile fails."""
         info, n = self.info, self._block_frames
         channels = info.channels
         raw = np.empty(n if channels == 1 else (n, channels), dtype=np.float32)
@@ -199,6 +153,7 @@ class _SndfileReader:
                 return
 
     def close(self) -> None:
+        """Close libsndfile's handle."""
         self._sf.close()
 
 
@@ -304,6 +259,7 @@ class AudioStream:
         self.close()
 
     def close(self) -> None:
+        """Close the decoder and the container it reads (the source file object stays open)."""
         self._reader.close()
 
     def _checked_blocks(self) -> Iterator[np.ndarray]:
@@ -416,118 +372,6 @@ def _open_error(name: str, exc: Exception) -> AudioDecodeError:
     if "malformed" in msg.lower():
         return AudioDecodeError(name, TRUNCATED, f"malformed or truncated container ({msg})")
     return AudioDecodeError(name, UNREADABLE, msg)
-
-
-def repeat_pad(samples: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
-    """LAION's ``repeatpad``: as many whole repeats as fit, then zeros, to ``length``."""
-    n = len(samples)
-    if n == 0:
-        raise ValueError("cannot repeat-pad zero samples")
-    if n >= length:
-        return np.ascontiguousarray(samples[:length], dtype=np.float32)
-    out = np.zeros(length, dtype=np.float32)
-    repeats = length // n
-    out[: repeats * n] = np.tile(samples, repeats)
-    return out
-
-
-def segment(
-    blocks: Iterable[np.ndarray],
-    *,
-    window: int = WINDOW_SAMPLES,
-    hop: int = WINDOW_SAMPLES,
-    min_tail: int = int(MIN_TAIL_SECONDS * SAMPLE_RATE),
-    reuse: bool = False,
-) -> Iterator[Window]:
-    """Cut a stream of mono blocks into windows, holding at most one window in memory.
-
-    Full windows start every ``hop`` samples. After the last full window, the
-    samples it did not cover form one more (repeat-padded) window if there are
-    at least ``min_tail`` of them. A stream shorter than one window yields one
-    repeat-padded window if it has any sample at all.
-
-    With ``reuse`` every window's ``samples`` is the same buffer, overwritten
-    when the next window is requested (no copy per window).
-    """
-    if not 0 < hop <= window:
-        raise ValueError(f"hop must be in 1..{window} samples, got {hop}")
-    buf = np.empty(window, dtype=np.float32)
-    fill = 0            # valid samples in buf
-    start = 0           # stream position of buf[0]
-    covered = 0         # stream position up to which full windows have covered
-    index = 0
-    for block in blocks:
-        pos = 0
-        while pos < len(block):
-            take = min(window - fill, len(block) - pos)
-            buf[fill:fill + take] = block[pos:pos + take]
-            fill += take
-            pos += take
-            if fill == window:
-                yield Window(index, start, window, buf if reuse else buf.copy())
-                index += 1
-                covered = start + window
-                buf[: window - hop] = buf[hop:]
-                fill -= hop
-                start += hop
-    total = start + fill
-    tail = fill > 0 and (index == 0 or total - covered >= min_tail)
-    if tail:
-        yield Window(index, start, fill, _repeat_pad_in_place(buf, fill) if reuse else repeat_pad(buf[:fill], window))
-
-
-def _repeat_pad_in_place(buf: np.ndarray, n: int) -> np.ndarray:
-    """``repeat_pad(buf[:n], len(buf))`` written into ``buf`` itself."""
-    length = len(buf)
-    repeats = length // n
-    done = n
-    while done < repeats * n:                   # doubling copies: log2(repeats) slices
-        step = min(done, repeats * n - done)
-        buf[done:done + step] = buf[:step]
-        done += step
-    buf[repeats * n:] = 0.0
-    return buf
-
-
-def window_count(n_samples: int, *, window: int = WINDOW_SAMPLES, hop: int = WINDOW_SAMPLES,
-                 min_tail: int = int(MIN_TAIL_SECONDS * SAMPLE_RATE)) -> int:
-    """How many windows ``segment`` yields for ``n_samples`` samples at 48 kHz."""
-    if n_samples <= 0:
-        return 0
-    if n_samples < window:
-        return 1
-    full = (n_samples - window) // hop + 1
-    covered = (full - 1) * hop + window
-    return full + (1 if n_samples - covered >= min_tail else 0)
-
-
-def quantize_int16(samples: np.ndarray, out: np.ndarray | None = None,
-                   scratch: np.ndarray | None = None) -> np.ndarray:
-    """LAION's ``float32_to_int16``: clip to [-1, 1], scale by 32767, truncate toward zero.
-
-    ``out`` (int16) and ``scratch`` (float32), both of ``samples``' shape, are
-    optional buffers to reuse; the result is bit-identical to
-    ``(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)`` either way.
-    """
-    samples = np.asarray(samples, dtype=np.float32)
-    if scratch is None:
-        scratch = np.empty(samples.shape, dtype=np.float32)
-    if out is None:
-        out = np.empty(samples.shape, dtype=np.int16)
-    np.clip(samples, -1.0, 1.0, out=scratch)
-    # the float32 product is cast to int16 in the same pass (C truncation, as astype)
-    np.multiply(scratch, np.float32(32767.0), out=out, casting="unsafe")
-    return out
-
-
-def dequantize_int16(samples: np.ndarray) -> np.ndarray:
-    """LAION's ``int16_to_float32``."""
-    return (samples / 32767.0).astype(np.float32)
-
-
-def int16_round_trip(samples: np.ndarray) -> np.ndarray:
-    """What LAION-CLAP does to every waveform before embedding it."""
-    return dequantize_int16(quantize_int16(samples))
 
 
 def load_mono48k(source: bytes | IO[bytes], name: str, max_seconds: Seconds | None = None) -> np.ndarray:

@@ -27,16 +27,8 @@ from typing import IO
 import av
 import numpy as np
 
-from das_core.audio.decode import (
-    EMPTY,
-    NOT_AUDIO,
-    TRUNCATED,
-    UNREADABLE,
-    UNSUPPORTED,
-    AudioDecodeError,
-    AudioInfo,
-    block_frames_for,
-)
+from das_core.audio.decode import AudioDecodeError
+from das_core.audio.info import EMPTY, NOT_AUDIO, TRUNCATED, UNREADABLE, UNSUPPORTED, AudioInfo, block_frames_for
 
 # Containers whose stored duration is a measurement (index or header), not a bitrate estimate.
 _DECLARED_LENGTH = {"mov", "mp4", "m4a", "matroska", "webm", "asf", "wav", "w64", "aiff", "caf"}
@@ -109,6 +101,8 @@ class FFmpegReader:
         return info, slack
 
     def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks at the input rate (views of one accumulator, valid until the next block);
+        ``AudioDecodeError`` where FFmpeg fails (truncated after the first samples) or the stream changes format."""
         info = self.info
         rate, channels = info.sample_rate, info.channels
         acc = np.empty(self._block_frames, dtype=np.float32)
@@ -150,6 +144,7 @@ class FFmpegReader:
         return block
 
     def close(self) -> None:
+        """Close PyAV's container."""
         self._container.close()
 
 

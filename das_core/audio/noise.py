@@ -22,13 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.audio.decode import SAMPLE_RATE, load_mono48k
+from das_core.audio.decode import load_mono48k
+from das_core.audio.windows import SAMPLE_RATE
 from das_core.io import storage
 
 Decibels = float
 
 
 def signal_power(x: np.ndarray) -> float:
+    """Mean square of ``x`` (summed in float64); 0.0 for no samples."""
     return float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
 
 
@@ -93,14 +95,19 @@ def noise_rng(seed: int, clip_id: str, segment: int, snr_db: Decibels) -> np.ran
 
 @dataclass(frozen=True)
 class NoiseChoice:
+    """Which noise recording a window gets, and where in it the excerpt starts."""
+
     index: int          # which recording of the bank
     position: float     # offset as a fraction of that recording's length, in [0, 1)
 
     def offset(self, n_samples: int) -> int:
+        """The start sample for a recording of ``n_samples`` samples (always inside it)."""
         return min(int(self.position * n_samples), max(n_samples - 1, 0))
 
 
 def choose_noise(n_recordings: int, seed: int, clip_id: str, segment: int, snr_db: Decibels) -> NoiseChoice:
+    """The recording and position for one window, a pure function of ``seed``, clip, segment and SNR (the same on
+    every rerun and worker); ``ValueError`` for an empty bank."""
     if n_recordings <= 0:
         raise ValueError("the noise bank is empty")
     rng = noise_rng(seed, clip_id, segment, snr_db)
@@ -109,6 +116,8 @@ def choose_noise(n_recordings: int, seed: int, clip_id: str, segment: int, snr_d
 
 @dataclass(frozen=True)
 class NoisyClip:
+    """A window with noise mixed in, and where the noise came from (recorded in the ``segments/`` rows)."""
+
     samples: np.ndarray
     noise_uri: str
     offset_s: float
@@ -141,6 +150,8 @@ class NoiseBank:
         self.__init__(state["uris"], max_seconds=state["max_seconds"], cache_bytes=state["cache_bytes"])
 
     def recording(self, index: int) -> np.ndarray:
+        """Recording ``index`` of the bank, decoded whole to mono 48 kHz (cached; the least recently used ones
+        are dropped beyond ``cache_bytes``); ``AudioDecodeError`` if it cannot be decoded or is too long."""
         with self._lock:
             if index in self._cache:
                 self._cache.move_to_end(index)

@@ -26,20 +26,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES
 from das_core.clap import checkpoint as ckpt
-from das_core.clap.encoder import ROBERTA_PROBES, ROBERTA_VOCAB_SIZE, EncoderError, TokenizerError
+from das_core.clap.formats import Architecture, hf_architecture, read_hf_config
 from das_core.clap.offline import hf_offline
+from das_core.clap.tokenizer import verify_tokenizer
+from das_core.errors import CheckpointError, EncoderError, TokenizerError
 
 FEATURE_CONFIGS = ("preprocessor_config.json", "processor_config.json")
-# Round-trip probe: any faithful byte-level tokenizer gives this text back from its ids.
-TOKENIZER_PROBE = "the sound of a dog barking at 3 a.m. near Zürich, then rain"
 
 
 @dataclass
 class HFClap:
+    """A ``ClapModel`` folder loaded by ``load_hf_clap``: model, architecture, verified tokenizer, feature front
+    end, the folder, and its fingerprint."""
+
     model: object               # transformers ClapModel, eval mode, float32, CPU
-    arch: ckpt.Architecture
+    arch: Architecture
     tokenizer: object
     front_end: LogMelFrontEnd
     local_path: str
@@ -48,8 +51,8 @@ class HFClap:
 
 def load_hf_clap(folder: str) -> HFClap:
     """Read, verify and load a saved ``ClapModel`` folder (see module docstring)."""
-    config = ckpt.read_hf_config(folder)
-    arch = ckpt.hf_architecture(config)
+    config = read_hf_config(folder)
+    arch = hf_architecture(config)
     tokenizer = load_tokenizer(folder, config.get("text_config") or {})
     front_end = LogMelFrontEnd.from_folder(folder, config.get("audio_config") or {})
     model = load_model(folder)
@@ -69,19 +72,19 @@ def load_model(folder: str):
             model, info = ClapModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
                                                     output_loading_info=True)
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        raise ckpt.CheckpointError(f"{folder}: could not load the Hugging Face ClapModel "
+        raise CheckpointError(f"{folder}: could not load the Hugging Face ClapModel "
                                    f"({str(exc).splitlines()[0][:300]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     problems = [f"{kind} {sorted(str(x) for x in keys)[:8]}" for kind, keys in info.items()
                 if kind != "error_msgs" and keys] + [str(m) for m in info.get("error_msgs") or []]
     if problems:
-        raise ckpt.CheckpointError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems))
+        raise CheckpointError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems))
     return model.eval()
 
 
 def load_tokenizer(folder: str, text_config: dict):
-    """The folder's tokenizer, refused unless it fits the model's text tower (see ``verify_tokenizer``)."""
+    """The folder's tokenizer; ``TokenizerError`` unless it fits the model's text tower (``verify_tokenizer``)."""
     from transformers import AutoTokenizer
 
     try:
@@ -93,40 +96,6 @@ def load_tokenizer(folder: str, text_config: dict):
                              f"tokenizer.save_pretrained)") from None
     verify_tokenizer(tokenizer, text_config, folder)
     return tokenizer
-
-
-def verify_tokenizer(tokenizer, text_config: dict, source: str) -> None:
-    """Refuse a tokenizer whose vocabulary, padding id or round trip does not fit the text tower.
-
-    Offline, transformers may build a stand-in tokenizer with a handful of
-    tokens instead of failing; its ids would be garbage for the model.
-    """
-    vocab = int(text_config.get("vocab_size", ROBERTA_VOCAB_SIZE))
-    pad = text_config.get("pad_token_id", 1)
-    if len(tokenizer) != vocab:
-        raise TokenizerError(f"the tokenizer in {source} has {len(tokenizer)} tokens, but the model's text tower "
-                             f"has a vocabulary of {vocab} (text_config.vocab_size): it is not this model's "
-                             f"tokenizer")
-    if tokenizer.pad_token_id != pad:
-        raise TokenizerError(f"the tokenizer in {source} pads with id {tokenizer.pad_token_id}, the model's text "
-                             f"tower with {pad} (text_config.pad_token_id)")
-    ids = tokenizer(TOKENIZER_PROBE)["input_ids"]
-    back = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    if back != TOKENIZER_PROBE or tokenizer.unk_token_id in ids or not all(0 <= i < vocab for i in ids):
-        raise TokenizerError(f"the tokenizer in {source} fails a round trip: {TOKENIZER_PROBE!r} -> {ids[:24]} "
-                             f"-> {back!r}")
-    if vocab == ROBERTA_VOCAB_SIZE:     # the published CLAP models use roberta-base's vocabulary: check its ids
-        for text, want in ROBERTA_PROBES.items():
-            got = tokenizer(text)["input_ids"]
-            if got != want:
-                raise TokenizerError(f"the tokenizer in {source} encodes {text!r} as {got}, roberta-base (the "
-                                     f"vocabulary of {ROBERTA_VOCAB_SIZE} tokens) gives {want}")
-
-
-def max_text_tokens(tokenizer, text_config: dict) -> int:
-    """Longest token sequence the text tower has positions for (RoBERTa numbers positions from pad id + 1)."""
-    positions = int(text_config.get("max_position_embeddings", 514)) - int(text_config.get("pad_token_id", 1)) - 1
-    return min(positions, int(getattr(tokenizer, "model_max_length", positions) or positions))
 
 
 class LogMelFrontEnd:
@@ -149,7 +118,7 @@ class LogMelFrontEnd:
         # preprocessor_config.json (hub folders), or processor_config.json with the feature extractor nested
         # inside (ClapProcessor.save_pretrained of transformers 5): ClapFeatureExtractor reads either
         if not any(os.path.isfile(os.path.join(folder, name)) for name in FEATURE_CONFIGS):
-            raise ckpt.CheckpointError(f"{folder} has no preprocessor_config.json or processor_config.json: save the "
+            raise CheckpointError(f"{folder} has no preprocessor_config.json or processor_config.json: save the "
                                        f"model's ClapFeatureExtractor (or ClapProcessor) into the folder; its mel "
                                        f"settings (e.g. frequency_min) are part of the model")
         with hf_offline():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from das_core.clap.checkpoint import RANDOM_WEIGHTS_NAME, Architecture
-from das_core.clap.encoder import ROBERTA_BASE_CONFIG, build_model
+from das_core.clap.formats import RANDOM_WEIGHTS_NAME, Architecture
+from das_core.clap.laion import ROBERTA_BASE_CONFIG, build_model
 
 
 def write_random_checkpoint(path: str, *, audio: str = "HTSAT-tiny", text: str = "transformer",
@@ -86,7 +86,7 @@ def write_random_hf_checkpoint(folder: str, *, audio: str = "test-tiny", fusion:
     import torch
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
 
-    from das_core.clap.checkpoint import HF_RANDOM_WEIGHTS_KEY
+    from das_core.clap.formats import HF_RANDOM_WEIGHTS_KEY
 
     width, depths, heads = HF_AUDIO_SIZES[audio]
     tokenizer = byte_level_tokenizer()

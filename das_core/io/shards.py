@@ -177,7 +177,8 @@ class GuardedMember(io.RawIOBase):
         return self._guard(self._raw.tell, 0)
 
     def __exit__(self, *exc_info) -> None:
-        from das_core.audio.decode import TRUNCATED, AudioDecodeError
+        from das_core.audio.decode import AudioDecodeError
+        from das_core.audio.info import TRUNCATED
 
         self.close()
         self._raw.close()

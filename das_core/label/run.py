@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from das_core import __version__
-from das_core.audio.decode import MIN_TAIL_SECONDS, WINDOW_SECONDS
+from das_core.audio.windows import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.clap.encoder import DEFAULT_BATCH_SIZE
 from das_core.errors import WRITE_ERRNOS, Refused, RunFailed
 from das_core.io import storage

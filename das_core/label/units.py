@@ -32,18 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from das_core.audio.decode import (
-    DECODER_CRASH,
-    MISSING,
-    SAMPLE_RATE,
-    UNREADABLE,
-    WINDOW_SAMPLES,
-    AudioDecodeError,
-    AudioStream,
-    quantize_int16,
-    repeat_pad,
-)
+from das_core.audio.decode import AudioDecodeError, AudioStream
+from das_core.audio.info import DECODER_CRASH, MISSING, UNREADABLE
 from das_core.audio.noise import NoiseBank
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, quantize_int16, repeat_pad
 from das_core.io import storage
 from das_core.io.inputs import DEFAULT_EXTENSIONS
 from das_core.io.shards import PARQUET, TAR, Member, Skips, parquet_members, tar_members
@@ -200,7 +192,7 @@ class _Chunk:
 
 
 def _expected_windows(stream: AudioStream) -> int:
-    from das_core.audio.decode import window_count
+    from das_core.audio.windows import window_count
 
     return window_count(int(round(stream.info.duration_s * SAMPLE_RATE)))
 

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.audio.decode import WINDOW_SAMPLES
+from das_core.audio.windows import WINDOW_SAMPLES
 from das_core.label.units import ChunkMeta
 from das_core.output.store import (
     END_TAG,

@@ -15,8 +15,11 @@ from das_core.settings import setting
 
 log = logging.getLogger("das")
 
+
 @dataclass(frozen=True)
 class BuildConfig:
+    """The settings of ``das build-cache`` (each field one option); local paths are made absolute on construction."""
+
     labels: str = setting(metavar="FILE", help="class labels, one per line (local path or s3://); dataset spellings "
                           "such as dog_bark are turned into prompt text ('dog bark')")
     checkpoint: str = setting(metavar="CKPT", help="CLAP checkpoint: LAION .pt (local path, s3:// URI or a published "
@@ -49,12 +52,15 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class BuildInputs:
+    """What ``read_inputs`` read and checked: class labels, noise phrases, and the clean prompt ensemble (or None)."""
+
     labels: list[str]
     phrases: list[str]
     templates: list[str] | None
 
 
 def check_device(device: str) -> None:
+    """Refuse (``ConfigError``) a ``cuda`` device where torch sees no GPU; torch is imported only for cuda."""
     if not device.startswith("cuda"):
         return
     import torch
@@ -64,48 +70,56 @@ def check_device(device: str) -> None:
                           "(the default; text encoding is cheap)")
 
 
-def read_inputs(c: BuildConfig) -> BuildInputs:
-    """Read and check everything the build needs; refused here, before any model is loaded."""
+def read_inputs(config: BuildConfig) -> BuildInputs:
+    """Read and check everything the build needs: labels, noise phrases, templates, the output and the device.
+
+    Raises ``ConfigError`` (and the storage errors of reading the files) here, before any model is loaded.
+    """
     from das_core.scoring.cache import validate_build_inputs, validate_clean_templates
 
-    check_output_file(c.out)
-    labels = read_lines_from(c.labels, "labels")
-    phrases = read_lines_from(c.noise_phrases, "noise phrases") if c.noise_phrases else list(DEFAULT_NOISE_PHRASES)
+    check_output_file(config.out)
+    labels = read_lines_from(config.labels, "labels")
+    phrases = (read_lines_from(config.noise_phrases, "noise phrases") if config.noise_phrases
+               else list(DEFAULT_NOISE_PHRASES))
     if not labels:
-        raise ConfigError(f"labels file {c.labels} has no labels (only blank lines or # comments); "
+        raise ConfigError(f"labels file {config.labels} has no labels (only blank lines or # comments); "
                           "write one label per line")
     templates = None
-    if c.clean_templates:
-        if c.clean_template != CLEAN_TEMPLATE:
+    if config.clean_templates:
+        if config.clean_template != CLEAN_TEMPLATE:
             raise ConfigError("give either --clean-template or --clean-templates, not both")
-        templates = read_lines_from(c.clean_templates, "clean templates")
+        templates = read_lines_from(config.clean_templates, "clean templates")
     try:
         if templates is not None:
             validate_clean_templates(templates)
-        validate_build_inputs(labels, phrases, templates[0] if templates else c.clean_template,
-                              c.noisy_template, c.lam)
+        validate_build_inputs(labels, phrases, templates[0] if templates else config.clean_template,
+                              config.noisy_template, config.lam)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    check_device(c.device)
+    check_device(config.device)
     return BuildInputs(labels, phrases, templates)
 
 
-def build_cache(c: BuildConfig) -> str:
-    """Build and save the drift cache of ``c``; the summary to print."""
+def build_cache(config: BuildConfig) -> str:
+    """Build and save the drift cache ``config`` describes; returns the summary to print.
+
+    Raises ``ConfigError`` (via ``read_inputs``) before any model is loaded, and the encoder's refusals
+    (``CheckpointError``, ``TokenizerError``) while loading it.
+    """
     from das_core.clap.encoder import ClapEncoder
     from das_core.scoring.cache import DriftCache
 
-    given = read_inputs(c)
+    given = read_inputs(config)
     start = time.monotonic()
-    log.info("loading checkpoint %s", c.checkpoint)
-    encoder = ClapEncoder.from_checkpoint(c.checkpoint, device=c.device, tokenizer_dir=c.tokenizer_dir)
-    cache = DriftCache.build(encoder.embed_text, given.labels, given.phrases, clean_template=c.clean_template,
-                             noisy_template=c.noisy_template, lam=c.lam, encoder_id=encoder.encoder_id,
+    log.info("loading checkpoint %s", config.checkpoint)
+    encoder = ClapEncoder.from_checkpoint(config.checkpoint, device=config.device, tokenizer_dir=config.tokenizer_dir)
+    cache = DriftCache.build(encoder.embed_text, given.labels, given.phrases, clean_template=config.clean_template,
+                             noisy_template=config.noisy_template, lam=config.lam, encoder_id=encoder.encoder_id,
                              encoder_name=encoder.name, clean_templates=given.templates)
-    cache.save(c.out)
+    cache.save(config.out)
     zero = cache.zero_drift_labels
     templates = len(cache.clean_templates) or 1
-    return (f"drift cache written to {c.out}\n"
+    return (f"drift cache written to {config.out}\n"
             f"  classes:           {len(cache.labels)}\n"
             f"  noise phrases:     {len(cache.noise_phrases)}\n"
             f"  clean templates:   {templates}\n"

@@ -88,6 +88,15 @@ def project_rows(z: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DriftCache:
+    """The text side of DAS for one checkpoint: clean prototypes ``C``, unit drift directions ``Dhat`` and ``lam``.
+
+    Built once from prompt embeddings (``build``), saved as ``.npz`` plus JSON
+    metadata (never a pickle: ``load`` runs no code), and broadcast to every
+    worker. ``scores(z)`` is ``z . C + lam * z . Dhat`` for unit-norm audio
+    embeddings ``z``; ``fingerprint`` identifies what the scores depend on, and
+    ``check_encoder`` refuses embeddings of another checkpoint.
+    """
+
     labels: tuple[str, ...]
     label_texts: tuple[str, ...]
     noise_phrases: tuple[str, ...]
@@ -169,14 +178,18 @@ class DriftCache:
     # -------------------------------------------------------------- scoring
     @property
     def dim(self) -> int:
+        """The embedding dimension ``d``."""
         return int(self.clean.shape[1])
 
     @property
     def n_text_encodings(self) -> int:
+        """How many prompts the build encoded: K x (clean templates + noise phrases)."""
         return len(self.labels) * (max(1, len(self.clean_templates)) + len(self.noise_phrases))
 
     @property
     def zero_drift_labels(self) -> tuple[str, ...]:
+        """Classes whose noisy prompts did not move from the clean one (``||D_c||`` at most ``ZERO_DRIFT_EPS``):
+        their drift bonus is zero."""
         return tuple(lb for lb, n in zip(self.labels, self.drift_norm) if n <= ZERO_DRIFT_EPS)
 
     def _project(self, z: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -198,12 +211,14 @@ class DriftCache:
         return self._project(z, self.drift_direction)
 
     def with_lam(self, lam: float) -> DriftCache:
+        """The same cache with another ``lam`` (a new fingerprint); ``ValueError`` unless finite and >= 0."""
         if not np.isfinite(lam) or lam < 0:
             raise ValueError(f"lam must be a finite number >= 0, got {lam}")
         return dataclasses.replace(self, lam=float(lam))
 
     # --------------------------------------------------------- identity, I/O
     def metadata(self) -> dict:
+        """The JSON metadata saved beside the arrays: format, labels, templates, phrases, ``lam``, encoder, dim."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -248,6 +263,7 @@ class DriftCache:
                 f"embeddings: rebuild it with `das build-cache --checkpoint {checkpoint} ...`.")
 
     def to_bytes(self) -> bytes:
+        """The cache as ``.npz`` bytes: the three arrays, and the metadata with fingerprint and array digest."""
         meta = self.metadata()
         meta["das_version"] = __version__
         meta["fingerprint"] = self.fingerprint
@@ -258,10 +274,13 @@ class DriftCache:
         return buf.getvalue()
 
     def save(self, uri: str) -> None:
+        """Write ``to_bytes()`` to ``uri`` (local path or s3://) atomically."""
         storage.write_bytes_atomic(uri, self.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "cache") -> DriftCache:
+        """The cache ``to_bytes`` wrote; ``CacheError`` (naming ``name``) for anything else, another format
+        version, or arrays and metadata that do not match their recorded digests."""
         try:
             npz = np.load(io.BytesIO(data), allow_pickle=False)
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -303,6 +322,7 @@ class DriftCache:
 
     @classmethod
     def load(cls, uri: str) -> DriftCache:
+        """The cache saved at ``uri`` (local path or s3://); ``CacheError`` if it is missing or not a valid cache."""
         try:
             data = storage.read_bytes(uri)
         except FileNotFoundError:

@@ -42,6 +42,8 @@ def average_precision(positive: np.ndarray, score: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class MapResult:
+    """Mean average precision with its parts; ``float(result)`` is the macro mean."""
+
     value: float                 # macro mean over classes that have at least one positive
     per_class: np.ndarray        # (K,) AP, NaN for excluded classes
     n_excluded: int              # classes without positives, left out of the mean

@@ -52,6 +52,7 @@ def label_text(label: str) -> str:
 
 
 def template_fields(template: str) -> set[str]:
+    """The names of the ``{fields}`` in a ``str.format`` template."""
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 

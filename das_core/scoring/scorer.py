@@ -87,24 +87,29 @@ class Labelled:
 
     @property
     def score(self) -> np.ndarray:
+        """(n,) the best DAS score of each row."""
         return self.top_k_scores[:, 0]
 
     @property
     def label(self) -> list[str]:
+        """The best DAS class of each row, by name."""
         return [self.names[i] for i in self.top_k_index[:, 0]]
 
     @property
     def top_k_labels(self) -> list[list[str]]:
+        """Each row's top-k DAS classes, by name, best first."""
         return [[self.names[i] for i in row] for row in self.top_k_index]
 
     @property
     def zs_label(self) -> list[str]:
+        """The plain zero-shot winner of each row, by name."""
         return [self.names[i] for i in self.zs_index]
 
     def __len__(self) -> int:
         return len(self.zs_index)
 
     def take(self, rows: np.ndarray) -> Labelled:
+        """The labels of ``rows`` (an index or mask array) only."""
         return Labelled(self.names, self.top_k_index[rows], self.top_k_scores[rows], self.zs_index[rows],
                         self.zs_score[rows], None if self.top_k_probs is None else self.top_k_probs[rows])
 

@@ -9,18 +9,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from das_core.audio import decode as audio
-from das_core.audio.decode import (
-    FFMPEG,
-    FFMPEG_EXTENSIONS,
-    LIBSNDFILE,
-    SAMPLE_RATE,
-    WINDOW_SAMPLES,
-    AudioDecodeError,
-    AudioStream,
-    load_mono48k,
-    window_count,
-)
+from das_core.audio import info
+from das_core.audio.decode import FFMPEG_EXTENSIONS, AudioDecodeError, AudioStream, load_mono48k
+from das_core.audio.info import FFMPEG, LIBSNDFILE
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, window_count
 from das_core.io.inputs import DEFAULT_EXTENSIONS, list_inputs
 
 
@@ -234,10 +226,10 @@ def lossy(tmp_path_factory):
 
 
 @pytest.mark.parametrize("key, name, cut, kind, words", [
-    ("m4a", "cut.m4a", 0.9, audio.TRUNCATED, "truncated MP4/MOV container"),
-    ("m4a-faststart", "cut.m4a", 0.5, audio.TRUNCATED, "decoding failed after"),
-    ("webm", "cut.webm", 0.5, audio.TRUNCATED, "of the 20.01 s its container declares"),
-    ("webm", "cut.webm", 0.9, audio.TRUNCATED, "its container declares"),
+    ("m4a", "cut.m4a", 0.9, info.TRUNCATED, "truncated MP4/MOV container"),
+    ("m4a-faststart", "cut.m4a", 0.5, info.TRUNCATED, "decoding failed after"),
+    ("webm", "cut.webm", 0.5, info.TRUNCATED, "of the 20.01 s its container declares"),
+    ("webm", "cut.webm", 0.9, info.TRUNCATED, "its container declares"),
 ], ids=["m4a-no-index", "m4a-faststart", "webm-half", "webm-90"])
 def test_truncated_ffmpeg_files(lossy, key, name, cut, kind, words):
     data = lossy[key]
@@ -249,13 +241,13 @@ def test_truncated_ffmpeg_files(lossy, key, name, cut, kind, words):
 
 
 @pytest.mark.parametrize("data, name, kind, words", [
-    (b"", "empty.m4a", audio.EMPTY, "zero bytes"),
-    (np.random.default_rng(0).bytes(50_000), "garbage.m4a", audio.NOT_AUDIO, "not an audio file FFmpeg can read"),
-    (np.random.default_rng(1).bytes(50_000), "garbage.webm", audio.NOT_AUDIO, "not an audio file"),
-    (b"plain text, not a film\n" * 100, "notes.mp4", audio.NOT_AUDIO, "not an audio file"),
-    (np.random.default_rng(2).bytes(50_000), "garbage.bin", audio.NOT_AUDIO, "libsndfile or FFmpeg"),
-    (video_only_mp4(), "video.mp4", audio.NOT_AUDIO, "no audio stream"),
-    (video_only_mp4(), "video-misnamed.wav", audio.NOT_AUDIO, "no audio stream"),
+    (b"", "empty.m4a", info.EMPTY, "zero bytes"),
+    (np.random.default_rng(0).bytes(50_000), "garbage.m4a", info.NOT_AUDIO, "not an audio file FFmpeg can read"),
+    (np.random.default_rng(1).bytes(50_000), "garbage.webm", info.NOT_AUDIO, "not an audio file"),
+    (b"plain text, not a film\n" * 100, "notes.mp4", info.NOT_AUDIO, "not an audio file"),
+    (np.random.default_rng(2).bytes(50_000), "garbage.bin", info.NOT_AUDIO, "libsndfile or FFmpeg"),
+    (video_only_mp4(), "video.mp4", info.NOT_AUDIO, "no audio stream"),
+    (video_only_mp4(), "video-misnamed.wav", info.NOT_AUDIO, "no audio stream"),
 ], ids=["empty", "garbage-m4a", "garbage-webm", "text-mp4", "garbage-fallback", "video-only", "video-misnamed"])
 def test_hostile_inputs_through_ffmpeg(data, name, kind, words):
     with pytest.raises(AudioDecodeError) as err:
@@ -269,7 +261,7 @@ def test_absurd_rate_through_ffmpeg_is_unsupported():
     sf.write(buf, tones(1.0, 500, 1), 500, format="WAV")
     with pytest.raises(AudioDecodeError) as err:
         AudioStream(buf.getvalue(), "slow.wav", decoder=FFMPEG)
-    assert err.value.kind == audio.UNSUPPORTED and "sample rate 500 Hz" in str(err.value)
+    assert err.value.kind == info.UNSUPPORTED and "sample rate 500 Hz" in str(err.value)
 
 
 def test_load_mono48k_bounds_ffmpeg_files_by_decoded_length():
@@ -277,7 +269,7 @@ def test_load_mono48k_bounds_ffmpeg_files_by_decoded_length():
     assert len(load_mono48k(data, "ok.aac", max_seconds=10)) == pytest.approx(6 * SAMPLE_RATE, abs=4800)
     with pytest.raises(AudioDecodeError) as err:
         load_mono48k(data, "long.aac", max_seconds=3)
-    assert err.value.kind == audio.UNSUPPORTED
+    assert err.value.kind == info.UNSUPPORTED
 
 
 def test_folder_listing_picks_up_ffmpeg_formats(tmp_path):

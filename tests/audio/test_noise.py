@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 from conftest import sine, write_audio
 
-from das_core.audio.decode import SAMPLE_RATE
 from das_core.audio.noise import (
     NoiseBank,
     choose_noise,
@@ -11,6 +10,7 @@ from das_core.audio.noise import (
     noise_gain,
     realised_snr_db,
 )
+from das_core.audio.windows import SAMPLE_RATE
 
 rng = np.random.default_rng(7)
 CLEAN = sine(440, 2.0, SAMPLE_RATE, amp=0.3)

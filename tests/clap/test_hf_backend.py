@@ -12,10 +12,12 @@ import pytest
 import torch
 from conftest import sine
 
-from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
 from das_core.clap import checkpoint as ckpt
-from das_core.clap.encoder import ClapEncoder, TokenizerError
+from das_core.clap import formats
+from das_core.clap.encoder import ClapEncoder
 from das_core.clap.random_weights import byte_level_tokenizer, write_random_hf_checkpoint
+from das_core.errors import CheckpointError, TokenizerError
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
 
@@ -44,7 +46,7 @@ def hf_model(request, hf_folder, hf_fused_folder):
 
 
 def clips(seconds):
-    """Noisy tones, one per duration (all at most 10 s), int16-round-tripped as das_core.audio.decode delivers them."""
+    """Noisy tones, one per duration (all at most 10 s), int16-round-tripped as das_core.audio.windows delivers them."""
     rng = np.random.default_rng(0)
     out = []
     for i, s in enumerate(seconds):
@@ -189,20 +191,20 @@ def test_tokenizer_failing_round_trip_is_refused(hf_folder, tmp_path):
 def test_folders_that_are_not_clap_models_are_refused(hf_folder, tmp_path):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ckpt.CheckpointError, match="'bert' model, not a CLAP model"):
+    with pytest.raises(CheckpointError, match="'bert' model, not a CLAP model"):
         ClapEncoder.from_checkpoint(str(tmp_path / "bert"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ckpt.CheckpointError, match="holds no config.json"):
+    with pytest.raises(CheckpointError, match="holds no config.json"):
         ckpt.resolve(str(tmp_path / "empty"))
     no_fe = shutil.copytree(hf_folder, tmp_path / "no-fe")
     os.unlink(no_fe / "preprocessor_config.json")
-    with pytest.raises(ckpt.CheckpointError, match="no preprocessor_config.json or processor_config.json"):
+    with pytest.raises(CheckpointError, match="no preprocessor_config.json or processor_config.json"):
         ClapEncoder.from_checkpoint(str(no_fe))
     deeper = shutil.copytree(hf_folder, tmp_path / "deeper")
     config = json.loads((deeper / "config.json").read_text())
     config["text_config"]["num_hidden_layers"] = 2           # weights hold one layer
     (deeper / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ckpt.CheckpointError, match="do not fit config.json: missing_keys"):
+    with pytest.raises(CheckpointError, match="do not fit config.json: missing_keys"):
         ClapEncoder.from_checkpoint(str(deeper))
 
 
@@ -228,7 +230,7 @@ def test_s3_folder_is_downloaded_once(bucket, hf_folder, tmp_path, monkeypatch):
         fs.put(os.path.join(hf_folder, name), f"s3://{bucket}/models/hf-tiny/{name}")
     uri = f"s3://{bucket}/models/hf-tiny/"
     first = ckpt.resolve(uri)
-    assert os.path.isdir(first) and sorted(os.listdir(first)) == ckpt.hf_model_files(hf_folder)
+    assert os.path.isdir(first) and sorted(os.listdir(first)) == formats.hf_model_files(hf_folder)
     mtime = os.stat(os.path.join(first, "model.safetensors")).st_mtime_ns
     assert ckpt.resolve(uri) == first and os.stat(os.path.join(first, "model.safetensors")).st_mtime_ns == mtime
     assert ckpt.fingerprint(first) == ckpt.fingerprint(hf_folder)
@@ -243,9 +245,9 @@ def test_s3_folder_is_downloaded_once(bucket, hf_folder, tmp_path, monkeypatch):
 def test_hub_id_offline_fails_fast_with_instructions(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_HOME"] = str(tmp_path / "empty-hf-home")
-    code = ("from das_core.clap import checkpoint as ckpt\n"
+    code = ("from das_core.clap import checkpoint as ckpt\nfrom das_core.errors import CheckpointError\n"
             "try:\n    ckpt.resolve('laion/clap-htsat-unfused')\n"
-            "except ckpt.CheckpointError as e:\n    print('REFUSED', e)\n")
+            "except CheckpointError as e:\n    print('REFUSED', e)\n")
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 30
@@ -361,7 +363,7 @@ def test_laion_checkpoint_converted_to_hf_embeds_the_same_audio(tiny_ckpt, tmp_p
 
     folder = write_random_hf_checkpoint(str(tmp_path / "converted"), audio="HTSAT-tiny", projection_dim=512)
     model = ClapModel.from_pretrained(folder, local_files_only=True)
-    converted = laion_audio_to_hf(ckpt.load_state_dict(tiny_ckpt))
+    converted = laion_audio_to_hf(formats.load_state_dict(tiny_ckpt))
     own = model.state_dict()
     audio_keys = {k for k in own if k.startswith(("audio_model.", "audio_projection."))}
     assert set(converted) == audio_keys

@@ -27,7 +27,7 @@ import pytest
 import soundfile as sf
 from conftest import free_port, sine
 
-from das_core.audio.decode import DECODER_CRASH
+from das_core.audio.info import DECODER_CRASH
 from das_core.io import storage
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from conftest import sine
 
-from das_core.audio import decode as audio
-from das_core.audio.decode import SAMPLE_RATE, window_count
+from das_core.audio import info
+from das_core.audio.windows import SAMPLE_RATE, window_count
 from das_core.errors import Refused as UsageError
 from das_core.errors import RunFailed as JobFailed
 from das_core.output.manifest import RunManifest
@@ -36,11 +36,11 @@ GOOD = {
 }
 # name -> error kind
 BAD = {
-    "bad/zero.wav": audio.EMPTY,
-    "bad/cut.flac": audio.TRUNCATED,
-    "bad/random.wav": audio.NOT_AUDIO,
-    "bad/notes.ogg": audio.NOT_AUDIO,
-    "bad/nan.wav": audio.NON_FINITE,
+    "bad/zero.wav": info.EMPTY,
+    "bad/cut.flac": info.TRUNCATED,
+    "bad/random.wav": info.NOT_AUDIO,
+    "bad/notes.ogg": info.NOT_AUDIO,
+    "bad/nan.wav": info.NON_FINITE,
 }
 
 
@@ -249,8 +249,9 @@ def test_mismatched_cache_is_refused_before_any_work(s3_archive, other_ckpt, cac
 
 
 def test_noise_mixing_is_applied_and_recorded(s3_archive, cache_uri, tiny_ckpt, encoder, tmp_path, first_run):
-    from das_core.audio.decode import AudioStream, quantize_int16, segment
+    from das_core.audio.decode import AudioStream
     from das_core.audio.noise import NoiseBank
+    from das_core.audio.windows import quantize_int16, segment
 
     noise_dir = tmp_path / "noise"
     noise_dir.mkdir()
@@ -296,7 +297,7 @@ def test_manifest_input_with_missing_object(s3_archive, cache_uri, tiny_ckpt, tm
     m = run(config(manifest, cache_uri, tiny_ckpt, out))
     files = read(out, "files")
     assert files.file_id.tolist() == ["clip-1", "clip-2"]
-    assert files.status.tolist() == ["ok", "error"] and files.error_kind.tolist()[1] == audio.MISSING
+    assert files.status.tolist() == ["ok", "error"] and files.error_kind.tolist()[1] == info.MISSING
     assert m["counts"]["errors_by_kind"] == {"missing": 1}
 
 

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from conftest import label_run, read_output, sine
 
-from das_core.audio.decode import SAMPLE_RATE, window_count
+from das_core.audio.windows import SAMPLE_RATE, window_count
 from das_core.label.units import (
     ChunkMeta,
     DecodeProgress,

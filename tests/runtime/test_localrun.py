@@ -149,7 +149,7 @@ def test_error_budget_stops_a_local_run_early(small_cache, tiny_ckpt, tmp_path):
 def test_a_file_that_kills_the_decoder_is_one_error_row_in_a_local_run(archive, small_cache, tiny_ckpt, local_out,
                                                                       tmp_path, monkeypatch):
     """The decoder runs in a child process: its death costs that file one ``decoder_crash`` row, not the run."""
-    from das_core.audio.decode import DECODER_CRASH
+    from das_core.audio.info import DECODER_CRASH
 
     monkeypatch.setenv("DAS_TEST_CRASH_ON", "b.wav")           # the decoding process SIGKILLs itself there
     out = str(tmp_path / "out")

@@ -6,17 +6,9 @@ import pytest
 import soundfile as sf
 from conftest import sine, write_audio
 
-from das_core.audio import decode as audio
-from das_core.audio.decode import (
-    SAMPLE_RATE,
-    WINDOW_SAMPLES,
-    AudioDecodeError,
-    AudioStream,
-    load_mono48k,
-    repeat_pad,
-    segment,
-    window_count,
-)
+from das_core.audio import info
+from das_core.audio.decode import AudioDecodeError, AudioStream, downmix, load_mono48k
+from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, segment, window_count
 
 
 def windows_of(path):
@@ -35,29 +27,6 @@ def test_window_counts(tmp_path, seconds, expected):
     assert wins[0].start_s == 0.0
     assert wins[-1].end_s == pytest.approx(seconds if seconds < 10 or expected > seconds // 10 else 10 * expected,
                                           abs=1e-4)
-
-
-def test_short_file_is_repeat_padded_like_laion():
-    x = np.arange(1, 4, dtype=np.float32)
-    padded = repeat_pad(x, 7)
-    assert padded.tolist() == [1, 2, 3, 1, 2, 3, 0]
-    (w,) = list(segment([x], window=7, hop=7, min_tail=2))
-    assert w.length == 3 and w.real.tolist() == [1, 2, 3] and w.samples.tolist() == padded.tolist()
-
-
-def test_tail_rules_and_hop():
-    blocks = [np.ones(25, dtype=np.float32)]
-    assert [w.length for w in segment(blocks, window=10, hop=10, min_tail=5)] == [10, 10, 5]
-    assert [w.length for w in segment(blocks, window=10, hop=10, min_tail=6)] == [10, 10]
-    overl = list(segment(blocks, window=10, hop=5, min_tail=5))
-    assert [(w.start, w.length) for w in overl] == [(0, 10), (5, 10), (10, 10), (15, 10)]
-    assert window_count(25, window=10, hop=5, min_tail=5) == 4
-    # 2 samples after the last full window (15..25): a tail window from 20 holds the last 7 samples
-    tail = list(segment([np.ones(27, dtype=np.float32)], window=10, hop=5, min_tail=2))
-    assert [(w.start, w.length) for w in tail][-1] == (20, 7)
-    assert window_count(27, window=10, hop=5, min_tail=2) == 5
-    with pytest.raises(ValueError):
-        list(segment(blocks, window=10, hop=11))
 
 
 def test_one_hour_file_streams_in_bounded_memory(tmp_path):
@@ -136,29 +105,21 @@ def decode_all(data, name="clip"):
 
 
 @pytest.mark.parametrize("data, kind, words", [
-    (b"", audio.EMPTY, "zero bytes"),
-    (b"this is just some text, not audio at all\n" * 20, audio.NOT_AUDIO, "not an audio file"),
-    (np.random.default_rng(0).bytes(4096), audio.NOT_AUDIO, "not an audio file"),
-    (flac_bytes()[: len(flac_bytes()) // 2], audio.TRUNCATED, "decoding failed"),
-    (wav_bytes(sine(440, 2.0, 16000))[:30000], audio.TRUNCATED, "header declares"),
-    (wav_bytes(np.zeros(0, dtype=np.float32)), audio.EMPTY, "no audio frames"),
+    (b"", info.EMPTY, "zero bytes"),
+    (b"this is just some text, not audio at all\n" * 20, info.NOT_AUDIO, "not an audio file"),
+    (np.random.default_rng(0).bytes(4096), info.NOT_AUDIO, "not an audio file"),
+    (flac_bytes()[: len(flac_bytes()) // 2], info.TRUNCATED, "decoding failed"),
+    (wav_bytes(sine(440, 2.0, 16000))[:30000], info.TRUNCATED, "header declares"),
+    (wav_bytes(np.zeros(0, dtype=np.float32)), info.EMPTY, "no audio frames"),
     (wav_bytes(np.r_[np.zeros(100), np.nan, np.zeros(100)].astype(np.float32), subtype="FLOAT"),
-     audio.NON_FINITE, "NaN or infinite sample at 0.006"),
-    (wav_bytes(sine(100, 0.5, 500), rate=500), audio.UNSUPPORTED, "sample rate 500 Hz"),
+     info.NON_FINITE, "NaN or infinite sample at 0.006"),
+    (wav_bytes(sine(100, 0.5, 500), rate=500), info.UNSUPPORTED, "sample rate 500 Hz"),
 ], ids=["empty", "text", "random-bytes", "truncated-flac", "truncated-wav", "zero-frames", "nan", "absurd-rate"])
 def test_bad_inputs_raise_typed_errors(data, kind, words):
     with pytest.raises(AudioDecodeError) as err:
         decode_all(data, name="s3://bucket/bad.file")
     assert err.value.kind == kind
     assert "s3://bucket/bad.file" in str(err.value) and words in str(err.value)
-
-
-def test_int16_round_trip_matches_laion_formula():
-    x = np.linspace(-1.2, 1.2, 1001).astype(np.float32)
-    q = audio.quantize_int16(x)
-    assert q.dtype == np.int16 and q.max() == 32767 and q.min() == -32767
-    expected = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16) / 32767.0
-    np.testing.assert_array_equal(audio.int16_round_trip(x), expected.astype(np.float32))
 
 
 def old_path_int16(data: bytes, block=1 << 16) -> list[bytes]:
@@ -196,35 +157,6 @@ def test_downmix_matches_numpy_mean(channels):
     block = np.random.default_rng(channels).standard_normal((5000, channels)).astype(np.float32)
     mean = block.mean(axis=1, dtype=np.float32)
     if channels < 8:        # numpy adds up to 7 values in order: the same operations
-        np.testing.assert_array_equal(audio.downmix(block), mean)
+        np.testing.assert_array_equal(downmix(block), mean)
     else:                   # from 8 on numpy sums pairwise: the last bit may differ
-        np.testing.assert_allclose(audio.downmix(block), mean, rtol=0, atol=1e-6)
-
-
-def test_quantize_into_buffers_is_laions_formula_bit_for_bit():
-    rng = np.random.default_rng(3)
-    x = np.r_[rng.uniform(-1.5, 1.5, 100_000), [-1.0, 1.0, -0.0, 0.0, 1 / 32767, -1 / 32767, 0.99999994,
-                                                 -0.99999994, 1.0000001, 3e38, -3e38]].astype(np.float32)
-    old = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
-    out, scratch = np.empty(len(x), np.int16), np.empty(len(x), np.float32)
-    got = audio.quantize_int16(x, out=out, scratch=scratch)
-    assert got is out and got.dtype == np.int16
-    np.testing.assert_array_equal(got, old)
-    np.testing.assert_array_equal(audio.quantize_int16(x), old)
-    batch = x[:99_990].reshape(10, -1)
-    np.testing.assert_array_equal(audio.quantize_int16(batch), (np.clip(batch, -1, 1) * 32767.0).astype(np.int16))
-
-
-def test_windows_share_one_buffer_and_match_segment():
-    x = np.sin(np.arange(250_000, dtype=np.float32) / 7.0)
-    blocks = [x[i:i + 30_000] for i in range(0, len(x), 30_000)]
-    copied = [(w.start, w.length, w.samples) for w in segment(blocks, window=100_000, hop=40_000, min_tail=5)]
-    reused = []
-    for w in segment(blocks, window=100_000, hop=40_000, min_tail=5, reuse=True):
-        reused.append((w.start, w.length, w.samples.copy(), w.samples))
-    assert [r[:2] for r in reused] == [c[:2] for c in copied]
-    for (_, _, got, _), (_, _, want) in zip(reused, copied):
-        np.testing.assert_array_equal(got, want)
-    assert len({id(r[3]) for r in reused}) == 1
-    short = [w.samples.copy() for w in segment([x[:7]], window=20, hop=20, min_tail=1, reuse=True)]
-    np.testing.assert_array_equal(short[0], repeat_pad(x[:7], 20))
+        np.testing.assert_allclose(downmix(block), mean, rtol=0, atol=1e-6)
