@@ -54,6 +54,7 @@ def generate_example(folder: str, seed: int = 0) -> list[str]:
 def resolve_demo_checkpoint() -> str:
     from das_core.clap import checkpoint as ckpt
     from das_core.clap.random_weights import write_random_checkpoint
+    from das_core.errors import CheckpointError
 
     if os.environ.get("DAS_CHECKPOINT"):
         log.info("using DAS_CHECKPOINT=%s", os.environ["DAS_CHECKPOINT"])
@@ -62,7 +63,7 @@ def resolve_demo_checkpoint() -> str:
         path = ckpt.resolve("630k-audioset-best")
         log.info("using LAION's 630k-audioset-best (%s)", path)
         return path
-    except ckpt.CheckpointError as exc:
+    except CheckpointError as exc:
         log.debug("%s", exc)          # its advice names --checkpoint, an option the demo does not have
         log.warning("LAION's 630k-audioset-best cannot be downloaded here; set DAS_CHECKPOINT to a local copy "
                     "for real labels")

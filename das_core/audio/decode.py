@@ -34,6 +34,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from das_core.errors import AudioDecodeError
+
 Seconds = float
 
 SAMPLE_RATE = 48_000
@@ -71,16 +73,6 @@ BLOCK_SAMPLES = 1 << 19
 
 def block_frames_for(channels: int) -> int:
     return max(1 << 12, BLOCK_SAMPLES // max(channels, 1))
-
-
-class AudioDecodeError(Exception):
-    """A file that cannot be turned into audio; ``kind`` is one of the error kinds above."""
-
-    def __init__(self, name: str, kind: str, cause: str):
-        self.name = name
-        self.kind = kind
-        self.cause = cause
-        super().__init__(f"{name}: {kind}: {cause}")
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from das_core.clap.offline import hf_offline
-from das_core.errors import Refused
+from das_core.errors import CheckpointError
 from das_core.io import storage
+from das_core.io.s3 import is_s3
 
 LAION_BASE_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/"
 PUBLISHED = {
@@ -70,10 +71,6 @@ HF_MODEL_FILES = ("config.json", "preprocessor_config.json", "processor_config.j
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class CheckpointError(Refused):
-    """A checkpoint that cannot be found, fetched, read or recognised."""
-
-
 def cache_dir() -> str:
     return os.path.expanduser(os.environ.get("DAS_CACHE_DIR") or "~/.cache/das")
 
@@ -86,11 +83,11 @@ def published_url(name: str) -> str | None:
 
 def resolve(uri: str) -> str:
     """A local file or folder holding the checkpoint ``uri`` names (see module docstring)."""
-    local = not storage.is_s3(uri) and os.path.exists(os.path.expanduser(uri))
-    url = published_url(uri) if not (storage.is_s3(uri) or local) else None
+    local = not is_s3(uri) and os.path.exists(os.path.expanduser(uri))
+    url = published_url(uri) if not (is_s3(uri) or local) else None
     if url:
         return _download_published(uri, url)
-    if storage.is_s3(uri):
+    if is_s3(uri):
         return _download_s3(uri)
     path = os.path.abspath(os.path.expanduser(uri))
     if os.path.isdir(path):

@@ -48,7 +48,7 @@ import numpy as np
 from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES, dequantize_int16, int16_round_trip
 from das_core.clap import checkpoint as ckpt
 from das_core.clap.offline import hf_offline
-from das_core.errors import Refused
+from das_core.errors import CheckpointError, EncoderError, TokenizerError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ROBERTA_VOCAB_SIZE = 50_265
@@ -63,14 +63,6 @@ TEXT_CONTEXT = 77
 
 
 DEFAULT_BATCH_SIZE = 16        # windows per forward pass of a label run (fixes its floating-point path)
-
-
-class EncoderError(Refused):
-    """A problem with the encoder's configuration (device, precision, inputs)."""
-
-
-class TokenizerError(EncoderError):
-    """The RoBERTa tokenizer a checkpoint needs is missing or is not the real one."""
 
 
 @functools.cache
@@ -424,7 +416,7 @@ def load_clap(uri: str, before_build=None) -> LoadedClap:
     """
     local = ckpt.resolve(uri)
     if ckpt.is_hf_folder(local):
-        raise ckpt.CheckpointError(f"{uri} is a Hugging Face ClapModel folder, not a LAION-CLAP .pt: load it "
+        raise CheckpointError(f"{uri} is a Hugging Face ClapModel folder, not a LAION-CLAP .pt: load it "
                                    f"with ClapEncoder.from_checkpoint")
     state = ckpt.load_state_dict(local)
     arch = ckpt.detect(state)
@@ -449,6 +441,6 @@ def _load_weights(model, state: dict, source: str) -> None:
     if missing or unexpected:
         def show(keys):
             return ", ".join(sorted(keys)[:8]) + (" ..." if len(keys) > 8 else "")
-        raise ckpt.CheckpointError(f"{source} does not fit the detected architecture: "
+        raise CheckpointError(f"{source} does not fit the detected architecture: "
                                    f"missing {len(missing)} key(s) [{show(missing)}], "
                                    f"unexpected {len(unexpected)} key(s) [{show(unexpected)}]")

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES
 from das_core.clap import checkpoint as ckpt
-from das_core.clap.encoder import ROBERTA_PROBES, ROBERTA_VOCAB_SIZE, EncoderError, TokenizerError
+from das_core.clap.encoder import ROBERTA_PROBES, ROBERTA_VOCAB_SIZE
 from das_core.clap.offline import hf_offline
+from das_core.errors import CheckpointError, EncoderError, TokenizerError
 
 FEATURE_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 # Round-trip probe: any faithful byte-level tokenizer gives this text back from its ids.
@@ -69,14 +70,14 @@ def load_model(folder: str):
             model, info = ClapModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
                                                     output_loading_info=True)
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        raise ckpt.CheckpointError(f"{folder}: could not load the Hugging Face ClapModel "
+        raise CheckpointError(f"{folder}: could not load the Hugging Face ClapModel "
                                    f"({str(exc).splitlines()[0][:300]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     problems = [f"{kind} {sorted(str(x) for x in keys)[:8]}" for kind, keys in info.items()
                 if kind != "error_msgs" and keys] + [str(m) for m in info.get("error_msgs") or []]
     if problems:
-        raise ckpt.CheckpointError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems))
+        raise CheckpointError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems))
     return model.eval()
 
 
@@ -149,7 +150,7 @@ class LogMelFrontEnd:
         # preprocessor_config.json (hub folders), or processor_config.json with the feature extractor nested
         # inside (ClapProcessor.save_pretrained of transformers 5): ClapFeatureExtractor reads either
         if not any(os.path.isfile(os.path.join(folder, name)) for name in FEATURE_CONFIGS):
-            raise ckpt.CheckpointError(f"{folder} has no preprocessor_config.json or processor_config.json: save the "
+            raise CheckpointError(f"{folder} has no preprocessor_config.json or processor_config.json: save the "
                                        f"model's ClapFeatureExtractor (or ClapProcessor) into the folder; its mel "
                                        f"settings (e.g. frequency_min) are part of the model")
         with hf_offline():

@@ -37,9 +37,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from das_core.errors import Refused
+from das_core.errors import LayoutError
 from das_core.io import storage
 from das_core.io.inputs import AUDIO_EXTENSIONS
+from das_core.io.s3 import is_s3
 
 log = logging.getLogger("das.datasets")
 
@@ -56,10 +57,6 @@ FSD50K_AUDIO = "FSD50K.eval_audio"
 ESC50_META = "meta/esc50.csv"
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 TAU_META = "meta.csv"
-
-
-class LayoutError(Refused):
-    """A dataset root whose files do not follow the published layout."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,7 @@ class NoiseSet:
 
 # ------------------------------------------------------------------ helpers
 def _root(root: str) -> str:
-    if storage.is_s3(root):
+    if is_s3(root):
         return root.rstrip("/")
     return os.path.abspath(os.path.expanduser(root))
 

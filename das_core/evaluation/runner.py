@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from das_core import __version__
-from das_core.errors import Refused, RunFailed
+from das_core.errors import EvaluationError, Refused, RunFailed
 from das_core.evaluation.prompts import prepare_text
 from das_core.evaluation.protocol import EvaluateConfig, Plan, plan
 from das_core.evaluation.report import (
@@ -26,8 +26,9 @@ from das_core.evaluation.report import (
 )
 from das_core.evaluation.scoring import METHODS, evaluate
 from das_core.evaluation.side import side_information
-from das_core.evaluation.stores import NOISE_STORE, EvaluationError, encode_stores, load_conditions
+from das_core.evaluation.stores import NOISE_STORE, encode_stores, load_conditions
 from das_core.io import storage
+from das_core.io.checks import check_output_folder
 from das_core.label.run import LabelConfig
 from das_core.output.record import utc_now
 
@@ -93,7 +94,7 @@ def _announce(p: Plan) -> None:
 def run_evaluation(c: EvaluateConfig, run_label: Callable[[LabelConfig], dict]) -> tuple[dict, str]:
     """Evaluate and write the outputs; returns the summary written to ``evaluation.json`` and the text to print."""
     t0 = time.monotonic()
-    storage.check_output_folder(c.out)
+    check_output_folder(c.out)
     check_previous(c)
     p = plan(c)
     _announce(p)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.errors import Refused, RunFailed
+from das_core.errors import EvaluationError, Refused, RunFailed
 from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import UNKNOWN_SCENE, TextEmbeddings, saved_caches
 from das_core.evaluation.protocol import Condition, Plan
@@ -30,10 +30,6 @@ log = logging.getLogger("das.evaluation")
 STORE_DIR = "store"
 MANIFEST_DIR = "manifests"
 NOISE_STORE = "noise"
-
-
-class EvaluationError(Refused, ValueError):
-    """Stores or splits that cannot give a result (missing clips, an empty split, ...)."""
 
 
 # ---------------------------------------------------------- reading stores

@@ -38,12 +38,12 @@ from das_core.audio.decode import (
     SAMPLE_RATE,
     UNREADABLE,
     WINDOW_SAMPLES,
-    AudioDecodeError,
     AudioStream,
     quantize_int16,
     repeat_pad,
 )
 from das_core.audio.noise import NoiseBank
+from das_core.errors import AudioDecodeError
 from das_core.io import storage
 from das_core.io.inputs import DEFAULT_EXTENSIONS
 from das_core.io.shards import PARQUET, TAR, Member, Skips, parquet_members, tar_members

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.errors import Refused
+from das_core.errors import ReportRefused
 from das_core.io import storage
 from das_core.output.manifest import RunManifest
 from das_core.output.store import ERROR, FILES_DIR, OK, SEGMENTS_DIR, OutputStore
@@ -421,10 +421,6 @@ def build_report(uri: str) -> tuple[str, dict[str, bytes]]:
     lines += _throughput_md(manifest, figures)
     lines += _timelines_md(store, t, figures)
     return "\n".join(lines), figures
-
-
-class ReportRefused(Refused):
-    """The report would replace a file in OUT/report/ that das did not write."""
 
 
 def _is_report_name(name: object) -> bool:

@@ -46,6 +46,7 @@ import pyarrow as pa
 from das_core import __version__
 from das_core.errors import ConfigError, Refused, RunFailed, WriteFailed
 from das_core.io import storage
+from das_core.io.checks import check_output_folder, refuse_overlap
 from das_core.io.inputs import normalise_uri
 from das_core.label.run import DEFAULT_TOP_K
 from das_core.output.manifest import RunManifest
@@ -121,7 +122,7 @@ class RescoreConfig:
     def __post_init__(self) -> None:
         for name in ("embeddings", "cache", "out"):        # local paths made absolute once, here
             object.__setattr__(self, name, storage.absolute(getattr(self, name)))
-        storage.refuse_overlap(self.out, "--out", self.embeddings, "--embeddings")
+        refuse_overlap(self.out, "--out", self.embeddings, "--embeddings")
         engine.check_forced(self.local, self.ray)
         if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"--run-id {self.run_id!r} is not a valid run name: use up to 128 letters, digits, "
@@ -381,7 +382,7 @@ def _top_k(c: RescoreConfig, cache: DriftCache, label: RunManifest) -> int:
 def plan_rescore(c: RescoreConfig) -> RescorePlan:
     """Everything that can be refused is refused here, before any part is read."""
     run_id = c.run_id or default_run_id()
-    storage.check_output_folder(c.out)
+    check_output_folder(c.out)
     cache = DriftCache.load(c.cache)
     label = open_embeddings(c.embeddings, cache.encoder_id, f"the drift cache {c.cache} was built with",
                             "das rescore", remedy="it cannot re-score them; rebuild it with "

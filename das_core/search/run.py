@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from das_core.errors import ConfigError, Refused
 from das_core.io import storage
+from das_core.io.checks import overlap
 from das_core.output.manifest import RunManifest
 from das_core.output.store import (
     FILES_DIR,
@@ -291,7 +292,7 @@ class SearchConfig:
         put("checkpoint", storage.absolute_if_local(self.checkpoint))
         if self.out:
             put("out", storage.absolute(self.out))
-            if storage.overlap(self.out, self.embeddings) in ("inside", "the same location as"):
+            if overlap(self.out, self.embeddings) in ("inside", "the same location as"):
                 raise ConfigError(f"--out {self.out} is inside --embeddings {self.embeddings} (the matches could "
                                   f"replace das's own files there); write them outside {self.embeddings}")
         if self.tokenizer_dir:
@@ -355,7 +356,8 @@ def embed_like(encoder, uri: str) -> np.ndarray:
 def check_like_files(uris: Sequence[str]) -> None:
     """Refuse a ``--like`` file that is missing, unreadable or not audio, before the model is loaded: only its
     header is read."""
-    from das_core.audio.decode import AudioDecodeError, AudioStream
+    from das_core.audio.decode import AudioStream
+    from das_core.errors import AudioDecodeError
 
     for uri in uris:
         try:

@@ -10,13 +10,13 @@ from das_core.audio import decode as audio
 from das_core.audio.decode import (
     SAMPLE_RATE,
     WINDOW_SAMPLES,
-    AudioDecodeError,
     AudioStream,
     load_mono48k,
     repeat_pad,
     segment,
     window_count,
 )
+from das_core.errors import AudioDecodeError
 
 
 def windows_of(path):

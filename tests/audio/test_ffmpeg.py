@@ -16,11 +16,11 @@ from das_core.audio.decode import (
     LIBSNDFILE,
     SAMPLE_RATE,
     WINDOW_SAMPLES,
-    AudioDecodeError,
     AudioStream,
     load_mono48k,
     window_count,
 )
+from das_core.errors import AudioDecodeError
 from das_core.io.inputs import DEFAULT_EXTENSIONS, list_inputs
 
 

@@ -12,8 +12,9 @@ from conftest import sine
 
 from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
 from das_core.clap import checkpoint as ckpt
-from das_core.clap.encoder import ClapEncoder, EncoderError, TokenizerError, build_model, laion, load_clap
+from das_core.clap.encoder import ClapEncoder, build_model, laion, load_clap
 from das_core.clap.random_weights import write_random_checkpoint
+from das_core.errors import CheckpointError, EncoderError, TokenizerError
 
 
 @pytest.fixture(scope="session")
@@ -184,12 +185,12 @@ def test_detects_htsat_base():
 def test_refuses_unknown_state_dict(tmp_path):
     path = tmp_path / "resnet.pt"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(3), "fc.bias": torch.zeros(2)}}, path)
-    with pytest.raises(ckpt.CheckpointError, match=r"not a LAION-CLAP checkpoint.*Detected key groups: conv1.weight"):
+    with pytest.raises(CheckpointError, match=r"not a LAION-CLAP checkpoint.*Detected key groups: conv1.weight"):
         ClapEncoder.from_checkpoint(str(path))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ckpt.CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         ClapEncoder.from_checkpoint(str(tmp_path / "junk.pt"))
-    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         ClapEncoder.from_checkpoint(str(tmp_path / "nope.pt"))
 
 
@@ -246,7 +247,7 @@ def test_roberta_text_matches_laion(roberta_ckpt, monkeypatch):
 def test_roberta_without_tokenizer_is_refused_quickly(roberta_ckpt, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DAS_TOKENIZER_DIR", "HF_HUB_OFFLINE")}
     env["HF_HOME"] = str(tmp_path / "empty-hf-home")
-    code = ("from das_core.clap.encoder import ClapEncoder, TokenizerError\n"
+    code = ("from das_core.clap.encoder import ClapEncoder\nfrom das_core.errors import TokenizerError\n"
             f"try:\n    ClapEncoder.from_checkpoint({roberta_ckpt!r})\n"
             "except TokenizerError as e:\n    print('REFUSED', e)\n")
     start = time.monotonic()
@@ -311,7 +312,7 @@ def test_s3_checkpoint_is_downloaded_once(bucket, tiny_ckpt, tmp_path, monkeypat
 def test_published_name_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
     monkeypatch.setenv("DAS_CACHE_DIR", str(tmp_path))
     start = time.monotonic()
-    with pytest.raises(ckpt.CheckpointError) as err:
+    with pytest.raises(CheckpointError) as err:
         ckpt.resolve("630k-audioset-best")
     assert time.monotonic() - start < 30
     msg = str(err.value)

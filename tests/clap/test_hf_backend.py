@@ -14,8 +14,9 @@ from conftest import sine
 
 from das_core.audio.decode import SAMPLE_RATE, WINDOW_SAMPLES, int16_round_trip, repeat_pad
 from das_core.clap import checkpoint as ckpt
-from das_core.clap.encoder import ClapEncoder, TokenizerError
+from das_core.clap.encoder import ClapEncoder
 from das_core.clap.random_weights import byte_level_tokenizer, write_random_hf_checkpoint
+from das_core.errors import CheckpointError, TokenizerError
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
 
@@ -189,20 +190,20 @@ def test_tokenizer_failing_round_trip_is_refused(hf_folder, tmp_path):
 def test_folders_that_are_not_clap_models_are_refused(hf_folder, tmp_path):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ckpt.CheckpointError, match="'bert' model, not a CLAP model"):
+    with pytest.raises(CheckpointError, match="'bert' model, not a CLAP model"):
         ClapEncoder.from_checkpoint(str(tmp_path / "bert"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ckpt.CheckpointError, match="holds no config.json"):
+    with pytest.raises(CheckpointError, match="holds no config.json"):
         ckpt.resolve(str(tmp_path / "empty"))
     no_fe = shutil.copytree(hf_folder, tmp_path / "no-fe")
     os.unlink(no_fe / "preprocessor_config.json")
-    with pytest.raises(ckpt.CheckpointError, match="no preprocessor_config.json or processor_config.json"):
+    with pytest.raises(CheckpointError, match="no preprocessor_config.json or processor_config.json"):
         ClapEncoder.from_checkpoint(str(no_fe))
     deeper = shutil.copytree(hf_folder, tmp_path / "deeper")
     config = json.loads((deeper / "config.json").read_text())
     config["text_config"]["num_hidden_layers"] = 2           # weights hold one layer
     (deeper / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ckpt.CheckpointError, match="do not fit config.json: missing_keys"):
+    with pytest.raises(CheckpointError, match="do not fit config.json: missing_keys"):
         ClapEncoder.from_checkpoint(str(deeper))
 
 
@@ -243,9 +244,9 @@ def test_s3_folder_is_downloaded_once(bucket, hf_folder, tmp_path, monkeypatch):
 def test_hub_id_offline_fails_fast_with_instructions(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_HOME"] = str(tmp_path / "empty-hf-home")
-    code = ("from das_core.clap import checkpoint as ckpt\n"
+    code = ("from das_core.clap import checkpoint as ckpt\nfrom das_core.errors import CheckpointError\n"
             "try:\n    ckpt.resolve('laion/clap-htsat-unfused')\n"
-            "except ckpt.CheckpointError as e:\n    print('REFUSED', e)\n")
+            "except CheckpointError as e:\n    print('REFUSED', e)\n")
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 30

@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BROKEN_WAV
 
+from das_core.errors import ReportRefused
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.report.run import (
     REPORT_DIR,
     REPORT_MD,
     REPORT_RECORD,
-    ReportRefused,
     remove_report,
     report_after_run,
     tally,
