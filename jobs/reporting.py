@@ -67,6 +67,7 @@ def exit_after(seconds: float, message: str) -> Iterator[None]:
     """Ends the process with ``message`` on stderr and exit status 2 if the block still runs after ``seconds``:
     the bound of a wait that cannot be cancelled from another thread (``ray.init`` retrying an address)."""
     def give_up() -> None:
+        """The message, then the process ends at once (``os._exit``: the waiting thread cannot be joined)."""
         print(message, file=sys.stderr, flush=True)
         os._exit(EXIT_USAGE)
 

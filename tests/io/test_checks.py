@@ -1,4 +1,4 @@
-"""das_core.io.checks: locations compared by components, overlapping outputs refused."""
+"""das_core.io.checks: locations compared by components, overlapping outputs refused, writes tried."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from das_core.errors import Refused
-from das_core.io.checks import overlap, refuse_overlap
+from das_core.io.checks import check_output_file, check_output_folder, overlap, refuse_overlap
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
 
@@ -29,3 +29,12 @@ def test_locations_are_compared_by_components(tmp_path, monkeypatch):
     with pytest.raises(Refused, match="--out archive/out is inside --input archive"):
         refuse_overlap("archive/out", "--out", "archive", "--input")
     refuse_overlap("out", "--out", "archive", "--input")
+
+
+def test_output_checks_try_a_write_and_leave_nothing(tmp_path):
+    check_output_folder(str(tmp_path / "new" / "deeper"))
+    check_output_file(str(tmp_path / "other" / "c.npz"))
+    check_output_folder(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []                   # the folders and the probe file are gone again
+    with pytest.raises(Refused, match=r"--out /proc/das-x: cannot create /proc/das-x \(no such file"):
+        check_output_folder("/proc/das-x")
