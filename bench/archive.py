@@ -65,7 +65,7 @@ def _chunk(rng, n_files: int, windows_per_file: int, dim: int):
 def _moto():
     from moto.server import ThreadedMotoServer
 
-    from das_core.io import storage
+    from das_core.io.s3 import set_s3_endpoint
 
     port = 0
     import socket
@@ -81,7 +81,7 @@ def _moto():
     for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
                  ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(k, v)
-    storage.set_s3_endpoint(f"http://127.0.0.1:{port}")
+    set_s3_endpoint(f"http://127.0.0.1:{port}")
     import boto3
 
     boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="bench")
@@ -164,15 +164,15 @@ def _child_peak(code: str, timeout: float) -> tuple[float, float, str]:
 
 
 def bench_dry_run(ckpt: str, cache_uri: str, work: str, rows: int) -> dict:
-    """``das label --dry-run`` on a manifest of ``rows`` paths: wall time and peak RSS of the process."""
+    """``das label --dry-run`` on a path list of ``rows`` paths: wall time and peak RSS of the process."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    manifest = os.path.join(work, f"manifest-{rows}.parquet")
-    if not os.path.exists(manifest):
+    path_list = os.path.join(work, f"path-list-{rows}.parquet")
+    if not os.path.exists(path_list):
         paths = pa.array([f"s3://archive/2024/{i // 1000:05d}/clip-{i:08d}.flac" for i in range(rows)])
-        pq.write_table(pa.table({"path": paths}), manifest)
-    args = ["--input", manifest, "--cache", cache_uri, "--checkpoint", ckpt, "--out",
+        pq.write_table(pa.table({"path": paths}), path_list)
+    args = ["--input", path_list, "--cache", cache_uri, "--checkpoint", ckpt, "--out",
             os.path.join(work, f"dry-run-out-{rows}"), "--dry-run"]
     code = f"import sys\nfrom jobs.label import main\nrc = main({json.dumps(args)})\nassert rc == 0, rc"
     wall, peak, stdout = _child_peak(code, timeout=900)
@@ -212,9 +212,9 @@ def bench_shards(work: str, clips: int, shards: int = 8) -> dict:
     try:
         import boto3
 
-        from das_core.io import storage
+        from das_core.io.s3 import s3_endpoint
 
-        s3 = boto3.client("s3", endpoint_url=storage.s3_endpoint())
+        s3 = boto3.client("s3", endpoint_url=s3_endpoint())
         rng = np.random.default_rng(4)
         t = np.arange(16000 * 2) / 16000
         blobs = []

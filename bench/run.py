@@ -60,7 +60,7 @@ class Sizes:
     decode_seconds: float
     rescore_rows: int
     driver_chunks: int = 200_000    # driver: chunk statistics absorbed
-    dry_run_rows: int = 1_000_000   # das label --dry-run on a manifest of this many paths
+    dry_run_rows: int = 1_000_000   # das label --dry-run on a path list of this many paths
     rss_clips: int = 64             # driver RSS: archives of this many and 4x as many 1 s clips
     codec_seconds: float = 120.0     # bench_codec: one 44.1 kHz stereo noise file per format
     codec_repeats: int = 7

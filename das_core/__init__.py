@@ -17,8 +17,8 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "DriftCache": "das_core.scoring.cache",
-    "CacheError": "das_core.scoring.cache",
-    "CacheMismatchError": "das_core.scoring.cache",
+    "CacheError": "das_core.errors",
+    "CacheMismatchError": "das_core.errors",
     "ClapEncoder": "das_core.clap.encoder",
     "load_encoder": "das_core.api",
     "embed_file": "das_core.api",
@@ -31,7 +31,7 @@ _PUBLIC = {
     "mean_average_precision": "das_core.scoring.metrics",
     "OutputStore": "das_core.output.store",
     "AudioStream": "das_core.audio.decode",
-    "AudioDecodeError": "das_core.audio.decode",
+    "AudioDecodeError": "das_core.errors",
     "LabelConfig": "das_core.label.run",
     "RescoreConfig": "das_core.rescore.config",
     "SearchConfig": "das_core.search.config",

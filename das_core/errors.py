@@ -1,33 +1,38 @@
-"""The library's errors, and how each ends a job: one line and an exit status.
+"""The library's errors: one tree under ``DasError``, and nothing else (no reporting, no logging).
 
-``Refused`` (exit status 2): a bad argument, input or artefact; the message
-says what to do. Every refusal of the library derives from it (``CacheError``,
-``CheckpointError``, ``EncoderError``, ``RunRefused`` ...); storage errors and
-the OS's missing-file and permission errors are refusals too. ``RunFailed`` (exit status 1): the job ran, but its
-result is not acceptable. Anything else is an internal error (exit status 1,
-traceback with ``--debug``).
+* ``Refused`` (a job ends with exit status 2): a bad argument, input or artefact, found before or
+  while the work runs; the message says what to do. Every refusal of the library derives from it.
+* ``RunFailed`` (exit status 1): the job ran, but its result is not acceptable.
+* ``WriteFailed`` (exit status 1): a write that failed while the job ran (disk full, read-only).
+
+Where it helps callers an error also derives from the built-in it resembles: a ``ConfigError`` is a
+``ValueError``, a ``StorageError`` an ``OSError``, a missing bucket a ``FileNotFoundError``. How each
+ends a job (the exit status, the one line printed) is ``jobs.reporting``'s; the one-line text that
+says what ended a run is ``das_core.failure``'s.
+
+This module also knows how a worker's exception reaches the driver (Ray's ``.cause``), so that every
+reader of an error walks that chain the same way: ``unwrap``, ``causes``.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
-import os
-import sys
-import threading
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 # A write that failed while the job ran (the output was checked before): the job failed, exit status 1.
 RUN_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+# The errnos of a write that cannot succeed however often it is retried (``WriteFailed``).
 WRITE_ERRNOS = (*RUN_WRITE_ERRNOS, errno.EACCES, errno.EPERM)
-DEBUG_ENV = "DAS_DEBUG"
 
 
-class Refused(Exception):
-    """Work refused before it starts; the message says what to do (exit status 2)."""
+class DasError(Exception):
+    """The base of every error das raises on purpose; anything else out of a job is an internal error."""
+
+
+# ----------------------------------------------------------------------------- refusals (exit status 2)
+class Refused(DasError):
+    """Work refused before it starts, or an input that cannot be used; the message says what to do
+    (exit status 2)."""
 
 
 class ConfigError(Refused, ValueError):
@@ -36,6 +41,56 @@ class ConfigError(Refused, ValueError):
 
 class ClusterError(Refused):
     """The Ray cluster cannot be used: it does not answer, or lacks the resources asked for."""
+
+
+class EngineRefused(Refused):
+    """``--local`` / ``--ray`` asked for something the engine cannot do."""
+
+
+class RunRefused(Refused):
+    """A label run that cannot start as asked; the message says what to do."""
+
+
+class InputError(Refused):
+    """The input cannot be listed (missing, empty, or a path list without a path column)."""
+
+
+class StorageError(Refused, OSError):
+    """S3 cannot be used for ``uri``: the message (``what (cause); hint``) says why and what to do."""
+
+    def __init__(self, uri: str, what: str, cause: str, hint: str):
+        self.uri, self.cause, self.hint = uri, cause, hint
+        super().__init__(f"{what} ({cause}); {hint}")
+
+
+class S3CredentialsError(StorageError):
+    """No usable AWS credentials were found."""
+
+
+class S3UnreachableError(StorageError):
+    """The endpoint did not answer (refused, timed out, DNS, TLS)."""
+
+
+class BucketNotFoundError(StorageError, FileNotFoundError):
+    """The bucket of ``uri`` does not exist."""
+
+
+class S3AccessDeniedError(StorageError, PermissionError):
+    """The credentials are not allowed to do this (AccessDenied, bad key, expired token)."""
+
+
+class AudioDecodeError(Refused):
+    """A file that cannot be turned into audio: ``name`` (the file), ``kind`` (one of the error kinds of
+    ``das_core.audio.decode``: ``not_audio``, ``truncated`` ...) and ``cause`` (the decoder's words).
+
+    Decoding turns it into the file's ``status=error`` row; out of a job (a noise recording, a
+    ``--like`` query) it is a refusal."""
+
+    def __init__(self, name: str, kind: str, cause: str):
+        self.name = name
+        self.kind = kind
+        self.cause = cause
+        super().__init__(f"{name}: {kind}: {cause}")
 
 
 class CheckpointError(Refused):
@@ -50,111 +105,82 @@ class TokenizerError(EncoderError):
     """The RoBERTa tokenizer a checkpoint needs is missing or is not the real one."""
 
 
-class RunFailed(Exception):
+class CacheError(Refused):
+    """A file that is not a usable DAS drift cache (foreign, damaged or inconsistent)."""
+
+
+class CacheMismatchError(CacheError):
+    """A valid cache that was built for another checkpoint."""
+
+
+class ManifestError(Refused, ValueError):
+    """A ``_manifest.json`` is missing, unreadable or not das's."""
+
+
+class EmbeddingsMismatch(Refused):
+    """Stored embeddings made with another checkpoint than the one they are to be used with."""
+
+
+class LeaseHeld(Refused):
+    """Another run holds the output's lock (exit status 2); the message names it and says what to do."""
+
+
+class ReportRefused(Refused):
+    """The report would replace a file in OUT/report/ that das did not write."""
+
+
+class LayoutError(Refused):
+    """A dataset root whose files do not follow the published layout."""
+
+
+class EvaluationError(Refused, ValueError):
+    """Stores or splits that cannot give a result (missing clips, an empty split, ...)."""
+
+
+# ----------------------------------------------------------------------------- failures (exit status 1)
+class RunFailed(DasError):
     """The job ran but its result is not acceptable, e.g. too many bad files (exit status 1)."""
 
 
-class WriteFailed(OSError):
+class WriteFailed(DasError, OSError):
     """A write that failed while a job ran (disk full, read-only file system, permission), with its errno,
-    cause and path. It keeps them across Ray: Ray Data appends its retry advice to an exception's ``args``,
-    and pickles an ``OSError`` from them, so that a plain one arrives with that advice as its file name."""
+    cause and path (exit status 1, like ``RunFailed``, but not one: its line is built from those three).
+
+    It keeps them across Ray: Ray Data appends its retry advice to an exception's ``args``, and pickles an
+    ``OSError`` from them, so that a plain one arrives with that advice as its file name."""
 
     def __reduce__(self):
         return type(self), (self.errno, self.strerror, self.filename)
 
 
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+# ----------------------------------------------------------------------------- what lies behind an error
+def _ray_cause(exc: BaseException) -> BaseException | None:
+    """The worker's own exception inside Ray's wrapper (``RayTaskError.cause``), or None for any other."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) and cause is not exc else None
 
 
 def unwrap(exc: BaseException) -> BaseException:
-    """Ray re-raises a worker's exception wrapped (its text: a remote traceback); ``cause`` is the original."""
+    """The exception a worker raised, out of the wrappers Ray re-raises it in (whose text is a remote
+    traceback); ``exc`` itself when it is no wrapper."""
     for _ in range(3):
-        cause = getattr(exc, "cause", None)
-        if not isinstance(cause, BaseException) or cause is exc:
+        cause = _ray_cause(exc)
+        if cause is None:
             break
         exc = cause
     return exc
 
 
-def refusal_types() -> tuple[type[BaseException], ...]:
-    from das_core.audio.decode import AudioDecodeError
-    from das_core.io import storage
-
-    return (Refused, storage.StorageError, AudioDecodeError, FileNotFoundError, PermissionError, IsADirectoryError,
-            NotADirectoryError)
-
-
-def describe_failure(exc: BaseException) -> tuple[int, str]:
-    """The exit status and the one-line message (without ``prog: error:``) for an exception out of a job.
-
-    2 for refusals (``refusal_types``, including every ``storage.StorageError``
-    and raw botocore credential / connection errors), 1 for ``RunFailed``
-    and for anything unexpected (an internal error).
-    """
-    from das_core.io import storage
-
-    exc = unwrap(exc)
-    if isinstance(exc, refusal_types()):
-        return EXIT_USAGE, one_line(exc)
-    if isinstance(exc, RunFailed):
-        return EXIT_FAILED, one_line(exc)
-    if isinstance(exc, WriteFailed) or (isinstance(exc, OSError) and exc.errno in RUN_WRITE_ERRNOS):
-        where = exc.filename or "a file"
-        return EXIT_FAILED, (f"cannot write {where} ({exc.strerror or exc}); free space or choose a location "
-                             "you can write to, then rerun")
-    typed = storage.as_storage_error(exc, "an S3 object", "cannot use")
-    if typed is not None:
-        return EXIT_USAGE, one_line(typed)
-    text = one_line(exc)
-    text = text if len(text) <= 400 else text[:400] + " ..."
-    return EXIT_FAILED, (f"internal error ({type(exc).__name__}: {text}); rerun with --debug (or {DEBUG_ENV}=1) "
-                         "for the traceback and report it")
-
-
-def debug_requested(flag: bool = False) -> bool:
-    """``--debug`` given, or ``DAS_DEBUG`` set to a true value: failures print their traceback too."""
-    return bool(flag) or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """A job's log lines on stderr (debug with ``verbose``); botocore's INFO lines are noise to a user."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    if not verbose:
-        logging.getLogger("botocore").setLevel(logging.WARNING)
-
-
-def run_reporting(prog: str, body: Callable[[], int], *, debug: bool = False,
-                  interrupted_hint: str | None = None) -> int:
-    """``body()``, with every failure turned into one line ``prog: error: ...`` on stderr and an exit status
-    (``describe_failure``; 130 when interrupted). ``debug`` adds the traceback."""
-    try:
-        return body()
-    except KeyboardInterrupt:
-        print(f"{prog}: error: interrupted (KeyboardInterrupt); "
-              f"{interrupted_hint or 'rerun the command to start again'}", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - every failure ends as one line, never a traceback
-        status, message = describe_failure(exc)
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
-        return status
-
-
-@contextmanager
-def exit_after(seconds: float, message: str) -> Iterator[None]:
-    """Ends the process with ``message`` on stderr and exit status 2 if the block still runs after ``seconds``:
-    the bound of a wait that cannot be cancelled from another thread (``ray.init`` retrying an address)."""
-    def give_up() -> None:
-        print(message, file=sys.stderr, flush=True)
-        os._exit(EXIT_USAGE)
-
-    watchdog = threading.Timer(seconds, give_up)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        yield
-    finally:
-        watchdog.cancel()
+def causes(exc: BaseException, steps: int = 8) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it, nearest first: through Ray's wrappers (``unwrap``), then
+    ``__cause__`` or ``__context__``; at most ``steps`` steps."""
+    current: BaseException | None = exc
+    for _ in range(steps):
+        if current is None:
+            return
+        cause = _ray_cause(current)
+        if cause is not None:
+            current = cause
+            continue
+        yield current
+        current = current.__cause__ or current.__context__

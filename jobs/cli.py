@@ -6,7 +6,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "label": ("jobs.label", "label an audio archive (local folder, s3:// prefix or manifest) to Parquet"),
+    "label": ("jobs.label", "label an audio archive (local folder, s3:// prefix or path list) to Parquet"),
     "build-cache": ("jobs.build_cache", "encode the class and noise prompts once into a drift cache"),
     "rescore": ("jobs.rescore", "re-label stored embeddings with another cache (no audio, no model)"),
     "search": ("jobs.search", "find the windows or files closest to a text or an audio query"),

@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from das_core import errors
-from das_core.io import storage
+from das_core.errors import ClusterError
+from das_core.failure import DEBUG_ENV, one_line
+from das_core.io.s3 import check_s3_access, is_s3, set_s3_endpoint
 from das_core.settings import described
+from jobs.reporting import debug_requested, exit_after, run_reporting, setup_logging
 
 log = logging.getLogger("das")
 _PROG = "das"          # the running command, for messages printed outside run_main
@@ -21,7 +23,6 @@ _PROG = "das"          # the running command, for messages printed outside run_m
 FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE",
                  "DAS_TOKENIZER_DIR", "DAS_CACHE_DIR", "DAS_TEST_CRASH_ON", "DAS_TEST_FAIL_WRITE")
 
-ClusterError = errors.ClusterError
 RAY_CONNECT_TIMEOUT_S = 60.0        # ray.init retries an absent cluster for minutes; das gives up after this
 RAY_PROBE_TIMEOUT_S = 5.0
 CLUSTER_WAIT_ENV = "DAS_CLUSTER_WAIT_S"
@@ -33,7 +34,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                              "Credentials come from the usual AWS environment variables or config files.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
-                        help=f"on failure, print the Python traceback as well (same as {errors.DEBUG_ENV}=1)")
+                        help=f"on failure, print the Python traceback as well (same as {DEBUG_ENV}=1)")
 
 
 def s3_uris(args: argparse.Namespace) -> list[str]:
@@ -41,13 +42,13 @@ def s3_uris(args: argparse.Namespace) -> list[str]:
     found = []
     for value in vars(args).values():
         for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, str) and storage.is_s3(item):
+            if isinstance(item, str) and is_s3(item):
                 found.append(item)
     return found
 
 
 def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None = None) -> int:
-    """``body()`` under ``das_core.errors.run_reporting``: one line and an exit status for every failure.
+    """``body()`` under ``jobs.reporting.run_reporting``: one line and an exit status for every failure.
 
     With ``args``, its common options are applied first and the buckets of its ``s3://`` options are
     probed, so that a missing bucket or credentials are refused before any model is loaded.
@@ -57,15 +58,15 @@ def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None
 
     def checked() -> int:
         if args is not None:
-            errors.setup_logging(getattr(args, "verbose", False))
+            setup_logging(getattr(args, "verbose", False))
             if getattr(args, "s3_endpoint", None):
-                storage.set_s3_endpoint(args.s3_endpoint)
-            storage.check_s3_access(s3_uris(args))
+                set_s3_endpoint(args.s3_endpoint)
+            check_s3_access(s3_uris(args))
         return body()
 
     hint = "committed results are kept; rerun with --resume to continue" if hasattr(args, "resume") else None
-    debug = errors.debug_requested(getattr(args, "debug", False))
-    return errors.run_reporting(prog, checked, debug=debug, interrupted_hint=hint)
+    debug = debug_requested(getattr(args, "debug", False))
+    return run_reporting(prog, checked, debug=debug, interrupted_hint=hint)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -161,7 +162,7 @@ def init_ray(gpus: float = 0.0, cpus: float = 0.0, fits: Callable[[list[dict]], 
                    if address else LOCAL_RAY_ADVICE))
         quiet = not log.isEnabledFor(logging.DEBUG)
         try:
-            with errors.exit_after(timeout, late), _current_cluster_file_kept():
+            with exit_after(timeout, late), _current_cluster_file_kept():
                 _quiet_ray_logs(quiet)
                 # "local": a new private instance; None would join the cluster named in the current-cluster file
                 ray.init(address=address or "local", include_dashboard=None if address else False,
@@ -169,7 +170,7 @@ def init_ray(gpus: float = 0.0, cpus: float = 0.0, fits: Callable[[list[dict]], 
                 _quiet_ray_logs(quiet)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
             where = f"connect to the Ray cluster at RAY_ADDRESS={address}" if address else "start a local Ray"
-            raise ClusterError(f"cannot {where} ({type(exc).__name__}: {errors.one_line(exc)}); "
+            raise ClusterError(f"cannot {where} ({type(exc).__name__}: {one_line(exc)}); "
                                + ("check RAY_ADDRESS, or unset it to run on a local Ray" if address
                                   else LOCAL_RAY_ADVICE)) from exc
     if gpus or cpus or fits:

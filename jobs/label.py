@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from das_core.errors import Refused
-from das_core.io.inputs import DEFAULT_EXTENSIONS, InputError, normalise_extensions
-from das_core.io.storage import check_output_folder
+from das_core.errors import InputError, Refused
+from das_core.io.checks import check_output_folder
+from das_core.io.inputs import DEFAULT_EXTENSIONS, normalise_extensions
 from das_core.label import run as labelrun
 from das_core.label.run import (  # noqa: F401
     COMPUTE,
@@ -19,7 +19,6 @@ from das_core.label.run import (  # noqa: F401
     RESUME_KEYS,
     LabelConfig,
     LabelRun,
-    RunRefused,
     plan_run,
     print_dry_run,
 )

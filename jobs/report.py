@@ -27,8 +27,9 @@ def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
 
 def require_output(out: str) -> None:
     """Refuse a folder that is not a das output, saying what was given and what to give instead."""
+    from das_core.errors import ManifestError
     from das_core.io import storage
-    from das_core.output.manifest import MANIFEST, ManifestError
+    from das_core.output.manifest import MANIFEST
     from das_core.rescore.config import RUN_PREFIX
     from das_core.rescore.plan import list_runs
 

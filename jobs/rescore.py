@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from das_core.io.storage import check_output_folder
+from das_core.io.checks import check_output_folder
 from das_core.output.lease import Lease, sigterm_as_interrupt
 from das_core.report.write import report_after_run
 from das_core.rescore.config import RescoreConfig

@@ -9,7 +9,7 @@ import sys
 
 import pyarrow as pa
 
-from das_core.io.storage import check_output_file
+from das_core.io.checks import check_output_file
 from das_core.output.manifest import RunManifest
 from das_core.runtime import engine
 from das_core.scoring.prompts import read_lines_from

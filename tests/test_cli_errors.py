@@ -296,7 +296,7 @@ def test_evaluate_out_that_is_a_file(tmp_path):
 
 
 def test_output_folder_checks(tmp_path):
-    from das_core.io.storage import check_output_folder
+    from das_core.io.checks import check_output_folder
 
     check_output_folder(str(tmp_path / "new" / "deeper"))
     check_output_folder(str(tmp_path))
@@ -406,14 +406,3 @@ def test_a_write_that_fails_during_a_run_is_one_line_with_its_path(capsys, monke
         err = capsys.readouterr().err
         assert err.startswith(f"das rescore: error: cannot write /o/run_id=1/segments/part-u1.parquet "
                               f"({exc.strerror}); ") and err.count("\n") == 1 and "internal error" not in err
-
-
-def test_output_checks_try_a_write_and_leave_nothing(tmp_path):
-    from das_core.io.storage import check_output_file, check_output_folder
-
-    check_output_folder(str(tmp_path / "new" / "deeper"))
-    check_output_file(str(tmp_path / "other" / "c.npz"))
-    check_output_folder(str(tmp_path))
-    assert list(tmp_path.iterdir()) == []                   # the folders and the probe file are gone again
-    with pytest.raises(UsageError, match=r"--out /proc/das-x: cannot create /proc/das-x \(no such file"):
-        check_output_folder("/proc/das-x")

@@ -53,6 +53,7 @@ from das_core.audio.windows import (
     quantize_int16,
     segment,
 )
+from das_core.errors import AudioDecodeError
 
 MIN_INPUT_RATE = 1_000
 MAX_INPUT_RATE = 768_000
@@ -64,14 +65,6 @@ FFMPEG_EXTENSIONS = (".m4a", ".m4b", ".m4r", ".mp4", ".aac", ".mov", ".3gp", ".3
                      ".wma", ".asf", ".amr", ".ac3", ".eac3", ".dts", ".ape", ".wv", ".tta")
 
 
-class AudioDecodeError(Exception):
-    """A file that cannot be turned into audio; ``kind`` is one of the error kinds of ``das_core.audio.info``."""
-
-    def __init__(self, name: str, kind: str, cause: str):
-        self.name = name
-        self.kind = kind
-        self.cause = cause
-        super().__init__(f"{name}: {kind}: {cause}")
 
 
 _SHOULD_BE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)

@@ -27,8 +27,8 @@ from typing import IO
 import av
 import numpy as np
 
-from das_core.audio.decode import AudioDecodeError
 from das_core.audio.info import EMPTY, NOT_AUDIO, TRUNCATED, UNREADABLE, UNSUPPORTED, AudioInfo, block_frames_for
+from das_core.errors import AudioDecodeError
 
 # Containers whose stored duration is a measurement (index or header), not a bitrate estimate.
 _DECLARED_LENGTH = {"mov", "mp4", "m4a", "matroska", "webm", "asf", "wav", "w64", "aiff", "caf"}

@@ -43,6 +43,7 @@ from das_core.clap.formats import (
 )
 from das_core.errors import CheckpointError
 from das_core.io import storage
+from das_core.io.s3 import is_s3
 
 LAION_BASE_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/"
 PUBLISHED = {
@@ -65,8 +66,8 @@ def published_url(name: str) -> str | None:
 
 def resolve(uri: str) -> str:
     """A local file or folder holding the checkpoint ``uri`` names (see module docstring)."""
-    local = not storage.is_s3(uri) and os.path.exists(os.path.expanduser(uri))
-    url = published_url(uri) if not (storage.is_s3(uri) or local) else None
+    local = not is_s3(uri) and os.path.exists(os.path.expanduser(uri))
+    url = published_url(uri) if not (is_s3(uri) or local) else None
     if url:
         return download_published(uri, url)
     if storage.is_s3(uri):

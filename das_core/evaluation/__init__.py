@@ -47,6 +47,7 @@ Choices made here (documented in the report as well):
   ``--max-error-fraction`` of them fails the run.
 """
 
+from das_core.errors import EvaluationError
 from das_core.evaluation.prompts import UNKNOWN_SCENE, TextEmbeddings, prepare_text
 from das_core.evaluation.protocol import (
     CACHE_LAM,
@@ -68,7 +69,7 @@ from das_core.evaluation.protocol import (
 from das_core.evaluation.runner import EvaluationRun, finish_evaluation, start_evaluation
 from das_core.evaluation.scoring import BASELINES, METHODS, Evaluation, choose_lam, evaluate
 from das_core.evaluation.side import SideInformation, side_information
-from das_core.evaluation.stores import ConditionData, EvaluationError, StoreData, read_store
+from das_core.evaluation.stores import ConditionData, StoreData, read_store
 
 __all__ = [
     "BASELINES", "CACHE_LAM", "DEFAULT_LAM_GRID", "DEFAULT_MAX_ERROR_FRACTION", "DEFAULT_SEED",

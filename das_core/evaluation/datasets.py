@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from das_core.errors import Refused
+from das_core.errors import LayoutError
 from das_core.io import storage
 from das_core.io.inputs import AUDIO_EXTENSIONS
 
@@ -56,10 +56,6 @@ FSD50K_AUDIO = "FSD50K.eval_audio"
 ESC50_META = "meta/esc50.csv"
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 TAU_META = "meta.csv"
-
-
-class LayoutError(Refused):
-    """A dataset root whose files do not follow the published layout."""
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.errors import Refused
+from das_core.errors import CacheError, Refused
 from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.protocol import CACHE_LAM, Plan
 from das_core.io import storage
 from das_core.scoring.baselines import background_prompts
-from das_core.scoring.cache import CacheError, DriftCache
+from das_core.scoring.cache import DriftCache
 from das_core.scoring.prompts import ACEVEDO_TEMPLATE, CLEAN_TEMPLATE, LAION_TEMPLATE, NOISY_TEMPLATE, label_text
 
 log = logging.getLogger("das.evaluation")

@@ -29,6 +29,7 @@ from das_core.evaluation.datasets import (
 )
 from das_core.evaluation.subsets import hash_fraction, noise_subset, stratified_subset
 from das_core.io import storage
+from das_core.io.checks import refuse_overlap
 from das_core.scoring.baselines import DEFAULT_TAU
 from das_core.scoring.cache import DEFAULT_LAM
 from das_core.scoring.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
@@ -223,8 +224,8 @@ class EvaluateConfig:
         for name in ("noise_phrases", "tokenizer_dir"):
             if getattr(self, name):
                 object.__setattr__(self, name, storage.absolute(getattr(self, name)))
-        storage.refuse_overlap(self.out, "--out", self.root, "--root")
-        storage.refuse_overlap(self.out, "--out", self.noise_root, "--noise-root")
+        refuse_overlap(self.out, "--out", self.root, "--root")
+        refuse_overlap(self.out, "--out", self.noise_root, "--noise-root")
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset {self.dataset!r}: expected one of {', '.join(DATASETS)}")
         if not self.conditions or len(set(self.conditions)) != len(self.conditions):

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from das_core import __version__
-from das_core.errors import Refused, RunFailed
+from das_core.errors import EvaluationError, Refused, RunFailed
 from das_core.evaluation.prompts import TextEmbeddings, prepare_text
 from das_core.evaluation.protocol import EvaluateConfig, Plan
 from das_core.evaluation.protocol import plan as make_plan
@@ -28,8 +28,9 @@ from das_core.evaluation.report import (
 )
 from das_core.evaluation.scoring import METHODS, evaluate
 from das_core.evaluation.side import side_information
-from das_core.evaluation.stores import NOISE_STORE, EvaluationError, StoreEncoding, label_runs, load_conditions
+from das_core.evaluation.stores import NOISE_STORE, StoreEncoding, label_runs, load_conditions
 from das_core.io import storage
+from das_core.io.checks import check_output_folder
 from das_core.output.record import utc_now
 
 log = logging.getLogger("das.evaluation")
@@ -109,7 +110,7 @@ class EvaluationRun:
 def start_evaluation(config: EvaluateConfig) -> EvaluationRun:
     """Check ``--out``, plan, and make the text embeddings; everything that can be refused is refused here."""
     started = time.monotonic()
-    storage.check_output_folder(config.out)
+    check_output_folder(config.out)
     check_previous(config)
     plan = make_plan(config)
     _announce(plan)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from das_core.errors import EvaluationError
 from das_core.evaluation.datasets import Dataset
 from das_core.evaluation.side import SideInformation
-from das_core.evaluation.stores import ConditionData, EvaluationError
+from das_core.evaluation.stores import ConditionData
 from das_core.scoring.baselines import TGAP_POOL_SIZE, acevedo_scores, background_profile, tgap_prototypes
 from das_core.scoring.cache import DriftCache, project_rows
 from das_core.scoring.scorer import max_by_file

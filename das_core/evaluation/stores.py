@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from das_core.errors import Refused
+from das_core.errors import EvaluationError, Refused
 from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import UNKNOWN_SCENE, TextEmbeddings, saved_caches
 from das_core.evaluation.protocol import Condition, Plan
@@ -32,10 +32,6 @@ log = logging.getLogger("das.evaluation")
 STORE_DIR = "store"
 LIST_DIR = "manifests"       # OUT/manifests/: the label runs' path lists (the folder's name on disk)
 NOISE_STORE = "noise"
-
-
-class EvaluationError(Refused, ValueError):
-    """Stores or splits that cannot give a result (missing clips, an empty split, ...)."""
 
 
 # ---------------------------------------------------------- reading stores

@@ -1,4 +1,9 @@
-"""What to label: a local folder, an ``s3://`` prefix, or a manifest of paths."""
+"""What to label: a local folder, an ``s3://`` prefix, a single file, or a path list.
+
+A path list is a ``.csv`` or ``.parquet`` file (given as ``--input``) with a text ``path`` column of audio
+files or shards and an optional unique ``id`` column. (A ``_manifest.json`` is something else: the record
+of a das run, ``das_core.output.manifest``.) The listing is a table, ``INPUT_SCHEMA``, sorted by path.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.errors import Refused
+from das_core.errors import InputError
 from das_core.io import storage
+from das_core.io.s3 import is_s3
 from das_core.output.manifest import MANIFEST
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
@@ -24,21 +30,21 @@ SHARD_EXTENSIONS = (".tar", ".parquet")
 # What a folder listing picks up by default: plain audio and shards. An explicit --extensions is the whole list:
 # `--extensions wav` picks up .wav files only, never a .tar or .parquet that happens to lie there.
 DEFAULT_EXTENSIONS = AUDIO_EXTENSIONS + SHARD_EXTENSIONS
-MANIFEST_EXTENSIONS = (".csv", ".parquet")
+PATH_LIST_EXTENSIONS = (".csv", ".parquet")
 DAS_OUTPUT = "das output"           # the skip reason of files under a das label/rescore output folder
-
-
-class InputError(Refused):
-    """The input cannot be listed (missing, empty, or a manifest without a path column)."""
 
 
 @dataclass(frozen=True)
 class InputFile:
-    file_id: str      # stable identity: relative path, or the manifest's id
+    """One input of a short listing (``list_inputs``): its identity and where the decoder opens it."""
+
+    file_id: str      # stable identity: relative path, or the path list's id
     path: str         # URI the decoder opens
 
 
 def normalise_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """``--extensions`` as a tuple of lower-case ``.ext`` names (a comma-separated string or a sequence);
+    ``InputError`` when it names none."""
     if isinstance(extensions, str):
         extensions = extensions.split(",")
     out = tuple("." + e.strip().lower().lstrip(".") for e in extensions if e.strip())
@@ -68,6 +74,7 @@ class Skipped:
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, reason: str, uri: str, keep: int = 3) -> None:
+        """Count ``uri`` as skipped for ``reason``, keeping it as an example while fewer than ``keep`` are."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         shown = self.examples.setdefault(reason, [])
         if len(shown) < keep:
@@ -75,9 +82,11 @@ class Skipped:
 
     @property
     def total(self) -> int:
+        """Objects skipped, over all reasons."""
         return sum(self.counts.values())
 
     def as_dict(self) -> dict:
+        """The manifest's ``skipped`` block: the total, the counts by reason (sorted), the examples."""
         return {"total": self.total, "by_reason": dict(sorted(self.counts.items())), "examples": self.examples}
 
 
@@ -93,7 +102,7 @@ def shard_kind(name: str) -> str | None:
 
 
 def shard_kinds(paths: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """``shard_kind`` of every path, computed by Arrow (a manifest may list millions)."""
+    """``shard_kind`` of every path, computed by Arrow (a path list may hold millions)."""
     lower = pc.utf8_lower(paths)
     kinds = pa.nulls(len(paths), pa.string())
     for ext, kind in reversed(SHARD_KINDS.items()):           # the first matching extension wins, as in shard_kind
@@ -101,11 +110,25 @@ def shard_kinds(paths: pa.Array | pa.ChunkedArray) -> pa.Array:
     return kinds
 
 
-def _is_audio_parquet(uri: str) -> bool:
-    """A single ``.parquet`` input is a shard when it has an audio column, a manifest otherwise."""
-    import pyarrow.parquet as pq
+def audio_column_of(schema: pa.Schema, wanted: str | None) -> str | None:
+    """The column holding audio bytes: ``wanted``, else the first struct with a binary ``bytes`` field
+    (Hugging Face ``Audio``), else the first binary column."""
+    if wanted:
+        return wanted if wanted in schema.names else None
+    for f in schema:
+        if pa.types.is_struct(f.type) and any(c.name == "bytes" and pa.types.is_binary(c.type) or
+                                              c.name == "bytes" and pa.types.is_large_binary(c.type)
+                                              for c in f.type):
+            return f.name
+    for f in schema:
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            return f.name
+    return None
 
-    from das_core.io.shards import audio_column_of
+
+def _is_audio_parquet(uri: str) -> bool:
+    """A single ``.parquet`` input is a shard when it has an audio column, a path list otherwise."""
+    import pyarrow.parquet as pq
 
     try:
         with storage.open_input(uri) as f:
@@ -123,14 +146,14 @@ def list_input_table(uri: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS)
     shards included: they are picked up only when listed) and everything under a
     folder holding a das label/rescore ``_manifest.json`` are skipped (and
     counted). The id is the path relative to the folder. A ``.csv``/``.parquet``
-    file is a manifest with a ``path`` column (relative paths are taken from the
-    manifest's folder) and an optional unique ``id`` column; sizes are then
+    file is a path list with a ``path`` column (relative paths are taken from the
+    path list's folder) and an optional unique ``id`` column; sizes are then
     unknown. A single audio file is a one-file input.
     """
     skipped = Skipped()
     uri = normalise_uri(uri)
-    if uri.lower().endswith(MANIFEST_EXTENSIONS) and not (uri.lower().endswith(".parquet") and _is_audio_parquet(uri)):
-        return _read_manifest(uri), skipped
+    if uri.lower().endswith(PATH_LIST_EXTENSIONS) and not (uri.lower().endswith(".parquet") and _is_audio_parquet(uri)):
+        return _read_path_list(uri), skipped
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         raise InputError(f"input {uri} does not exist")
@@ -196,7 +219,9 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
-def _read_manifest(uri: str) -> pa.Table:
+def _read_path_list(uri: str) -> pa.Table:
+    """The path list at ``uri`` as an ``INPUT_SCHEMA`` table, sorted by path; ``InputError`` for a missing,
+    unreadable or ill-formed one (the messages call it a manifest, as they always have)."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -212,7 +237,7 @@ def _read_manifest(uri: str) -> pa.Table:
             # from an Arrow buffer, not a Python file object: no reader thread calls back into Python (one that
             # does while the interpreter exits ends the process with a native abort)
             table = pq.read_table(pa.BufferReader(data))
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the manifest's
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the path list's
         raise InputError(f"manifest {uri} cannot be read: {exc}") from None
     if "path" not in table.column_names:
         raise InputError(f"manifest {uri} has no 'path' column (columns: {', '.join(table.column_names)}); "
@@ -225,7 +250,7 @@ def _read_manifest(uri: str) -> pa.Table:
         row = next(i for i, p in enumerate(paths.to_pylist()) if p is None or not p.strip())
         raise InputError(f"manifest {uri}, row {row + 1}: empty path")
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
-    if not storage.is_s3(base):
+    if not is_s3(base):
         base = os.path.abspath(base)
     absolute = pc.or_(pc.starts_with(paths, "s3://"), pc.or_(pc.starts_with(paths, "s3a://"),
                                                                 pc.starts_with(paths, "/")))

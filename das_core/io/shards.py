@@ -32,7 +32,9 @@ from typing import IO
 
 import pyarrow as pa
 
+from das_core.errors import AudioDecodeError
 from das_core.io import storage
+from das_core.io.inputs import audio_column_of, member_extensions
 
 TAR = "tar"
 PARQUET = "parquet"
@@ -53,10 +55,14 @@ class Member:
 
 @dataclass
 class Skips:
+    """A shard's members that are not labelled (metadata, other extensions): counted by reason, with up to
+    three examples each."""
+
     counts: dict[str, int]
     examples: dict[str, list[str]]
 
     def add(self, reason: str, name: str) -> None:
+        """Count member ``name`` as skipped for ``reason`` (an example while fewer than three are kept)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         shown = self.examples.setdefault(reason, [])
         if len(shown) < 3:
@@ -76,8 +82,6 @@ def _bytes_reader(data: bytes) -> Callable[[], AbstractContextManager[IO[bytes]]
 def tar_members(shard_id: str, uri: str, extensions: tuple[str, ...], keep_metadata: bool,
                 skips: Skips) -> Iterator[Member]:
     """The audio members of a tar shard, in order, sample by sample."""
-    from das_core.io.inputs import member_extensions
-
     wanted = tuple(e.lower() for e in member_extensions(extensions))
     with storage.open_input(uri) as raw:
         try:
@@ -132,6 +136,7 @@ def _read_text(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str | None:
 
 def _member_reader(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str):
     def open_member():
+        """The member's guarded reader (``GuardedMember``)."""
         f = tar.extractfile(info)
         if f is None:
             raise OSError(f"{name}: not a regular member")
@@ -159,25 +164,30 @@ class GuardedMember(io.RawIOBase):
             return fallback
 
     def readable(self) -> bool:
+        """Always: a member is read."""
         return True
 
     def seekable(self) -> bool:
+        """Always: soundfile seeks in a member, and tarfile's member reader can."""
         return True
 
     def readinto(self, buffer) -> int:
+        """Bytes read into ``buffer``; 0 (end of data) once a read has failed."""
         return self._guard(lambda: self._raw.readinto(buffer), 0)
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all with -1); empty once a read has failed."""
         return self._guard(lambda: self._raw.read(size), b"")
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """The new position; the current one (or 0) once a read or seek has failed."""
         return self._guard(lambda: self._raw.seek(offset, whence), self._guard(self._raw.tell, 0))
 
     def tell(self) -> int:
+        """The position; 0 once a read or seek has failed."""
         return self._guard(self._raw.tell, 0)
 
     def __exit__(self, *exc_info) -> None:
-        from das_core.audio.decode import AudioDecodeError
         from das_core.audio.info import TRUNCATED
 
         self.close()
@@ -185,22 +195,6 @@ class GuardedMember(io.RawIOBase):
         if self.error is not None:
             raise AudioDecodeError(self.name, TRUNCATED, f"the tar member ends early or is damaged "
                                    f"({type(self.error).__name__}: {self.error})") from None
-
-
-def audio_column_of(schema: pa.Schema, wanted: str | None) -> str | None:
-    """The column holding audio bytes: ``wanted``, else the first struct with a binary ``bytes`` field
-    (Hugging Face ``Audio``), else the first binary column."""
-    if wanted:
-        return wanted if wanted in schema.names else None
-    for f in schema:
-        if pa.types.is_struct(f.type) and any(c.name == "bytes" and pa.types.is_binary(c.type) or
-                                              c.name == "bytes" and pa.types.is_large_binary(c.type)
-                                              for c in f.type):
-            return f.name
-    for f in schema:
-        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
-            return f.name
-    return None
 
 
 def parquet_members(shard_id: str, uri: str, audio_column: str | None, id_column: str | None) -> Iterator[Member]:

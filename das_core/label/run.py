@@ -29,10 +29,11 @@ import pyarrow.compute as pc
 from das_core import __version__
 from das_core.audio.windows import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.clap.encoder import DEFAULT_BATCH_SIZE
-from das_core.errors import WRITE_ERRNOS, Refused, RunFailed
+from das_core.errors import InputError, RunFailed, RunRefused
+from das_core.failure import cannot_write, write_error_behind
 from das_core.io import storage
-from das_core.io.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
-from das_core.io.storage import check_output_folder
+from das_core.io.checks import check_output_folder, refuse_overlap
+from das_core.io.inputs import DEFAULT_EXTENSIONS, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.label.units import (
     DecodeSettings,
     plan_units,
@@ -60,10 +61,6 @@ RESUME_KEYS = ("input", "cache_fingerprint", "checkpoint_fingerprint", "snr_db",
                "keep_metadata")
 
 
-class RunRefused(Refused):
-    """A label run that cannot start as asked; the message says what to do."""
-
-
 IO, NOISE, COMPUTE = "input and output", "noise (evaluation and stress tests)", "compute"
 DEFAULT_MIN_ERRORS = 5
 
@@ -73,7 +70,7 @@ class LabelConfig:
     """The settings of ``das label`` (each option's default and meaning, ``das_core.settings``)."""
 
     input: str = setting(group=IO, metavar="URI", help="local folder, s3://bucket/prefix (listed recursively), a "
-                         "single audio file, or a manifest (.csv/.parquet) with a 'path' column and an optional "
+                         "single audio file, or a path list (.csv/.parquet) with a 'path' column and an optional "
                          "unique 'id' column")
     cache: str = setting(group=IO, metavar="URI", help="drift cache made by `das build-cache`")
     checkpoint: str = setting(group=IO, metavar="CKPT", help="CLAP checkpoint the cache was built with: LAION .pt "
@@ -144,9 +141,9 @@ class LabelConfig:
     def check(self) -> None:
         """Refuse contradictory or out-of-range settings, and an --out that overlaps what the run reads (at
         construction, before any work)."""
-        storage.refuse_overlap(self.out, "--out", self.input, "--input")
+        refuse_overlap(self.out, "--out", self.input, "--input")
         if self.noise:
-            storage.refuse_overlap(self.out, "--out", self.noise, "--noise")
+            refuse_overlap(self.out, "--out", self.noise, "--noise")
         if self.resume and self.overwrite:
             raise RunRefused("--resume and --overwrite exclude each other")
         if (self.snr_db is None) != (self.noise is None):
@@ -694,16 +691,8 @@ def run_label(c: LabelConfig, run_units: Callable[[LabelRun], None]) -> dict:
 
 def write_refusal(exc: BaseException, out: str) -> RunFailed | None:
     """A RunFailed for the disk-full or permission error behind ``exc`` (a worker's write, wrapped by Ray)."""
-    for _ in range(8):
-        cause = getattr(exc, "cause", None)       # a Ray task error: the worker's own exception
-        if isinstance(cause, BaseException) and cause is not exc:
-            exc = cause
-            continue
-        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-            # the part being written was a hidden temporary file, now removed: what is visible is committed
-            return RunFailed(f"cannot write {exc.filename or out} ({exc.strerror or exc}); the units committed "
-                             f"so far are kept: free space or fix the permissions of {out}, then rerun with --resume")
-        exc = exc.__cause__ or exc.__context__
-        if exc is None:
-            return None
-    return None
+    failed = write_error_behind(exc)
+    # the part being written was a hidden temporary file, now removed: what is visible is committed
+    return None if failed is None else RunFailed(cannot_write(
+        failed, out, f"the units committed so far are kept: free space or fix the permissions of {out}, "
+                     "then rerun with --resume"))

@@ -32,10 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from das_core.audio.decode import AudioDecodeError, AudioStream
+from das_core.audio.decode import AudioStream
 from das_core.audio.info import DECODER_CRASH, MISSING, UNREADABLE
 from das_core.audio.noise import NoiseBank
 from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, quantize_int16, repeat_pad
+from das_core.errors import AudioDecodeError
 from das_core.io import storage
 from das_core.io.inputs import DEFAULT_EXTENSIONS
 from das_core.io.shards import PARQUET, TAR, Member, Skips, parquet_members, tar_members

@@ -34,8 +34,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from das_core.errors import Refused
+from das_core.errors import LeaseHeld, Refused
 from das_core.io import storage
+from das_core.io.s3 import client_error_code, is_s3, named_errors, s3_filesystem
 from das_core.output.record import utc_compact, utc_from_unix
 
 log = logging.getLogger("das")
@@ -44,10 +45,6 @@ LOCK_NAME = "_lock.json"          # one of das's own files in OUT
 STALE_ENV = "DAS_LOCK_STALE_S"
 DEFAULT_STALE_S = 60.0
 HEARTBEAT_S = 10.0
-
-
-class LeaseHeld(Refused):
-    """Another run holds the output's lock (exit status 2); the message names it and says what to do."""
 
 
 _iso = utc_from_unix
@@ -195,15 +192,15 @@ class _S3LockFile:
         self.bucket, _, self.key = uri.split("://", 1)[1].partition("/")
 
     def _call(self, method: str, **kw):
-        fs = storage.s3_filesystem()
-        with storage._named_errors(self.uri, "cannot lock"):
+        fs = s3_filesystem()
+        with named_errors(self.uri, "cannot lock"):
             return fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kw)
 
     def create(self, data: bytes) -> bool:
         try:
             self._call("put_object", Body=data, IfNoneMatch="*")
         except (FileExistsError, OSError) as exc:
-            if isinstance(exc, FileExistsError) or storage._client_error_code(exc) in _CAS_CODES:
+            if isinstance(exc, FileExistsError) or client_error_code(exc) in _CAS_CODES:
                 return False
             raise
         return True
@@ -222,7 +219,7 @@ class _S3LockFile:
         except (FileNotFoundError, FileExistsError):
             return False
         except OSError as exc:
-            if storage._client_error_code(exc) in _CAS_CODES:
+            if client_error_code(exc) in _CAS_CODES:
                 return False
             raise
         return True
@@ -246,7 +243,7 @@ def _read_body(body) -> bytes:
         async with body as stream:
             return await stream.read()
 
-    return sync(storage.s3_filesystem().loop, read)
+    return sync(s3_filesystem().loop, read)
 
 
 class Lease:
@@ -260,7 +257,7 @@ class Lease:
         self.run_id = run_id or new_run_id()
         self.stale_s = stale_after_s() if stale_s is None else stale_s
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else min(HEARTBEAT_S, self.stale_s / 4)
-        self.file = _S3LockFile(self.uri) if storage.is_s3(out) else _LocalLockFile(self.uri)
+        self.file = _S3LockFile(self.uri) if is_s3(out) else _LocalLockFile(self.uri)
         self.started = time.time()
         self.version: object = None
         self.lost: str | None = None                # why the lease was lost while held (taken over)
@@ -277,7 +274,7 @@ class Lease:
 
     def acquire(self) -> Lease:
         """Take the lock, taking over a dead holder's; ``LeaseHeld`` when a live run holds it."""
-        if not storage.is_s3(self.out):
+        if not is_s3(self.out):
             path = os.path.abspath(os.path.expanduser(self.out))
             self.made_folder = not os.path.isdir(path)
             os.makedirs(path, exist_ok=True)

@@ -16,16 +16,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from das_core.errors import Refused
+from das_core.errors import ManifestError
 from das_core.io import storage
 
 MANIFEST = "_manifest.json"
 
 _TYPED = ("job", "status", "das_version", "format_version", "settings", "cache", "checkpoint", "counts", "runs")
-
-
-class ManifestError(Refused, ValueError):
-    """A ``_manifest.json`` is missing, unreadable or not das's."""
 
 
 @dataclass(frozen=True)

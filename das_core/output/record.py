@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from das_core.errors import describe_failure
+from das_core.failure import explain
 
 RANDOM_WEIGHTS_NOTE = "  (RANDOM: labels are meaningless)"
 
@@ -53,4 +53,4 @@ def ended_by(exc: BaseException) -> tuple[str, str]:
         return "interrupted", f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'})"
     if isinstance(exc, SystemExit):          # Ray's driver turns SIGTERM into sys.exit(15)
         return "interrupted", ("interrupted (signal SIGTERM)" if exc.code == 15 else f"exited ({exc.code})")
-    return "failed", describe_failure(exc)[1]
+    return "failed", explain(exc)[1]

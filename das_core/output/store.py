@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from das_core.errors import Refused
+from das_core.errors import EmbeddingsMismatch
 from das_core.io import storage
 from das_core.output.manifest import MANIFEST, RunManifest
 from das_core.scoring.cache import DriftCache
@@ -450,10 +450,6 @@ class OutputStore:
         manifest = RunManifest.read(self.uri) or {}
         emb = manifest.get("embeddings") or {}
         return emb.get("source") if emb.get("source") and not emb.get("copied") else None
-
-
-class EmbeddingsMismatch(Refused):
-    """Stored embeddings made with another checkpoint than the one they are to be used with."""
 
 
 def open_embeddings(uri: str, ours: str | None, ours_are: str, needed_by: str, remedy: str) -> RunManifest:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from das_core.errors import Refused
+from das_core.errors import ReportRefused
 from das_core.io import storage
 from das_core.report.markdown import build_report
 from das_core.report.record import REPORT_DIR, REPORT_MD, REPORT_RECORD, recorded_report_files, write_record
 
 log = logging.getLogger("das")
-
-
-class ReportRefused(Refused):
-    """The report would replace a file in OUT/report/ that das did not write."""
 
 
 def write_report(uri: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from das_core.errors import ConfigError
 from das_core.io import storage
+from das_core.io.checks import refuse_overlap
 from das_core.output.record import utc_date
 from das_core.runtime import engine
 from das_core.settings import setting
@@ -47,7 +48,7 @@ class RescoreConfig:
     def __post_init__(self) -> None:
         for name in ("embeddings", "cache", "out"):        # local paths made absolute once, here
             object.__setattr__(self, name, storage.absolute(getattr(self, name)))
-        storage.refuse_overlap(self.out, "--out", self.embeddings, "--embeddings")
+        refuse_overlap(self.out, "--out", self.embeddings, "--embeddings")
         engine.check_forced(self.local, self.ray)
         if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"--run-id {self.run_id!r} is not a valid run name: use up to 128 letters, digits, "

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from das_core.errors import Refused
 from das_core.io import storage
+from das_core.io.checks import check_output_folder
 from das_core.io.inputs import normalise_uri
 from das_core.label.run import DEFAULT_TOP_K
 from das_core.output.manifest import RunManifest
@@ -189,7 +190,7 @@ def plan_rescore(config: RescoreConfig) -> RescorePlan:
     """The plan of the run ``config`` describes; everything that can be refused is refused here, before any part
     is read (``Refused``)."""
     run_id = config.run_id or default_run_id()
-    storage.check_output_folder(config.out)
+    check_output_folder(config.out)
     cache = DriftCache.load(config.cache)
     label = open_embeddings(config.embeddings, cache.encoder_id, f"the drift cache {config.cache} was built with",
                             "das rescore", remedy="it cannot re-score them; rebuild it with "

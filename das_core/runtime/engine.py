@@ -19,7 +19,7 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.errors import Refused
+from das_core.errors import EngineRefused
 
 LOCAL, RAY = "local", "ray"
 ENGINES = (LOCAL, RAY)
@@ -27,10 +27,6 @@ ENGINES = (LOCAL, RAY)
 LOCAL_MAX_FILES = 64                  # das label: input files to do
 LOCAL_MAX_BYTES = 256 * 2**20         # das label: their bytes, where the listing knows sizes
 LOCAL_MAX_SEGMENTS = 50_000           # das rescore / das search: stored windows (about 100 MiB of float32 at d=512)
-
-
-class EngineRefused(Refused):
-    """``--local`` / ``--ray`` asked for something the engine cannot do."""
 
 
 def check_forced(local: bool, ray: bool, *, num_gpus: float = 0.0, actors: int | None = None) -> None:

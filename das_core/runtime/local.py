@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from das_core.errors import EngineRefused
 from das_core.io import storage
 from das_core.label import units
 from das_core.label.decode_process import DecodeProcess
 from das_core.label.writer import ChunkEncoder, EncodeSettings, finish_units
-from das_core.runtime.engine import EngineRefused
 from das_core.runtime.progress import RunMonitor
 
 if TYPE_CHECKING:

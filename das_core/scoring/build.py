@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from das_core.errors import ConfigError
 from das_core.io import storage
-from das_core.io.storage import check_output_file
+from das_core.io.checks import check_output_file
+from das_core.io.s3 import is_s3
 from das_core.scoring.cache import DEFAULT_LAM
 from das_core.scoring.prompts import CLEAN_TEMPLATE, DEFAULT_NOISE_PHRASES, NOISY_TEMPLATE, read_lines_from
 from das_core.settings import setting
@@ -43,7 +44,7 @@ class BuildConfig:
         # local paths made absolute once, here; an s3:// --out keeps a trailing slash, refused as a folder later
         put = object.__setattr__
         put(self, "labels", storage.absolute(self.labels))
-        put(self, "out", self.out if storage.is_s3(self.out) else storage.absolute(self.out))
+        put(self, "out", self.out if is_s3(self.out) else storage.absolute(self.out))
         put(self, "checkpoint", storage.absolute_if_local(self.checkpoint))
         for name in ("noise_phrases", "clean_templates", "tokenizer_dir"):
             if getattr(self, name):

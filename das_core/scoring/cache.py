@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from das_core import __version__
-from das_core.errors import Refused
+from das_core.errors import CacheError, CacheMismatchError
 from das_core.io import storage
 from das_core.scoring.prompts import CLEAN_TEMPLATE, NOISY_TEMPLATE, check_template, label_text
 
@@ -40,14 +40,6 @@ UNIT_NORM_TOL = 1e-3
 
 TextEncoder = Callable[[list[str]], np.ndarray]
 DEFAULT_LAM = 0.1            # weight of the drift bonus; chosen here, the paper only calls it small
-
-
-class CacheError(Refused):
-    """A file that is not a usable DAS drift cache (foreign, damaged or inconsistent)."""
-
-
-class CacheMismatchError(CacheError):
-    """A valid cache that was built for another checkpoint."""
 
 
 def _fingerprint(payload: dict) -> str:

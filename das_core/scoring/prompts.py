@@ -7,8 +7,9 @@ import os
 import re
 import string
 
-from das_core.errors import Refused
+from das_core.errors import Refused, StorageError
 from das_core.io import storage
+from das_core.io.s3 import is_s3
 
 log = logging.getLogger("das")
 
@@ -131,12 +132,12 @@ def read_lines_from(uri: str, what: str) -> list[str]:
     warning naming its line. A folder, a missing file or one that is not
     text is refused (``Refused``).
     """
-    if not storage.is_s3(uri) and os.path.isdir(os.path.expanduser(uri)):
+    if not is_s3(uri) and os.path.isdir(os.path.expanduser(uri)):
         raise Refused(f"{what} file {uri} is a folder (a text file with one entry per line is expected); "
                          "pass the file itself")
     try:
         data = storage.read_bytes(uri)
-    except storage.StorageError:
+    except StorageError:
         raise
     except FileNotFoundError:
         raise Refused(f"{what} file {uri} does not exist (no such file); check the path") from None

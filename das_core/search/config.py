@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from das_core.errors import ConfigError
 from das_core.io import storage
+from das_core.io.checks import overlap
 from das_core.runtime import engine
 from das_core.search.queries import LEVELS, SEGMENT
 from das_core.settings import setting
@@ -81,7 +82,7 @@ class SearchConfig:
         put("checkpoint", storage.absolute_if_local(self.checkpoint))
         if self.out:
             put("out", storage.absolute(self.out))
-            if storage.overlap(self.out, self.embeddings) in ("inside", "the same location as"):
+            if overlap(self.out, self.embeddings) in ("inside", "the same location as"):
                 raise ConfigError(f"--out {self.out} is inside --embeddings {self.embeddings} (the matches could "
                                   f"replace das's own files there); write them outside {self.embeddings}")
         if self.tokenizer_dir:

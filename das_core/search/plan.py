@@ -83,7 +83,8 @@ def embed_like(encoder, uri: str) -> np.ndarray:
 def check_like_files(uris: Sequence[str]) -> None:
     """Refuse a ``--like`` file that is missing, unreadable or not audio, before the model is loaded: only its
     header is read."""
-    from das_core.audio.decode import AudioDecodeError, AudioStream
+    from das_core.audio.decode import AudioStream
+    from das_core.errors import AudioDecodeError
 
     for uri in uris:
         try:

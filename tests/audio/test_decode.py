@@ -7,8 +7,9 @@ import soundfile as sf
 from conftest import sine, write_audio
 
 from das_core.audio import info
-from das_core.audio.decode import AudioDecodeError, AudioStream, downmix, load_mono48k
+from das_core.audio.decode import AudioStream, downmix, load_mono48k
 from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, segment, window_count
+from das_core.errors import AudioDecodeError
 
 
 def windows_of(path):

@@ -10,9 +10,10 @@ import soundfile as sf
 import soxr
 
 from das_core.audio import info
-from das_core.audio.decode import FFMPEG_EXTENSIONS, AudioDecodeError, AudioStream, load_mono48k
+from das_core.audio.decode import FFMPEG_EXTENSIONS, AudioStream, load_mono48k
 from das_core.audio.info import FFMPEG, LIBSNDFILE
 from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES, window_count
+from das_core.errors import AudioDecodeError
 from das_core.io.inputs import DEFAULT_EXTENSIONS, list_inputs
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from das_core.errors import LayoutError
 from das_core.evaluation import datasets as dsm
 from das_core.evaluation.datasets import (
-    LayoutError,
     read_dataset,
     read_esc50,
     read_fsd50k,

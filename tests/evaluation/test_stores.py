@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from das_core.errors import ManifestError
 from das_core.evaluation.prompts import UNKNOWN_SCENE
 from das_core.evaluation.stores import background_keys, noise_uri
-from das_core.output.manifest import ManifestError, NoiseSource
+from das_core.output.manifest import NoiseSource
 
 
 def test_noise_uri_reads_the_noise_source_column():

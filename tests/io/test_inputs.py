@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from das_core.errors import InputError
 from das_core.io.inputs import (
     AUDIO_EXTENSIONS,
     DAS_OUTPUT,
     DEFAULT_EXTENSIONS,
     SHARD_EXTENSIONS,
-    InputError,
     list_input_table,
     member_extensions,
     normalise_extensions,

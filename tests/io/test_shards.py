@@ -49,7 +49,8 @@ def test_hostile_tars(tmp_path):
 def test_a_truncated_member_is_its_truncated_error_without_a_traceback(tmp_path, capfd):
     import tarfile
 
-    from das_core.audio.decode import AudioDecodeError, AudioStream
+    from das_core.audio.decode import AudioStream
+    from das_core.errors import AudioDecodeError
 
     good = open(write_tar(tmp_path / "ok.tar", extra=False), "rb").read()
     with tarfile.open(tmp_path / "ok.tar") as tar:

@@ -13,11 +13,12 @@ from conftest import sine
 
 from das_core.audio import info
 from das_core.audio.windows import SAMPLE_RATE, window_count
+from das_core.errors import CacheMismatchError
 from das_core.errors import Refused as UsageError
 from das_core.errors import RunFailed as JobFailed
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
-from das_core.scoring.cache import CacheMismatchError, DriftCache
+from das_core.scoring.cache import DriftCache
 from jobs.label import LabelConfig, main, run
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it

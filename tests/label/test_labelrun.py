@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import sine, write_audio
 
-from das_core.errors import RunFailed
-from das_core.label.run import LabelConfig, LabelRun, RunRefused, UnitTracker, plan_run
+from das_core.errors import RunFailed, RunRefused
+from das_core.label.run import LabelConfig, LabelRun, UnitTracker, plan_run
 from das_core.label.units import read_work_manifest
 from das_core.output.manifest import RunManifest
 from das_core.output.record import ended_by

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from das_core.errors import Refused
-from das_core.output.lease import LOCK_NAME, Holder, Lease, LeaseHeld
+from das_core.errors import LeaseHeld, Refused
+from das_core.output.lease import LOCK_NAME, Holder, Lease
 
 pytestmark = pytest.mark.integration      # S3 cases start moto's server; local ones start a subprocess
 

@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BROKEN_WAV
 
+from das_core.errors import ReportRefused
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.report.record import REPORT_DIR, REPORT_MD, REPORT_RECORD, remove_report
 from das_core.report.tally import tally, top_with_other
-from das_core.report.write import ReportRefused, report_after_run, write_report
+from das_core.report.write import report_after_run, write_report
 from jobs.report import main
 from jobs.rescore import RescoreConfig
 from jobs.rescore import run as rescore_run

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 from conftest import label_run, read_output, write_clips
 
-from das_core.errors import RunFailed
+from das_core.errors import EngineRefused, RunFailed
 from das_core.label.run import LabelConfig
 from das_core.output.manifest import RunManifest
 from das_core.output.store import END_TAG, FILES_DIR, OutputStore, part_name
 from das_core.runtime import engine
-from das_core.runtime.engine import LOCAL, RAY, EngineRefused
+from das_core.runtime.engine import LOCAL, RAY
 
 LONG = {"long.wav": (35.0, 16000, 440.0, 0.05)}          # 4 windows: two chunks of 2, pieces across them
 CLIPS = {**LONG, "a.wav": (1.0, 22050, 880.0), "b.wav": (12.0, 44100, 330.0, 0.1), "c.flac": (0.4, 8000, 220.0)}

@@ -4,7 +4,8 @@ import warnings
 import numpy as np
 import pytest
 
-from das_core.scoring.cache import CacheError, CacheMismatchError, DriftCache
+from das_core.errors import CacheError, CacheMismatchError
+from das_core.scoring.cache import DriftCache
 from das_core.scoring.prompts import DEFAULT_NOISE_PHRASES
 
 LABELS = ["dog_bark", "siren", "engine_idling", "jackhammer"]
