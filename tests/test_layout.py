@@ -156,6 +156,19 @@ def test_the_walk_finds_circles_and_their_ties():
     assert circles(graph) == [["a", "b", "c"]]
 
 
+def test_module_level_imports_are_those_run_at_import_time():
+    tree = ast.parse("import a\nfrom b import x\nif TYPE_CHECKING:\n    import c\nelse:\n    import d\n"
+                     "try:\n    import e\nexcept ImportError:\n    pass\n"
+                     "class K:\n    import f\n\n    def m(self):\n        import g\n"
+                     "def h():\n    from i import y\n")
+
+    def names(nodes):
+        return sorted(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in nodes)
+
+    assert names(import_nodes(tree, module_level=True)) == ["a", "b", "d", "e", "f"]
+    assert names(import_nodes(tree, module_level=False)) == ["a", "b", "c", "d", "e", "f", "g", "i"]
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_circles(package):
     graph = import_graph()
