@@ -46,24 +46,24 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def best_of(fn, repeats: int = 3) -> float:
-    """Shortest wall time of ``repeats`` calls (the least disturbed by other load)."""
+def _least(clock, fn, repeats: int) -> float:
+    """The least ``clock`` time one of ``repeats`` calls of ``fn`` took."""
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times)
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Shortest wall time of ``repeats`` calls (the least disturbed by other load)."""
+    return _least(time.perf_counter, fn, repeats)
 
 
 def best_cpu_of(fn, repeats: int = 3) -> float:
     """Least CPU time (this process, all threads) of ``repeats`` calls: other processes' load barely moves it."""
-    times = []
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return min(times)
+    return _least(time.process_time, fn, repeats)
 
 
 def timed(fn) -> tuple[float, int]:
