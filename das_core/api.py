@@ -81,19 +81,25 @@ def embed_array(encoder, samples: np.ndarray, sample_rate: int) -> Embedded:
 
 @dataclass(frozen=True)
 class Labels:
+    """What ``label_embeddings`` returns: DAS and plain zero-shot labels of each window and of the whole
+    recording (the file row is the max over its windows)."""
+
     windows: Labelled             # one row per window
     file: Labelled                # one row: max over the windows
 
     @property
     def window_labels(self) -> list[str]:
+        """The top DAS class of each window, in window order."""
         return self.windows.label
 
     @property
     def file_label(self) -> str:
+        """The recording's top DAS class."""
         return self.file.label[0]
 
     @property
     def file_top_k(self) -> list[tuple[str, float]]:
+        """The recording's top-k (class, DAS score) pairs, best first."""
         return [(name, float(score)) for name, score in zip(self.file.top_k_labels[0], self.file.top_k_scores[0])]
 
 

@@ -52,6 +52,9 @@ def generate_example(folder: str, seed: int = 0) -> list[str]:
 
 
 def resolve_demo_checkpoint() -> str:
+    """The checkpoint the demo labels with: ``$DAS_CHECKPOINT`` if set, else LAION's 630k-audioset-best where it
+    can be had, else a checkpoint with RANDOM weights (written once into das's cache folder, and announced
+    loudly: its labels are meaningless)."""
     from das_core.clap import checkpoint as ckpt
     from das_core.clap.download import cache_dir
     from das_core.clap.random_weights import write_random_checkpoint

@@ -26,6 +26,8 @@ def setting(default: Any = MISSING, *, help: str, metavar: str | None = None, ch
 
 @dataclasses.dataclass(frozen=True)
 class Described:
+    """One described field of a settings class, as the command line needs it (``described`` makes them)."""
+
     name: str                    # the field's name
     flag: str                    # the option: --name-with-dashes unless the field says otherwise
     kind: type                   # str, int, float or bool (a repeated option: its items' type)
@@ -38,19 +40,21 @@ class Described:
     repeat: bool
 
 
-def described(cls) -> list[Described]:
-    """The described fields of the settings class ``cls``, in field order."""
-    hints = typing.get_type_hints(cls)
+def described(settings_class: type) -> list[Described]:
+    """The fields of the dataclass ``settings_class`` made with ``setting`` (those with a help text), in field
+    order; a field with neither default nor default factory is required (its ``default`` is None)."""
+    hints = typing.get_type_hints(settings_class)
     out = []
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
+    for member in dataclasses.fields(settings_class):
+        meta = member.metadata
+        if "help" not in meta:
             continue
-        kind = _base(hints[f.name])
-        required = f.default is MISSING and f.default_factory is MISSING
-        default = f.default if f.default is not MISSING else (None if required else f.default_factory())
-        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
-        out.append(Described(f.name, flag, kind, required, default, f.metadata["help"], f.metadata["metavar"],
-                             f.metadata["choices"], f.metadata["group"], f.metadata["repeat"]))
+        kind = _base(hints[member.name])
+        required = member.default is MISSING and member.default_factory is MISSING
+        default = member.default if member.default is not MISSING else (None if required else member.default_factory())
+        flag = meta["flag"] or "--" + member.name.replace("_", "-")
+        out.append(Described(member.name, flag, kind, required, default, meta["help"], meta["metavar"],
+                             meta["choices"], meta["group"], meta["repeat"]))
     return out
 
 

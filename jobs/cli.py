@@ -17,7 +17,8 @@ COMMANDS = {
 
 
 def usage() -> str:
-    width = max(len(c) for c in COMMANDS)
+    """The top-level help: the usage line, what das does, and each command with its one-line summary."""
+    width = max(len(name) for name in COMMANDS)
     lines = ["usage: das <command> [options]   (das <command> --help for its options)", "",
              "Noise-robust zero-shot audio labelling: LAION-CLAP + Drift-Augmented Scoring on Ray.", "",
              "commands:"]
@@ -26,6 +27,8 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``das <command> ...``: hand ``argv`` (default ``sys.argv[1:]``) after the command name to that command's
+    ``main``; the exit status (0 for help and ``--version``, 2 for an unknown command, else the command's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -29,6 +29,8 @@ CLUSTER_WAIT_ENV = "DAS_CLUSTER_WAIT_S"
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options every command has: ``--s3-endpoint``, ``-v/--verbose`` and ``--debug`` (``run_main``
+    applies them)."""
     parser.add_argument("--s3-endpoint", metavar="URL",
                         help="S3-compatible endpoint (MinIO, Ceph, ...); same as AWS_ENDPOINT_URL_S3. "
                              "Credentials come from the usual AWS environment variables or config files.")
@@ -83,34 +85,41 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                            fill(para, width, indent) for para in text.split("\n\n"))
 
 
-def add_settings(parser: argparse.ArgumentParser, cls, groups: dict[str, argparse._ArgumentGroup] | None = None
-                 ) -> None:
-    """An option per described field of the settings class ``cls`` (``das_core.settings``), in field order."""
+def add_settings(parser: argparse.ArgumentParser, settings_class: type,
+                 groups: dict[str, argparse._ArgumentGroup] | None = None) -> None:
+    """Add an option per described field of ``settings_class`` (``das_core.settings``), in field order: a flag
+    for a bool, a repeatable option for a list, required where the field has no default. A field with a group
+    goes into that argument group, made once and kept in ``groups`` so that several classes can share it."""
     groups = {} if groups is None else groups
-    for d in described(cls):
-        target = parser if d.group is None else groups.setdefault(d.group, parser.add_argument_group(d.group))
-        kw: dict = {"help": d.help, "dest": d.name}
-        if d.kind is bool:
+    for field in described(settings_class):
+        target = (parser if field.group is None
+                  else groups.setdefault(field.group, parser.add_argument_group(field.group)))
+        kw: dict = {"help": field.help, "dest": field.name}
+        if field.kind is bool:
             kw["action"] = "store_true"
         else:
-            kw.update(type=d.kind, metavar=d.metavar, choices=d.choices,
-                      **({"required": True} if d.required else {"default": d.default}))
-            if d.repeat:
+            kw.update(type=field.kind, metavar=field.metavar, choices=field.choices,
+                      **({"required": True} if field.required else {"default": field.default}))
+            if field.repeat:
                 kw.update(action="append", default=[])
-        target.add_argument(d.flag, **kw)
+        target.add_argument(field.flag, **kw)
 
 
-def settings_from_args(cls, args: argparse.Namespace, **given):
-    """A das_core settings object from the parsed options of the same names (and ``given`` ones)."""
-    fields = cls.__dataclass_fields__
-    return cls(**{**{k: v for k, v in vars(args).items() if k in fields}, **given})
+def settings_from_args(settings_class: type, args: argparse.Namespace, **given):
+    """A ``settings_class`` (a das_core settings dataclass) from the parsed options named as its fields; ``given``
+    values take precedence. Its own validation runs (and refuses) as it is constructed."""
+    fields = settings_class.__dataclass_fields__
+    return settings_class(**{**{k: v for k, v in vars(args).items() if k in fields}, **given})
 
 
-def job_main(argv: list[str] | None, prog: str, build_parser, config_from_args, run) -> int:
-    """The ``main`` of a job whose work is ``run(config_from_args(parsed arguments))``."""
+def job_main(argv: list[str] | None, prog: str, build_parser: Callable[[str], argparse.ArgumentParser],
+             config_from_args: Callable[[argparse.Namespace], object], run: Callable[[object], object]) -> int:
+    """The ``main`` of a job whose work is ``run(config_from_args(parsed arguments))``: ``argv`` parsed by
+    ``build_parser(prog)``, the work done under ``run_main``; the exit status (0 when ``run`` returns)."""
     args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
+        """The job's work; 0."""
         run(config_from_args(args))
         return 0
 

@@ -13,14 +13,17 @@ from jobs.common import add_common_options, run_main
 
 
 def build_parser(prog: str = "das demo") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Generate a small example archive and label it with "
+    """The options of ``das demo``: ``--out`` and the common ones."""
+    parser = argparse.ArgumentParser(prog=prog, description="Generate a small example archive and label it with "
                                 "das label (build-cache included). Safe to rerun: the output is replaced.")
-    p.add_argument("--out", default="demo-output", help="working folder for the example, cache and results")
-    add_common_options(p)
-    return p
+    parser.add_argument("--out", default="demo-output", help="working folder for the example, cache and results")
+    add_common_options(parser)
+    return parser
 
 
 def demo(out: str) -> int:
+    """Generate the example under ``out`` (audio, drift cache, checkpoint), label it into ``out/labels``
+    (replacing what is there), print how to read the results back; 0."""
     from das_core.demo import prepare_demo
     from das_core.label.run import LabelConfig
     from jobs.label import run
@@ -37,6 +40,7 @@ def demo(out: str) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "das demo") -> int:
+    """``das demo``: parse ``argv`` and run ``demo`` under das's error reporting; the exit status."""
     args = build_parser(prog).parse_args(argv)
     return run_main(prog, lambda: demo(args.out), args)
 

@@ -1,0 +1,86 @@
+"""One write worker: a chunk scored, pooled and written as das label's parts, against a plain Parquet write
+of the same rows, on local disk and on moto's S3."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from bench.common import CHUNK, best_of, moto_s3
+
+
+def _unit_embeddings(n: int, d: int, rng) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def _chunk(rng, n_files: int, windows_per_file: int, dim: int):
+    from das_core.label.units import ChunkMeta
+
+    windows, files = [], []
+    for f in range(n_files):
+        files.append({"file_id": f"clip{f:04d}.flac", "path": f"s3://archive/clip{f:04d}.flac", "piece": 0,
+                      "closes": True, "status": "ok", "error": None, "error_kind": None,
+                      "n_emitted": windows_per_file, "duration_s": 10.0 * windows_per_file, "sample_rate": 44100,
+                      "channels": 2, "decoder": "libsndfile"})
+        windows += [[f, s, 10.0 * s, 10.0 * (s + 1), None] for s in range(windows_per_file)]
+    return ChunkMeta(windows, files), _unit_embeddings(len(windows), dim, rng)
+
+
+def bench_write(cache, repeats: int) -> dict:
+    """Windows/s one write worker core scores and writes (``write_chunk``: scores, top-k, file pooling, three
+    Parquet parts), against a plain ``pyarrow.parquet.write_table`` of the same segment rows; local and S3."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from das_core.io import storage
+    from das_core.label.writer import WriteSettings, _segments, write_chunk
+    from das_core.output.store import OutputStore, segments_schema
+
+    rng = np.random.default_rng(3)
+    meta, emb = _chunk(rng, n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)
+    ws = WriteSettings(top_k=5, embedding_dtype="float16")
+    keep = np.ones(len(meta.windows), dtype=bool)
+    from das_core.scoring.scorer import label_windows
+
+    segments = _segments(meta, keep, emb, label_windows(emb.astype(np.float32), cache, 5), ws)
+    assert segments.schema.equals(segments_schema("float16"))
+    out = {}
+    server = None
+    try:
+        for where in ("local", "s3"):
+            if where == "s3":
+                try:
+                    server = moto_s3()
+                except ImportError:
+                    break
+                root = "s3://bench/write"
+            else:
+                root = tempfile.mkdtemp(prefix="das-bench-write-")
+            store = OutputStore(root)
+
+            def ours(store=store):
+                """The chunk as das label writes it."""
+                write_chunk(store, "u00000000", 0, True, meta, emb, cache, ws)
+
+            def plain(root=root):
+                """The segment rows as one plain Parquet file."""
+                buf = io.BytesIO()
+                pq.write_table(segments, buf)
+                storage.write_bytes_atomic(storage.join(root, "plain.parquet"), buf.getvalue())
+
+            ours()
+            t_ours = best_of(ours, repeats)
+            t_plain = best_of(plain, repeats)
+            out[f"write_windows_per_s_{where}"] = CHUNK / t_ours
+            out[f"plain_parquet_windows_per_s_{where}"] = CHUNK / t_plain
+            out[f"write_over_plain_parquet_{where}"] = t_plain / t_ours
+    finally:
+        if server is not None:
+            server.stop()
+            os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+    out["write_classes"] = len(cache.labels)
+    return out
