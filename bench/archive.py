@@ -97,7 +97,8 @@ def bench_write(cache, repeats: int) -> dict:
 
     from das_core.io import storage
     from das_core.label.writer import WriteSettings, _segments, write_chunk
-    from das_core.output.store import OutputStore, segments_schema
+    from das_core.output.format import segments_schema
+    from das_core.output.store import OutputStore
 
     rng = np.random.default_rng(3)
     meta, emb = _chunk(rng, n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)

@@ -610,19 +610,10 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
     """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
     import pyarrow as pa
 
+    from das_core.output.format import END_TAG, FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR, part_name
     from das_core.output.manifest import RunManifest
-    from das_core.output.store import (
-        END_TAG,
-        FILES_DIR,
-        FORMAT_VERSION,
-        SEGMENTS_DIR,
-        FileOutcome,
-        OutputStore,
-        build_tables,
-        embedding_array,
-        labelled_columns,
-        part_name,
-    )
+    from das_core.output.store import OutputStore
+    from das_core.output.tables import FileOutcome, build_tables, embedding_array, labelled_columns
     from das_core.scoring.scorer import label_windows
 
     rng = np.random.default_rng(2)
@@ -672,7 +663,7 @@ def rescore_breakdown(labels: str, cache) -> dict:
     """Where one part's re-scoring time goes, in this process: what must be read, scored and written."""
     import pyarrow.parquet as pq
 
-    from das_core.output.store import END_TAG, part_name, table_to_bytes
+    from das_core.output.format import END_TAG, part_name, table_to_bytes
     from das_core.rescore.run import rescore_tables
 
     seg_path = os.path.join(labels, "segments", part_name("u00000000", 0))
@@ -743,7 +734,7 @@ def _columns_row_by_row(lab, n: int) -> dict:
 def bench_changes(ckpt: str, sizes: Sizes) -> dict:
     """The effect of this project's own speed-ups, each against the way it was done before, in this run."""
     from das_core.clap.encoder import ClapEncoder, laion
-    from das_core.output.store import labelled_columns
+    from das_core.output.tables import labelled_columns
     from das_core.scoring.scorer import _labelled, top_k
 
     enc = ClapEncoder.from_checkpoint(ckpt)

@@ -43,7 +43,8 @@ def bench_search(cache, work: str, rows: int, best_of) -> dict:
     import pyarrow.parquet as pq
 
     from bench.run import write_label_output
-    from das_core.output.store import SEGMENTS_DIR, OutputStore
+    from das_core.output.format import SEGMENTS_DIR
+    from das_core.output.store import OutputStore
     from das_core.search.run import SEGMENT_COLUMNS, unit_hits
 
     labels = os.path.join(work, "search-labels")

@@ -13,7 +13,7 @@ import numpy as np
 
 from das_core.audio.decode import WINDOW_SAMPLES, AudioStream
 from das_core.io import storage
-from das_core.output.store import mean_embedding
+from das_core.output.tables import mean_embedding
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import Labelled, label_files, label_windows, window_scores
 

@@ -88,7 +88,9 @@ def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from das_core.output.store import SEGMENTS_DIR, OutputStore, embeddings_to_numpy
+    from das_core.output.format import SEGMENTS_DIR
+    from das_core.output.store import OutputStore
+    from das_core.output.tables import embeddings_to_numpy
 
     store = OutputStore(uri)
     listing = store.listing()
@@ -143,7 +145,7 @@ def write_manifest(uri: str, paths: Sequence[str], ids: Sequence[str]) -> None:
     """A label-job manifest (``path``, ``id``), rewritten only when its content changes."""
     import pyarrow as pa
 
-    from das_core.output.store import table_to_bytes
+    from das_core.output.format import table_to_bytes
 
     table = pa.table({"path": pa.array(list(paths), pa.string()), "id": pa.array(list(ids), pa.string())})
     data = table_to_bytes(table)

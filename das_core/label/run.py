@@ -41,10 +41,12 @@ from das_core.label.units import (
     write_work_manifest,
 )
 from das_core.label.writer import EncodeSettings, WriteSettings
+from das_core.output.format import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.lease import Lease, sigterm_as_interrupt
 from das_core.output.manifest import MANIFEST, RunManifest
 from das_core.output.record import cache_block, ended_by, utc_now, weights_line
-from das_core.output.store import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR, OutputStore, count_outcomes
+from das_core.output.store import OutputStore
+from das_core.output.tables import count_outcomes
 from das_core.runtime import engine
 from das_core.runtime.progress import steady_rate
 from das_core.scoring.scorer import DEFAULT_TOP_K
@@ -325,7 +327,7 @@ def holds_message(out: str, previous: RunManifest | None) -> str:
 
 
 def _empty_files() -> pa.Table:
-    from das_core.output.store import FILES_SCHEMA
+    from das_core.output.format import FILES_SCHEMA
 
     return FILES_SCHEMA.empty_table()
 

@@ -28,21 +28,15 @@ import pyarrow.compute as pc
 
 from das_core.audio.decode import WINDOW_SAMPLES
 from das_core.label.units import ChunkMeta
-from das_core.output.store import (
-    END_TAG,
-    FILES_DIR,
-    OK,
-    PIECES_DIR,
-    SEGMENTS_DIR,
+from das_core.output.format import END_TAG, FILES_DIR, OK, PIECES_DIR, SEGMENTS_DIR, part_name, segments_schema
+from das_core.output.store import OutputStore
+from das_core.output.tables import (
     FileOutcome,
-    OutputStore,
     embedding_array,
     files_table,
     labelled_columns,
     mean_embedding,
     normalised,
-    part_name,
-    segments_schema,
 )
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import DEFAULT_TOP_K, label_files, label_pooled, label_windows, window_scores

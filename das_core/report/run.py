@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 
 from das_core.errors import Refused
 from das_core.io import storage
+from das_core.output.format import ERROR, FILES_DIR, OK, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
-from das_core.output.store import ERROR, FILES_DIR, OK, SEGMENTS_DIR, OutputStore
+from das_core.output.store import OutputStore
 from das_core.runtime.progress import STEADY_MIN_CHUNKS, STEADY_MIN_S
 
 REPORT_DIR = "report"

@@ -48,26 +48,20 @@ from das_core.errors import ConfigError, Refused, RunFailed, WriteFailed
 from das_core.io import storage
 from das_core.io.inputs import normalise_uri
 from das_core.label.run import DEFAULT_TOP_K
-from das_core.output.manifest import RunManifest
-from das_core.output.record import cache_block, ended_by, utc_date, utc_now, weights_line
-from das_core.output.store import (
+from das_core.output.format import (
     EMBEDDING_TYPES,
     END_TAG,
     FILES_DIR,
     FORMAT_VERSION,
     OK,
     SEGMENTS_DIR,
-    FileOutcome,
-    OutputStore,
-    StoreListing,
-    build_tables,
-    count_outcomes,
-    embeddings_to_numpy,
-    labelled_columns,
-    open_embeddings,
     part_name,
     segments_schema,
 )
+from das_core.output.manifest import RunManifest
+from das_core.output.record import cache_block, ended_by, utc_date, utc_now, weights_line
+from das_core.output.store import OutputStore, StoreListing, open_embeddings
+from das_core.output.tables import FileOutcome, build_tables, count_outcomes, embeddings_to_numpy, labelled_columns
 from das_core.runtime import engine
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import label_windows, window_scores

@@ -37,17 +37,10 @@ import pyarrow.parquet as pq
 
 from das_core.errors import ConfigError, Refused
 from das_core.io import storage
+from das_core.output.format import FILES_DIR, OK, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
-from das_core.output.store import (
-    FILES_DIR,
-    OK,
-    SEGMENTS_DIR,
-    OutputStore,
-    StoreListing,
-    embeddings_to_numpy,
-    open_embeddings,
-    with_embeddings,
-)
+from das_core.output.store import OutputStore, StoreListing, open_embeddings, with_embeddings
+from das_core.output.tables import embeddings_to_numpy
 from das_core.runtime import engine
 from das_core.scoring.prompts import NOISY_TEMPLATE
 from das_core.settings import setting

@@ -187,7 +187,7 @@ def test_rerun_into_non_empty_output_is_refused(first_run, s3_archive, cache_uri
 
 def _as_if_killed(out: str, units: list[str]) -> None:
     """The state a kill leaves: the units' chunks written, their end parts not; the manifest still 'running'."""
-    from das_core.output.store import FILES_DIR, part_name
+    from das_core.output.format import FILES_DIR, part_name
 
     store = OutputStore(out)
     for unit in units:
@@ -287,7 +287,7 @@ def test_manifest_input_with_missing_object(s3_archive, cache_uri, tiny_ckpt, tm
     manifest = s3_archive.replace("/archive", "/lists/todo.parquet")
     table = pa.table({"path": ["archive/ten.wav", "archive/gone.wav"], "id": ["clip-1", "clip-2"]})
     from das_core.io.storage import write_bytes_atomic
-    from das_core.output.store import table_to_bytes
+    from das_core.output.format import table_to_bytes
     write_bytes_atomic(manifest, table_to_bytes(table))
     # relative paths are taken from the manifest's folder: s3://bucket/lists/archive/... does not exist
     out = str(tmp_path / "from-manifest")

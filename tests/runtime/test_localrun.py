@@ -11,8 +11,9 @@ from conftest import label_run, read_output, write_clips
 
 from das_core.errors import RunFailed
 from das_core.label.run import LabelConfig
+from das_core.output.format import END_TAG, FILES_DIR, part_name
 from das_core.output.manifest import RunManifest
-from das_core.output.store import END_TAG, FILES_DIR, OutputStore, part_name
+from das_core.output.store import OutputStore
 from das_core.runtime import engine
 from das_core.runtime.engine import LOCAL, RAY, EngineRefused
 
