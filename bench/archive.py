@@ -50,7 +50,7 @@ def bench_driver(chunks: int) -> dict:
 
 
 def _chunk(rng, n_files: int, windows_per_file: int, dim: int):
-    from das_core.label.units import ChunkMeta
+    from das_core.label.decode import ChunkMeta
 
     windows, files = [], []
     for f in range(n_files):
@@ -207,7 +207,7 @@ def bench_shards(work: str, clips: int, shards: int = 8) -> dict:
     import soundfile as sf
     import webdataset as wds
 
-    from das_core.label.units import DecodeSettings, decode_unit
+    from das_core.label.decode import DecodeSettings, decode_unit
 
     server = _moto()
     try:

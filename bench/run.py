@@ -372,7 +372,7 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
     import ray.data
 
     from das_core.io.inputs import list_inputs
-    from das_core.label.units import DecodeSettings, decode_units
+    from das_core.label.decode import DecodeSettings, decode_units
     from jobs.pipeline import DECODE_MEMORY_BYTES, configure_data_context
 
     folder = os.path.join(work, f"decode-{sizes.decode_files}x{sizes.decode_seconds:g}s")
@@ -484,7 +484,7 @@ def decode_stage(data: bytes, name: str, noise_path: str | None = None) -> int:
     bytes packed into chunk rows for the encoder); returns the number of windows.
 
     With ``noise_path`` every window is mixed at 10 dB first, as ``das label --snr-db`` does."""
-    from das_core.label.units import DecodeSettings, decode_unit
+    from das_core.label.decode import DecodeSettings, decode_unit
 
     path = _STAGE_FILES.get(name)
     if path is None:

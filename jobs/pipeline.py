@@ -33,6 +33,8 @@ from das_core.errors import WriteFailed
 from das_core.io import storage
 from das_core.label import run as labelrun
 from das_core.label import units
+from das_core.label.crash_watch import DecodeProgress, RemoteWatch
+from das_core.label.decode import DecodeSettings, decode_units
 from das_core.label.run import LabelConfig, LabelRun
 from das_core.label.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
 from das_core.runtime import placement
@@ -46,7 +48,7 @@ DECODE_MEMORY_BYTES = 768 * 2**20
 BLOCK_BYTES = 32 * 2**20
 
 
-class WorkManifestDatasource(Datasource):
+class UnitTableDatasource(Datasource):
     """The work manifest: one read task per row group, keeping only the units to do (``keep``) in each."""
 
     def __init__(self, uri: str, keep: dict[int, list[str]] | None = None):
@@ -70,18 +72,18 @@ class WorkManifestDatasource(Datasource):
 
 
 def actor_call(actor):
-    """``units.RemoteWatch``'s way to reach the run's ``DecodeProgress`` actor."""
+    """``RemoteWatch``'s way to reach the run's ``DecodeProgress`` actor."""
     def call(method: str, *args, wait: bool):
         ref = getattr(actor, method).remote(*args)
         return ray.get(ref) if wait else None
     return call
 
 
-def decode_task(batch: pa.Table, settings: units.DecodeSettings, progress=None) -> Iterator[pa.Table]:
-    """``units.decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
+def decode_task(batch: pa.Table, settings: DecodeSettings, progress=None) -> Iterator[pa.Table]:
+    """``decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
     node = ray.get_runtime_context().get_node_id()
-    watch = units.RemoteWatch(actor_call(progress)) if progress is not None else None
-    for chunk in units.decode_units(batch, settings, watch):
+    watch = RemoteWatch(actor_call(progress)) if progress is not None else None
+    for chunk in decode_units(batch, settings, watch):
         yield chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
 
 
@@ -168,7 +170,7 @@ def keep_worker_errors() -> None:
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
-def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, decode: units.DecodeSettings,
+def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, decode: DecodeSettings,
                encode: EncodeSettings, write: WriteSettings, *, cache_box: list, actors: int,
                env: dict[str, str] | None = None) -> Iterator[dict]:
     """The pipeline over the units of ``manifest_uri`` (``keep``: per row group, the units to do); one
@@ -176,8 +178,8 @@ def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, d
     ``batch_invariant``), so results do not depend on how chunks are spread over actors."""
     configure_data_context()
     runtime_env = {"env_vars": env} if env else None
-    progress = ray.remote(units.DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
-    ds = ray.data.read_datasource(WorkManifestDatasource(manifest_uri, keep), num_cpus=1,
+    progress = ray.remote(DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
+    ds = ray.data.read_datasource(UnitTableDatasource(manifest_uri, keep), num_cpus=1,
                                   memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
     # The memory request differs from the actors' resources, which also keeps Ray Data from fusing decoding
     # into the encoder actors: decoding stays a pool of CPU tasks running beside the encoder.
@@ -217,7 +219,7 @@ def run_units_on_ray(run: LabelRun) -> None:
         finisher = Finisher(c.out, cache_box, write, env)
         monitor.started(lambda: finisher.committed,
                         f"starting: loading the model on {demand.actors} encoder actor(s), decoding")
-        for stats in run_stages(units.work_manifest_uri(c.out), p.row_groups_to_do(), c.out, p.decode_settings(),
+        for stats in run_stages(units.unit_table_uri(c.out), p.row_groups_to_do(), c.out, p.decode_settings(),
                                 p.encode_settings(), write, cache_box=cache_box, actors=c.actor_count, env=env):
             whole = run.observe(stats, finisher.poll())
             monitor.beat()

@@ -33,13 +33,8 @@ from das_core.errors import WRITE_ERRNOS, Refused, RunFailed
 from das_core.io import storage
 from das_core.io.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.io.storage import check_output_folder
-from das_core.label.units import (
-    DecodeSettings,
-    plan_units,
-    read_work_manifest,
-    units_per_row_group,
-    write_work_manifest,
-)
+from das_core.label.decode import DecodeSettings
+from das_core.label.units import plan_units, read_unit_table, units_per_row_group, write_unit_table
 from das_core.label.writer import EncodeSettings, WriteSettings
 from das_core.output.format import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.lease import Lease, sigterm_as_interrupt
@@ -205,7 +200,7 @@ class LabelPlan:
     noise_uris: tuple[str, ...]
     previous: RunManifest | None        # the manifest found in OUT (resume)
     prior_counts: dict                  # counts of the committed units (resume)
-    write_work_manifest: bool           # a new plan, or a resume that appended units
+    write_unit_table: bool           # a new plan, or a resume that appended units
     added_files: int = 0                # --resume: files new since the run was planned
 
     @property
@@ -282,7 +277,7 @@ def plan_run(c: LabelConfig) -> LabelPlan:
     checkpoint_id = ckpt.fingerprint(local)
     cache.check_encoder(checkpoint_id, c.checkpoint)
     settings = settings_of(c, cache.fingerprint, checkpoint_id)
-    units = read_work_manifest(c.out) if c.resume and has_output else None
+    units = read_unit_table(c.out) if c.resume and has_output else None
     if c.resume and has_output:
         _check_resumable(c, previous, settings, units)
     inputs, skipped, noise_uris = _list(c)
@@ -300,10 +295,10 @@ def plan_run(c: LabelConfig) -> LabelPlan:
         prior = count_outcomes(store.read_files(sorted(committed), ["status", "error_kind", "n_segments"]))
         n_inputs = int(pc.sum(pc.list_value_length(units.column("file_ids"))).as_py() or 0)
         return LabelPlan(c, store, cache, checkpoint_id, info, units, todo, n_inputs, skipped, noise_uris,
-                         previous, prior, write_work_manifest=bool(len(added)), added_files=len(new))
+                         previous, prior, write_unit_table=bool(len(added)), added_files=len(new))
     units = plan_units(inputs, c.files_per_unit, c.unit_bytes)
     return LabelPlan(c, store, cache, checkpoint_id, info, units, units, len(inputs), skipped, noise_uris,
-                     previous if c.resume else None, count_outcomes(_empty_files()), write_work_manifest=True)
+                     previous if c.resume else None, count_outcomes(_empty_files()), write_unit_table=True)
 
 
 def holds_message(out: str, previous: RunManifest | None) -> str:
@@ -561,8 +556,8 @@ class LabelRun:
             log.info("resuming: %d of %d unit(s) committed, %d to do (%d file(s), %d of them new in the input); "
                      "removed %d part(s) left by unfinished units", len(p.units) - len(p.todo), len(p.units),
                      len(p.todo), p.todo_files, p.added_files, removed)
-        if p.write_work_manifest:
-            write_work_manifest(c.out, p.units)
+        if p.write_unit_table:
+            write_unit_table(c.out, p.units)
         self._write_manifest("running", p.prior_counts)
         self.started = True
         log.info("labelling %d file(s) in %d unit(s) with %d encoder actor(s) (%s), %d class(es), lam=%g; "

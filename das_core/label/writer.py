@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from das_core.audio.decode import WINDOW_SAMPLES
-from das_core.label.units import ChunkMeta
+from das_core.label.decode import ChunkMeta
 from das_core.output.format import END_TAG, FILES_DIR, OK, PIECES_DIR, SEGMENTS_DIR, part_name, segments_schema
 from das_core.output.store import OutputStore
 from das_core.output.tables import (

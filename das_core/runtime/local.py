@@ -3,7 +3,7 @@
 The same library stages as the Ray pipeline (``jobs/pipeline.py``), wired in a loop instead of Ray Data:
 
     work manifest (one row group at a time, the units to do)
-      -> ``units.decode_units``     a unit's files -> chunk tables, one at a time (memory: one chunk)
+      -> ``decode_units``     a unit's files -> chunk tables, one at a time (memory: one chunk)
       -> ``writer.ChunkEncoder``    embed, score once, write the chunk's parts; its statistics
       -> ``LabelRun.observe``       counts, the error budget; the unit a chunk makes whole
       -> ``writer.finish_units``    commits that unit at once
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 def units_to_do(out: str, keep: dict[int, list[str]] | None) -> Iterator[pa.Table]:
     """The work manifest of ``out``, one row group at a time (``keep``: per row group, the units to do)."""
-    uri = units.work_manifest_uri(out)
+    uri = units.unit_table_uri(out)
     groups = range(pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).metadata.num_row_groups) \
         if keep is None else sorted(keep)
     for g in groups:

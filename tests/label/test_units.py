@@ -15,15 +15,9 @@ import soundfile as sf
 from conftest import label_run, read_output, sine
 
 from das_core.audio.decode import SAMPLE_RATE, window_count
-from das_core.label.units import (
-    ChunkMeta,
-    DecodeProgress,
-    DecodeSettings,
-    decode_unit,
-    plan_units,
-    read_work_manifest,
-    write_work_manifest,
-)
+from das_core.label.crash_watch import DecodeProgress
+from das_core.label.decode import ChunkMeta, DecodeSettings, decode_unit
+from das_core.label.units import plan_units, read_unit_table, write_unit_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,11 +40,11 @@ def test_units_are_bounded_by_count_and_bytes():
     assert len(plan_units(inputs(0), 4, 100)) == 0
 
 
-def test_work_manifest_round_trip(tmp_path):
+def test_unit_table_round_trip(tmp_path):
     units = plan_units(inputs(9), files_per_unit=2, unit_bytes=10**9)
-    write_work_manifest(str(tmp_path), units)
-    assert read_work_manifest(str(tmp_path)).equals(units)
-    assert read_work_manifest(str(tmp_path / "elsewhere")) is None
+    write_unit_table(str(tmp_path), units)
+    assert read_unit_table(str(tmp_path)).equals(units)
+    assert read_unit_table(str(tmp_path / "elsewhere")) is None
 
 
 def _wav(path, seconds: float, rate: int = 16000) -> str:
@@ -136,7 +130,7 @@ def test_resume_picks_up_files_added_to_the_input(ray_local, tiny_ckpt, small_ca
     assert manifest["counts"]["files"] == 3 and manifest["work"]["units"] == 3
     _, files = read_output(tmp_path / "out")
     assert files.column("file_id").to_pylist() == ["a.wav", "b.wav", "c.wav"]
-    assert read_work_manifest(str(tmp_path / "out")).column("unit").to_pylist() == [
+    assert read_unit_table(str(tmp_path / "out")).column("unit").to_pylist() == [
         "u00000000", "u00000001", "u00000002"]
 
 
@@ -166,9 +160,9 @@ def test_window_counts_match_the_documented_rule():
     assert window_count(int(10.5 * SAMPLE_RATE)) == 1 and window_count(int(11 * SAMPLE_RATE)) == 2
 
 
-def test_work_manifest_is_valid_json_free_parquet(tmp_path):
+def test_unit_table_is_valid_json_free_parquet(tmp_path):
     units = plan_units(inputs(3), files_per_unit=2, unit_bytes=10)
-    uri = write_work_manifest(str(tmp_path), units)
+    uri = write_unit_table(str(tmp_path), units)
     assert uri.endswith("_work/units.parquet") and os.path.exists(uri)
     assert json.dumps(units.to_pylist())          # plain values: readable by any Parquet reader
     assert np.array_equal(units.column("bytes").to_numpy(), [0, 0])
