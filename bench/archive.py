@@ -96,7 +96,7 @@ def bench_write(cache, repeats: int) -> dict:
     import pyarrow.parquet as pq
 
     from das_core.io import storage
-    from das_core.label.writer import WriteSettings, _segments, write_chunk
+    from das_core.label.sink import WriteSettings, _segments, write_chunk
     from das_core.output.format import segments_schema
     from das_core.output.store import OutputStore
 

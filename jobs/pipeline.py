@@ -35,8 +35,9 @@ from das_core.label import run as labelrun
 from das_core.label import units
 from das_core.label.crash_watch import DecodeProgress, RemoteWatch
 from das_core.label.decode import DecodeSettings, decode_units
+from das_core.label.encode import ChunkEncoder, EncodeSettings
 from das_core.label.run import LabelConfig, LabelRun
-from das_core.label.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
+from das_core.label.sink import WriteSettings, finish_units
 from das_core.runtime import placement
 from das_core.runtime.progress import RunMonitor
 from jobs.common import init_ray, log, node_resources, worker_env

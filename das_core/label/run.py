@@ -34,8 +34,9 @@ from das_core.io import storage
 from das_core.io.inputs import DEFAULT_EXTENSIONS, InputError, Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.io.storage import check_output_folder
 from das_core.label.decode import DecodeSettings
+from das_core.label.encode import EncodeSettings
+from das_core.label.sink import WriteSettings
 from das_core.label.units import plan_units, read_unit_table, units_per_row_group, write_unit_table
-from das_core.label.writer import EncodeSettings, WriteSettings
 from das_core.output.format import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.lease import Lease, sigterm_as_interrupt
 from das_core.output.manifest import MANIFEST, RunManifest

@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from das_core.io import storage
 from das_core.label import units
 from das_core.label.decode_process import DecodeProcess
-from das_core.label.writer import ChunkEncoder, EncodeSettings, finish_units
+from das_core.label.encode import ChunkEncoder, EncodeSettings
+from das_core.label.sink import finish_units
 from das_core.runtime.engine import EngineRefused
 from das_core.runtime.progress import RunMonitor
 

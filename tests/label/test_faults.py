@@ -433,7 +433,7 @@ def test_give_up_after_a_dead_attempt_sent_windows(tmp_path, encoder):
     hold the first windows of the input given up, the unit still commits one error row for it and none
     of its windows."""
     from das_core.label.decode import ChunkMeta, DecodeSettings, decode_unit
-    from das_core.label.writer import WriteSettings, finish_unit, write_chunk
+    from das_core.label.sink import WriteSettings, finish_unit, write_chunk
 
     names = {"a": 3.0, "p": 45.0, "c": 12.0}            # p: 5 windows, over three chunks of 2
     paths = []
