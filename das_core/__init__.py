@@ -32,7 +32,7 @@ _PUBLIC = {
     "OutputStore": "das_core.output.store",
     "AudioStream": "das_core.audio.decode",
     "AudioDecodeError": "das_core.audio.decode",
-    "LabelConfig": "das_core.label.run",
+    "LabelConfig": "das_core.label.config",
     "RescoreConfig": "das_core.rescore.run",
     "SearchConfig": "das_core.search.run",
     "EvaluateConfig": "das_core.evaluation",

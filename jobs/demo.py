@@ -22,7 +22,7 @@ def build_parser(prog: str = "das demo") -> argparse.ArgumentParser:
 
 def demo(out: str) -> int:
     from das_core.demo import prepare_demo
-    from das_core.label.run import LabelConfig
+    from das_core.label.config import LabelConfig
     from jobs.label import run
 
     out = os.path.abspath(out)

@@ -6,7 +6,7 @@ import sys
 from das_core import evaluation
 from das_core.evaluation import DEFAULT_LAM_GRID, DEFAULT_SNRS, EvaluateConfig
 from das_core.evaluation.protocol import PROTOCOL
-from das_core.label.run import LabelConfig
+from das_core.label.config import LabelConfig
 from jobs.common import HelpFormatter, add_common_options, add_settings, job_main, settings_from_args
 
 DESCRIPTION = ("Compare Drift-Augmented Scoring with plain zero-shot CLAP and the four Acevedo et al. variants on a\n"

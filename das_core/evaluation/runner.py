@@ -28,7 +28,7 @@ from das_core.evaluation.scoring import METHODS, evaluate
 from das_core.evaluation.side import side_information
 from das_core.evaluation.stores import NOISE_STORE, EvaluationError, encode_stores, load_conditions
 from das_core.io import storage
-from das_core.label.run import LabelConfig
+from das_core.label.config import LabelConfig
 from das_core.output.record import utc_now
 
 log = logging.getLogger("das.evaluation")

@@ -22,7 +22,7 @@ from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import UNKNOWN_SCENE, TextEmbeddings, saved_caches
 from das_core.evaluation.protocol import Condition, Plan
 from das_core.io import storage
-from das_core.label.run import LabelConfig
+from das_core.label.config import LabelConfig
 from das_core.output.manifest import NoiseSource, RunManifest
 
 log = logging.getLogger("das.evaluation")

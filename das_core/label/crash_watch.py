@@ -46,6 +46,7 @@ class RemoteWatch:
             return None
 
     def begin(self, unit: str) -> tuple[dict[int, str], int]:
+        """Report a new attempt at ``unit`` (waiting for the answer): the inputs to give up on, the chunk reached."""
         answer = self._tell("begin", unit, wait=True)
         if answer is None:
             return {}, -1
@@ -53,12 +54,15 @@ class RemoteWatch:
         return crashed, reached
 
     def at(self, unit: str, position: int, path: str) -> None:
+        """The attempt at ``unit`` is about to decode the input at ``position``."""
         self._tell("at", unit, position, path, wait=self.careful)
 
     def chunk(self, unit: str, index: int) -> None:
+        """The attempt at ``unit`` begins filling chunk ``index``."""
         self._tell("chunk", unit, index, wait=self.careful)
 
     def done(self, unit: str) -> None:
+        """The attempt at ``unit`` finished: forget the unit."""
         self._tell("done", unit, wait=False)
 
 
@@ -91,12 +95,15 @@ class DecodeProgress:
         return True, {p: state["paths"][p] for p, n in state["deaths"].items() if n >= 2}, state["reached"]
 
     def at(self, unit: str, position: int, path: str) -> None:
+        """The attempt at ``unit`` is about to decode the input at ``position``."""
         if unit in self.units:
             self.units[unit]["at"] = (position, path)
 
     def chunk(self, unit: str, index: int) -> None:
+        """The attempt at ``unit`` begins filling chunk ``index``."""
         if unit in self.units:
             self.units[unit]["reached"] = max(self.units[unit]["reached"], index)
 
     def done(self, unit: str) -> None:
+        """The attempt at ``unit`` finished: forget the unit."""
         self.units.pop(unit, None)

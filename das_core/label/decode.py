@@ -93,14 +93,17 @@ class _Chunk:
 
     @property
     def free(self) -> int:
+        """Windows the chunk can still take."""
         return self.capacity - len(self.windows)
 
     def file_entry(self, file_id: str, path: str, piece: int, extra: dict | None = None) -> int:
+        """The index of the chunk's entry for ``file_id`` (a new one unless the file is the last entry)."""
         if not self.files or self.files[-1]["file_id"] != file_id:
             self.files.append({"file_id": file_id, "path": path, "piece": piece, "closes": False, **(extra or {})})
         return len(self.files) - 1
 
     def row(self, last: bool) -> pa.Table:
+        """The chunk as one ``CHUNK_SCHEMA`` row; ``last``: the unit's last chunk."""
         meta = json.dumps({"windows": self.windows, "files": self.files, "skipped": self.skipped},
                           separators=(",", ":"))
         return pa.table({"unit": [self.unit], "chunk": [self.index], "last": [last],

@@ -35,6 +35,7 @@ def _child_main(conn, settings: DecodeSettings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def call(method: str, *args, wait: bool):
+        """Send a watch report to the das process; its answer when ``wait``."""
         conn.send(("watch", method, args, wait))
         return conn.recv() if wait else None
 
@@ -87,6 +88,7 @@ class DecodeProcess:
         return code
 
     def close(self) -> None:
+        """Stop the child (asked first, killed after 5 s) and reap it."""
         if self.process is None:
             return
         try:

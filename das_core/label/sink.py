@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from das_core.errors import WRITE_ERRNOS, RunFailed
 from das_core.label.decode import ChunkMeta
 from das_core.output.format import END_TAG, FILES_DIR, OK, PIECES_DIR, SEGMENTS_DIR, part_name, segments_schema
 from das_core.output.store import OutputStore
@@ -174,6 +175,7 @@ def _pieces_table(meta: ChunkMeta, entries: list[int], owner: np.ndarray, keep: 
     files = [meta.files[i] for i in entries]
 
     def col(key: str, typ: pa.DataType) -> pa.Array:
+        """The column ``key`` of the piece entries, typed."""
         return pa.array([f.get(key) for f in files], typ)
 
     return pa.table({
@@ -247,3 +249,20 @@ def finish_units(out: str, units: list[tuple[str, list[int]]], cache: DriftCache
     for unit, piece_chunks in units:
         finish_unit(store, unit, piece_chunks, cache, ws)
     return len(units)
+
+
+def write_refusal(exc: BaseException, out: str) -> RunFailed | None:
+    """A RunFailed for the disk-full or permission error behind ``exc`` (a worker's write, wrapped by Ray)."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)       # a Ray task error: the worker's own exception
+        if isinstance(cause, BaseException) and cause is not exc:
+            exc = cause
+            continue
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            # the part being written was a hidden temporary file, now removed: what is visible is committed
+            return RunFailed(f"cannot write {exc.filename or out} ({exc.strerror or exc}); the units committed "
+                             f"so far are kept: free space or fix the permissions of {out}, then rerun with --resume")
+        exc = exc.__cause__ or exc.__context__
+        if exc is None:
+            return None
+    return None

@@ -59,8 +59,8 @@ def label_fields() -> list[pa.Field]:
     ]
 
 
-    """The ``segments`` schema (one row per window), with embeddings stored as ``embedding_dtype``."""
 def segments_schema(embedding_dtype: str = "float16") -> pa.Schema:
+    """The ``segments`` schema (one row per window), with embeddings stored as ``embedding_dtype``."""
     return pa.schema([
         pa.field("file_id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -75,8 +75,8 @@ def segments_schema(embedding_dtype: str = "float16") -> pa.Schema:
     ])
 
 
-    """The ``files`` schema (one row per input file, ok or error), with embeddings stored as ``embedding_dtype``."""
 def files_schema(embedding_dtype: str = "float16") -> pa.Schema:
+    """The ``files`` schema (one row per input file, ok or error), with embeddings stored as ``embedding_dtype``."""
     return pa.schema([
         pa.field("file_id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -116,9 +116,11 @@ def table_to_bytes(table: pa.Table) -> bytes:
     """Parquet bytes. Embeddings are stored plain: float values gain nothing from dictionary encoding or
     compression, which only slowed reads and writes (README, Performance); the other columns get both."""
     def leaf(f: pa.Field) -> str:
+        """The Parquet column path of ``f``'s values (a list's element)."""
         return f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name
 
     def is_text(f: pa.Field) -> bool:
+        """Whether ``f`` holds strings (or lists of them): those get dictionary encoding."""
         return pa.types.is_string(f.type) or (pa.types.is_list(f.type) and pa.types.is_string(f.type.value_type))
 
     fields = list(table.schema)

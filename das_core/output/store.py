@@ -31,6 +31,7 @@ from das_core.output.manifest import MANIFEST, RunManifest
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet file at ``uri`` (local or s3://), read whole (only ``columns`` if given)."""
     return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
 
 
@@ -41,6 +42,7 @@ class StoreListing:
     names: dict[str, set[str]]
 
     def units(self, folder: str) -> dict[str, list[str]]:
+        """Part names of ``folder`` by unit (parts of other names left out)."""
         by_unit: dict[str, list[str]] = {}
         for name in sorted(self.names.get(folder, ())):
             parsed = parse_part_name(name)
@@ -57,6 +59,7 @@ class StoreListing:
         return sorted((set(self.units(SEGMENTS_DIR)) | set(self.units(FILES_DIR))) - set(self.committed_units()))
 
     def parts_of(self, unit: str, folder: str) -> list[str]:
+        """The part names of ``unit`` in ``folder``."""
         return self.units(folder).get(unit, [])
 
     def has_parts(self) -> bool:
@@ -75,9 +78,11 @@ class OutputStore:
         self.uri = storage.absolute(uri)       # listed names are absolute: so must the root they are cut from be
 
     def path(self, *parts: str) -> str:
+        """The URI of ``parts`` under the output."""
         return storage.join(self.uri, *parts)
 
     def listing(self) -> StoreListing:
+        """One listing of the output's part folders (one round trip per folder on S3)."""
         names: dict[str, set[str]] = {FILES_DIR: set(), SEGMENTS_DIR: set(), PIECES_DIR: set()}
         if storage.exists(self.uri):
             root = self.uri.rstrip("/") + "/"
@@ -88,6 +93,7 @@ class OutputStore:
         return StoreListing(names)
 
     def has_output(self) -> bool:
+        """Whether das wrote here: any das part, or a ``_manifest.json``."""
         return self.listing().has_parts() or storage.exists(self.path(MANIFEST))
 
     def remove_all(self) -> int:
@@ -129,16 +135,20 @@ class OutputStore:
         return removed
 
     def write_part(self, folder: str, name: str, table: pa.Table) -> None:
+        """Write ``table`` as the part ``folder/name``, atomically (the commit rule's first half)."""
         storage.write_bytes_atomic(self.path(folder, name), table_to_bytes(table))
 
     def remove_part(self, folder: str, name: str) -> None:
+        """Delete the part ``folder/name``."""
         storage.remove(self.path(folder, name))
 
     def read_part(self, folder: str, name: str, columns: list[str] | None = None) -> pa.Table:
+        """The part ``folder/name`` (only ``columns`` if given)."""
         return read_parquet(self.path(folder, name), columns)
 
     def read_unit(self, unit: str, folder: str, listing: StoreListing, columns: list[str] | None = None
                   ) -> list[pa.Table]:
+        """The parts of ``unit`` in ``folder``, per ``listing``, each read."""
         return [self.read_part(folder, name, columns) for name in listing.parts_of(unit, folder)]
 
     def _read_committed(self, folder: str, units: list[str] | None, columns: list[str] | None,

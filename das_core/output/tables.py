@@ -50,6 +50,7 @@ def labelled_columns(lab: Labelled | None, n: int, rows: np.ndarray | None = Non
     k = lab.top_k_index.shape[1]
 
     def name_column(index: np.ndarray) -> pa.Array:
+        """Class names at ``index`` (per labelled row), placed at ``rows``."""
         return names.take(pa.array(_spread(index.astype(np.int64), n, rows), mask=mask))
 
     return {

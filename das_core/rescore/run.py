@@ -47,7 +47,6 @@ from das_core import __version__
 from das_core.errors import ConfigError, Refused, RunFailed, WriteFailed
 from das_core.io import storage
 from das_core.io.inputs import normalise_uri
-from das_core.label.run import DEFAULT_TOP_K
 from das_core.output.format import (
     EMBEDDING_TYPES,
     END_TAG,
@@ -64,7 +63,7 @@ from das_core.output.store import OutputStore, StoreListing, open_embeddings
 from das_core.output.tables import FileOutcome, build_tables, count_outcomes, embeddings_to_numpy, labelled_columns
 from das_core.runtime import engine
 from das_core.scoring.cache import DriftCache
-from das_core.scoring.scorer import label_windows, window_scores
+from das_core.scoring.scorer import DEFAULT_TOP_K, label_windows, window_scores
 from das_core.settings import setting
 
 log = logging.getLogger("das.rescore")

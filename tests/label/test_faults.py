@@ -370,7 +370,7 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path):
 
 
 def test_failed_local_write_leaves_nothing(tmp_path, monkeypatch):
-    from das_core.label.run import write_refusal
+    from das_core.label.sink import write_refusal
 
     target = tmp_path / "files" / "part-u00000001-end.parquet"
     monkeypatch.setenv(storage.TEST_FAIL_WRITE_ENV, "u00000001-end")

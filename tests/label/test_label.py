@@ -15,6 +15,7 @@ from das_core.audio import decode as audio
 from das_core.audio.decode import SAMPLE_RATE, window_count
 from das_core.errors import Refused as UsageError
 from das_core.errors import RunFailed as JobFailed
+from das_core.io import storage
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.scoring.cache import CacheMismatchError, DriftCache
@@ -135,7 +136,7 @@ def test_every_file_is_accounted_for(first_run):
     assert counts["files"] == len(GOOD) + len(BAD) == counts["ok"] + counts["error"]
     assert counts["errors_by_kind"] == {"empty": 1, "non_finite": 1, "not_audio": 2, "truncated": 1}
     assert manifest["status"] == "complete" and manifest["checkpoint"]["weights"] == "random"
-    assert json.loads(__import__("das_core").storage.read_bytes(out + "/_manifest.json")) == manifest
+    assert json.loads(storage.read_bytes(out + "/_manifest.json")) == manifest
 
 
 def test_windows_and_labels(first_run):

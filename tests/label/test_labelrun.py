@@ -8,7 +8,9 @@ import pytest
 from conftest import sine, write_audio
 
 from das_core.errors import RunFailed
-from das_core.label.run import LabelConfig, LabelRun, RunRefused, UnitTracker, plan_run
+from das_core.label.config import LabelConfig, RunRefused
+from das_core.label.ledger import LabelRun, UnitTracker
+from das_core.label.plan import plan_run
 from das_core.label.units import read_unit_table
 from das_core.output.manifest import RunManifest
 from das_core.output.record import ended_by

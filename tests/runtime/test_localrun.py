@@ -10,7 +10,7 @@ import pytest
 from conftest import label_run, read_output, write_clips
 
 from das_core.errors import RunFailed
-from das_core.label.run import LabelConfig
+from das_core.label.config import LabelConfig
 from das_core.output.format import END_TAG, FILES_DIR, part_name
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
