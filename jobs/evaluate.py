@@ -1,4 +1,4 @@
-"""``das evaluate``: the command line of ``das_core.evaluation``; its label runs go through ``jobs.pipeline``."""
+"""``das evaluate``: the command line of ``das_core.evaluation``; its label runs go through ``jobs.label``."""
 
 import argparse
 import sys
@@ -41,7 +41,7 @@ def config_from_args(a: argparse.Namespace) -> EvaluateConfig:
 
 
 def run_label(config: LabelConfig) -> dict:
-    from jobs.pipeline import run_label as label_on_ray  # Ray is imported only when a store needs encoding
+    from jobs.label import run as label_on_ray  # Ray is imported only when a store needs encoding
     return label_on_ray(config)
 
 

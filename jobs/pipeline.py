@@ -204,13 +204,6 @@ def run_stages(unit_table: str, keep: dict[int, list[str]] | None, out: str, dec
         ray.kill(progress)
 
 
-def run_label(config: LabelConfig) -> dict:
-    """``das label``'s run (``jobs.label.run``), as ``das evaluate`` has called it so far; the final manifest."""
-    from jobs.label import run
-
-    return run(config)
-
-
 class RayStages:
     """The label stages of ``plan`` on Ray Data, in the shape of ``das_core.label.local.LocalStages``.
 

@@ -128,7 +128,7 @@ def _sources(file_id: str, path: str, shard: str | None, settings: DecodeSetting
 
 
 # Test-only: a decode process that reaches an input whose path contains this text kills itself, as a
-# crashing native decoder would (tests/test_faults.py). Never set it in production.
+# crashing native decoder would (tests/label/test_faults.py). Never set it in production.
 TEST_CRASH_ENV = "DAS_TEST_CRASH_ON"
 
 

@@ -296,7 +296,7 @@ def test_rerun_encodes_nothing_and_gives_identical_results(us8k, monkeypatch, ca
         raise AssertionError("a rerun must not run the label job")
 
     monkeypatch.setattr("das_core.clap.encoder.ClapEncoder.from_checkpoint", no_model)
-    monkeypatch.setattr("jobs.pipeline.run_label", no_label)
+    monkeypatch.setattr("jobs.label.run", no_label)
     rc, printed = _run(us8k["args"], capsys)
     assert rc == 0, printed
     assert "(0 windows encoded by this run)" in printed
@@ -421,7 +421,7 @@ def test_out_on_s3_is_scored_from_its_stores(us8k, bucket, monkeypatch, capsys):
     out = _upload(us8k["out"], bucket, "results/us8k")
     monkeypatch.setattr("das_core.clap.encoder.ClapEncoder.from_checkpoint",
                         lambda *a, **k: pytest.fail("model loaded"))
-    monkeypatch.setattr("jobs.pipeline.run_label", lambda *a, **k: pytest.fail("label job run"))
+    monkeypatch.setattr("jobs.label.run", lambda *a, **k: pytest.fail("label job run"))
     rc, printed = _run([a if a != us8k["out"] else out for a in us8k["args"]], capsys)
     assert rc == 0, printed
     assert "(0 windows encoded by this run)" in printed

@@ -1,4 +1,4 @@
-"""The label run without Ray (``das_core.label.run``): plan settings, chunk accounting, the error budget."""
+"""The label run's plan and ledger without Ray (``label.plan``, ``label.ledger``): settings, chunk counts, budget."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The on-disk format (``das_core.output.store``): part names, the commit rule, columns and their encoding."""
+"""The output format (``das_core.output``: format, tables, store): part names, the commit rule, columns, encoding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small jobs without a cluster (``runtime.local``, ``runtime.engine``): the same rows as Ray, resume, budget."""
+"""Small jobs without a cluster (``label.local``, ``runtime.engine``): the same rows as Ray, resume, budget."""
 
 from __future__ import annotations
 
