@@ -75,7 +75,7 @@ def decode_stage(data: bytes, name: str, noise_path: str | None = None) -> int:
     bytes packed into chunk rows for the encoder); returns the number of windows.
 
     With ``noise_path`` every window is mixed at 10 dB first, as ``das label --snr-db`` does."""
-    from das_core.label.units import DecodeSettings, decode_unit
+    from das_core.label.decode import DecodeSettings, decode_unit
 
     path = _STAGE_FILES.get(name)
     if path is None:

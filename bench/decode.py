@@ -21,7 +21,7 @@ def bench_decode(work: str, sizes: Sizes) -> dict:
     import ray.data
 
     from das_core.io.inputs import list_inputs
-    from das_core.label.units import DecodeSettings, decode_units
+    from das_core.label.decode import DecodeSettings, decode_units
     from jobs.pipeline import DECODE_MEMORY_BYTES, configure_data_context
 
     folder = os.path.join(work, f"decode-{sizes.decode_files}x{sizes.decode_seconds:g}s")
@@ -79,7 +79,7 @@ def bench_shards(work: str, clips: int, shards: int = 8) -> dict:
     import soundfile as sf
     import webdataset as wds
 
-    from das_core.label.units import DecodeSettings, decode_unit
+    from das_core.label.decode import DecodeSettings, decode_unit
 
     server = moto_s3()
     try:

@@ -21,7 +21,7 @@ def bench_driver(chunks: int) -> dict:
     In 0.1 the driver received every window's embedding and scores, assembled files and wrote all Parquet
     itself (issue #10 measured 6 700 - 13 500 windows/s locally, about 1 000 with S3 output).
     """
-    from das_core.label.run import RunCounts, UnitTracker
+    from das_core.label.ledger import RunCounts, UnitTracker
 
     rows = []
     for i in range(chunks):

@@ -66,19 +66,10 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
     """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
     import pyarrow as pa
 
+    from das_core.output.format import END_TAG, FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR, part_name
     from das_core.output.manifest import RunManifest
-    from das_core.output.store import (
-        END_TAG,
-        FILES_DIR,
-        FORMAT_VERSION,
-        SEGMENTS_DIR,
-        FileOutcome,
-        OutputStore,
-        build_tables,
-        embedding_array,
-        labelled_columns,
-        part_name,
-    )
+    from das_core.output.store import OutputStore
+    from das_core.output.tables import FileOutcome, build_tables, embedding_array, labelled_columns
     from das_core.scoring.scorer import label_windows
 
     rng = np.random.default_rng(2)

@@ -16,7 +16,7 @@ def rescore_breakdown(labels: str, cache) -> dict:
     """Where one part's re-scoring time goes, in this process: what must be read, scored and written."""
     import pyarrow.parquet as pq
 
-    from das_core.output.store import END_TAG, part_name, table_to_bytes
+    from das_core.output.format import END_TAG, part_name, table_to_bytes
     from das_core.rescore.unit import rescore_tables
 
     seg_path = os.path.join(labels, "segments", part_name("u00000000", 0))

@@ -55,7 +55,7 @@ def bench_changes(ckpt: str, sizes: Sizes) -> dict:
     """The effect of this project's own speed-ups, each against the way it was done before, in this run."""
     from das_core.clap.encoder import ClapEncoder
     from das_core.clap.laion import laion
-    from das_core.output.store import labelled_columns
+    from das_core.output.tables import labelled_columns
     from das_core.scoring.scorer import _labelled, top_k
 
     enc = ClapEncoder.from_checkpoint(ckpt)

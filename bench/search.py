@@ -52,7 +52,8 @@ def bench_search(cache, work: str, rows: int) -> dict:
     """``das search`` rows/s at 1 and 100 queries against a plain pyarrow read of the embedding column."""
     import pyarrow.parquet as pq
 
-    from das_core.output.store import SEGMENTS_DIR, OutputStore
+    from das_core.output.format import SEGMENTS_DIR
+    from das_core.output.store import OutputStore
     from das_core.search.queries import SEGMENT_COLUMNS, unit_hits
 
     labels = os.path.join(work, "search-labels")

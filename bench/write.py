@@ -17,7 +17,7 @@ def _unit_embeddings(n: int, d: int, rng) -> np.ndarray:
 
 
 def _chunk(rng, n_files: int, windows_per_file: int, dim: int):
-    from das_core.label.units import ChunkMeta
+    from das_core.label.decode import ChunkMeta
 
     windows, files = [], []
     for f in range(n_files):
@@ -37,8 +37,9 @@ def bench_write(cache, repeats: int) -> dict:
     import pyarrow.parquet as pq
 
     from das_core.io import storage
-    from das_core.label.writer import WriteSettings, _segments, write_chunk
-    from das_core.output.store import OutputStore, segments_schema
+    from das_core.label.sink import WriteSettings, _segments, write_chunk
+    from das_core.output.format import segments_schema
+    from das_core.output.store import OutputStore
 
     rng = np.random.default_rng(3)
     meta, emb = _chunk(rng, n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)

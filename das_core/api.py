@@ -14,7 +14,7 @@ import numpy as np
 from das_core.audio.decode import AudioStream
 from das_core.audio.windows import WINDOW_SAMPLES
 from das_core.io import storage
-from das_core.output.store import mean_embedding
+from das_core.output.tables import mean_embedding
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import Labelled, label_files, label_windows, window_scores
 

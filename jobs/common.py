@@ -299,17 +299,3 @@ def node_resources(available: bool = False) -> list[dict]:
     free = available_resources_per_node()
     return [dict(free.get(n["NodeID"]) or {}) for n in nodes]
 
-
-def row_mapper(where: str) -> tuple[Callable, dict]:
-    """The ``map_rows`` of ``where`` (``engine.LOCAL``: this process; else Ray Data, Ray started here) and the
-    keyword arguments it takes besides the rows, the work and the shared object (rescore's and search's tasks)."""
-    from das_core.runtime import engine
-
-    if where == engine.LOCAL:
-        from das_core.runtime.local import map_rows as map_here
-
-        return map_here, {}
-    from jobs.pipeline import map_rows
-
-    init_ray()
-    return map_rows, {"env": worker_env()}

@@ -25,7 +25,7 @@ def demo(out: str) -> int:
     """Generate the example under ``out`` (audio, drift cache, checkpoint), label it into ``out/labels``
     (replacing what is there), print how to read the results back; 0."""
     from das_core.demo import prepare_demo
-    from das_core.label.run import LabelConfig
+    from das_core.label.config import LabelConfig
     from jobs.label import run
 
     out = os.path.abspath(out)

@@ -1,14 +1,15 @@
-"""The Ray Data wiring of ``das label`` (``das evaluate`` labels through it too).
+"""The Ray Data wiring of ``das label``: its stages on Ray (``RayStages``), and ``map_rows`` for rescore and search.
 
-    work manifest (Parquet, one read task per row group of units)
+    unit table (Parquet, one read task per row group of units)
       -> decode_task       CPU tasks: a unit's files -> chunk rows of <= chunk_windows int16 windows
       -> EncodeAndWrite    actor pool (GPU or CPU): embed, score once, write the chunk's parts
-      -> driver            small statistics per chunk (``LabelRun``); commits units once whole (``Finisher``)
+      -> driver            small statistics per chunk (the ledger, in ``jobs.label``); commits units once
+                           whole (``Finisher``)
 
-What each stage does is in ``das_core`` (``units``, ``writer``, ``labelrun``). The drift cache is
+What each stage does is in ``das_core.label`` (``decode``, ``encode``, ``sink``). The drift cache is
 ``ray.put`` once; no embedding or score vector ever reaches the driver. Retries: Ray Data retries a task
 whose process died without limit and restarts a pool actor that died, retrying its call; das relies on
-those defaults (tests/test_faults.py fails without them; Ray 2.60 deprecates passing them). Unbounded
+those defaults (tests/label/test_faults.py fails without them; Ray 2.60 deprecates passing them). Unbounded
 decode retries still end: with ``DecodeProgress``, every death after a unit's second either moves the next
 attempt past an input or gives that input up. A retried chunk overwrites the part of the same name.
 """
@@ -31,12 +32,14 @@ from ray.exceptions import UserCodeException
 
 from das_core.errors import WriteFailed
 from das_core.io import storage
-from das_core.label import run as labelrun
-from das_core.label import units
-from das_core.label.run import LabelConfig, LabelRun
-from das_core.label.writer import ChunkEncoder, EncodeSettings, WriteSettings, finish_units
+from das_core.label.config import LabelConfig
+from das_core.label.crash_watch import DecodeProgress, RemoteWatch
+from das_core.label.decode import DecodeSettings, decode_units
+from das_core.label.encode import ChunkEncoder, EncodeSettings
+from das_core.label.plan import LabelPlan
+from das_core.label.sink import WriteSettings, finish_units
+from das_core.label.units import UNIT_SCHEMA, read_unit_group, unit_table_uri
 from das_core.runtime import placement
-from das_core.runtime.progress import RunMonitor
 from jobs.common import init_ray, log, node_resources, worker_env
 
 # What a decode task may hold: a chunk of int16 windows, libsndfile and soxr state, and the noise cache.
@@ -46,8 +49,8 @@ DECODE_MEMORY_BYTES = 768 * 2**20
 BLOCK_BYTES = 32 * 2**20
 
 
-class WorkManifestDatasource(Datasource):
-    """The work manifest: one read task per row group, keeping only the units to do (``keep``) in each."""
+class UnitTableDatasource(Datasource):
+    """The unit table: one read task per row group, keeping only the units to do (``keep``) in each."""
 
     def __init__(self, uri: str, keep: dict[int, list[str]] | None = None):
         super().__init__()
@@ -55,33 +58,36 @@ class WorkManifestDatasource(Datasource):
         self.meta = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).metadata
 
     def estimate_inmemory_data_size(self) -> int | None:
+        """The unit table's metadata size (a small table: Ray Data's estimate)."""
         return self.meta.serialized_size
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
+        """One read task per row group (or per row group with units to do)."""
         tasks = []
         for g in range(self.meta.num_row_groups) if self.keep is None else sorted(self.keep):
             todo = None if self.keep is None else self.keep[g]
             meta = BlockMetadata(num_rows=self.meta.row_group(g).num_rows if todo is None else len(todo),
                                  size_bytes=self.meta.row_group(g).total_byte_size, input_files=None, exec_stats=None)
-            tasks.append(ReadTask(lambda g=g, todo=todo: [units.read_unit_group(self.uri, g, todo)], meta,
-                                  schema=units.UNIT_SCHEMA))
+            tasks.append(ReadTask(lambda g=g, todo=todo: [read_unit_group(self.uri, g, todo)], meta,
+                                  schema=UNIT_SCHEMA))
         return tasks
 
 
 def actor_call(actor):
-    """``units.RemoteWatch``'s way to reach the run's ``DecodeProgress`` actor."""
+    """``RemoteWatch``'s way to reach the run's ``DecodeProgress`` actor."""
     def call(method: str, *args, wait: bool):
+        """Call ``method`` on the actor; its answer when ``wait``."""
         ref = getattr(actor, method).remote(*args)
         return ray.get(ref) if wait else None
     return call
 
 
-def decode_task(batch: pa.Table, settings: units.DecodeSettings, progress=None) -> Iterator[pa.Table]:
-    """``units.decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
+def decode_task(batch: pa.Table, settings: DecodeSettings, progress=None) -> Iterator[pa.Table]:
+    """``decode_units`` tagged with the node that ran it; ``progress``: the run's ``DecodeProgress`` actor."""
     node = ray.get_runtime_context().get_node_id()
-    watch = units.RemoteWatch(actor_call(progress)) if progress is not None else None
-    for chunk in units.decode_units(batch, settings, watch):
+    watch = RemoteWatch(actor_call(progress)) if progress is not None else None
+    for chunk in decode_units(batch, settings, watch):
         yield chunk.append_column("decoded_on", pa.array([node] * len(chunk), pa.string()))
 
 
@@ -93,6 +99,7 @@ class WorkerWriteFailed(UserCodeException, WriteFailed):
 
 @contextmanager
 def passing_write_failures() -> Iterator[None]:
+    """Re-raise a worker's ``WriteFailed`` as ``WorkerWriteFailed``, which reaches the driver whole."""
     try:
         yield
     except WriteFailed as exc:
@@ -111,6 +118,7 @@ class EncodeAndWrite(ChunkEncoder):
 
 
 def finish_task(out: str, units: list[tuple[str, list[int]]], cache_box: list, write: WriteSettings) -> int:
+    """A Ray task: commit ``units`` (``das_core.label.sink.finish_units``); how many."""
     return finish_units(out, units, ray.get(cache_box[0]), write)
 
 
@@ -128,6 +136,7 @@ class Finisher:
         self.last, self.committed = time.monotonic(), 0
 
     def add(self, unit: tuple[str, list[int]]) -> None:
+        """Queue a whole unit; a batch is sent once full or ``every_s`` old."""
         self.pending.append(unit)
         if len(self.pending) >= self.batch or time.monotonic() - self.last >= self.every_s:
             self.flush()
@@ -140,6 +149,7 @@ class Finisher:
         return self.committed
 
     def flush(self, in_flight: int | None = None) -> int:
+        """Send the queued units, then wait until at most ``in_flight`` batches run; units committed so far."""
         if self.pending:
             self.running.append(self.task.remote(self.out, self.pending, self.cache_box, self.write))
             self.pending, self.last = [], time.monotonic()
@@ -168,16 +178,16 @@ def keep_worker_errors() -> None:
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
-def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, decode: units.DecodeSettings,
+def run_stages(unit_table: str, keep: dict[int, list[str]] | None, out: str, decode: DecodeSettings,
                encode: EncodeSettings, write: WriteSettings, *, cache_box: list, actors: int,
                env: dict[str, str] | None = None) -> Iterator[dict]:
-    """The pipeline over the units of ``manifest_uri`` (``keep``: per row group, the units to do); one
+    """The pipeline over the units of the unit table at ``unit_table`` (``keep``: per row group, the units to do); one
     statistics dict per chunk written. Every forward pass has the same shape (``ClapEncoder``
     ``batch_invariant``), so results do not depend on how chunks are spread over actors."""
     configure_data_context()
     runtime_env = {"env_vars": env} if env else None
-    progress = ray.remote(units.DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
-    ds = ray.data.read_datasource(WorkManifestDatasource(manifest_uri, keep), num_cpus=1,
+    progress = ray.remote(DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
+    ds = ray.data.read_datasource(UnitTableDatasource(unit_table, keep), num_cpus=1,
                                   memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
     # The memory request differs from the actors' resources, which also keeps Ray Data from fusing decoding
     # into the encoder actors: decoding stays a pool of CPU tasks running beside the encoder.
@@ -194,45 +204,68 @@ def run_stages(manifest_uri: str, keep: dict[int, list[str]] | None, out: str, d
         ray.kill(progress)
 
 
-def run_label(c: LabelConfig) -> dict:
-    """Label ``c.input`` into ``c.out`` (``das label``: on Ray, or in this process for a small job); the manifest."""
-    from jobs.label import run_units
+class RayStages:
+    """The label stages of ``plan`` on Ray Data, in the shape of ``das_core.label.local.LocalStages``.
 
-    return labelrun.run_label(c, run_units)
+    Made before the progress line starts; entered, it starts or joins Ray (refused at once where the
+    encoder actors or a decode task fit no node) and puts the drift cache in the object store;
+    ``chunk_stats`` runs the pipeline and yields each chunk's statistics; ``commit`` hands a whole unit to
+    the ``Finisher`` (commit tasks, in batches); ``flush`` waits for every commit; ``committed`` counts
+    the units committed so far.
+    """
 
+    starting = "starting Ray"            # the progress line before the work starts
 
-def run_units_on_ray(run: LabelRun) -> None:
-    """The pipeline over the units to do; the driver only counts and commits whole units."""
-    p, c = run.plan, run.plan.config
-    if not len(p.todo):
-        return
-    demand = label_demand(c)
-    monitor = RunMonitor(run, "starting Ray", demand.describe(),
-                         lambda: placement.describe_nodes(node_resources(available=True), node_resources()))
-    with monitor:
+    def __init__(self, plan: LabelPlan):
+        self.plan = plan
+        self.demand = label_demand(plan.config)
+        self.pending = self.demand.describe()
+        self.first_line = f"starting: loading the model on {self.demand.actors} encoder actor(s), decoding"
+
+    @staticmethod
+    def nodes() -> str:
+        """What the nodes offer (free/total), for a stall's warning."""
+        return placement.describe_nodes(node_resources(available=True), node_resources())
+
+    def __enter__(self) -> RayStages:
+        config = self.plan.config
         # refused now rather than an endless wait: totals, then whether the actors and a decode task fit nodes
-        init_ray(gpus=c.num_gpus, cpus=c.actor_count * c.cpus_per_actor,
-                 fits=lambda nodes: placement.misfits(nodes, demand))
-        cache_box, write, env = [ray.put(p.cache)], p.write_settings(), worker_env()
-        finisher = Finisher(c.out, cache_box, write, env)
-        monitor.started(lambda: finisher.committed,
-                        f"starting: loading the model on {demand.actors} encoder actor(s), decoding")
-        for stats in run_stages(units.work_manifest_uri(c.out), p.row_groups_to_do(), c.out, p.decode_settings(),
-                                p.encode_settings(), write, cache_box=cache_box, actors=c.actor_count, env=env):
-            whole = run.observe(stats, finisher.poll())
-            monitor.beat()
-            if whole:
-                finisher.add(whole)
-            if run.aborted:
-                break
-        finisher.flush(in_flight=0)
-    run.check_whole()
+        init_ray(gpus=config.num_gpus, cpus=config.actor_count * config.cpus_per_actor,
+                 fits=lambda nodes: placement.misfits(nodes, self.demand))
+        self.cache_box, self.write, self.env = [ray.put(self.plan.cache)], self.plan.write_settings(), worker_env()
+        self.finisher = Finisher(config.out, self.cache_box, self.write, self.env)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Nothing to release: the pipeline's own actors go with it."""
+
+    @property
+    def committed(self) -> int:
+        """Units committed so far (by the commit tasks that finished)."""
+        return self.finisher.committed
+
+    def chunk_stats(self) -> Iterator[dict]:
+        """The pipeline over the units to do; each chunk's statistics, as they come (finished commits counted)."""
+        plan, config = self.plan, self.plan.config
+        for stats in run_stages(unit_table_uri(config.out), plan.row_groups_to_do(), config.out,
+                                plan.decode_settings(), plan.encode_settings(), self.write, cache_box=self.cache_box,
+                                actors=config.actor_count, env=self.env):
+            self.finisher.poll()
+            yield stats
+
+    def commit(self, unit: tuple[str, list[int]]) -> None:
+        """Commit ``unit`` in a commit task (batched: see ``Finisher``)."""
+        self.finisher.add(unit)
+
+    def flush(self) -> None:
+        """Wait until every unit handed to ``commit`` is committed."""
+        self.finisher.flush(in_flight=0)
 
 
-def label_demand(c: LabelConfig) -> placement.Demand:
+def label_demand(config: LabelConfig) -> placement.Demand:
     """What the label pipeline asks of the nodes (``run_stages``'s resource requests)."""
-    return placement.Demand(actors=c.actor_count, cpus_per_actor=c.cpus_per_actor, gpus_per_actor=c.gpus_per_actor,
-                            decode_cpus=1.0, decode_memory=DECODE_MEMORY_BYTES)
+    return placement.Demand(actors=config.actor_count, cpus_per_actor=config.cpus_per_actor,
+                            gpus_per_actor=config.gpus_per_actor, decode_cpus=1.0, decode_memory=DECODE_MEMORY_BYTES)
 
 
 def map_rows(rows: list[dict], work, shared, *, env: dict[str, str] | None = None, **settings) -> Iterator[pa.Table]:

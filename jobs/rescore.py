@@ -16,6 +16,7 @@ from das_core.rescore.plan import plan_rescore
 from das_core.rescore.unit import rescore_unit
 from das_core.runtime import engine
 from jobs import common
+from jobs.rows import row_mapper
 
 
 def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def run(config: RescoreConfig) -> dict:
         try:
             if plan.todo:
                 common.log.info("engine: %s (%s)", where, why)
-                map_rows, env = common.row_mapper(where)
+                map_rows, env = row_mapper(where)
                 tally.scoring_started()
                 for table in map_rows(plan.unit_rows(), rescore_unit, plan.cache, **env, **plan.unit_settings()):
                     tally.add(table)

@@ -18,6 +18,7 @@ from das_core.search.plan import plan_search, units_per_task
 from das_core.search.results import finish_search
 from das_core.search.task import search_group
 from jobs import common
+from jobs.rows import row_mapper
 
 
 def build_parser(prog: str = "das search") -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def run(config: SearchConfig) -> pa.Table:
     plan = plan_search(config)
     where, why = engine.choose(config.local, config.ray, engine.segments_too_many(searched_segments(config.embeddings)))
     common.log.info("engine: %s (%s)", where, why)
-    map_rows, env = common.row_mapper(where)
+    map_rows, env = row_mapper(where)
     groups = plan.groups(units_per_task(len(plan.units), cluster_cpus(where)))
     parts = list(map_rows(groups, search_group, plan.queries, **env, **plan.task_settings()))
     return finish_search(plan, parts)

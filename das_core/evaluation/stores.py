@@ -24,7 +24,7 @@ from das_core.evaluation.datasets import NoiseSet
 from das_core.evaluation.prompts import UNKNOWN_SCENE, TextEmbeddings, saved_caches
 from das_core.evaluation.protocol import Condition, Plan
 from das_core.io import storage
-from das_core.label.run import LabelConfig
+from das_core.label.config import LabelConfig
 from das_core.output.manifest import NoiseSource, RunManifest
 
 log = logging.getLogger("das.evaluation")
@@ -90,7 +90,9 @@ def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from das_core.output.store import SEGMENTS_DIR, OutputStore, embeddings_to_numpy
+    from das_core.output.format import SEGMENTS_DIR
+    from das_core.output.store import OutputStore
+    from das_core.output.tables import embeddings_to_numpy
 
     store = OutputStore(uri)
     listing = store.listing()
@@ -145,7 +147,7 @@ def write_path_list(uri: str, paths: Sequence[str], ids: Sequence[str]) -> None:
     """A label run's input: a path list (``path``, ``id``) as Parquet, rewritten only when its content changes."""
     import pyarrow as pa
 
-    from das_core.output.store import table_to_bytes
+    from das_core.output.format import table_to_bytes
 
     table = pa.table({"path": pa.array(list(paths), pa.string()), "id": pa.array(list(ids), pa.string())})
     data = table_to_bytes(table)

@@ -1,9 +1,9 @@
 """Decoding in a child process, for runs without Ray: a file that crashes the decoder kills the child, not das.
 
-On Ray a decode task that dies is retried by Ray Data, and ``units.DecodeProgress`` finds the input that kills
-it. A local run (``das_core.runtime.local``) gets the same guarantee from this module: each unit is decoded by
-``units.decode_units`` in a child process, watched by a ``DecodeProgress`` that lives in the das process.
-When the child dies, a new one decodes the unit again; chunks the dead attempt already delivered are not
+On Ray a decode task that dies is retried by Ray Data, and ``crash_watch.DecodeProgress`` finds the input that
+kills it. A local run (``das_core.label.local``) gets the same guarantee from this module: each unit is
+decoded by ``decode.decode_units`` in a child process, watched by a ``DecodeProgress`` that lives in the das
+process. When the child dies, a new one decodes the unit again; chunks the dead attempt already delivered are not
 delivered twice (as Ray keeps a dead task's output), and an input that two careful attempts died on becomes
 one ``decoder_crash`` error row. The rows are those of an undisturbed run.
 
@@ -21,7 +21,8 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from das_core.errors import RunFailed
-from das_core.label import units
+from das_core.label.crash_watch import DecodeProgress, RemoteWatch
+from das_core.label.decode import DecodeSettings, decode_units
 
 log = logging.getLogger("das")
 
@@ -29,11 +30,12 @@ log = logging.getLogger("das")
 BASE_ATTEMPTS = 4
 
 
-def _child_main(conn, settings: units.DecodeSettings) -> None:
+def _child_main(conn, settings: DecodeSettings) -> None:
     """The child: decode each unit it is sent, sending its chunks, watch reports and ``done`` back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def call(method: str, *args, wait: bool):
+        """Send a watch report to the das process; its answer when ``wait``."""
         conn.send(("watch", method, args, wait))
         return conn.recv() if wait else None
 
@@ -45,7 +47,7 @@ def _child_main(conn, settings: units.DecodeSettings) -> None:
         if message[0] == "stop":
             return
         try:
-            for chunk in units.decode_units(message[1], settings, units.RemoteWatch(call)):
+            for chunk in decode_units(message[1], settings, RemoteWatch(call)):
                 conn.send(("chunk", chunk))
         except Exception as exc:  # noqa: BLE001 - the das process raises it; decoding errors are rows already
             conn.send(("error", exc))
@@ -54,11 +56,11 @@ def _child_main(conn, settings: units.DecodeSettings) -> None:
 
 
 class DecodeProcess:
-    """``units.decode_units`` one unit at a time in a child process, restarted when it dies."""
+    """``das_core.label.decode.decode_units`` one unit at a time in a child process, restarted when it dies."""
 
-    def __init__(self, settings: units.DecodeSettings):
+    def __init__(self, settings: DecodeSettings):
         self.settings = settings
-        self.progress = units.DecodeProgress()
+        self.progress = DecodeProgress()
         self.context = multiprocessing.get_context("spawn")     # never fork a process that holds torch threads
         self.process = None
         self.conn = None
@@ -86,6 +88,7 @@ class DecodeProcess:
         return code
 
     def close(self) -> None:
+        """Stop the child (asked first, killed after 5 s) and reap it."""
         if self.process is None:
             return
         try:
@@ -98,7 +101,7 @@ class DecodeProcess:
         self._reap()
 
     def decode(self, units_table: pa.Table) -> Iterator[pa.Table]:
-        """The chunk rows of every unit of ``units_table`` (work-manifest rows), in order."""
+        """The chunk rows of every unit of ``units_table`` (unit-table rows), in order."""
         for i in range(len(units_table)):
             yield from self._decode_unit(units_table.slice(i, 1))
 

@@ -102,6 +102,7 @@ class Holder:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
 
     def describe(self, now: float | None = None) -> str:
+        """The holder in words (run, command, host, pid, start, last heartbeat and its age)."""
         age = (time.time() if now is None else now) - self.heartbeat_unix
         return (f"run {self.run_id}: {self.command}, host {self.host}, pid {self.pid}, since {self.started}, "
                 f"last heartbeat {self.heartbeat} ({age:.0f} s ago)")
@@ -178,6 +179,7 @@ class _LocalLockFile:
         return self.create(data)
 
     def delete(self) -> None:
+        """Remove the lock file (gone already: nothing to do)."""
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -197,6 +199,7 @@ class _S3LockFile:
             return fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kw)
 
     def create(self, data: bytes) -> bool:
+        """Put ``data`` at the lock's key unless an object is there (a conditional PUT); False when one is."""
         try:
             self._call("put_object", Body=data, IfNoneMatch="*")
         except (FileExistsError, OSError) as exc:
@@ -206,6 +209,7 @@ class _S3LockFile:
         return True
 
     def read(self) -> tuple[bytes, object, float] | None:
+        """The lock's contents, version (ETag) and time, or None when there is none."""
         try:
             got = self._call("get_object")
         except FileNotFoundError:
@@ -214,6 +218,7 @@ class _S3LockFile:
         return _read_body(body), got["ETag"], got["LastModified"].timestamp()
 
     def replace(self, data: bytes, version: object) -> bool:
+        """Replace the lock with ``data`` if it is still at ``version``; False when it changed or went."""
         try:
             self._call("put_object", Body=data, IfMatch=str(version))
         except (FileNotFoundError, FileExistsError):
@@ -225,6 +230,7 @@ class _S3LockFile:
         return True
 
     def delete(self) -> None:
+        """Remove the lock object (gone already: nothing to do)."""
         try:
             self._call("delete_object")
         except FileNotFoundError:
@@ -240,6 +246,7 @@ def _read_body(body) -> bytes:
     from fsspec.asyn import sync
 
     async def read() -> bytes:
+        """The whole body, read on s3fs's event loop."""
         async with body as stream:
             return await stream.read()
 
@@ -369,6 +376,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
+        """The SIGTERM handler: raise ``KeyboardInterrupt`` naming the signal."""
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)

@@ -26,6 +26,8 @@ _TYPED = ("job", "status", "das_version", "format_version", "settings", "cache",
 
 @dataclass(frozen=True)
 class RunManifest:
+    """A run's ``_manifest.json``: what was run, with what, how it ended, its counts and every invocation."""
+
     job: str                                 # "label" or "rescore"
     status: str                              # "running", "complete", "failed", ...
     das_version: str = "0.1"
@@ -39,6 +41,7 @@ class RunManifest:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunManifest:
+        """The manifest of parsed ``_manifest.json`` JSON; sections it does not type go to ``extra``."""
         if not isinstance(data, dict):
             raise ManifestError("a run manifest is a JSON object")
         return cls(job=str(data.get("job", "label")), status=str(data.get("status", "unknown")),
@@ -49,6 +52,7 @@ class RunManifest:
                    extra={k: v for k, v in data.items() if k not in _TYPED})
 
     def to_dict(self) -> dict:
+        """The JSON object as written: typed sections, then ``extra``, then counts and runs."""
         out: dict[str, Any] = {"job": self.job, "status": self.status, "das_version": self.das_version,
                                "format_version": self.format_version, "settings": self.settings,
                                "cache": self.cache, "checkpoint": self.checkpoint}
@@ -87,19 +91,23 @@ class RunManifest:
         return manifest
 
     def write(self, folder: str) -> None:
+        """Write ``folder/_manifest.json`` atomically."""
         text = json.dumps(self.to_dict(), indent=2, default=str) + "\n"
         storage.write_bytes_atomic(storage.join(storage.absolute(folder), MANIFEST), text.encode())
 
     # ------------------------------------------------------------- accessors
     @property
     def complete(self) -> bool:
+        """Whether the run ended ``complete``."""
         return self.status == "complete"
 
     @property
     def checkpoint_fingerprint(self) -> str | None:
+        """The fingerprint of the checkpoint the run's embeddings were made with, if recorded."""
         return self.settings.get("checkpoint_fingerprint") or self.checkpoint.get("fingerprint")
 
     def require_checkpoint(self, folder: str) -> str:
+        """The checkpoint fingerprint, or a ManifestError when the manifest records none."""
         fingerprint = self.checkpoint_fingerprint
         if not fingerprint:
             raise ManifestError(f"{storage.join(folder, MANIFEST)} records no checkpoint fingerprint")
@@ -107,14 +115,17 @@ class RunManifest:
 
     @property
     def checkpoint_uri(self) -> str | None:
+        """The checkpoint as the run was given it, if recorded."""
         return self.checkpoint.get("uri")
 
     @property
     def weights(self) -> str | None:
+        """The checkpoint's weights (``random`` for a test or demo checkpoint), if recorded."""
         return self.checkpoint.get("weights")
 
     @property
     def embedding_dtype(self) -> str:
+        """The storage type of the run's embeddings (``float16`` when not recorded)."""
         return self.settings.get("embedding_dtype") or "float16"
 
     @property
@@ -124,6 +135,7 @@ class RunManifest:
 
     @property
     def runs_started(self) -> list:
+        """When each recorded invocation started."""
         return [r.get("started") for r in self.runs]
 
 
@@ -137,10 +149,12 @@ class NoiseSource:
 
     @classmethod
     def mixed(cls, uri: str, offset_s: float) -> NoiseSource:
+        """Noise from ``uri``, starting ``offset_s`` seconds in."""
         return cls(uri, offset_s)
 
     @classmethod
     def not_mixed(cls, why: str) -> NoiseSource:
+        """No noise mixed, and why."""
         return cls(None, 0.0, why)
 
     def __str__(self) -> str:

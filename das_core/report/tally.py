@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.output.store import ERROR, FILES_DIR, OK, SEGMENTS_DIR, OutputStore
+from das_core.output.format import ERROR, FILES_DIR, OK, SEGMENTS_DIR
+from das_core.output.store import OutputStore
 from das_core.runtime.progress import STEADY_MIN_CHUNKS, STEADY_MIN_S
 
 TOP_LABELS = 20            # bars per label chart; the rest is one "other" bar

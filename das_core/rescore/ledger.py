@@ -19,9 +19,10 @@ import pyarrow as pa
 
 from das_core import __version__
 from das_core.errors import RunFailed
+from das_core.output.format import FORMAT_VERSION
 from das_core.output.manifest import RunManifest
 from das_core.output.record import cache_block, ended_by, utc_now, weights_line
-from das_core.output.store import FORMAT_VERSION, OutputStore
+from das_core.output.store import OutputStore
 from das_core.rescore.plan import RescorePlan, Watermark, finished_at
 
 log = logging.getLogger("das.rescore")

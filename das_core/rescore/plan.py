@@ -24,18 +24,12 @@ from das_core.errors import Refused
 from das_core.io import storage
 from das_core.io.checks import check_output_folder
 from das_core.io.inputs import normalise_uri
-from das_core.label.run import DEFAULT_TOP_K
+from das_core.output.format import FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
-from das_core.output.store import (
-    FILES_DIR,
-    FORMAT_VERSION,
-    SEGMENTS_DIR,
-    OutputStore,
-    StoreListing,
-    open_embeddings,
-)
+from das_core.output.store import OutputStore, StoreListing, open_embeddings
 from das_core.rescore.config import RUN_PREFIX, RescoreConfig, default_run_id
 from das_core.scoring.cache import DriftCache
+from das_core.scoring.scorer import DEFAULT_TOP_K
 
 log = logging.getLogger("das.rescore")
 

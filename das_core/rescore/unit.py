@@ -27,21 +27,9 @@ import pyarrow as pa
 
 from das_core.errors import WriteFailed
 from das_core.io import storage
-from das_core.output.store import (
-    EMBEDDING_TYPES,
-    END_TAG,
-    FILES_DIR,
-    OK,
-    SEGMENTS_DIR,
-    FileOutcome,
-    OutputStore,
-    build_tables,
-    count_outcomes,
-    embeddings_to_numpy,
-    labelled_columns,
-    part_name,
-    segments_schema,
-)
+from das_core.output.format import EMBEDDING_TYPES, END_TAG, FILES_DIR, OK, SEGMENTS_DIR, part_name, segments_schema
+from das_core.output.store import OutputStore
+from das_core.output.tables import FileOutcome, build_tables, count_outcomes, embeddings_to_numpy, labelled_columns
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import label_windows, window_scores
 

@@ -2,8 +2,8 @@
 
 Starting Ray, planning a Ray Data pipeline and starting an encoder actor cost about 20 s on a laptop, more
 than labelling a few clips takes. Small jobs therefore run in the das process itself, through the same
-library stages (``das_core.runtime.local``), and give the same rows bit for bit. ``--local`` / ``--ray`` force
-either; without them the choice is automatic:
+library stages (``das_core.label.local``; ``das_core.runtime.local`` for rescore and search), and give the
+same rows bit for bit. ``--local`` / ``--ray`` force either; without them the choice is automatic:
 
 - ``RAY_ADDRESS`` set (a cluster, ``ray job submit``), or Ray already started in this process: Ray;
 - ``das label``: local when the units to do hold at most ``LOCAL_MAX_FILES`` files and

@@ -25,6 +25,7 @@ class Demand:
     decode_memory: float        # bytes
 
     def describe(self) -> str:
+        """The demand in words (what a stall's warning says is pending)."""
         gpu = f" + {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
         return (f"{self.actors} encoder actor(s) of {self.cpus_per_actor:g} CPU{gpu} each, and decode tasks of "
                 f"{self.decode_cpus:g} CPU + {self.decode_memory / 2**20:.0f} MiB memory each")

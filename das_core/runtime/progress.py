@@ -14,12 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from das_core.errors import Refused, RunFailed
-
-if TYPE_CHECKING:
-    from das_core.label.run import LabelRun
 
 log = logging.getLogger("das")
 
@@ -67,6 +64,7 @@ class StallWatch:
         return None
 
     def quiet_s(self, now: float) -> float:
+        """Seconds since the last chunk finished."""
         return now - self.last_beat
 
 
@@ -121,6 +119,36 @@ def progress_line(s: ProgressSnapshot) -> str:
             f"units committed, {rate:.1f} windows/s{eta} ({duration(s.elapsed_s)})")
 
 
+class WatchedRun(Protocol):
+    """What ``RunMonitor`` reads of the run it watches (a label run's ledger, ``das_core.label.ledger.LabelRun``)."""
+
+    t0: float                   # when the work started (monotonic seconds)
+
+    @property
+    def progress_every_s(self) -> float:
+        """How often a log gets the progress line (seconds)."""
+
+    @property
+    def files_done(self) -> int:
+        """Files counted in this invocation."""
+
+    @property
+    def windows_done(self) -> int:
+        """Windows encoded in this invocation."""
+
+    @property
+    def files_to_do(self) -> int:
+        """Files this invocation labels."""
+
+    @property
+    def units_committed_before(self) -> int:
+        """Units committed by earlier invocations (--resume)."""
+
+    @property
+    def units_total(self) -> int:
+        """Every unit of the run."""
+
+
 class RunMonitor:
     """A thread beside the driver's loop: das's progress line from the first second, and the stall watchdog.
 
@@ -132,10 +160,10 @@ class RunMonitor:
 
     TICK_S = 1.0
 
-    def __init__(self, run: LabelRun, starting: str, pending: str, nodes: Callable[[], str] | None = None):
+    def __init__(self, run: WatchedRun, starting: str, pending: str, nodes: Callable[[], str] | None = None):
         self.run, self.starting, self.pending, self.nodes = run, starting, pending, nodes
         self.committed: Callable[[], int] | None = None      # units committed in this invocation, once started
-        self.every_s = run.plan.config.progress_every_s
+        self.every_s = run.progress_every_s
         self.tty = sys.stderr.isatty()
         warn_s, fail_s = stall_limits()
         self.watch = StallWatch(warn_s, fail_s, time.monotonic())
@@ -174,18 +202,20 @@ class RunMonitor:
         self.watch.beat(now)
         self.chunks += 1
         if self.first_s is None:
-            self.first_s, self.first_files = now - self.run.t0, self.run.counts.files
+            self.first_s, self.first_files = now - self.run.t0, self.run.files_done
 
     def snapshot(self) -> ProgressSnapshot:
-        r, p = self.run, self.run.plan
+        """What the run has done so far."""
+        run = self.run
         return ProgressSnapshot(
-            elapsed_s=time.monotonic() - r.t0, files=r.counts.files, files_total=p.todo_files,
-            windows=r.counts.windows,
-            units_committed=len(p.units) - len(p.todo) + (self.committed() if self.committed else 0),
-            units_total=len(p.units), chunks=self.chunks, first_s=self.first_s, first_files=self.first_files,
+            elapsed_s=time.monotonic() - run.t0, files=run.files_done, files_total=run.files_to_do,
+            windows=run.windows_done,
+            units_committed=run.units_committed_before + (self.committed() if self.committed else 0),
+            units_total=run.units_total, chunks=self.chunks, first_s=self.first_s, first_files=self.first_files,
             starting=self.starting)
 
     def line(self) -> str:
+        """The progress line as printed."""
         return f"das label: {progress_line(self.snapshot())}"
 
     def _show(self, line: str, force: bool = False) -> None:

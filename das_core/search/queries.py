@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.output.store import FILES_DIR, OK, SEGMENTS_DIR, embeddings_to_numpy
+from das_core.output.format import FILES_DIR, OK, SEGMENTS_DIR
+from das_core.output.tables import embeddings_to_numpy
 from das_core.scoring.prompts import NOISY_TEMPLATE
 
 SEGMENT, FILE = "segment", "file"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from das_core.evaluation import Condition, ConditionData, EvaluationError, SideInformation, StoreData, scoring
+from das_core.errors import EvaluationError
+from das_core.evaluation import Condition, ConditionData, SideInformation, StoreData, scoring
 from das_core.evaluation.datasets import Clip, Dataset
 from das_core.evaluation.scoring import cross_fit_tgap
 from das_core.scoring.baselines import tgap_prototypes

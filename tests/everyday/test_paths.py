@@ -18,7 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from das_core.output.store import FILES_DIR, OutputStore
+from das_core.output.format import FILES_DIR
+from das_core.output.store import OutputStore
 from everyday.conftest import das, seed_user_files, snapshot
 
 pytestmark = pytest.mark.integration

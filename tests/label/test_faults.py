@@ -370,7 +370,7 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path):
 
 
 def test_failed_local_write_leaves_nothing(tmp_path, monkeypatch):
-    from das_core.label.run import write_refusal
+    from das_core.label.sink import write_refusal
 
     target = tmp_path / "files" / "part-u00000001-end.parquet"
     monkeypatch.setenv(storage.TEST_FAIL_WRITE_ENV, "u00000001-end")
@@ -413,7 +413,7 @@ def _closing(rows: list[dict]) -> list[tuple]:
 
 
 def test_decode_unit_skips_what_the_watch_gave_up(tmp_path):
-    from das_core.label.units import DecodeSettings, decode_unit
+    from das_core.label.decode import DecodeSettings, decode_unit
 
     paths = []
     for i in range(3):
@@ -432,8 +432,8 @@ def test_give_up_after_a_dead_attempt_sent_windows(tmp_path, encoder):
     """Ray keeps the chunks a dead attempt sent (a retry's chunk of the same index is dropped): when those
     hold the first windows of the input given up, the unit still commits one error row for it and none
     of its windows."""
-    from das_core.label.units import ChunkMeta, DecodeSettings, decode_unit
-    from das_core.label.writer import WriteSettings, finish_unit, write_chunk
+    from das_core.label.decode import ChunkMeta, DecodeSettings, decode_unit
+    from das_core.label.sink import WriteSettings, finish_unit, write_chunk
 
     names = {"a": 3.0, "p": 45.0, "c": 12.0}            # p: 5 windows, over three chunks of 2
     paths = []

@@ -16,6 +16,7 @@ from das_core.audio.windows import SAMPLE_RATE, window_count
 from das_core.errors import CacheMismatchError
 from das_core.errors import Refused as UsageError
 from das_core.errors import RunFailed as JobFailed
+from das_core.io import storage
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.scoring.cache import DriftCache
@@ -136,7 +137,7 @@ def test_every_file_is_accounted_for(first_run):
     assert counts["files"] == len(GOOD) + len(BAD) == counts["ok"] + counts["error"]
     assert counts["errors_by_kind"] == {"empty": 1, "non_finite": 1, "not_audio": 2, "truncated": 1}
     assert manifest["status"] == "complete" and manifest["checkpoint"]["weights"] == "random"
-    assert json.loads(__import__("das_core").storage.read_bytes(out + "/_manifest.json")) == manifest
+    assert json.loads(storage.read_bytes(out + "/_manifest.json")) == manifest
 
 
 def test_windows_and_labels(first_run):
@@ -188,7 +189,7 @@ def test_rerun_into_non_empty_output_is_refused(first_run, s3_archive, cache_uri
 
 def _as_if_killed(out: str, units: list[str]) -> None:
     """The state a kill leaves: the units' chunks written, their end parts not; the manifest still 'running'."""
-    from das_core.output.store import FILES_DIR, part_name
+    from das_core.output.format import FILES_DIR, part_name
 
     store = OutputStore(out)
     for unit in units:
@@ -289,7 +290,7 @@ def test_manifest_input_with_missing_object(s3_archive, cache_uri, tiny_ckpt, tm
     manifest = s3_archive.replace("/archive", "/lists/todo.parquet")
     table = pa.table({"path": ["archive/ten.wav", "archive/gone.wav"], "id": ["clip-1", "clip-2"]})
     from das_core.io.storage import write_bytes_atomic
-    from das_core.output.store import table_to_bytes
+    from das_core.output.format import table_to_bytes
     write_bytes_atomic(manifest, table_to_bytes(table))
     # relative paths are taken from the manifest's folder: s3://bucket/lists/archive/... does not exist
     out = str(tmp_path / "from-manifest")

@@ -1,4 +1,4 @@
-"""Work units: planning, the work manifest, chunking of a unit's audio, and the label run built on them."""
+"""Work units: planning, the unit table, and the label runs built on them (resume, dry run, a failing file)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,7 @@ import pytest
 import soundfile as sf
 from conftest import label_run, read_output, sine
 
-from das_core.audio.windows import SAMPLE_RATE, window_count
-from das_core.label.units import (
-    ChunkMeta,
-    DecodeProgress,
-    DecodeSettings,
-    decode_unit,
-    plan_units,
-    read_work_manifest,
-    write_work_manifest,
-)
+from das_core.label.units import plan_units, read_unit_table, write_unit_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,60 +37,16 @@ def test_units_are_bounded_by_count_and_bytes():
     assert len(plan_units(inputs(0), 4, 100)) == 0
 
 
-def test_work_manifest_round_trip(tmp_path):
+def test_unit_table_round_trip(tmp_path):
     units = plan_units(inputs(9), files_per_unit=2, unit_bytes=10**9)
-    write_work_manifest(str(tmp_path), units)
-    assert read_work_manifest(str(tmp_path)).equals(units)
-    assert read_work_manifest(str(tmp_path / "elsewhere")) is None
+    write_unit_table(str(tmp_path), units)
+    assert read_unit_table(str(tmp_path)).equals(units)
+    assert read_unit_table(str(tmp_path / "elsewhere")) is None
 
 
 def _wav(path, seconds: float, rate: int = 16000) -> str:
     sf.write(str(path), sine(440, seconds, rate, amp=0.3), rate)
     return str(path)
-
-
-def _chunks(paths: list[str], chunk_windows: int):
-    ids = [os.path.basename(p) for p in paths]
-    rows = [t.to_pylist()[0] for t in decode_unit("u00000000", ids, paths, DecodeSettings(chunk_windows=chunk_windows))]
-    return rows, [ChunkMeta.parse(r["meta"]) for r in rows]
-
-
-def test_a_unit_is_cut_into_bounded_chunks_and_long_files_into_pieces(tmp_path):
-    short = _wav(tmp_path / "a-short.wav", 3.0)
-    long = _wav(tmp_path / "b-long.wav", 65.0)          # 7 windows
-    two = _wav(tmp_path / "c-two.wav", 15.0)            # 2 windows
-    bad = tmp_path / "d-bad.wav"
-    bad.write_bytes(b"not audio at all" * 10)
-    rows, metas = _chunks([short, long, two, str(bad)], chunk_windows=3)
-    assert [r["chunk"] for r in rows] == list(range(len(rows)))
-    assert [r["last"] for r in rows] == [False] * (len(rows) - 1) + [True]
-    assert all(0 <= r["n_windows"] <= 3 and len(r["audio"]) == r["n_windows"] * 480_000 * 2 for r in rows)
-    # every window of every file, once, in order; each file closes exactly once
-    seen = [(m.files[w[0]]["file_id"], w[1]) for m in metas for w in m.windows]
-    expected = [("a-short.wav", 0)] + [("b-long.wav", i) for i in range(7)] + [("c-two.wav", 0), ("c-two.wav", 1)]
-    assert seen == expected
-    closes = [f for m in metas for f in m.files if f["closes"]]
-    assert [f["file_id"] for f in closes] == ["a-short.wav", "b-long.wav", "c-two.wav", "d-bad.wav"]
-    assert [f["status"] for f in closes] == ["ok", "ok", "ok", "error"] and closes[3]["error_kind"] == "not_audio"
-    # the long file is cut into pieces numbered in order; the two-window file is kept whole in one chunk
-    pieces = [f["piece"] for m in metas for f in m.files if f["file_id"] == "b-long.wav"]
-    assert pieces == list(range(len(pieces))) and len(pieces) == 3
-    assert sum(1 for m in metas for f in m.files if f["file_id"] == "c-two.wav") == 1
-    # same input, same chunks: names and rows are deterministic
-    again, _ = _chunks([short, long, two, str(bad)], chunk_windows=3)
-    assert [(r["chunk"], r["meta"], r["audio"]) for r in again] == [(r["chunk"], r["meta"], r["audio"]) for r in rows]
-
-
-def test_an_empty_unit_of_bad_files_still_yields_its_last_chunk(tmp_path):
-    bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"")
-    rows, metas = _chunks([str(bad), str(tmp_path / "missing.wav")], chunk_windows=4)
-    assert len(rows) == 1 and rows[0]["last"] and rows[0]["n_windows"] == 0
-    assert [f["error_kind"] for f in metas[0].files] == ["empty", "missing"]
-
-
-# ------------------------------------------------------------------ the label run on units (Ray)
-
 
 
 @pytest.mark.integration
@@ -136,7 +83,7 @@ def test_resume_picks_up_files_added_to_the_input(ray_local, tiny_ckpt, small_ca
     assert manifest["counts"]["files"] == 3 and manifest["work"]["units"] == 3
     _, files = read_output(tmp_path / "out")
     assert files.column("file_id").to_pylist() == ["a.wav", "b.wav", "c.wav"]
-    assert read_work_manifest(str(tmp_path / "out")).column("unit").to_pylist() == [
+    assert read_unit_table(str(tmp_path / "out")).column("unit").to_pylist() == [
         "u00000000", "u00000001", "u00000002"]
 
 
@@ -161,41 +108,9 @@ def test_dry_run_plans_without_ray_or_model(tiny_ckpt, small_cache, tmp_path):
     assert not out.exists()
 
 
-def test_window_counts_match_the_documented_rule():
-    # the chunking relies on this to keep short files whole
-    assert window_count(int(10.5 * SAMPLE_RATE)) == 1 and window_count(int(11 * SAMPLE_RATE)) == 2
-
-
-def test_work_manifest_is_valid_json_free_parquet(tmp_path):
+def test_unit_table_is_valid_json_free_parquet(tmp_path):
     units = plan_units(inputs(3), files_per_unit=2, unit_bytes=10)
-    uri = write_work_manifest(str(tmp_path), units)
+    uri = write_unit_table(str(tmp_path), units)
     assert uri.endswith("_work/units.parquet") and os.path.exists(uri)
     assert json.dumps(units.to_pylist())          # plain values: readable by any Parquet reader
     assert np.array_equal(units.column("bytes").to_numpy(), [0, 0])
-
-
-def test_decode_progress_gives_up_only_after_two_known_deaths():
-    p = DecodeProgress()
-    assert p.begin("u1") == (False, {}, -1)
-    p.at("u1", 0, "a.wav")
-    p.chunk("u1", 1)
-    p.at("u1", 1, "b.wav")                                 # first attempt dies here: position not trusted
-    assert p.begin("u1") == (True, {}, 1)
-    p.at("u1", 0, "a.wav")
-    p.at("u1", 1, "b.wav")                                 # a careful attempt dies: one known death
-    p.chunk("u1", 3)
-    assert p.begin("u1") == (True, {}, 3)
-    p.at("u1", 0, "a.wav")
-    p.at("u1", 1, "b.wav")                                 # second known death on b.wav
-    assert p.begin("u1") == (True, {1: "b.wav"}, 3)
-    p.at("u1", 2, "c.wav")
-    p.done("u1")
-    assert p.units == {} and p.begin("u1") == (False, {}, -1)  # a finished unit is forgotten
-    p.done("u1")
-    assert p.begin("u2") == (False, {}, -1)
-    p.at("u2", 0, "x.wav")
-    assert p.begin("u2") == (True, {}, -1)                 # deaths at different inputs never add up
-    p.at("u2", 0, "x.wav")
-    assert p.begin("u2") == (True, {}, -1)
-    p.at("u2", 1, "y.wav")
-    assert p.begin("u2") == (True, {}, -1)

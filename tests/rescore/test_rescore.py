@@ -13,7 +13,8 @@ import pytest
 from conftest import BROKEN_WAV, label_run, read_output, write_clips
 
 from das_core.clap import checkpoint as ckpt
-from das_core.output.store import OutputStore, embeddings_to_numpy
+from das_core.output.store import OutputStore
+from das_core.output.tables import embeddings_to_numpy
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import label_files, label_windows
 from jobs.rescore import RescoreConfig, main

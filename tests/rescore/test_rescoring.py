@@ -7,14 +7,9 @@ import pyarrow as pa
 import pytest
 
 from das_core.errors import ConfigError, Refused
+from das_core.output.format import files_schema, segments_schema
 from das_core.output.manifest import RunManifest
-from das_core.output.store import (
-    embedding_array,
-    embeddings_to_numpy,
-    files_schema,
-    labelled_columns,
-    segments_schema,
-)
+from das_core.output.tables import embedding_array, embeddings_to_numpy, labelled_columns
 from das_core.rescore.config import RescoreConfig
 from das_core.rescore.plan import Watermark, plan_rescore, previous_run
 from das_core.rescore.unit import rescore_tables

@@ -12,7 +12,8 @@ from conftest import label_run
 
 from das_core.errors import ConfigError, Refused
 from das_core.io import storage
-from das_core.output.store import OutputStore, StoreListing, embeddings_to_numpy
+from das_core.output.store import OutputStore, StoreListing
+from das_core.output.tables import embeddings_to_numpy
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.prompts import DEFAULT_NOISE_PHRASES
 from das_core.scoring.scorer import probabilities

@@ -1,16 +1,16 @@
-"""Worker-side writing of ``das label`` output: one chunk at a time, then each unit's commit mark.
+"""The unit sink of ``das label``: a chunk's parts as it is encoded, then each unit's commit mark.
 
-The encoder actor calls ``write_chunk`` with a chunk's embeddings as they are
-stored: every window is scored once, here, from those values; the chunk's
-``segments`` part, the maxima of any file that spans chunks (``pieces``) and
-the ``files`` rows of the files it holds whole are written, in that order.
-What goes back to the driver is a small ``ChunkStats`` row: counts, error
-kinds and timing, never an embedding or a score vector.
+The shape of a Ray Data datasink, committing per unit instead of per dataset:
 
-``finish_unit`` runs once every chunk of a unit is written: it pools each
-spanning file's pieces (the maximum over all its windows, exactly what pooling
-the windows at once gives), drops the windows of a spanning file that failed
-part-way, and writes the unit's ``end`` part, which commits the unit.
+- ``write_chunk`` (the ``write`` hook): score each window once, from its embedding as stored, and write
+  the chunk's ``segments`` part, the maxima of any file that spans chunks (``pieces``) and the ``files``
+  rows of the files it holds whole, in that order; return the chunk's small statistics (``STATS_SCHEMA``).
+- ``finish_unit`` (``on_write_complete``, per unit): once every chunk of a unit is written, pool each
+  spanning file's pieces (the maximum over all its windows, exactly what pooling the windows at once
+  gives), drop the windows of a spanning file that failed part-way, and write the unit's ``end`` part,
+  which commits the unit (the commit rule: ``das_core.output.format``).
+- ``write_refusal`` (``on_write_failed``): a worker's disk-full or permission error as the one
+  ``RunFailed`` that says what is kept.
 """
 
 from __future__ import annotations
@@ -26,23 +26,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.audio.windows import WINDOW_SAMPLES
-from das_core.label.units import ChunkMeta
-from das_core.output.store import (
-    END_TAG,
-    FILES_DIR,
-    OK,
-    PIECES_DIR,
-    SEGMENTS_DIR,
+from das_core.errors import RunFailed
+from das_core.failure import cannot_write, write_error_behind
+from das_core.label.decode import ChunkMeta
+from das_core.output.format import END_TAG, FILES_DIR, OK, PIECES_DIR, SEGMENTS_DIR, part_name, segments_schema
+from das_core.output.store import OutputStore
+from das_core.output.tables import (
     FileOutcome,
-    OutputStore,
     embedding_array,
     files_table,
     labelled_columns,
     mean_embedding,
     normalised,
-    part_name,
-    segments_schema,
 )
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import DEFAULT_TOP_K, label_files, label_pooled, label_windows, window_scores
@@ -83,62 +78,12 @@ STATS_SCHEMA = pa.schema([
     pa.field("node", pa.string()),
     pa.field("seconds", pa.float64()),
 ])
-# What an encoder actor hands the driver per chunk: the statistics and the node that decoded the chunk.
-STATS_WITH_NODES = STATS_SCHEMA.append(pa.field("decoded_on", pa.string()))
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    """How each encoder actor loads and runs the model."""
-
-    checkpoint: str
-    num_gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-    precision: str = "fp32"
-    max_batch_size: int | None = None
-    torch_threads: int | None = None
-    tokenizer_dir: str | None = None
-
-
-class ChunkEncoder:
-    """The encode-and-write stage: embeds each chunk row's windows, scores them once and writes its parts.
-
-    One per encoder actor (``jobs/pipeline.py`` gives it the cache the driver
-    put in the object store); ``node`` tags the statistics it returns.
-    """
-
-    def __init__(self, settings: EncodeSettings, cache: DriftCache, out: str, write: WriteSettings, node: str):
-        from das_core.clap.encoder import ClapEncoder
-
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
-        device = "cuda" if settings.num_gpus_per_actor > 0 else "cpu"
-        self.encoder = ClapEncoder.from_checkpoint(settings.checkpoint, device=device, precision=settings.precision,
-                                                   tokenizer_dir=settings.tokenizer_dir,
-                                                   max_batch_size=settings.max_batch_size, batch_invariant=True)
-        # the driver checked too; a worker may see another file at the same path
-        cache.check_encoder(self.encoder.encoder_id, settings.checkpoint)
-        self.cache, self.store, self.write, self.node = cache, OutputStore(out), write, node
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
-        audio = batch.column("audio")           # read in place: a chunk's windows are about 30 MiB
-        for i, row in enumerate(batch.drop_columns(["audio"]).to_pylist()):
-            n = row["n_windows"]
-            stored = None
-            if n:
-                windows = np.frombuffer(audio[i].as_buffer(), dtype=np.int16).reshape(n, WINDOW_SAMPLES)
-                stored = self.encoder.embed_audio_int16(windows).astype(self.write.embedding_dtype)
-            stats = write_chunk(self.store, row["unit"], row["chunk"], row["last"], ChunkMeta.parse(row["meta"]),
-                                stored, self.cache, self.write)
-            rows.append({**stats, "node": self.node, "decoded_on": row.get("decoded_on")})
-        return pa.Table.from_pylist(rows, schema=STATS_WITH_NODES)
 
 
 @dataclass(frozen=True)
 class WriteSettings:
+    """How a run's rows are written: classes kept, embedding storage type, the noise columns, probabilities."""
+
     top_k: int = DEFAULT_TOP_K
     embedding_dtype: str = "float16"
     snr_db: float | None = None
@@ -231,6 +176,7 @@ def _pieces_table(meta: ChunkMeta, entries: list[int], owner: np.ndarray, keep: 
     files = [meta.files[i] for i in entries]
 
     def col(key: str, typ: pa.DataType) -> pa.Array:
+        """The column ``key`` of the piece entries, typed."""
         return pa.array([f.get(key) for f in files], typ)
 
     return pa.table({
@@ -304,3 +250,12 @@ def finish_units(out: str, units: list[tuple[str, list[int]]], cache: DriftCache
     for unit, piece_chunks in units:
         finish_unit(store, unit, piece_chunks, cache, ws)
     return len(units)
+
+
+def write_refusal(exc: BaseException, out: str) -> RunFailed | None:
+    """A RunFailed for the disk-full or permission error behind ``exc`` (a worker's write, wrapped by Ray)."""
+    failed = write_error_behind(exc)
+    # the part being written was a hidden temporary file, now removed: what is visible is committed
+    return None if failed is None else RunFailed(cannot_write(
+        failed, out, f"the units committed so far are kept: free space or fix the permissions of {out}, "
+                     "then rerun with --resume"))

@@ -1,4 +1,4 @@
-"""The label run without Ray (``das_core.label.run``): plan settings, chunk accounting, the error budget."""
+"""The label run's plan and ledger without Ray (``label.plan``, ``label.ledger``): settings, chunk counts, budget."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 from conftest import sine, write_audio
 
 from das_core.errors import RunFailed, RunRefused
-from das_core.label.run import LabelConfig, LabelRun, UnitTracker, plan_run
-from das_core.label.units import read_work_manifest
+from das_core.label.config import LabelConfig
+from das_core.label.ledger import LabelRun, UnitTracker
+from das_core.label.plan import plan_run
+from das_core.label.units import read_unit_table
 from das_core.output.manifest import RunManifest
 from das_core.output.record import ended_by
 
@@ -47,7 +49,7 @@ def test_run_counts_chunks_commits_whole_units_and_stops_at_the_error_budget(arc
                     max_error_fraction=0.25, min_errors_to_fail=1, report=False)
     run = LabelRun(plan_run(c))
     assert run.start()
-    assert len(read_work_manifest(out)) == 2 and RunManifest.read(out).to_dict()["status"] == "running"
+    assert len(read_unit_table(out)) == 2 and RunManifest.read(out).to_dict()["status"] == "running"
     assert run.observe(stats("u00000000", 1, last=True, ok=1, windows=1)) is None       # chunk 0 still out
     assert run.observe(stats("u00000000", 0, last=False, ok=1, windows=1)) == ("u00000000", [])
     assert run.observe(stats("u00000000", 0, last=False, ok=1, windows=1)) is None      # a retried chunk

@@ -1,4 +1,4 @@
-"""Small jobs without a cluster (``runtime.local``, ``runtime.engine``): the same rows as Ray, resume, budget."""
+"""Small jobs without a cluster (``label.local``, ``runtime.engine``): the same rows as Ray, resume, budget."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from conftest import label_run, read_output, write_clips
 
 from das_core.errors import EngineRefused, RunFailed
-from das_core.label.run import LabelConfig
+from das_core.label.config import LabelConfig
+from das_core.output.format import END_TAG, FILES_DIR, part_name
 from das_core.output.manifest import RunManifest
-from das_core.output.store import END_TAG, FILES_DIR, OutputStore, part_name
+from das_core.output.store import OutputStore
 from das_core.runtime import engine
 from das_core.runtime.engine import LOCAL, RAY
 

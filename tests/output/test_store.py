@@ -1,4 +1,4 @@
-"""The on-disk format (``das_core.output.store``): part names, the commit rule, columns and their encoding."""
+"""The output format (``das_core.output``: format, tables, store): part names, the commit rule, columns, encoding."""
 
 from __future__ import annotations
 
@@ -8,20 +8,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from das_core.output.store import (
+from das_core.output.format import (
     END_TAG,
     FILES_DIR,
     FILES_SCHEMA,
     PIECES_DIR,
     SEGMENTS_DIR,
-    OutputStore,
-    count_outcomes,
-    embedding_array,
-    embeddings_to_numpy,
     parse_part_name,
     part_name,
     table_to_bytes,
 )
+from das_core.output.store import OutputStore
+from das_core.output.tables import count_outcomes, embedding_array, embeddings_to_numpy
 
 
 def test_part_names_round_trip_and_foreign_names_are_not_parts():
