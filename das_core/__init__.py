@@ -3,8 +3,9 @@
 Noise-robust zero-shot audio labelling with LAION-CLAP and Drift-Augmented
 Scoring (DAS). See README.md and ../shared/METHOD.md for the method.
 
-The public API is importable from here; names load lazily, so ``import
-das_core`` stays cheap (no torch) until one of them is used::
+The public API is importable from here: ``_PUBLIC`` below lists every name
+with the module that defines it, grouped by layer. Names load lazily, so
+``import das_core`` stays cheap (no torch) until one of them is used::
 
     from das_core import DriftCache, embed_file, label_embeddings, load_encoder
 """
@@ -16,37 +17,45 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "DriftCache": "das_core.scoring.cache",
+    # the error tree: every refusal (exit 2) and failure (exit 1) of the library
+    "Refused": "das_core.errors",
+    "RunFailed": "das_core.errors",
     "CacheError": "das_core.errors",
     "CacheMismatchError": "das_core.errors",
+    "AudioDecodeError": "das_core.errors",
+    # audio: decoding and noise
+    "AudioStream": "das_core.audio.decode",
+    "mix_at_snr": "das_core.audio.noise",
+    # clap: the model
     "ClapEncoder": "das_core.clap.encoder",
+    # scoring: the drift cache and the metrics
+    "DriftCache": "das_core.scoring.cache",
+    "accuracy": "das_core.scoring.metrics",
+    "mean_average_precision": "das_core.scoring.metrics",
+    "BuildConfig": "das_core.scoring.build",
+    # output: a run's folder and its _manifest.json
+    "OutputStore": "das_core.output.store",
+    "RunManifest": "das_core.output.manifest",
+    "NoiseSource": "das_core.output.manifest",
+    # the commands' settings
+    "LabelConfig": "das_core.label.config",
+    "RescoreConfig": "das_core.rescore.config",
+    "SearchConfig": "das_core.search.config",
+    "EvaluateConfig": "das_core.evaluation",
+    # one-call helpers for notebooks
     "load_encoder": "das_core.api",
     "embed_file": "das_core.api",
     "embed_array": "das_core.api",
     "label_embeddings": "das_core.api",
     "Embedded": "das_core.api",
     "Labels": "das_core.api",
-    "mix_at_snr": "das_core.audio.noise",
-    "accuracy": "das_core.scoring.metrics",
-    "mean_average_precision": "das_core.scoring.metrics",
-    "OutputStore": "das_core.output.store",
-    "AudioStream": "das_core.audio.decode",
-    "AudioDecodeError": "das_core.errors",
-    "LabelConfig": "das_core.label.run",
-    "RescoreConfig": "das_core.rescore.config",
-    "SearchConfig": "das_core.search.config",
-    "EvaluateConfig": "das_core.evaluation",
-    "BuildConfig": "das_core.scoring.build",
-    "RunManifest": "das_core.output.manifest",
-    "NoiseSource": "das_core.output.manifest",
-    "Refused": "das_core.errors",
-    "RunFailed": "das_core.errors",
 }
 
 __all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str):
+    """A public name, imported from its module on first use (``_PUBLIC``)."""
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'das_core' has no attribute {name!r}")
