@@ -59,6 +59,7 @@ def run_main(prog: str, body: Callable[[], int], args: argparse.Namespace | None
     _PROG = prog
 
     def checked() -> int:
+        """The body, after the common options are applied and the S3 buckets named are probed."""
         if args is not None:
             setup_logging(getattr(args, "verbose", False))
             if getattr(args, "s3_endpoint", None):
@@ -127,6 +128,7 @@ def job_main(argv: list[str] | None, prog: str, build_parser: Callable[[str], ar
 
 
 def worker_env() -> dict[str, str]:
+    """The environment variables of this process that Ray workers need too (S3 endpoint, credentials, das's)."""
     return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
 
 
@@ -232,6 +234,7 @@ class _RayNoise(logging.Filter):
     they stay in Ray's session log folder, logs/ray-data/) and the token-authentication notice."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is shown."""
         if record.name.startswith("ray.data"):
             return record.levelno >= logging.WARNING and not record.getMessage().startswith("Progress bars disabled")
         return not record.name.endswith("authentication_token_setup")

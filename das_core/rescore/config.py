@@ -20,6 +20,7 @@ from das_core.settings import setting
 RUN_PREFIX = "run_id="
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+
 @dataclass(frozen=True)
 class RescoreConfig:
     """The settings of one rescore run, checked when made (``ConfigError``), before any storage is touched."""

@@ -88,7 +88,7 @@ def test_remove_all_takes_only_what_das_wrote(tmp_path):
     empty = pa.table({"x": [1]})
     for folder, tag in ((SEGMENTS_DIR, 0), (FILES_DIR, 0), (FILES_DIR, END_TAG), (PIECES_DIR, 0)):
         store.write_part(folder, part_name("u00000000", tag), empty)
-    (tmp_path / "_work" / "units.parquet").write_bytes(b"das's work manifest")
+    (tmp_path / "_work" / "units.parquet").write_bytes(b"das's unit table")
     (tmp_path / "_manifest.json").write_text('{"job": "label"}')
     (tmp_path / "report" / "_report.json").write_text('{"files": ["a.png", "../notes.txt", "report.md"]}')
     (tmp_path / "report" / "a.png").write_bytes(b"das's figure")
