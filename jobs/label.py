@@ -24,8 +24,8 @@ from das_core.label.summary import print_dry_run
 from das_core.output.lease import Lease, sigterm_as_interrupt
 from das_core.report.write import report_after_run
 from das_core.runtime.engine import LOCAL
-from das_core.runtime.progress import RunMonitor
 from jobs.common import HelpFormatter, add_common_options, add_settings, job_main, settings_from_args
+from jobs.monitor import RunMonitor
 
 
 def build_parser(prog: str = "das label") -> argparse.ArgumentParser:

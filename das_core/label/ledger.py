@@ -239,7 +239,7 @@ class LabelRun:
                             "stopping early")
         return self.tracker.add(stats)
 
-    # what the progress line reads (das_core.runtime.progress.WatchedRun)
+    # what the progress line reads (jobs.monitor.WatchedRun)
     @property
     def progress_every_s(self) -> float:
         """How often a log gets the progress line (a terminal's line is rewritten every second)."""
