@@ -101,11 +101,11 @@ class OutputStore:
 
         das's own files are named by das's records and patterns: the parts (``part-<unit>-<tag>.parquet``, and
         das 0.1's ``part-<20 hex digits>.parquet``) in segments/, files/ and pieces/ and the temporary files of
-        its writers there, the unit table, the report files the last report recorded (``das_core.report.record``)
+        its writers there, the unit table, the report files the last report recorded (``das_core.output.report_files``)
         and ``_manifest.json``. Anything else, a user's file under the same folders included, stays; a folder
         goes only if that leaves it empty.
         """
-        from das_core.report.record import remove_report
+        from das_core.output.report_files import remove_report
 
         removed = 0
         for folder, names in self.listing().names.items():

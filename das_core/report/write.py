@@ -6,8 +6,8 @@ import logging
 
 from das_core.errors import ReportRefused
 from das_core.io import storage
+from das_core.output.report_files import REPORT_DIR, REPORT_MD, REPORT_RECORD, recorded_report_files, write_record
 from das_core.report.markdown import build_report
-from das_core.report.record import REPORT_DIR, REPORT_MD, REPORT_RECORD, recorded_report_files, write_record
 
 log = logging.getLogger("das")
 

@@ -15,8 +15,8 @@ from conftest import BROKEN_WAV
 
 from das_core.errors import ReportRefused
 from das_core.output.manifest import RunManifest
+from das_core.output.report_files import REPORT_DIR, REPORT_MD, REPORT_RECORD, remove_report
 from das_core.output.store import OutputStore
-from das_core.report.record import REPORT_DIR, REPORT_MD, REPORT_RECORD, remove_report
 from das_core.report.tally import tally, top_with_other
 from das_core.report.write import report_after_run, write_report
 from jobs.report import main
