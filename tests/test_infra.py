@@ -248,7 +248,7 @@ def test_runtime_env_uploads_only_the_source(tmp_path):
     package = tmp_path / "working_dir.zip"
     create_package(str(ROOT), package, include_gitignore=False, excludes=runtime_env["excludes"])
     names = zipfile.ZipFile(package).namelist()
-    assert "jobs/rescore.py" in names and "das_core/results.py" in names and "pyproject.toml" in names
+    assert "jobs/rescore.py" in names and "das_core/output/store.py" in names and "pyproject.toml" in names
     assert not [n for n in names if n.split("/")[0] in (".venv", ".git", "demo-output") or n.endswith(".pt")]
     assert package.stat().st_size < 20 * 2**20
 
