@@ -23,18 +23,18 @@ def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f} %" if whole else "n/a"
 
 
-def _header(uri: str, manifest: dict, t: Tally) -> list[str]:
+def _header(uri: str, manifest: dict, tallied: Tally) -> list[str]:
     counts = manifest.get("counts") or {}
     cache = manifest.get("cache") or {}
     weights = (manifest.get("checkpoint") or {}).get("weights")
-    n_err = t.errors_by_kind.total()
+    n_err = tallied.errors_by_kind.total()
     lines = [f"# das report: {uri}", "",
              f"- job: `das {manifest.get('job', '?')}`, status **{manifest.get('status', '?')}**, das "
              f"{manifest.get('das_version', '?')}",
-             f"- files: {t.files_ok + n_err} = {t.files_ok} ok + {n_err} error; {t.windows} windows of 10 s; "
-             f"{t.units} committed unit(s)"
+             f"- files: {tallied.files_ok + n_err} = {tallied.files_ok} ok + {n_err} error; "
+             f"{tallied.windows} windows of 10 s; {tallied.units} committed unit(s)"
              + (f" (the manifest counts {counts.get('files')} files)" if counts.get("files") not in
-                (None, t.files_ok + n_err) else ""),
+                (None, tallied.files_ok + n_err) else ""),
              f"- cache: {cache.get('n_labels', '?')} classes, lam {cache.get('lam', '?')}, "
              f"`{cache.get('fingerprint', '?')}`",
              f"- checkpoint: `{(manifest.get('checkpoint') or {}).get('uri', '?')}`"
@@ -42,26 +42,27 @@ def _header(uri: str, manifest: dict, t: Tally) -> list[str]:
     return lines
 
 
-def _changes_md(t: Tally) -> list[str]:
-    changed_w, changed_f = sum(t.window_changes.values()), sum(t.file_changes.values())
+def _changes_md(tallied: Tally) -> list[str]:
+    changed_w, changed_f = sum(tallied.window_changes.values()), sum(tallied.file_changes.values())
     lines = ["## DAS against plain zero-shot", "",
-             f"DAS changes the top label of **{changed_w} of {t.windows} windows** ({_pct(changed_w, t.windows)}) "
-             f"and **{changed_f} of {t.files_ok} files** ({_pct(changed_f, t.files_ok)}) relative to plain "
+             f"DAS changes the top label of **{changed_w} of {tallied.windows} windows** "
+             f"({_pct(changed_w, tallied.windows)}) "
+             f"and **{changed_f} of {tallied.files_ok} files** ({_pct(changed_f, tallied.files_ok)}) relative to plain "
              "zero-shot with the same prompts (`zs_label`).", "", "![DAS against zero-shot](das_vs_zero_shot.png)", ""]
-    if t.window_changes:
+    if tallied.window_changes:
         lines += ["| zero-shot → DAS | windows |", "|---|---:|"]
-        lines += [f"| {a} → {b} | {n} |" for (a, b), n in t.window_changes.most_common(10)]
+        lines += [f"| {a} → {b} | {n} |" for (a, b), n in tallied.window_changes.most_common(10)]
         lines.append("")
     return lines
 
 
-def _errors_md(t: Tally, figures: dict) -> list[str]:
+def _errors_md(tallied: Tally, figures: dict) -> list[str]:
     lines = ["## Errors by kind", ""]
-    if not t.errors_by_kind:
+    if not tallied.errors_by_kind:
         return lines + ["No file failed.", ""]
-    figures["errors.png"] = errors_png(t)
+    figures["errors.png"] = errors_png(tallied)
     lines += ["![errors by kind](errors.png)", "", "| kind | files |", "|---|---:|"]
-    lines += [f"| {k} | {n} |" for k, n in t.errors_by_kind.most_common()]
+    lines += [f"| {k} | {n} |" for k, n in tallied.errors_by_kind.most_common()]
     return lines + ["", "Each error row's `error` column in `files/` names the file and the cause.", ""]
 
 
@@ -78,9 +79,9 @@ def _throughput_md(manifest: dict, figures: dict) -> list[str]:
     return lines + [""]
 
 
-def _timelines_md(store: OutputStore, t: Tally, figures: dict) -> list[str]:
+def _timelines_md(store: OutputStore, tallied: Tally, figures: dict) -> list[str]:
     lines = ["## The longest files along time", ""]
-    longest = sorted(t.longest, reverse=True)
+    longest = sorted(tallied.longest, reverse=True)
     if not longest:
         return lines + ["No file was labelled.", ""]
     for i, (duration, fid, path, unit) in enumerate(longest, start=1):
@@ -98,25 +99,25 @@ def build_report(uri: str) -> tuple[str, dict[str, bytes]]:
     uri = storage.absolute(uri)
     store = OutputStore(uri)
     manifest = RunManifest.read(uri) or {}
-    t = tally(store)
+    tallied = tally(store)
     figures: dict[str, bytes] = {}
-    lines = _header(uri, manifest, t)
+    lines = _header(uri, manifest, tallied)
     lines += ["## Label distribution", ""]
-    if t.windows:
-        figures["label_distribution.png"] = label_distribution_png(t)
-        figures["das_vs_zero_shot.png"] = changes_png(t)
-        figures["scores.png"] = score_hist_png(t)
+    if tallied.windows:
+        figures["label_distribution.png"] = label_distribution_png(tallied)
+        figures["das_vs_zero_shot.png"] = changes_png(tallied)
+        figures["scores.png"] = score_hist_png(tallied)
         lines += [f"DAS top label counted over files and over 10 s windows ({TOP_LABELS} most frequent labels, "
                   "the rest as \"other\").", "", "![label distribution](label_distribution.png)", ""]
-        lines += _changes_md(t)
+        lines += _changes_md(tallied)
         lines += ["## Scores of the top label", "", "DAS score of each window's top label, for the most frequent "
                   "labels: a label whose windows mostly score low is a weak match.", "", "![scores](scores.png)", ""]
     else:
         lines += ["No window was labelled.", ""]
-    lines += _errors_md(t, figures)
-    if t.files_ok:
-        figures["durations.png"] = durations_png(t)
+    lines += _errors_md(tallied, figures)
+    if tallied.files_ok:
+        figures["durations.png"] = durations_png(tallied)
         lines += ["## Durations", "", "![durations](durations.png)", ""]
     lines += _throughput_md(manifest, figures)
-    lines += _timelines_md(store, t, figures)
+    lines += _timelines_md(store, tallied, figures)
     return "\n".join(lines), figures

@@ -31,42 +31,43 @@ class Demand:
                 f"{self.decode_cpus:g} CPU + {self.decode_memory / 2**20:.0f} MiB memory each")
 
 
-def _actors_on(node: dict, d: Demand, reserve_cpus: float = 0.0, reserve_memory: float = 0.0) -> float:
+def _actors_on(node: dict, demand: Demand, reserve_cpus: float = 0.0, reserve_memory: float = 0.0) -> float:
     """How many encoder actors ``node`` hosts, after keeping ``reserve_*`` free for a decode task."""
     cpus = float(node.get("CPU", 0)) - reserve_cpus
     gpus = float(node.get("GPU", 0))
     if cpus < -EPS or float(node.get("memory", 0)) < reserve_memory - EPS:
         return -1.0
     counts = [math.inf]
-    if d.cpus_per_actor > 0:
-        counts.append(math.floor((cpus + EPS) / d.cpus_per_actor))
-    if d.gpus_per_actor > 0:
-        counts.append(math.floor((gpus + EPS) / d.gpus_per_actor))
+    if demand.cpus_per_actor > 0:
+        counts.append(math.floor((cpus + EPS) / demand.cpus_per_actor))
+    if demand.gpus_per_actor > 0:
+        counts.append(math.floor((gpus + EPS) / demand.gpus_per_actor))
     return min(counts)
 
 
-def misfits(nodes: list[dict], d: Demand) -> list[str]:
+def misfits(nodes: list[dict], demand: Demand) -> list[str]:
     """Why ``d`` can never run on ``nodes`` (empty when some placement lets the pipeline move).
 
     Some node must host each actor, and with all of them placed some node must still hold one decode task.
     """
     if not nodes:
         return ["the cluster has no live node"]
-    if not any(_actors_on(n, d) >= 1 for n in nodes):
+    if not any(_actors_on(n, demand) >= 1 for n in nodes):
         biggest = max(nodes, key=lambda n: (float(n.get("GPU", 0)), float(n.get("CPU", 0))))
-        return [f"no node can host one encoder actor of {d.cpus_per_actor:g} CPU"
-                + (f" + {d.gpus_per_actor:g} GPU" if d.gpus_per_actor else "")
+        return [f"no node can host one encoder actor of {demand.cpus_per_actor:g} CPU"
+                + (f" + {demand.gpus_per_actor:g} GPU" if demand.gpus_per_actor else "")
                 + f" (the largest node offers {describe_node(biggest)})"]
-    if sum(_actors_on(n, d) for n in nodes) < d.actors:
-        return [f"the nodes can host only {sum(_actors_on(n, d) for n in nodes):g} of the {d.actors} encoder actors "
-                f"of {d.cpus_per_actor:g} CPU each"]
+    if sum(_actors_on(n, demand) for n in nodes) < demand.actors:
+        return [f"the nodes can host only {sum(_actors_on(n, demand) for n in nodes):g} of the {demand.actors} "
+                "encoder actors "
+                f"of {demand.cpus_per_actor:g} CPU each"]
     for host in range(len(nodes)):
-        room = sum(_actors_on(n, d, *((d.decode_cpus, d.decode_memory) if i == host else (0.0, 0.0)))
+        room = sum(_actors_on(n, demand, *((demand.decode_cpus, demand.decode_memory) if i == host else (0.0, 0.0)))
                    for i, n in enumerate(nodes))
-        if _actors_on(nodes[host], d, d.decode_cpus, d.decode_memory) >= 0 and room >= d.actors:
+        if _actors_on(nodes[host], demand, demand.decode_cpus, demand.decode_memory) >= 0 and room >= demand.actors:
             return []
-    return [f"with the {d.actors} encoder actor(s) of {d.cpus_per_actor:g} CPU placed, no node has "
-            f"{d.decode_cpus:g} CPU and {d.decode_memory / 2**20:.0f} MiB memory left for a decode task"]
+    return [f"with the {demand.actors} encoder actor(s) of {demand.cpus_per_actor:g} CPU placed, no node has "
+            f"{demand.decode_cpus:g} CPU and {demand.decode_memory / 2**20:.0f} MiB memory left for a decode task"]
 
 
 def describe_node(node: dict) -> str:
