@@ -184,3 +184,9 @@ def causes(exc: BaseException, steps: int = 8) -> Iterator[BaseException]:
             continue
         yield current
         current = current.__cause__ or current.__context__
+
+
+def interrupted_by(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind ``exc``, if one is: an interrupt that lands inside a library's import can arrive
+    wrapped (Python turns an exception raised in ``__set_name__`` into a ``RuntimeError``)."""
+    return next((e for e in causes(exc) if isinstance(e, KeyboardInterrupt)), None)

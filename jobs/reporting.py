@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from das_core.errors import interrupted_by
 from das_core.failure import DEBUG_ENV, FAILED, INTERNAL, REFUSED, explain, one_line
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -48,13 +49,17 @@ def run_reporting(prog: str, body: Callable[[], int], *, debug: bool = False,
     """``body()``, with every failure turned into one line ``prog: error: ...`` on stderr and an exit status
     (``describe_failure``; 130 when interrupted, with ``interrupted_hint`` as the advice). ``debug`` adds
     the traceback."""
+    interrupted = (f"{prog}: error: interrupted (KeyboardInterrupt); "
+                   f"{interrupted_hint or 'rerun the command to start again'}")
     try:
         return body()
     except KeyboardInterrupt:
-        print(f"{prog}: error: interrupted (KeyboardInterrupt); "
-              f"{interrupted_hint or 'rerun the command to start again'}", file=sys.stderr, flush=True)
+        print(interrupted, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line, never a traceback
+        if interrupted_by(exc) is not None:        # a Ctrl-C that a library wrapped
+            print(interrupted, file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
         status, message = describe_failure(exc)
         if debug:
             traceback.print_exc(file=sys.stderr)

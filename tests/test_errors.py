@@ -57,3 +57,31 @@ def test_causes_walks_ray_wrappers_and_chained_exceptions():
     except RuntimeError as outer:
         assert [type(e) for e in errors.causes(outer)] == [RuntimeError, OSError]
     assert errors.unwrap(Wrapped(Wrapped(full))) is full
+
+
+def _wrapped_interrupt() -> RuntimeError:
+    """A Ctrl-C that landed inside a library's import: Python wraps what ``__set_name__`` raises."""
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("Error calling __set_name__ on 'env_bool' instance 'cache'") from interrupt
+    except RuntimeError as wrapped:
+        return wrapped
+
+
+def test_a_wrapped_ctrl_c_ends_as_an_interrupt_not_an_internal_error(capsys):
+    from das_core.output.record import ended_by
+    from jobs.reporting import EXIT_INTERRUPTED, run_reporting
+
+    wrapped = _wrapped_interrupt()
+    assert errors.interrupted_by(wrapped) is wrapped.__cause__
+    assert errors.interrupted_by(RuntimeError("plain")) is None
+    assert ended_by(wrapped) == ("interrupted", "interrupted (Ctrl-C)")
+
+    def body() -> int:
+        raise wrapped
+
+    assert run_reporting("das label", body, interrupted_hint="rerun with --resume") == EXIT_INTERRUPTED
+    line = capsys.readouterr().err.strip()
+    assert line == "das label: error: interrupted (KeyboardInterrupt); rerun with --resume"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from das_core.errors import interrupted_by
 from das_core.failure import explain
 
 RANDOM_WEIGHTS_NOTE = "  (RANDOM: labels are meaningless)"
@@ -49,8 +50,9 @@ def weights_line(weights: str | None) -> str:
 
 def ended_by(exc: BaseException) -> tuple[str, str]:
     """The manifest status (``interrupted`` or ``failed``) and the one-line reason for a run ended by ``exc``."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'})"
+    interrupt = exc if isinstance(exc, KeyboardInterrupt) else interrupted_by(exc)
+    if interrupt is not None:
+        return "interrupted", f"interrupted ({interrupt.args[0] if interrupt.args else 'Ctrl-C'})"
     if isinstance(exc, SystemExit):          # Ray's driver turns SIGTERM into sys.exit(15)
         return "interrupted", ("interrupted (signal SIGTERM)" if exc.code == 15 else f"exited ({exc.code})")
     return "failed", explain(exc)[1]
