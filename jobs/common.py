@@ -1,4 +1,4 @@
-"""What every job shares: logging, user-facing errors, S3 endpoint option, Ray start-up."""
+"""What every command shares: options from a settings object, das's reporting, S3 probes, Ray start-up."""
 
 from __future__ import annotations
 
