@@ -173,7 +173,8 @@ def unwrap(exc: BaseException) -> BaseException:
 
 def causes(exc: BaseException, steps: int = 8) -> Iterator[BaseException]:
     """``exc`` and the exceptions behind it, nearest first: through Ray's wrappers (``unwrap``), then
-    ``__cause__`` or ``__context__``; at most ``steps`` steps."""
+    ``__cause__`` or ``__context__`` (not a context that ``raise ... from None`` put aside); at most ``steps``
+    steps."""
     current: BaseException | None = exc
     for _ in range(steps):
         if current is None:
@@ -183,7 +184,10 @@ def causes(exc: BaseException, steps: int = 8) -> Iterator[BaseException]:
             current = cause
             continue
         yield current
-        current = current.__cause__ or current.__context__
+        if current.__cause__ is not None or current.__suppress_context__:
+            current = current.__cause__
+        else:
+            current = current.__context__
 
 
 def interrupted_by(exc: BaseException) -> KeyboardInterrupt | None:

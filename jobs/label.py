@@ -129,16 +129,23 @@ def label_units(ledger: LabelRun, stages: Stages) -> None:
     """Run ``stages`` over the units to do: each chunk's statistics to ``ledger``, each unit they make whole
     committed, until the end or an early stop (the error budget); the progress line and the stall watchdog
     watch the loop (a stall ends it as ``RunFailed``)."""
-    with RunMonitor(ledger, stages.starting, stages.pending, stages.nodes) as monitor, stages:
-        monitor.started(lambda: stages.committed, stages.first_line)
-        for stats in stages.chunk_stats():
-            whole = ledger.observe(stats)
-            monitor.beat()
-            if whole:
-                stages.commit(whole)
-            if ledger.aborted:
-                break
-        stages.flush()
+    monitor = RunMonitor(ledger, stages.starting, stages.pending, stages.nodes)
+    try:
+        with monitor, stages:
+            monitor.started(lambda: stages.committed, stages.first_line)
+            for stats in stages.chunk_stats():
+                whole = ledger.observe(stats)
+                monitor.beat()
+                if whole:
+                    stages.commit(whole)
+                if ledger.aborted:
+                    break
+            stages.flush()
+    except BaseException as exc:
+        stalled = monitor.stall_behind(exc)
+        if stalled is not None:
+            raise stalled from None
+        raise
     ledger.check_whole()
 
 

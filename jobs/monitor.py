@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from das_core.errors import RunFailed
+from das_core.errors import RunFailed, interrupted_by
 from das_core.runtime.progress import ProgressSnapshot, StallWatch, progress_line, stall_limits
 
 log = logging.getLogger("das")
@@ -56,7 +56,8 @@ class RunMonitor:
     On a terminal the line rewrites itself every second; in a log it is written every ``progress_every_s``.
     Once the work started (``started``), no chunk for ``$DAS_STALL_WARN_S`` logs what is pending (``pending``)
     against what the nodes offer (``nodes()``, Ray's view; None in this process); for ``$DAS_STALL_FAIL_S``,
-    ``failure`` is set and the driver interrupted (the run then fails, exit 1). Both engines use it.
+    ``failure`` is set and the driver interrupted; the caller turns that interrupt into ``RunFailed``
+    (``stall_behind``), so the run fails, exit 1. Both engines use it.
     """
 
     TICK_S = 1.0
@@ -72,6 +73,7 @@ class RunMonitor:
         self.chunks, self.first_s, self.first_files = 0, None, 0
         self.last_line = 0.0
         self.stopped = threading.Event()
+        self.interrupting = threading.Lock()    # no interrupt once __exit__ has begun
         self.thread = threading.Thread(target=self._loop, name="das-progress", daemon=True)
 
     def __enter__(self) -> RunMonitor:
@@ -87,15 +89,22 @@ class RunMonitor:
         self._show(self.line(), force=True)
 
     def __exit__(self, *exc) -> None:
-        """Stop the thread; a run the watchdog interrupted ends as ``RunFailed`` with what was pending."""
-        self.stopped.set()
+        """Stop the thread (after this, the watchdog interrupts nothing); the last line on a clean end."""
+        with self.interrupting:
+            self.stopped.set()
         self.thread.join()
         if exc[0] is None:
             self._show(self.line(), force=True)
         if self.tty:
             sys.stderr.write("\n")
-        if exc[0] is KeyboardInterrupt and self.failure:
-            raise RunFailed(self.failure) from None
+
+    def stall_behind(self, exc: BaseException) -> RunFailed | None:
+        """``RunFailed`` with what was pending, if ``exc`` is the watchdog's interrupt: a ``KeyboardInterrupt``
+        (bare, or wrapped by a library it landed in) after the stall limit passed. The caller catches around
+        the whole ``with`` block, since the interrupt can land anywhere in it, exits included."""
+        if self.failure is None or interrupted_by(exc) is None:
+            return None
+        return RunFailed(self.failure)
 
     def beat(self) -> None:
         """The driver received a chunk."""
@@ -152,5 +161,6 @@ class RunMonitor:
         self.failure = (f"{what} (stalled past DAS_STALL_FAIL_S={self.watch.fail_s:g}); committed units are kept: "
                         "ask for resources the nodes have (--actors, --cpus-per-actor, --num-gpus) or raise "
                         "DAS_STALL_FAIL_S, then rerun with --resume")
-        if not self.stopped.is_set():
-            _thread.interrupt_main()
+        with self.interrupting:
+            if not self.stopped.is_set():
+                _thread.interrupt_main()

@@ -54,15 +54,17 @@ def run_reporting(prog: str, body: Callable[[], int], *, debug: bool = False,
     try:
         return body()
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
         print(interrupted, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line, never a traceback
+        if debug:
+            traceback.print_exc(file=sys.stderr)
         if interrupted_by(exc) is not None:        # a Ctrl-C that a library wrapped
             print(interrupted, file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
         status, message = describe_failure(exc)
-        if debug:
-            traceback.print_exc(file=sys.stderr)
         print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
         return status
 

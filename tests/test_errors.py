@@ -85,3 +85,18 @@ def test_a_wrapped_ctrl_c_ends_as_an_interrupt_not_an_internal_error(capsys):
     assert run_reporting("das label", body, interrupted_hint="rerun with --resume") == EXIT_INTERRUPTED
     line = capsys.readouterr().err.strip()
     assert line == "das label: error: interrupted (KeyboardInterrupt); rerun with --resume"
+
+
+def test_a_failure_raised_from_none_while_handling_an_interrupt_is_that_failure(capsys):
+    # the stall watchdog interrupts the driver, which raises RunFailed "from None": the run failed (exit 1)
+    from jobs.reporting import run_reporting
+
+    def body() -> int:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise errors.RunFailed("no chunk finished for 3 s") from None
+
+    assert errors.interrupted_by(errors.RunFailed("x")) is None
+    assert run_reporting("das label", body) == 1
+    assert capsys.readouterr().err.strip() == "das label: error: no chunk finished for 3 s"

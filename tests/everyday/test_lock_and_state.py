@@ -122,10 +122,13 @@ def test_a_refused_start_is_recorded_failed_and_the_next_plain_run_says_what_to_
 
 
 def test_an_interrupted_run_is_recorded_interrupted(workdir, tiny_ckpt, small_cache):
+    # a long recording keeps the run busy well past the Ctrl-C, on a fast machine too
+    write_clips(workdir / "archive", {"long.wav": (900.0, 16000, 500.0)})
     proc = background(label_args(tiny_ckpt, small_cache), workdir)
     try:
         wait_for(lambda: running(workdir / "labels"), proc)
         time.sleep(2)
+        assert proc.poll() is None, "the run ended before the Ctrl-C; the test needs a longer input"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=180)
     finally:
