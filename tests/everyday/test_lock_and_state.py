@@ -134,7 +134,9 @@ def test_an_interrupted_run_is_recorded_interrupted(workdir, tiny_ckpt, small_ca
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, out
+    # -2: CPython ends by SIGINT (the shell shows 130 too) when the Ctrl-C landed inside exec()ed code, as
+    # dataclasses' generated methods are during an import, even though das handled it
+    assert proc.returncode in (130, -2), out
     assert "Traceback" not in out and "das label: error: interrupted" in out, out
     m = manifest(workdir / "labels")
     assert m["status"] == "interrupted" and m["runs"][-1]["reason"].startswith("interrupted"), m["runs"]
