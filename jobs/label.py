@@ -21,9 +21,10 @@ from das_core.label.ledger import LabelRun
 from das_core.label.plan import LabelPlan, plan_run
 from das_core.label.sink import write_refusal
 from das_core.label.summary import print_dry_run
-from das_core.output.lease import Lease, sigterm_as_interrupt
+from das_core.output.lease import Lease
 from das_core.report.write import report_after_run
 from das_core.runtime.engine import LOCAL
+from das_core.runtime.interrupts import sigterm_as_interrupt
 from jobs.common import HelpFormatter, add_common_options, add_settings, job_main, settings_from_args
 from jobs.monitor import RunMonitor
 

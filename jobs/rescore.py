@@ -8,13 +8,14 @@ import argparse
 import sys
 
 from das_core.io.checks import check_output_folder
-from das_core.output.lease import Lease, sigterm_as_interrupt
+from das_core.output.lease import Lease
 from das_core.report.write import report_after_run
 from das_core.rescore.config import RescoreConfig
 from das_core.rescore.ledger import start_run
 from das_core.rescore.plan import plan_rescore
 from das_core.rescore.unit import rescore_unit
 from das_core.runtime import engine
+from das_core.runtime.interrupts import sigterm_as_interrupt
 from jobs import common
 from jobs.rows import row_mapper
 

@@ -8,6 +8,8 @@ import inspect
 import pickle
 import pkgutil
 
+import pytest
+
 import das_core
 from das_core import errors
 from das_core.failure import FAILED, INTERNAL, REFUSED, explain
@@ -100,3 +102,23 @@ def test_a_failure_raised_from_none_while_handling_an_interrupt_is_that_failure(
     assert errors.interrupted_by(errors.RunFailed("x")) is None
     assert run_reporting("das label", body) == 1
     assert capsys.readouterr().err.strip() == "das label: error: no chunk finished for 3 s"
+
+
+def test_an_interrupt_inside_a_held_block_is_raised_when_it_ends():
+    import os
+    import signal
+
+    from das_core.runtime.interrupts import interrupts_held
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("the block went on")
+    assert steps == ["the block went on"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+    with interrupts_held():
+        steps.append("no signal, nothing raised")

@@ -36,6 +36,7 @@ from das_core.label.encode import ChunkEncoder, EncodeSettings
 from das_core.label.plan import LabelPlan
 from das_core.label.sink import finish_units
 from das_core.label.units import read_unit_group, unit_table_uri
+from das_core.runtime.interrupts import interrupts_held
 
 
 def units_to_do(out: str, keep: dict[int, list[str]] | None) -> Iterator[pa.Table]:
@@ -92,7 +93,8 @@ class LocalStages:
         self.stack = ExitStack()
 
     def __enter__(self) -> LocalStages:
-        self.encode = self.stack.enter_context(encoder_threads(self.plan.encode_settings()))
+        with interrupts_held():             # imports torch
+            self.encode = self.stack.enter_context(encoder_threads(self.plan.encode_settings()))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,7 +104,8 @@ class LocalStages:
         """Every chunk of the units to do, decoded (in a child process) and encoded in turn; the statistics of
         each."""
         plan = self.plan
-        encoder = ChunkEncoder(self.encode, plan.cache, plan.config.out, self.write, self.node)
+        with interrupts_held():             # imports and builds the model stack
+            encoder = ChunkEncoder(self.encode, plan.cache, plan.config.out, self.write, self.node)
         with DecodeProcess(plan.decode_settings()) as decoder:
             for group in units_to_do(plan.config.out, plan.row_groups_to_do()):
                 for chunk in decoder.decode(group):

@@ -14,7 +14,7 @@ host and its pid no longer exists, otherwise after ``DAS_LOCK_STALE_S``
 PUT with ``If-Match`` on the stale object's ETag; locally the stale file is
 renamed aside and checked to be the one judged stale before the new lock is
 created. The lease is released at the end of the run, on failure and on
-Ctrl-C / SIGTERM (``sigterm_as_interrupt``); a process killed outright leaves
+Ctrl-C / SIGTERM (``das_core.runtime.interrupts.sigterm_as_interrupt``); a process killed outright leaves
 it to be taken over.
 """
 
@@ -24,14 +24,11 @@ import errno
 import json
 import logging
 import os
-import signal
 import socket
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from das_core.errors import LeaseHeld, Refused
@@ -365,22 +362,3 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises ``KeyboardInterrupt`` in the main thread (as Ctrl-C does), so that the run records that
-    it was interrupted and releases its lock; outside the main thread, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        """The SIGTERM handler: raise ``KeyboardInterrupt`` naming the signal."""
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
