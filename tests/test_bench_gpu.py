@@ -33,6 +33,7 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes_and_records(tmp_path):
     gpu = history[1]["gpu"]
     assert gpu["device"] == "cpu" and gpu["cuda"] is False and gpu["tiny"] is True
     assert all(gpu["encoder_windows_per_s"][p] > 0 for p in ("fp32", "bf16"))
+    assert gpu["encoder_input"] in proc.stdout                  # the table says what the encoder was handed
     assert gpu["pipeline_windows"] == 6 and gpu["pipeline_windows_per_s"] > 0    # 3 files of 12 s: 2 windows each
     assert gpu["pipeline_cpu_s"] > 0 and gpu["cores_per_1000_windows_per_s"] > 0
     assert gpu["gpu_utilisation_pct"] is None
