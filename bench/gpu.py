@@ -86,46 +86,47 @@ def encoder_call(enc, windows: np.ndarray, device: str):
     return (lambda: enc.embed_audio(windows)), "host arrays (embed_audio: round trip and copy included)"
 
 
-def encoder_rates(ckpt: str, device: str, sizes: GpuSizes) -> tuple[dict[str, float], str]:
-    """(windows/s of the encoder on ``device`` per precision, fp32 and bf16; what it was handed, see
-    ``encoder_call``): one warm-up call, then ``encoder_calls`` calls of ``encoder_batch`` windows timed with the
-    device synchronised."""
-    from das_core.clap.encoder import ClapEncoder
-
-    windows = test_windows(sizes.encoder_batch, seed=100)
-    rates, handed = {}, ""
-    for precision in ("fp32", "bf16"):
-        enc = ClapEncoder.from_checkpoint(ckpt, device=device, precision=precision,
-                                          max_batch_size=sizes.encoder_batch, batch_invariant=True)
-        call, handed = encoder_call(enc, windows, device)
+def encoder_rate(call, device: str, sizes: GpuSizes) -> float:
+    """Windows/s of ``call`` (one batch of ``encoder_batch`` windows): one warm-up call, then ``encoder_calls``
+    calls timed with the device synchronised."""
+    call()
+    synchronize(device)
+    t = time.perf_counter()
+    for _ in range(sizes.encoder_calls):
         call()
-        synchronize(device)
-        t = time.perf_counter()
-        for _ in range(sizes.encoder_calls):
-            call()
-        synchronize(device)
-        rates[precision] = sizes.encoder_calls * len(windows) / (time.perf_counter() - t)
-        log(f"encoder on {device}, {precision}: {rates[precision]:,.1f} windows/s (batch {sizes.encoder_batch})")
-        del enc, call
-    return rates, handed
+    synchronize(device)
+    return sizes.encoder_calls * sizes.encoder_batch / (time.perf_counter() - t)
 
 
-def agreement(ckpt: str, device: str, sizes: GpuSizes) -> dict[str, dict[str, float]]:
-    """Per precision on ``device``, the min and median cosine of its embeddings against CPU fp32 ones of the same
-    ``agree_windows`` windows (same batch shape on both)."""
+def cosines(emb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Min and median cosine between the rows of two sets of unit-norm embeddings."""
+    cos = np.sum(emb.astype(np.float64) * ref, axis=1)
+    return {"min": float(cos.min()), "median": float(np.median(cos))}
+
+
+def encoder_figures(ckpt: str, device: str, sizes: GpuSizes, cache_uri: str) -> dict:
+    """Per precision (fp32, bf16) on ``device``: the encoder's windows/s (``encoder_rate``; what it was handed,
+    ``encoder_call``) and the cosines of its embeddings of ``agree_windows`` windows against CPU fp32 ones (same
+    batch shape on both). The fp32 encoder also builds the drift cache saved at ``cache_uri``."""
     from das_core.clap.encoder import ClapEncoder
 
-    windows = test_windows(sizes.agree_windows, seed=200)
-    batch = min(sizes.agree_windows, sizes.encoder_batch)
-    ref = ClapEncoder.from_checkpoint(ckpt, max_batch_size=batch, batch_invariant=True).embed_audio(windows)
-    out = {}
+    def load(on: str, precision: str = "fp32") -> ClapEncoder:
+        return ClapEncoder.from_checkpoint(ckpt, device=on, precision=precision, max_batch_size=sizes.encoder_batch,
+                                           batch_invariant=True)
+
+    agree = test_windows(sizes.agree_windows, seed=200)
+    ref = load("cpu").embed_audio(agree)
+    out: dict = {"encoder_windows_per_s": {}, "agreement_with_cpu": {}}
     for precision in ("fp32", "bf16"):
-        enc = ClapEncoder.from_checkpoint(ckpt, device=device, precision=precision, max_batch_size=batch,
-                                          batch_invariant=True)
-        cos = np.sum(enc.embed_audio(windows).astype(np.float64) * ref, axis=1)   # both unit norm
-        out[precision] = {"min": float(cos.min()), "median": float(np.median(cos))}
-        log(f"agreement with CPU fp32, {precision} on {device}: cosine min {cos.min():.6f}, "
-            f"median {np.median(cos):.6f} ({len(cos)} windows)")
+        enc = load(device, precision)
+        call, out["encoder_input"] = encoder_call(enc, test_windows(sizes.encoder_batch, seed=100), device)
+        rate = out["encoder_windows_per_s"][precision] = encoder_rate(call, device, sizes)
+        cos = out["agreement_with_cpu"][precision] = cosines(enc.embed_audio(agree), ref)
+        log(f"encoder on {device}, {precision}: {rate:,.1f} windows/s (batch {sizes.encoder_batch}); cosine with "
+            f"CPU fp32 min {cos['min']:.6f}, median {cos['median']:.6f} ({len(agree)} windows)")
+        if precision == "fp32":
+            make_cache(enc, sizes, cache_uri)
+        del enc, call
     return out
 
 
@@ -146,12 +147,11 @@ def make_archive(folder: str, sizes: GpuSizes) -> int:
     return sizes.archive_files * int(np.ceil(sizes.file_seconds / 10.0))
 
 
-def make_cache(ckpt: str, device: str, sizes: GpuSizes, uri: str) -> None:
-    """A drift cache of ``classes`` classes and ``phrases`` noise phrases built with ``ckpt``, saved at ``uri``."""
-    from das_core.clap.encoder import ClapEncoder
+def make_cache(enc, sizes: GpuSizes, uri: str) -> None:
+    """A drift cache of ``classes`` classes and ``phrases`` noise phrases built with the encoder ``enc``, saved
+    at ``uri``."""
     from das_core.scoring.cache import DriftCache
 
-    enc = ClapEncoder.from_checkpoint(ckpt, device=device)
     DriftCache.build(enc.embed_text, [f"class {i:03d}" for i in range(sizes.classes)],
                      [f"noise kind {j}" for j in range(sizes.phrases)], encoder_id=enc.encoder_id).save(uri)
 
@@ -300,11 +300,8 @@ def run_pipeline(ckpt: str, cache: str, archive: str, out: str, device: str, siz
 
 def measure(ckpt: str, device: str, sizes: GpuSizes, work: str) -> dict:
     """Every figure of the check on ``device`` with ``ckpt``, inputs generated in ``work``."""
-    rates, handed = encoder_rates(ckpt, device, sizes)
-    result = {"encoder_windows_per_s": rates, "encoder_input": handed,
-              "agreement_with_cpu": agreement(ckpt, device, sizes)}
     cache = os.path.join(work, "cache.npz")
-    make_cache(ckpt, device, sizes, cache)
+    result = encoder_figures(ckpt, device, sizes, cache)
     archive = os.path.join(work, "archive")
     windows = make_archive(archive, sizes)
     log(f"pipeline: das label over {sizes.archive_files} files ({windows} windows) on {device}")
