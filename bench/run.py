@@ -8,6 +8,9 @@ table with the goals.
 
     python -m bench.run            # full suite (under 20 minutes on 2 cores)
     python -m bench.run --smoke    # tiny sizes, seconds; what the tests run
+    python -m bench.run --only decode   # the decode stage over the codec per format and the GPU-node
+                                        # projection alone, in seconds, without Ray
+    python -m bench.run --table    # the last run's table, the projected GPU node and the cores one GPU needs
 
 This module is the runner: the goals, the order of the benchmarks, the record and the table. The benchmarks
 live by subject beside it (encode, pipeline, codec, decode, rescore, search, scoring, driver, write), on what
