@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.das-installed
 
-.PHONY: venv demo test test-fast bench lint clean
+.PHONY: venv demo test test-fast bench gpu-check lint clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# On a machine with a GPU (under 5 minutes): one table, recorded in bench/results.json with the card's name.
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu --record
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

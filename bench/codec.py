@@ -1,15 +1,13 @@
-"""The decode stage against the bare codec, per format, on the same bytes (single-threaded CPU time per
-window), with soxr's share and the stage as it was before the fast path."""
+"""The decode stage against the codec's cheapest exact output, per format, on the same bytes (single-threaded
+CPU time per window): what ``decode_over_codec_<fmt>`` and ``decode_windows_per_core_<fmt>`` measure."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from bench.common import Sizes, best_cpu_of, log
-from bench.inputs import sine_mix
 
 CODEC_FORMATS = (("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"),
                  ("mp3", "MP3", "MPEG_LAYER_III"), ("m4a", None, "aac"))
@@ -44,156 +42,87 @@ def codec_file(seconds: float, ext: str, fmt: str | None, codec: str, rate: int 
     return buf.getvalue()
 
 
-def bare_decode(data: bytes, ext: str, block: int | None = None) -> None:
-    """The codec alone: libsndfile's float32 read into one reused buffer (in the stage's block size), or
-    PyAV's frame decode."""
-    import io
+# Frames per read of the codec baselines: at this size libsndfile's cost per call is negligible.
+CODEC_BLOCK_FRAMES = 1 << 16
+CODEC_CALLS = 3      # calls of each codec form per round (best kept)
+# The codec's cheapest exact output per format, the baseline of ``decode_over_codec_<fmt>``: int16 where the
+# source is 16-bit PCM or FLAC; libsndfile's float32 for Vorbis and MP3, which it decodes to float internally
+# (its int16 read is that float output converted, so it costs more and is not exact); PyAV's own frames for AAC.
+BASELINE_FORM = {"wav": "int16", "flac": "int16", "ogg": "float32", "mp3": "float32", "m4a": "frames"}
 
-    if ext in ("m4a",):
-        import av
 
-        with av.open(io.BytesIO(data)) as container:
-            for _ in container.decode(audio=0):
-                pass
-        return
+def sndfile_read(path: str, dtype: str) -> None:
+    """The whole file at ``path`` read by libsndfile as ``dtype`` into one reused buffer (``read(out=...)``)."""
     import soundfile as sf
 
-    from das_core.audio.info import block_frames_for
-
-    with sf.SoundFile(io.BytesIO(data)) as f:
-        block = block or block_frames_for(f.channels)
-        out = np.empty((block, f.channels), dtype=np.float32)
-        while len(f.read(block, dtype="float32", out=out)) == block:
+    with sf.SoundFile(path) as f:
+        out = np.empty((CODEC_BLOCK_FRAMES, f.channels), dtype=dtype)
+        while len(f.read(CODEC_BLOCK_FRAMES, dtype=dtype, out=out)) == CODEC_BLOCK_FRAMES:
             pass
 
 
-_STAGE_FILES: dict[str, str] = {}
+def pyav_frames(path: str) -> None:
+    """The whole file at ``path`` decoded by PyAV (FFmpeg), each frame taken as its native ndarray, unconverted."""
+    import av
+
+    with av.open(path) as container:
+        for frame in container.decode(audio=0):
+            frame.to_ndarray()
 
 
-def decode_stage(data: bytes, name: str, noise_path: str | None = None) -> int:
-    """das label's decode stage over ``data`` (``das_core.label.units.decode_unit``: the file's windows as int16
-    bytes packed into chunk rows for the encoder); returns the number of windows.
-
-    With ``noise_path`` every window is mixed at 10 dB first, as ``das label --snr-db`` does."""
-    from das_core.label.decode import DecodeSettings, decode_unit
-
-    path = _STAGE_FILES.get(name)
-    if path is None:
-        fd, path = tempfile.mkstemp(suffix=os.path.splitext(name)[1], prefix="das-bench-stage-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _STAGE_FILES[name] = path
-    settings = DecodeSettings(snr_db=10.0 if noise_path else None, noise_uris=(noise_path,) if noise_path else ())
-    return sum(t.column("n_windows")[0].as_py() for t in decode_unit("u00000000", [name], [path], settings))
+def codec_forms(ext: str) -> dict:
+    """The codec outputs timed for ``ext``: name -> a call decoding the file at the path it is given. The first
+    is the baseline (``BASELINE_FORM``); the others are shown beside it (the int16/float32 check)."""
+    if ext == "m4a":
+        return {"frames": pyav_frames}
+    forms = ("int16", "float32")
+    ordered = (BASELINE_FORM[ext], *(f for f in forms if f != BASELINE_FORM[ext]))
+    return {form: (lambda path, form=form: sndfile_read(path, form)) for form in ordered}
 
 
-def decode_stage_before(data: bytes) -> int:
-    """The decode stage as it was before the fast path (libsndfile formats), kept as the reference it is
-    measured against: soundfile's ``blocks`` (a new array per block), finiteness of every sample, ``mean``
-    downmix, copied windows, LAION's quantisation formula with its temporaries."""
-    import io
+def decode_stage(path: str) -> int:
+    """das label's whole decode stage over the file at ``path`` (``das_core.label.decode.decode_units`` on a
+    unit of that one file, default settings, producing chunk rows); returns the number of windows."""
+    import pyarrow as pa
 
-    import soundfile as sf
-    import soxr
+    from das_core.label.decode import DecodeSettings, decode_units
 
-    from das_core.audio.windows import SAMPLE_RATE, segment
-
-    def mono(f):
-        """The file's mono 48 kHz signal, block by block, as the old stage made it."""
-        rs = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        for block in f.blocks(1 << 16, dtype="float32", always_2d=True):
-            assert np.isfinite(block).all()
-            yield rs.resample_chunk(block.mean(axis=1, dtype=np.float32), last=False)
-        yield rs.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-
-    n = 0
-    with sf.SoundFile(io.BytesIO(data)) as f:
-        for w in segment(mono(f)):
-            (np.clip(w.samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
-            n += 1
-    return n
-
-
-def resample_alone(rate: int, frames: int, block: int = 1 << 16, quality: str = "HQ") -> float:
-    """CPU seconds soxr takes, streamed in the decoder's blocks, to bring ``frames`` mono samples to 48 kHz."""
-    import soxr
-
-    from das_core.audio.windows import SAMPLE_RATE
-
-    if rate == SAMPLE_RATE:
-        return 0.0
-    mono = (0.1 * np.random.default_rng(0).standard_normal(frames)).astype(np.float32)
-
-    def run():
-        """One streamed resampling of the whole signal."""
-        rs = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
-        for i in range(0, len(mono), block):
-            rs.resample_chunk(mono[i:i + block])
-        rs.resample_chunk(mono[:0], last=True)
-
-    return best_cpu_of(run, 1)
-
-
-def _rate_and_frames(data: bytes, name: str) -> tuple[int, int]:
-    import io
-
-    from das_core.audio.decode import AudioStream
-
-    with AudioStream(io.BytesIO(data), name) as stream:
-        for _ in stream.windows():
-            pass
-        return stream.info.sample_rate, stream.decoded_frames
+    batch = pa.table({"unit": ["u00000000"], "file_ids": [[os.path.basename(path)]], "paths": [[path]]})
+    return sum(int(t.column("n_windows")[0].as_py()) for t in decode_units(batch, DecodeSettings()))
 
 
 def bench_codec(work: str, sizes: Sizes) -> dict:
-    """Per window, single-threaded CPU time: the whole decode stage over the bare codec on the same bytes.
-
-    Also times soxr alone on a signal as long as the file (``resample`` in ``codec_ms_per_window_*``): the
-    part of the stage no decoder change can remove. ``wav_noisy`` is the WAV stage with noise mixed in."""
-    noise_path = os.path.join(work, "codec-noise.wav")
-    if not os.path.exists(noise_path):
-        import soundfile as sf
-
-        sf.write(noise_path, sine_mix(30.0, 48000, 1, seed=99), 48000)
+    """Per window, single-threaded CPU time (process time, best of ``sizes.codec_repeats`` interleaved rounds)
+    of the whole decode stage over the codec's cheapest exact output on the same bytes, per format:
+    ``decode_over_codec_<fmt>``, ``decode_windows_per_core_<fmt>`` and ``codec_ms_per_window_<fmt>`` (each form
+    timed, and the stage). The input: ``sizes.codec_seconds`` of 44.1 kHz stereo noise in a file in ``work``,
+    read from the page cache by both. The codec forms are cheap: each round keeps the best of
+    ``CODEC_CALLS`` calls of each, so that a disturbed call does not make the baseline look slow."""
+    os.makedirs(work, exist_ok=True)
     out: dict = {}
-    variants = [(ext, ext, fmt, codec, 44100, None) for ext, fmt, codec in CODEC_FORMATS]
-    variants += [("wav48k", "wav", "WAV", "PCM_16", 48000, None),
-                 ("wav_noisy", "wav", "WAV", "PCM_16", 44100, noise_path)]
-    for key, ext, fmt, codec, rate, with_bank in variants:
-        name = f"bench-{key}.{ext}"
+    for ext, fmt, codec in CODEC_FORMATS:
+        path = os.path.join(work, f"codec-{sizes.codec_seconds:g}s.{ext}")
         try:
-            data = codec_file(sizes.codec_seconds, ext, fmt, codec, rate)
-            windows = decode_stage(data, name, with_bank)
-            rate, frames = _rate_and_frames(data, name)
+            data = codec_file(sizes.codec_seconds, ext, fmt, codec)
+            with open(path, "wb") as f:
+                f.write(data)
+            windows = decode_stage(path)
         except Exception as exc:  # noqa: BLE001 - a format this build cannot read is reported, not fatal
-            log(f"codec {key}: not measured ({type(exc).__name__}: {exc})")
+            log(f"codec {ext}: not measured ({type(exc).__name__}: {exc})")
             continue
-        before = with_bank is None and ext != "m4a"
-        bare, stage, resample, old = [], [], [], []
-        for _ in range(sizes.codec_repeats):           # interleaved: all see the same load
-            bare.append(best_cpu_of(lambda d=data, e=ext: bare_decode(d, e), 1))
-            stage.append(best_cpu_of(lambda d=data, n=name, b=with_bank: decode_stage(d, n, b), 1))
-            resample.append(resample_alone(rate, frames))
-            if before:
-                old.append(best_cpu_of(lambda d=data: decode_stage_before(d), 1))
-        bare_s, stage_s, resample_s = min(bare), min(stage), min(resample)
-        if before:
-            out[f"decode_speedup_{key}"] = min(old) / stage_s
-        out[f"decode_over_codec_{key}"] = stage_s / bare_s
-        out[f"decode_windows_per_core_{key}"] = windows / stage_s
-        ms = {k: 1e3 * v / windows for k, v in (("bare", bare_s), ("stage", stage_s), ("resample", resample_s),
-                                                *((("before", min(old)),) if before else ()))}
-        ms["rest"] = ms["stage"] - ms["bare"] - ms["resample"]
-        out[f"codec_ms_per_window_{key}"] = ms
-        log(f"codec {key}: bare {ms['bare']:.2f} ms/window, stage {ms['stage']:.2f} ({stage_s / bare_s:.2f}x; "
-            f"soxr alone {ms['resample']:.2f}, the rest {ms['rest']:.2f}), {windows / stage_s:.0f} windows/s per core"
-            + (f"; before this change {ms['before']:.2f}" if before else ""))
-        if key == "wav":        # what a cheaper soxr quality would save (the stage keeps HQ)
-            times: dict[str, list[float]] = {q: [] for q in ("QQ", "LQ", "MQ", "HQ", "VHQ")}
-            for _ in range(sizes.codec_repeats):        # interleaved, as above
-                for q, t in times.items():
-                    t.append(resample_alone(rate, frames, quality=q))
-            by_q = {q: 1e3 * min(t) / windows for q, t in times.items()}
-            out["soxr_ms_per_window_by_quality"] = by_q
-            log("soxr alone, ms per window by quality: " + ", ".join(f"{q} {v:.2f}" for q, v in by_q.items()))
+        forms = codec_forms(ext)
+        times: dict[str, list[float]] = {name: [] for name in (*forms, "stage")}
+        for _ in range(sizes.codec_repeats):           # interleaved: every form sees the same load
+            for name, decode in forms.items():
+                times[name].append(best_cpu_of(lambda p=path, fn=decode: fn(p), CODEC_CALLS))
+            times["stage"].append(best_cpu_of(lambda p=path: decode_stage(p), 1))
+        best = {name: min(t) for name, t in times.items()}
+        baseline = next(iter(forms))
+        out[f"decode_over_codec_{ext}"] = best["stage"] / best[baseline]
+        out[f"decode_windows_per_core_{ext}"] = windows / best["stage"]
+        ms = {name: 1e3 * s / windows for name, s in best.items()}
+        out[f"codec_ms_per_window_{ext}"] = ms
+        log(f"codec {ext}: " + ", ".join(f"{name} {v:.2f}" for name, v in ms.items() if name != "stage")
+            + f" ms/window; stage {ms['stage']:.2f} ({out[f'decode_over_codec_{ext}']:.2f}x the {baseline} read), "
+            f"{out[f'decode_windows_per_core_{ext}']:.0f} windows/s per core")
     return out

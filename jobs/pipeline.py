@@ -1,7 +1,8 @@
 """The Ray Data wiring of ``das label``: its stages on Ray (``RayStages``), and ``map_rows`` for rescore and search.
 
     unit table (Parquet, one read task per row group of units)
-      -> decode_task       CPU tasks: a unit's files -> chunk rows of <= chunk_windows int16 windows
+      -> decode_task       CPU tasks: a unit's files -> chunk rows of <= chunk_windows int16 windows; on the
+                           CPU-only decode group where the cluster has one (``decode_resources``)
       -> EncodeAndWrite    actor pool (GPU or CPU): embed, score once, write the chunk's parts
       -> driver            small statistics per chunk (the ledger, in ``jobs.label``); commits units once
                            whole (``Finisher``)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +46,10 @@ from jobs.common import init_ray, log, node_resources, worker_env
 
 # What a decode task may hold: a chunk of int16 windows, libsndfile and soxr state, and the noise cache.
 DECODE_MEMORY_BYTES = 768 * 2**20
+# A CPU-only worker group offers this Ray resource (infra/: ``decode: 1000`` per node). Decode tasks that ask for
+# one unit of it run on that group only, leaving the GPU nodes' cores to the encoder actors.
+DECODE_RESOURCE = "decode"
+DECODE_RESOURCE_ENV = "DAS_DECODE_RESOURCE"
 # Ray Data gathers a task's output into blocks of up to this size (default 128 MiB): a chunk row (30 MiB) per
 # block streams chunks to the encoder as soon as they are decoded and keeps a decode worker's memory flat.
 BLOCK_BYTES = 32 * 2**20
@@ -178,6 +184,17 @@ def keep_worker_errors() -> None:
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
+def decode_resources(cluster: dict[str, float]) -> dict[str, float] | None:
+    """The custom Ray resources a decode task asks for: one unit of ``$DAS_DECODE_RESOURCE`` when that is set
+    (a cluster whose autoscaler brings up the group offering it, which may have no node yet; set but empty:
+    none), else one unit of ``decode`` where ``cluster`` (``ray.cluster_resources()``) has it; else None, so
+    that decode tasks run anywhere (a local Ray, a cluster without a decode group)."""
+    name = os.environ.get(DECODE_RESOURCE_ENV)
+    if name is None:
+        name = DECODE_RESOURCE if cluster.get(DECODE_RESOURCE, 0) >= 1 else ""
+    return {name.strip(): 1.0} if name.strip() else None
+
+
 def run_stages(unit_table: str, keep: dict[int, list[str]] | None, out: str, decode: DecodeSettings,
                encode: EncodeSettings, write: WriteSettings, *, cache_box: list, actors: int,
                env: dict[str, str] | None = None) -> Iterator[dict]:
@@ -187,12 +204,15 @@ def run_stages(unit_table: str, keep: dict[int, list[str]] | None, out: str, dec
     configure_data_context()
     runtime_env = {"env_vars": env} if env else None
     progress = ray.remote(DecodeProgress).options(num_cpus=0, max_restarts=0).remote()
+    # reading the unit table is placed as decoding is (Ray Data may fuse the two into one task)
+    placed = decode_resources(ray.cluster_resources())
     ds = ray.data.read_datasource(UnitTableDatasource(unit_table, keep), num_cpus=1,
-                                  memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
+                                  memory=DECODE_MEMORY_BYTES, resources=placed, runtime_env=runtime_env)
     # The memory request differs from the actors' resources, which also keeps Ray Data from fusing decoding
     # into the encoder actors: decoding stays a pool of CPU tasks running beside the encoder.
     ds = ds.map_batches(decode_task, fn_kwargs={"settings": decode, "progress": progress}, batch_size=1,
-                        batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES, runtime_env=runtime_env)
+                        batch_format="pyarrow", num_cpus=1, memory=DECODE_MEMORY_BYTES, resources=placed,
+                        runtime_env=runtime_env)
     ds = ds.map_batches(EncodeAndWrite, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box,
                                                                "out": out, "write": write},
                         batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),

@@ -33,4 +33,21 @@ def test_bench_smoke(tmp_path):
     assert "pipeline_over_encoder" in proc.stdout and ">= 0.85" in proc.stdout
     for fmt in ("wav", "flac", "ogg", "mp3", "m4a"):        # the decode stage over the bare codec, per format
         assert measured[f"decode_over_codec_{fmt}"] > 0 and measured[f"decode_windows_per_core_{fmt}"] > 0, fmt
-    assert "decode_over_codec_m4a" in proc.stdout and "<= 1.3" in proc.stdout
+    assert "decode_over_codec_m4a" in proc.stdout and "<= 1.25" in proc.stdout
+    assert "projected GPU node" in proc.stdout and "CPU cores one GPU needs" in proc.stdout
+    table = subprocess.run([sys.executable, "-m", "bench.run", "--table", "--results", str(results)],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "projected GPU node" in table.stdout, table.stderr[-3000:]
+    rate = measured["decode_windows_per_core_flac"]
+    assert f"flac     {rate:9.1f}" in table.stdout        # the projection is made of this run's per-core rates
+
+
+def test_only_decode_prints_the_decode_figures_without_ray(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only", "decode", "--results",
+                           str(tmp_path / "none.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for fmt in ("wav", "flac", "ogg", "mp3", "m4a"):
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"decode_over_codec_{fmt} "))
+        assert float(line.split()[1]) > 0, line
+    assert "GPU rate" in proc.stdout and "on paper" in proc.stdout     # no GPU record: the FLOP bound
+    assert "Ray" not in proc.stderr

@@ -95,6 +95,12 @@ def env_of(container: dict) -> dict:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def group_resources(group: dict) -> dict:
+    """A KubeRay group's custom Ray resources: rayStartParams ``resources``, a shell-quoted JSON string."""
+    text = group.get("rayStartParams", {}).get("resources")
+    return json.loads(shlex.split(text)[0]) if text else {}
+
+
 # ------------------------------------------------------------------ entry points
 
 
@@ -265,6 +271,11 @@ def test_cluster_launcher_config():
     workers = {name: t for name, t in types.items() if name != raw["head_node_type"]}
     gpu = [t for t in workers.values() if t["node_config"]["InstanceType"].split(".")[0][0] in "gp"]
     assert gpu and all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in gpu)
+    decode = [t for t in workers.values() if t.get("resources", {}).get("decode", 0) >= 1]
+    assert decode and all(t["node_config"]["InstanceType"].split(".")[0][0] in "mcr" for t in decode)   # CPU only
+    assert all(0 == t["min_workers"] < t["max_workers"] for t in decode)
+    assert not [t for t in gpu if "decode" in t.get("resources", {})]   # GPU nodes' cores go to the encoder
+    assert "--env DAS_DECODE_RESOURCE=decode" in raw["docker"]["run_options"]
     assert "--env RAY_AUTH_MODE=token" in raw["docker"]["run_options"]
     assert "--env HF_HUB_OFFLINE=1" in raw["docker"]["run_options"]
     assert raw["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"   # the user's, not the repo's
@@ -287,6 +298,11 @@ def test_kubernetes_manifests():
         groups = spec["workerGroupSpecs"]
         gpu = [g for g in groups if any("nvidia.com/gpu" in c["resources"]["limits"] for c in containers(g))]
         assert gpu and all(g["minReplicas"] == 0 and g["replicas"] == 0 for g in groups)
+        decode = [g for g in groups if group_resources(g).get("decode", 0) >= 1]
+        assert decode and all(g["maxReplicas"] >= 1 for g in decode) and not [g for g in gpu if g in decode]
+        assert all("nvidia.com/gpu" not in c["resources"]["limits"] for g in decode for c in containers(g))
+        (head,) = containers(spec["headGroupSpec"])
+        assert env_of(head)["DAS_DECODE_RESOURCE"]["value"] == "decode"       # the driver asks for the group
         images = {c["image"] for c in containers(spec)}
         assert images == {"das:0.1.0"}, images                          # retargeted by kustomize `images`
     cron = crons[0]["spec"]
@@ -432,3 +448,80 @@ def test_ray_job_submit_runs_das_label(ray_head, encoder, tiny_ckpt, tmp_path):
     assert {k: manifest["counts"][k] for k in ("files", "ok", "error", "segments")} == {
         "files": 3, "ok": 2, "error": 1, "segments": 3}
     assert pq.read_table(out / "segments").num_rows == 3
+
+
+# ------------------------------------------------------------------ the decode group
+
+# In its own process: a driver joins one Ray cluster at a time. A head without the resource `decode` and a
+# node offering it, as infra/'s decode group does; decode tasks placed by jobs.pipeline, then a whole das label.
+DECODE_GROUP_SCRIPT = """
+import json, os, sys
+from ray.cluster_utils import Cluster
+
+args = json.loads(sys.argv[1])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 300 * 2**20})
+decode_node = cluster.add_node(num_cpus=2, resources={"decode": 1000}, object_store_memory=300 * 2**20)
+cluster.wait_for_nodes()
+os.environ["RAY_ADDRESS"] = cluster.address
+try:
+    import ray
+    import ray.data
+    from das_core.label.decode import DecodeSettings
+    from jobs.pipeline import decode_resources, decode_task
+
+    ray.init(address=cluster.address)
+    placed = decode_resources(ray.cluster_resources())
+    items = [{"unit": f"u{i:08d}", "file_ids": [os.path.basename(path)], "paths": [path]}
+             for i, path in enumerate(args["paths"])]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        decode_task, fn_kwargs={"settings": DecodeSettings()}, batch_size=1, batch_format="pyarrow", num_cpus=1,
+        resources=placed)
+    nodes = sorted({n for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")
+                    for n in b.column("decoded_on").to_pylist()})
+    ray.shutdown()
+    from jobs.label import main
+    rc = main(args["label"])
+finally:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+print(json.dumps({"placed": placed, "nodes": nodes, "decode_node": decode_node.node_id, "rc": rc}))
+"""
+
+
+def test_decode_tasks_run_only_on_the_decode_group(tiny_ckpt, encoder, tmp_path):
+    from das_core.scoring.cache import DriftCache
+
+    src = tmp_path / "audio"
+    src.mkdir()
+    paths = [write_audio(src / f"clip{i}.wav", sine(300 + 100 * i, 3.0 + i, 16000, amp=0.3), 16000)
+             for i in range(6)]
+    (src / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    cache = str(tmp_path / "cache.npz")
+    DriftCache.build(encoder.embed_text, ["siren", "hum"], ["traffic noise"], encoder_id=encoder.encoder_id).save(cache)
+    out = tmp_path / "out"
+    label = ["--input", str(src), "--cache", cache, "--checkpoint", tiny_ckpt, "--out", str(out), "--ray",
+             "--files-per-unit", "2", "--max-error-fraction", "1", "--actors", "1", "--cpus-per-actor", "0.5",
+             "--no-report"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DAS_DECODE_RESOURCE")}
+    proc = subprocess.run([sys.executable, "-c", DECODE_GROUP_SCRIPT, json.dumps({"paths": paths, "label": label})],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["placed"] == {"decode": 1.0}                    # detected on the cluster
+    assert result["nodes"] == [result["decode_node"]]             # every decode task ran on the decode node
+    assert result["rc"] == 0 and "das label: complete" in proc.stdout
+    files = pq.read_table(out / "files").to_pylist()
+    assert len(files) == 7 and [f["status"] for f in files].count("error") == 1
+
+
+def test_decode_resources_follow_the_cluster_and_the_environment(monkeypatch):
+    from jobs.pipeline import decode_resources
+
+    monkeypatch.delenv("DAS_DECODE_RESOURCE", raising=False)
+    assert decode_resources({"CPU": 4.0, "memory": 1e9}) is None          # local Ray, no decode group: anywhere
+    assert decode_resources({"CPU": 4.0, "decode": 1000.0}) == {"decode": 1.0}
+    monkeypatch.setenv("DAS_DECODE_RESOURCE", "cpu_pool")                 # named: asked for before any node has it
+    assert decode_resources({"CPU": 4.0}) == {"cpu_pool": 1.0}
+    monkeypatch.setenv("DAS_DECODE_RESOURCE", "")                         # empty: never
+    assert decode_resources({"CPU": 4.0, "decode": 1000.0}) is None
