@@ -58,12 +58,16 @@ def _arrays_digest(*arrays: np.ndarray) -> str:
 
 # Rows per matrix product. BLAS picks kernels and summation order by the shapes it is given, so every
 # product has exactly this shape (the last block zero-padded): a row's scores never depend on the other
-# rows of its batch, in float32 at full BLAS speed.
-PROJECT_ROWS = 256
+# rows of its batch, in float32 at full BLAS speed. 32 is das label's default chunk: a chunk is one block,
+# with nothing padded (256 cost a 32-window chunk 8x the products it needs).
+PROJECT_ROWS = 32
 
 
 def project_rows(z: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``z @ matrix.T`` in float32, computed in fixed-shape blocks of ``PROJECT_ROWS`` rows (batch-invariant)."""
+    """``z @ matrix.T`` in float32, computed in fixed-shape blocks of ``PROJECT_ROWS`` rows (batch-invariant).
+
+    ``matrix``: (K, d); the transpose of a C-contiguous float32 (d, K) array is used without a copy.
+    """
     m = np.ascontiguousarray(matrix.T, dtype=np.float32)
     z = np.ascontiguousarray(z, dtype=np.float32)
     n = len(z)
@@ -102,10 +106,15 @@ class DriftCache:
     encoder_name: str | None = None
     clean_templates: tuple[str, ...] = ()              # the prompt ensemble behind C, when more than one template
     weights: np.ndarray = field(init=False, repr=False)  # W = C + lam * Dhat
+    # (d, K) C-contiguous copies of W, C and Dhat, made once: products read them without a transposed copy
+    _by_column: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         w = (self.clean.astype(np.float64) + float(self.lam) * self.drift_direction.astype(np.float64))
         object.__setattr__(self, "weights", w.astype(np.float32))
+        object.__setattr__(self, "_by_column", {
+            name: np.ascontiguousarray(np.asarray(m, dtype=np.float32).T)
+            for name, m in (("weights", self.weights), ("clean", self.clean), ("drift", self.drift_direction))})
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -184,23 +193,23 @@ class DriftCache:
         their drift bonus is zero."""
         return tuple(lb for lb, n in zip(self.labels, self.drift_norm) if n <= ZERO_DRIFT_EPS)
 
-    def _project(self, z: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    def _project(self, z: np.ndarray, matrix: str) -> np.ndarray:
         z = np.atleast_2d(np.asarray(z, dtype=np.float32))
         if z.shape[-1] != self.dim:
             raise ValueError(f"embeddings have dimension {z.shape[-1]}, the cache {self.dim}")
-        return project_rows(z, matrix)
+        return project_rows(z, self._by_column[matrix].T)
 
     def scores(self, z: np.ndarray) -> np.ndarray:
         """DAS scores ``a1 + lam * a2`` as one product with the folded matrix; (n, K) float32."""
-        return self._project(z, self.weights)
+        return self._project(z, "weights")
 
     def clean_scores(self, z: np.ndarray) -> np.ndarray:
         """Plain zero-shot scores ``a1 = z . C_c``."""
-        return self._project(z, self.clean)
+        return self._project(z, "clean")
 
     def drift_scores(self, z: np.ndarray) -> np.ndarray:
         """Drift cosines ``a2 = z . dhat_c``."""
-        return self._project(z, self.drift_direction)
+        return self._project(z, "drift")
 
     def with_lam(self, lam: float) -> DriftCache:
         """The same cache with another ``lam`` (a new fingerprint); ``ValueError`` unless finite and >= 0."""
