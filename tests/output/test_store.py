@@ -53,10 +53,25 @@ def test_embeddings_are_stored_plain_with_nulls_where_a_row_has_none():
     meta = pq.ParquetFile(io.BytesIO(table_to_bytes(table))).metadata.row_group(0)
     by_path = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
     assert by_path["embedding.list.element"].compression == "UNCOMPRESSED"
-    assert by_path["file_id"].compression == "ZSTD"
+    assert by_path["file_id"].compression == "SNAPPY"
+    assert by_path["file_id"].is_stats_set and not by_path["embedding.list.element"].is_stats_set
     back = embeddings_to_numpy(pq.read_table(io.BytesIO(table_to_bytes(table.filter(column.is_valid())))
                                              ).column("embedding"))
     np.testing.assert_array_equal(back, emb.astype(np.float16).astype(np.float32))
+
+
+def test_text_columns_are_dictionary_encoded_only_in_parts_of_many_rows():
+    from das_core.output.format import DICTIONARY_MIN_ROWS
+
+    def encodings(n: int) -> tuple[str, ...]:
+        """The Parquet encodings of the label column of an n-row part."""
+        table = pa.table({"label": pa.array([f"class {i % 7}" for i in range(n)], pa.string())})
+        data = table_to_bytes(table)
+        assert pq.read_table(io.BytesIO(data)).equals(table) and data == table_to_bytes(table)
+        return pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0).column(0).encodings
+
+    assert not any("DICTIONARY" in e for e in encodings(DICTIONARY_MIN_ROWS - 1))
+    assert any("DICTIONARY" in e for e in encodings(DICTIONARY_MIN_ROWS))
 
 
 def test_outcome_counts():
