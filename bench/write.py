@@ -1,14 +1,19 @@
 """One write worker: a chunk scored, pooled and written as das label's parts, against a plain Parquet write
-of the same rows, on local disk and on moto's S3."""
+of the same rows, on local disk and on moto's S3; and one encoder actor's host-side work per core
+(``host_windows_per_core``)."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import tempfile
 
 import numpy as np
 
-from bench.common import CHUNK, best_of, moto_s3
+from bench.common import CHUNK, best_cpu_of, best_of, moto_s3
+
+HOST_CHUNKS = 40      # chunks per timed run of bench_host
 
 
 def _unit_embeddings(n: int, d: int, rng) -> np.ndarray:
@@ -84,4 +89,36 @@ def bench_write(cache, repeats: int) -> dict:
             server.stop()
             os.environ.pop("AWS_ENDPOINT_URL_S3", None)
     out["write_classes"] = len(cache.labels)
+    out.update(bench_host(cache, repeats))
     return out
+
+
+def bench_host(cache, repeats: int, chunks: int = HOST_CHUNKS) -> dict:
+    """``host_windows_per_core``: windows per CPU second of one encoder actor's host-side work, as ``write_chunk``
+    does it (scores at the cache's classes, top-k, file pooling, the chunk's Parquet parts on local disk), for
+    chunks of ``CHUNK`` windows of 2-window files, float16 embeddings, top 5, each chunk under a new part name
+    as a run writes them. Best of ``repeats`` runs of ``chunks`` chunks, in this process's CPU time (all its
+    threads, the kernel's work on its writes included), which other load on a shared machine barely moves;
+    ``host_windows_per_s_wall``: the same runs in wall time."""
+    from das_core.label.sink import WriteSettings, write_chunk
+    from das_core.output.store import OutputStore
+
+    meta, emb = _chunk(np.random.default_rng(3), n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)
+    ws = WriteSettings(top_k=5, embedding_dtype="float16")
+    root = tempfile.mkdtemp(prefix="das-bench-host-")
+    store = OutputStore(root)
+    chunk_index = itertools.count()
+
+    def actor():
+        """``chunks`` chunks of one unit, written in turn under new names."""
+        for _ in range(chunks):
+            write_chunk(store, "u00000000", next(chunk_index), False, meta, emb, cache, ws)
+
+    try:
+        actor()
+        cpu = best_cpu_of(actor, repeats)
+        wall = best_of(actor, repeats)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"host_windows_per_core": chunks * CHUNK / cpu, "host_windows_per_s_wall": chunks * CHUNK / wall,
+            "host_classes": len(cache.labels)}
