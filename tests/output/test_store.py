@@ -113,3 +113,21 @@ def test_remove_all_takes_only_what_das_wrote(tmp_path):
     left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert left == set(user) - {"report/report.md"}     # report.md was on das's record: das wrote it last
     assert not (tmp_path / PIECES_DIR).exists()          # emptied, so removed; the others still hold user files
+
+
+def test_labelled_columns_place_each_row_where_asked():
+    from das_core.output.tables import labelled_columns
+    from das_core.scoring.scorer import Labelled
+
+    lab = Labelled(("a", "b", "c"), np.array([[2, 0], [1, 2]]), np.array([[0.9, 0.5], [0.8, 0.1]], np.float32),
+                   np.array([0, 1]), np.array([0.4, 0.3], np.float32))
+    in_order = labelled_columns(lab, 2)
+    assert in_order["top_k_labels"].to_pylist() == [["c", "a"], ["b", "c"]]
+    assert in_order["zs_label"].to_pylist() == ["a", "b"] and in_order["top_k_probs"].null_count == 2
+    swapped = labelled_columns(lab, 2, np.array([1, 0]))
+    assert swapped["label"].to_pylist() == ["b", "c"]
+    assert swapped["score"].to_pylist() == in_order["score"].to_pylist()[::-1]
+    spread = labelled_columns(lab, 3, np.array([0, 2]))
+    assert spread["top_k_scores"].to_pylist()[1] is None and spread["label"].to_pylist() == ["c", None, "b"]
+    for name, column in in_order.items():
+        assert column.type == spread[name].type
