@@ -52,6 +52,7 @@ GOALS = {
     "rescore_over_matmul_bound": (">=", 0.5),
     "rss_ratio_60_over_10_min": ("<=", 1.2),
     "decode_scaling": (">=", 0.8),
+    "host_windows_per_core": (">=", 10_000),      # one actor's host side keeps up with a GPU (issue #22)
     "driver_windows_per_s": (">=", 270_000),      # 20x the best 0.1 figure (13 500, issue #10)
     "driver_rss_ratio": ("<=", 1.2),
     "dry_run_s": ("<=", 60),
@@ -79,6 +80,7 @@ TABLE_KEYS = (
     *(f"decode_{k}_{ext}" for ext in FORMATS for k in ("over_codec", "windows_per_core")),
     "ffmpeg_over_sndfile_flac", "ffmpeg_over_sndfile_ogg", "driver_windows_per_s", "driver_rss_ratio",
     "driver_peak_rss_gib", "dry_run_s", "dry_run_peak_rss_gib", "write_windows_per_s_local", "write_windows_per_s_s3",
+    "host_windows_per_core",
     "shards_tar_over_objects", "text_prefix_speedup", "topk_speedup", "topk_argpartition_speedup",
     "label_columns_vectorised_speedup", "gpu_clips_per_s")
 

@@ -1,14 +1,23 @@
 """One write worker: a chunk scored, pooled and written as das label's parts, against a plain Parquet write
-of the same rows, on local disk and on moto's S3."""
+of the same rows, on local disk and on moto's S3; and one encoder actor's host-side work per core
+(``host_windows_per_core``)."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 
-from bench.common import CHUNK, best_of, moto_s3
+from bench.common import CHUNK, best_cpu_of, best_of, moto_s3
+
+HOST_CHUNKS = 40      # chunks per timed run of bench_host
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _unit_embeddings(n: int, d: int, rng) -> np.ndarray:
@@ -84,4 +93,55 @@ def bench_write(cache, repeats: int) -> dict:
             server.stop()
             os.environ.pop("AWS_ENDPOINT_URL_S3", None)
     out["write_classes"] = len(cache.labels)
+    out.update(bench_host(cache, repeats))
     return out
+
+
+def bench_host(cache, repeats: int, chunks: int = HOST_CHUNKS) -> dict:
+    """``host_windows_per_core``: windows per CPU second of one encoder actor's host-side work, as ``write_chunk``
+    does it (scores at the cache's classes, top-k, file pooling, the chunk's Parquet parts on local disk), for
+    chunks of ``CHUNK`` windows of 2-window files, float16 embeddings, top 5, each chunk under a new part name
+    as a run writes them. Measured in a child process with one BLAS thread, as Ray runs a one-CPU actor
+    (``OMP_NUM_THREADS=1``): best of ``repeats`` runs of ``chunks`` chunks in its CPU time (the kernel's work
+    on its writes included), which other load on a shared machine barely moves; ``host_windows_per_s_wall``:
+    the same runs in wall time."""
+    folder = tempfile.mkdtemp(prefix="das-bench-host-")
+    try:
+        cache_uri = os.path.join(folder, "cache.npz")
+        cache.save(cache_uri)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-m", "bench.write", cache_uri, os.path.join(folder, "out"),
+                               str(repeats), str(chunks)], env=env, cwd=ROOT, capture_output=True, text=True,
+                              check=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def host_windows_per_core(cache, out: str, repeats: int, chunks: int) -> dict:
+    """``bench_host``'s figures, measured in this process (``out``: the local folder the parts go to)."""
+    from das_core.label.sink import WriteSettings, write_chunk
+    from das_core.output.store import OutputStore
+
+    meta, emb = _chunk(np.random.default_rng(3), n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)
+    ws = WriteSettings(top_k=5, embedding_dtype="float16")
+    store = OutputStore(out)
+    chunk_index = itertools.count()
+
+    def actor():
+        """``chunks`` chunks of one unit, written in turn under new names."""
+        for _ in range(chunks):
+            write_chunk(store, "u00000000", next(chunk_index), False, meta, emb, cache, ws)
+
+    actor()
+    cpu = best_cpu_of(actor, repeats)
+    wall = best_of(actor, repeats)
+    return {"host_windows_per_core": chunks * CHUNK / cpu, "host_windows_per_s_wall": chunks * CHUNK / wall,
+            "host_classes": len(cache.labels)}
+
+
+if __name__ == "__main__":
+    from das_core.scoring.cache import DriftCache
+
+    print(json.dumps(host_windows_per_core(DriftCache.load(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
+                                           int(sys.argv[4]))))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -140,6 +139,21 @@ def _fail_for_tests(path: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
+def _new_temporary(directory: str) -> tuple[int, str]:
+    """(descriptor, path) of a new hidden file in ``directory`` (made if missing), open for writing, with the
+    mode a plain ``open()`` gives: created as 0o666 and the kernel takes the umask off (no umask lookup, no
+    chmod per write)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.urandom(8).hex()}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue                            # another writer drew the same name: draw again
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)   # the folder's first part
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` so that readers see the old object or the whole new one, never a part.
 
@@ -155,11 +169,8 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             f.write(data)
         invalidate(uri)
         return
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+    fd, tmp = _new_temporary(os.path.dirname(path) or ".")
     try:
-        os.fchmod(fd, default_file_mode())      # mkstemp makes 0o600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             _fail_for_tests(path)

@@ -145,23 +145,32 @@ def write_chunk(store: OutputStore, unit: str, chunk: int, last: bool, meta: Chu
     if pieces:
         store.write_part(PIECES_DIR, part_name(unit, chunk), _pieces_table(meta, pieces, owner, keep, das, plain,
                                                                           stored, chunk))
-    whole_ids = [i for i in range(len(meta.files)) if whole[i]]
-    if whole_ids:
-        ok = [i for i in whole_ids if not failed[i]]
-        file_lab = None
-        counts: dict[str, int] = {}
-        embeddings: dict[int, np.ndarray] = {}
-        if ok:
-            in_ok = np.isin(owner, ok) & keep
-            index = {f: j for j, f in enumerate(ok)}
-            file_lab = label_files(None, np.array([index[o] for o in owner[in_ok]]), len(ok), cache, ws.top_k,
-                                   scores=(das[in_ok], plain[in_ok]), logit_scale=ws.logit_scale)
-            counts = {meta.files[i]["file_id"]: int(np.sum(owner[in_ok] == i)) for i in ok}
-            embeddings = {i: mean_embedding(stored[(owner == i) & keep]) for i in ok}
-        outcomes = [_outcome(meta.files[i], embeddings.get(i)) for i in whole_ids]
-        store.write_part(FILES_DIR, part_name(unit, chunk), files_table(outcomes, file_lab, counts,
-                                                                       ws.embedding_dtype))
+    if whole.any():
+        store.write_part(FILES_DIR, part_name(unit, chunk), _whole_files_table(meta, whole & ~failed, whole, owner,
+                                                                              keep, das, plain, stored, cache, ws))
     return _stats(unit, chunk, last, n, meta, bool(pieces), time.monotonic() - started)
+
+
+def _whole_files_table(meta: ChunkMeta, ok: np.ndarray, whole: np.ndarray, owner: np.ndarray, keep: np.ndarray,
+                       das, plain, stored: np.ndarray | None, cache: DriftCache, ws: WriteSettings) -> pa.Table:
+    """The ``files`` rows of the files the chunk holds whole (``whole``; ``ok``: those that did not fail):
+    labels max-pooled over their windows, embeddings the normalised mean of their windows as stored."""
+    file_lab = None
+    counts: dict[str, int] = {}
+    embeddings: dict[int, np.ndarray] = {}
+    if ok.any():
+        ok_ids = np.flatnonzero(ok)
+        mine = ok[owner] & keep
+        file_index = (np.cumsum(ok) - 1)[owner[mine]]         # each kept window's rank among the ok files
+        file_lab = label_files(None, file_index, len(ok_ids), cache, ws.top_k, scores=(das[mine], plain[mine]),
+                               logit_scale=ws.logit_scale)
+        windows = np.flatnonzero(mine)[np.argsort(file_index, kind="stable")]   # each file's windows in order
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(file_index, minlength=len(ok_ids)))])
+        for rank, i in enumerate(ok_ids):
+            counts[meta.files[i]["file_id"]] = int(bounds[rank + 1] - bounds[rank])
+            embeddings[i] = mean_embedding(stored[windows[bounds[rank]:bounds[rank + 1]]])
+    outcomes = [_outcome(meta.files[i], embeddings.get(i)) for i in np.flatnonzero(whole)]
+    return files_table(outcomes, file_lab, counts, ws.embedding_dtype)
 
 
 def _pieces_table(meta: ChunkMeta, entries: list[int], owner: np.ndarray, keep: np.ndarray, das, plain,

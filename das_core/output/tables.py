@@ -7,6 +7,7 @@ Arrow columns are built from numpy arrays without a Python loop over rows; the s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -19,24 +20,38 @@ from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import Labelled, label_files
 
 
-def _null_mask(n: int, rows: np.ndarray) -> np.ndarray:
+def _null_mask(n: int, rows: np.ndarray) -> np.ndarray | None:
+    """Which of ``n`` rows are null (not in ``rows``); None when ``rows`` are all of them, in order."""
+    if len(rows) == n and np.array_equal(rows, np.arange(n)):
+        return None
     mask = np.ones(n, dtype=bool)
     mask[rows] = False
     return mask
 
 
-def _spread(values: np.ndarray, n: int, rows: np.ndarray) -> np.ndarray:
-    """``values`` placed at ``rows`` of an array of length ``n`` (zeros elsewhere)."""
+def _spread(values: np.ndarray, n: int, rows: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``values`` placed at ``rows`` of an array of length ``n`` (zeros elsewhere; ``values`` itself when
+    ``rows`` are all of them in order: ``mask`` None)."""
+    if mask is None:
+        return values
     out = np.zeros((n,) + values.shape[1:], dtype=values.dtype)
     out[rows] = values
     return out
 
 
-def _lists(values: pa.Array, n: int, rows: np.ndarray, k: int, mask: np.ndarray) -> pa.Array:
+def _lists(values: pa.Array, n: int, rows: np.ndarray, k: int, mask: np.ndarray | None) -> pa.Array:
+    if mask is None:
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), values)
     lengths = np.zeros(n, dtype=np.int32)
     lengths[rows] = k
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(mask))
+
+
+@functools.lru_cache(maxsize=8)
+def _class_names(names: tuple[str, ...]) -> pa.Array:
+    """A cache's class names as one Arrow array, made once per process (not per chunk)."""
+    return pa.array(names, type=pa.string())
 
 
 def labelled_columns(lab: Labelled | None, n: int, rows: np.ndarray | None = None) -> dict[str, pa.Array]:
@@ -46,22 +61,26 @@ def labelled_columns(lab: Labelled | None, n: int, rows: np.ndarray | None = Non
         return {f.name: pa.nulls(n, type=f.type) for f in label_fields()}
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     mask = _null_mask(n, rows)
-    names = pa.array(lab.names, type=pa.string())
+    names = _class_names(lab.names)
     k = lab.top_k_index.shape[1]
 
     def name_column(index: np.ndarray) -> pa.Array:
         """Class names at ``index`` (per labelled row), placed at ``rows``."""
-        return names.take(pa.array(_spread(index.astype(np.int64), n, rows), mask=mask))
+        return names.take(pa.array(_spread(index.astype(np.int64), n, rows, mask), mask=mask))
+
+    def float_column(values: np.ndarray) -> pa.Array:
+        """float32 ``values`` (per labelled row), placed at ``rows``."""
+        return pa.array(_spread(values.astype(np.float32), n, rows, mask), mask=mask, type=pa.float32())
 
     return {
         "label": name_column(lab.top_k_index[:, 0]),
-        "score": pa.array(_spread(lab.score.astype(np.float32), n, rows), mask=mask, type=pa.float32()),
+        "score": float_column(lab.score),
         "top_k_labels": _lists(names.take(pa.array(lab.top_k_index.reshape(-1).astype(np.int64))), n, rows, k,
                                mask),
         "top_k_scores": _lists(pa.array(lab.top_k_scores.reshape(-1).astype(np.float32), type=pa.float32()), n,
                                rows, k, mask),
         "zs_label": name_column(lab.zs_index),
-        "zs_score": pa.array(_spread(lab.zs_score.astype(np.float32), n, rows), mask=mask, type=pa.float32()),
+        "zs_score": float_column(lab.zs_score),
         "top_k_probs": (_lists(pa.array(lab.top_k_probs.reshape(-1), type=pa.float32()), n, rows, k, mask)
                         if lab.top_k_probs is not None else pa.nulls(n, type=pa.list_(pa.float32()))),
     }

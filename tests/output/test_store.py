@@ -53,10 +53,25 @@ def test_embeddings_are_stored_plain_with_nulls_where_a_row_has_none():
     meta = pq.ParquetFile(io.BytesIO(table_to_bytes(table))).metadata.row_group(0)
     by_path = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
     assert by_path["embedding.list.element"].compression == "UNCOMPRESSED"
-    assert by_path["file_id"].compression == "ZSTD"
+    assert by_path["file_id"].compression == "SNAPPY"
+    assert by_path["file_id"].is_stats_set and not by_path["embedding.list.element"].is_stats_set
     back = embeddings_to_numpy(pq.read_table(io.BytesIO(table_to_bytes(table.filter(column.is_valid())))
                                              ).column("embedding"))
     np.testing.assert_array_equal(back, emb.astype(np.float16).astype(np.float32))
+
+
+def test_text_columns_are_dictionary_encoded_only_in_parts_of_many_rows():
+    from das_core.output.format import DICTIONARY_MIN_ROWS
+
+    def encodings(n: int) -> tuple[str, ...]:
+        """The Parquet encodings of the label column of an n-row part."""
+        table = pa.table({"label": pa.array([f"class {i % 7}" for i in range(n)], pa.string())})
+        data = table_to_bytes(table)
+        assert pq.read_table(io.BytesIO(data)).equals(table) and data == table_to_bytes(table)
+        return pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0).column(0).encodings
+
+    assert not any("DICTIONARY" in e for e in encodings(DICTIONARY_MIN_ROWS - 1))
+    assert any("DICTIONARY" in e for e in encodings(DICTIONARY_MIN_ROWS))
 
 
 def test_outcome_counts():
@@ -98,3 +113,21 @@ def test_remove_all_takes_only_what_das_wrote(tmp_path):
     left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert left == set(user) - {"report/report.md"}     # report.md was on das's record: das wrote it last
     assert not (tmp_path / PIECES_DIR).exists()          # emptied, so removed; the others still hold user files
+
+
+def test_labelled_columns_place_each_row_where_asked():
+    from das_core.output.tables import labelled_columns
+    from das_core.scoring.scorer import Labelled
+
+    lab = Labelled(("a", "b", "c"), np.array([[2, 0], [1, 2]]), np.array([[0.9, 0.5], [0.8, 0.1]], np.float32),
+                   np.array([0, 1]), np.array([0.4, 0.3], np.float32))
+    in_order = labelled_columns(lab, 2)
+    assert in_order["top_k_labels"].to_pylist() == [["c", "a"], ["b", "c"]]
+    assert in_order["zs_label"].to_pylist() == ["a", "b"] and in_order["top_k_probs"].null_count == 2
+    swapped = labelled_columns(lab, 2, np.array([1, 0]))
+    assert swapped["label"].to_pylist() == ["b", "c"]
+    assert swapped["score"].to_pylist() == in_order["score"].to_pylist()[::-1]
+    spread = labelled_columns(lab, 3, np.array([0, 2]))
+    assert spread["top_k_scores"].to_pylist()[1] is None and spread["label"].to_pylist() == ["c", None, "b"]
+    for name, column in in_order.items():
+        assert column.type == spread[name].type

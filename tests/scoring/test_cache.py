@@ -84,7 +84,9 @@ def test_float32_blocks_are_batch_invariant_at_real_sizes():
     z = rng.standard_normal((3 * PROJECT_ROWS + 11, 512)).astype(np.float32)
     w = rng.standard_normal((527, 512)).astype(np.float32)
     together = project_rows(z, w)
-    for start, n in ((0, 1), (5, 300), (PROJECT_ROWS - 3, 7), (700, PROJECT_ROWS), (2 * PROJECT_ROWS, 50)):
+    for start, n in ((0, 1), (5, 2 * PROJECT_ROWS + 7), (PROJECT_ROWS - 3, 7), (PROJECT_ROWS + 9, PROJECT_ROWS),
+                     (2 * PROJECT_ROWS, PROJECT_ROWS + 11)):
+        assert start + n <= len(z)
         np.testing.assert_array_equal(project_rows(z[start:start + n], w), together[start:start + n])
     np.testing.assert_allclose(together, (z.astype(np.float64) @ w.astype(np.float64).T), rtol=0, atol=2e-4)
 

@@ -29,8 +29,11 @@ def test_top_k_paths_agree_and_a_straddling_tie_keeps_the_lower_index():
 
 def test_segment_max_equals_reduceat_for_short_and_long_runs():
     x = np.random.default_rng(4).standard_normal((300, 7)).astype(np.float32)
-    for starts in (np.arange(0, 300, 10), np.arange(300), np.array([0, 1, 299])):
-        assert np.array_equal(segment_max(x, starts), np.maximum.reduceat(x, starts, axis=0))
+    x[5, 2], x[17, 4], x[18, 4], x[40:43, 1] = np.nan, -np.inf, -np.inf, -np.inf     # a padded slot never wins
+    uneven = np.sort(np.r_[0, np.random.default_rng(5).choice(np.arange(1, 300), 140, replace=False)])
+    for starts in (np.arange(0, 300, 10), np.arange(300), np.array([0, 1, 299]), np.arange(0, 300, 2), uneven):
+        assert np.array_equal(segment_max(x, starts), np.maximum.reduceat(x, starts, axis=0), equal_nan=True)
+    assert segment_max(x, np.zeros(0, dtype=np.int64)).shape == (0, 7)
 
 
 def test_max_by_file_takes_the_max_over_each_files_windows():
