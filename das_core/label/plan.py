@@ -74,16 +74,16 @@ class LabelPlan:
     def decode_settings(self) -> DecodeSettings:
         """What the decode stage needs."""
         c = self.config
-        return DecodeSettings(chunk_windows=c.windows_per_chunk, snr_db=c.snr_db, seed=c.seed,
-                              noise_uris=self.noise_uris, extensions=c.extensions, audio_column=c.audio_column,
-                              id_column=c.id_column, keep_metadata=c.keep_metadata)
+        return DecodeSettings(chunk_windows=c.windows_per_chunk, extensions=c.extensions,
+                              audio_column=c.audio_column, id_column=c.id_column, keep_metadata=c.keep_metadata)
 
     def encode_settings(self) -> EncodeSettings:
         """How each encoder loads and runs the model."""
         c = self.config
         return EncodeSettings(checkpoint=c.checkpoint, num_gpus_per_actor=c.gpus_per_actor,
                               cpus_per_actor=c.cpus_per_actor, precision=c.precision, max_batch_size=c.batch_size,
-                              torch_threads=c.torch_threads, tokenizer_dir=c.tokenizer_dir)
+                              torch_threads=c.torch_threads, tokenizer_dir=c.tokenizer_dir, snr_db=c.snr_db,
+                              seed=c.seed, noise_uris=self.noise_uris)
 
     def write_settings(self) -> WriteSettings:
         """How the unit sink writes the rows."""
