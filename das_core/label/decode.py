@@ -68,7 +68,7 @@ _ALIGN = 64                           # bytes: every piece starts aligned for an
 
 
 _POOL: list[np.ndarray] = []          # chunk buffers of this process, filled again once no row uses them
-_POOL_SIZE = 3
+_POOL_SIZE = 2
 _POOL_LOCK = threading.Lock()
 
 
