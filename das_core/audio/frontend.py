@@ -30,7 +30,7 @@ from das_core.audio.resample import resample_48k
 from das_core.audio.windows import SAMPLE_RATE, WINDOW_SAMPLES
 from das_core.output.manifest import NoiseSource
 
-_TORCH_DTYPES = {"int16": "int16", "float32": "float32"}
+PIECE_DTYPES = ("int16", "float32")     # what a piece's samples can be (``das_core.audio.native``)
 
 
 def _torch():
@@ -41,7 +41,8 @@ def _torch():
 
 class NoiseMixer:
     """Noise at ``snr_db`` on the device: the bank's recordings decoded once (``NoiseBank``) and kept as device
-    tensors; ``mix`` is METHOD.md's power-based mix, ``das_core.audio.noise.NoiseBank.mix`` on the device."""
+    tensors (every recording the run's windows drew; a noise bank is a few minutes of audio); ``mix`` is
+    METHOD.md's power-based mix, ``das_core.audio.noise.NoiseBank.mix`` on the device."""
 
     def __init__(self, bank: NoiseBank, snr_db: float, seed: int, device):
         self.bank, self.snr_db, self.seed, self.device = bank, float(snr_db), int(seed), device
@@ -163,7 +164,9 @@ class DeviceFrontEnd:
         """A piece's audio at 48 kHz, mono, from its first window's start to its last window's end."""
         torch = _torch()
         channels, context, frames = piece["channels"], piece["context"], piece["frames"]
-        dtype = getattr(torch, _TORCH_DTYPES[piece["dtype"]])
+        if piece["dtype"] not in PIECE_DTYPES:
+            raise ValueError(f"a piece of {piece['dtype']} samples: the decode stage writes {PIECE_DTYPES}")
+        dtype = getattr(torch, piece["dtype"])
         size = torch.empty(0, dtype=dtype).element_size()
         raw = data[piece["offset"]:piece["offset"] + frames * channels * size].view(dtype).view(frames, channels)
         x = raw.float() / np.float32(32768.0) if dtype == torch.int16 else raw
