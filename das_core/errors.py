@@ -51,6 +51,11 @@ class RunRefused(Refused):
     """A label run that cannot start as asked; the message says what to do."""
 
 
+class DeviceChangeRefused(RunRefused):
+    """``--resume`` asked to encode on another device type (cpu / cuda) than the run it continues: the
+    embeddings of the two differ in their last bits, so one run's rows would mix both."""
+
+
 class InputError(Refused):
     """The input cannot be listed (missing, empty, or a path list without a path column)."""
 

@@ -107,12 +107,12 @@ class _SndfileReader:
     def __init__(self, fileobj: IO[bytes], name: str, block_frames: int | None):
         self.name = name
         try:
-            self._sf = sf.SoundFile(fileobj)
+            self.soundfile = sf.SoundFile(fileobj)
         except sf.LibsndfileError as exc:
             raise _open_error(name, exc) from None
         except (RuntimeError, ValueError, TypeError) as exc:
             raise AudioDecodeError(name, UNREADABLE, str(exc)) from None
-        f = self._sf
+        f = self.soundfile
         self.info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
         self.extra_info = f.extra_info
         self.frames_read = 0
@@ -130,7 +130,7 @@ class _SndfileReader:
         mono = raw if channels == 1 else np.empty(n, dtype=np.float32)
         while True:
             try:
-                got = len(self._sf.read(n, dtype="float32", out=raw))
+                got = len(self.soundfile.read(n, dtype="float32", out=raw))
             except sf.LibsndfileError as exc:
                 decoded = self.frames_read / info.sample_rate
                 kind = TRUNCATED if self.frames_read < info.frames else UNREADABLE
@@ -147,7 +147,7 @@ class _SndfileReader:
 
     def close(self) -> None:
         """Close libsndfile's handle."""
-        self._sf.close()
+        self.soundfile.close()
 
 
 def downmix(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -228,6 +228,11 @@ class AudioStream:
             raise
 
     @property
+    def reader(self) -> _Reader:
+        """The decoder backend (``das_core.audio.native`` reads its frames as the codec gives them)."""
+        return self._reader
+
+    @property
     def decoded_frames(self) -> int:
         """Frames (at the input rate) decoded so far; after the last block, the file's true length."""
         return self._reader.frames_read
@@ -278,9 +283,10 @@ class AudioStream:
             tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
             if len(tail):
                 yield tail
-        self._check_end()
+        self.check_end()
 
-    def _check_end(self) -> None:
+    def check_end(self) -> None:
+        """Refuse a stream that ended short of its declared length, or decoded no frames (``AudioDecodeError``)."""
         info, decoded = self.info, self.decoded_frames
         missing = info.frames - decoded
         slack = self._reader.truncation_slack       # None: the declared length is only an estimate

@@ -135,6 +135,28 @@ class FFmpegReader:
         if fill:
             yield self._finish(acc, fill)
 
+    def native_dtype(self) -> type:
+        """What ``native_frames`` yields: int16 for 16-bit integer samples (s16, s16p), float32 otherwise."""
+        return _NATIVE.get(self._stream.codec_context.format.name, np.float32)
+
+    def native_frames(self) -> Iterator[np.ndarray]:
+        """The decoded frames as the codec gives them: ``(samples, channels)`` arrays of ``native_dtype()``,
+        interleaved, counted in ``frames_read``; errors as in ``blocks``."""
+        info, dtype = self.info, self.native_dtype()
+        try:
+            for frame in self._container.decode(self._stream):
+                block = _interleaved(frame, dtype, self.name)
+                if frame.sample_rate != info.sample_rate or block.shape[1] != info.channels:
+                    raise AudioDecodeError(self.name, UNSUPPORTED, f"the stream changes to {frame.sample_rate} Hz, "
+                                           f"{block.shape[1]} channels after {self.frames_read} frames")
+                self.frames_read += len(block)
+                yield block
+        except (av.FFmpegError, EOFError, OSError) as exc:
+            decoded = self.frames_read / max(info.sample_rate, 1)
+            kind = TRUNCATED if decoded > 0 else (EMPTY if info.frames == 0 else NOT_AUDIO)
+            raise AudioDecodeError(self.name, kind, f"FFmpeg decoding failed after {decoded:.2f} s: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+
     def _finish(self, acc: np.ndarray, fill: int) -> np.ndarray:
         """Channel sums -> means; counts the frames as read."""
         block = acc[:fill]
@@ -149,6 +171,27 @@ class FFmpegReader:
 
 
 _DTYPES = {"flt": np.float32, "dbl": np.float64, "s16": np.int16, "s32": np.int32, "s64": np.int64, "u8": np.uint8}
+
+
+_NATIVE = {"s16": np.int16, "s16p": np.int16, "flt": np.float32, "fltp": np.float32}
+
+
+def _interleaved(frame, dtype: type, name: str) -> np.ndarray:
+    """One frame's samples as ``(samples, channels)`` of ``dtype``: in place where the frame is packed and of
+    that type, else written column by column (other formats as float32, scaled as ``_float_planes``)."""
+    fmt, n = frame.format, frame.samples
+    native = _NATIVE.get(fmt.name)
+    if native is not None and native != dtype:
+        raise AudioDecodeError(name, UNSUPPORTED, f"the stream changes its sample format to {fmt.name}")
+    if native is not None and not fmt.is_planar:
+        return np.frombuffer(frame.planes[0], dtype, n * frame.layout.nb_channels).reshape(n, -1)
+    if dtype == np.int16 and native is None:
+        raise AudioDecodeError(name, UNSUPPORTED, f"the stream changes its sample format to {fmt.name}")
+    rows = [np.frombuffer(q, dtype, n) for q in frame.planes] if native is not None else _float_planes(frame)
+    block = np.empty((n, len(rows)), dtype=dtype)
+    for i, row in enumerate(rows):
+        block[:, i] = row
+    return block
 
 
 def _float_planes(frame) -> list[np.ndarray]:

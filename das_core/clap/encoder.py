@@ -125,6 +125,15 @@ class ClapEncoder:
         windows = self._check_windows(windows, dtype=np.int16)
         return self._embed_waveforms(dequantize_int16(windows))
 
+    def embed_prepared(self, windows) -> np.ndarray:
+        """float32 tensor ``[n, 480000]`` already on this encoder's device, 48 kHz, repeat-padded and through
+        LAION's int16 round trip (``das_core.audio.frontend``) -> unit-norm float32 ``[n, dim]``. The same
+        batches (``batch_invariant``) and numbers as ``embed_audio_int16`` of the same windows."""
+        if windows.ndim != 2 or windows.shape[1] != WINDOW_SAMPLES:
+            raise EncoderError(f"audio windows must be [n, {WINDOW_SAMPLES}] at {SAMPLE_RATE} Hz, "
+                               f"got {list(windows.shape)}")
+        return self._embed_tensor(windows)
+
     def _check_windows(self, windows: np.ndarray, dtype=np.float32) -> np.ndarray:
         windows = np.asarray(windows)
         if windows.ndim == 1:
@@ -144,6 +153,12 @@ class ClapEncoder:
 
     def _embed_waveforms(self, windows: np.ndarray) -> np.ndarray:
         import torch
+
+        return self._embed_tensor(torch.from_numpy(windows))
+
+    def _embed_tensor(self, windows) -> np.ndarray:
+        """Embed a float32 tensor of windows (on any device) in batches of ``max_batch_size``."""
+        import torch
         import torch.nn.functional as F
 
         out = np.empty((len(windows), self.dim), dtype=np.float32)
@@ -152,8 +167,8 @@ class ClapEncoder:
                 part = windows[start:start + self.max_batch_size]
                 n = len(part)
                 if self.batch_invariant and n < self.max_batch_size:
-                    part = np.concatenate([part, np.zeros((self.max_batch_size - n, part.shape[1]), part.dtype)])
-                emb = self._project_audio(torch.from_numpy(part).to(self.device))
+                    part = torch.cat([part, part.new_zeros((self.max_batch_size - n, part.shape[1]))])
+                emb = self._project_audio(part.to(self.device))
                 out[start:start + n] = F.normalize(emb[:n].float(), dim=-1).cpu().numpy()
         return out
 

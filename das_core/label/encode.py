@@ -1,4 +1,7 @@
-"""The encode stage of ``das label``: a chunk's int16 windows -> embeddings (as stored) -> the unit sink.
+"""The encode stage of ``das label``: a chunk's pieces -> model windows on the device -> embeddings -> the sink.
+
+The chunk's audio is the codec's output; ``das_core.audio.frontend.DeviceFrontEnd`` turns it into the model's
+windows on the encoder's device (downmix, resampling, noise at the SNR, LAION's int16 round trip).
 
 One ``ChunkEncoder`` per encoder actor (on Ray, ``jobs.pipeline`` gives it the drift cache the driver put in
 the object store; a local run, ``das_core.label.local``, makes one in the das process). Each chunk row is
@@ -11,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 
-from das_core.audio.windows import WINDOW_SAMPLES
+from das_core.audio.frontend import DeviceFrontEnd, NoiseMixer
+from das_core.audio.noise import NoiseBank
 from das_core.label.decode import ChunkMeta
 from das_core.label.sink import STATS_SCHEMA, WriteSettings, write_chunk
 from das_core.output.store import OutputStore
@@ -35,6 +38,14 @@ class EncodeSettings:
     max_batch_size: int | None = None
     torch_threads: int | None = None
     tokenizer_dir: str | None = None
+    snr_db: float | None = None       # noise at this SNR, mixed on the encoder's device
+    seed: int = 0
+    noise_uris: tuple[str, ...] = ()
+
+    @property
+    def device_type(self) -> str:
+        """Where the encoder runs: ``cuda`` with GPUs, else ``cpu`` (recorded in the manifest's settings)."""
+        return "cuda" if self.num_gpus_per_actor > 0 else "cpu"
 
 
 class ChunkEncoder:
@@ -51,24 +62,43 @@ class ChunkEncoder:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        device = "cuda" if settings.num_gpus_per_actor > 0 else "cpu"
+        device = settings.device_type
         self.encoder = ClapEncoder.from_checkpoint(settings.checkpoint, device=device, precision=settings.precision,
                                                    tokenizer_dir=settings.tokenizer_dir,
                                                    max_batch_size=settings.max_batch_size, batch_invariant=True)
         # the driver checked too; a worker may see another file at the same path
         cache.check_encoder(self.encoder.encoder_id, settings.checkpoint)
         self.cache, self.store, self.write, self.node = cache, OutputStore(out), write, node
+        self.front_end = DeviceFrontEnd(self.encoder.device, _noise_mixer(settings, self.encoder.device))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
-        audio = batch.column("audio")           # read in place: a chunk's windows are about 30 MiB
+        audio = batch.column("audio")           # read in place: a chunk's pieces are tens of MiB
+        staged = [self.front_end.stage(audio[i].as_buffer()) for i in range(len(batch))]   # copies overlap
         for i, row in enumerate(batch.drop_columns(["audio"]).to_pylist()):
-            n = row["n_windows"]
+            meta = ChunkMeta.parse(row["meta"])
             stored = None
-            if n:
-                windows = np.frombuffer(audio[i].as_buffer(), dtype=np.int16).reshape(n, WINDOW_SAMPLES)
-                stored = self.encoder.embed_audio_int16(windows).astype(self.write.embedding_dtype)
-            stats = write_chunk(self.store, row["unit"], row["chunk"], row["last"], ChunkMeta.parse(row["meta"]),
-                                stored, self.cache, self.write)
+            if row["n_windows"]:
+                windows, sources = self.front_end.windows(staged[i], meta)
+                for window, source in zip(meta.windows, sources):
+                    window[4] = source
+                stored = self.encoder.embed_prepared(windows).astype(self.write.embedding_dtype)
+            staged[i] = None
+            stats = write_chunk(self.store, row["unit"], row["chunk"], row["last"], meta, stored, self.cache,
+                                self.write)
             rows.append({**stats, "node": self.node, "decoded_on": row.get("decoded_on")})
         return pa.Table.from_pylist(rows, schema=STATS_WITH_NODES)
+
+
+_BANKS: dict[tuple, NoiseBank] = {}
+
+
+def _noise_mixer(settings: EncodeSettings, device) -> NoiseMixer | None:
+    """The noise mixing the run asks for, on ``device``; the decoded bank is shared by the actor's encoders."""
+    if settings.snr_db is None:
+        return None
+    key = settings.noise_uris
+    if key not in _BANKS:
+        _BANKS.clear()
+        _BANKS[key] = NoiseBank(list(key))
+    return NoiseMixer(_BANKS[key], settings.snr_db, settings.seed, device)

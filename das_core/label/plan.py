@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.errors import InputError, RunRefused
+from das_core.errors import DeviceChangeRefused, InputError, RunRefused
 from das_core.io.inputs import Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.label.config import LabelConfig
 from das_core.label.decode import DecodeSettings
@@ -36,14 +36,15 @@ from das_core.scoring.scorer import DEFAULT_TOP_K
 # manifest's ``settings`` are these, in this order (``settings_of``).
 RESUME_KEYS = ("input", "cache_fingerprint", "checkpoint_fingerprint", "snr_db", "seed", "noise", "top_k",
                "embedding_dtype", "batch_size", "precision", "probabilities", "audio_column", "id_column",
-               "keep_metadata")
+               "keep_metadata", "device")
 
 
 def settings_of(config: LabelConfig, cache_fingerprint: str, checkpoint_id: str) -> dict:
     """The run's settings as its manifest records them and ``--resume`` compares them: ``RESUME_KEYS``, from
     ``config`` (URIs normalised) and the fingerprints of the cache and the checkpoint."""
     derived = {"input": normalise_uri(config.input), "cache_fingerprint": cache_fingerprint,
-               "checkpoint_fingerprint": checkpoint_id, "noise": normalise_uri(config.noise) if config.noise else None}
+               "checkpoint_fingerprint": checkpoint_id, "noise": normalise_uri(config.noise) if config.noise else None,
+               "device": "cuda" if config.num_gpus > 0 else "cpu"}
     return {key: derived[key] if key in derived else getattr(config, key) for key in RESUME_KEYS}
 
 
@@ -74,16 +75,16 @@ class LabelPlan:
     def decode_settings(self) -> DecodeSettings:
         """What the decode stage needs."""
         c = self.config
-        return DecodeSettings(chunk_windows=c.windows_per_chunk, snr_db=c.snr_db, seed=c.seed,
-                              noise_uris=self.noise_uris, extensions=c.extensions, audio_column=c.audio_column,
-                              id_column=c.id_column, keep_metadata=c.keep_metadata)
+        return DecodeSettings(chunk_windows=c.windows_per_chunk, extensions=c.extensions,
+                              audio_column=c.audio_column, id_column=c.id_column, keep_metadata=c.keep_metadata)
 
     def encode_settings(self) -> EncodeSettings:
         """How each encoder loads and runs the model."""
         c = self.config
         return EncodeSettings(checkpoint=c.checkpoint, num_gpus_per_actor=c.gpus_per_actor,
                               cpus_per_actor=c.cpus_per_actor, precision=c.precision, max_batch_size=c.batch_size,
-                              torch_threads=c.torch_threads, tokenizer_dir=c.tokenizer_dir)
+                              torch_threads=c.torch_threads, tokenizer_dir=c.tokenizer_dir, snr_db=c.snr_db,
+                              seed=c.seed, noise_uris=self.noise_uris)
 
     def write_settings(self) -> WriteSettings:
         """How the unit sink writes the rows."""
@@ -194,6 +195,11 @@ def _check_resumable(config: LabelConfig, previous: RunManifest | None, settings
         raise RunRefused(f"output {config.out} was written by das {previous.das_version} in an older "
                          f"layout; --resume cannot continue it: use --overwrite or another --out")
     before = previous.settings
+    if before.get("device") not in (None, settings["device"]):
+        gpus = "--num-gpus 0" if before["device"] == "cpu" else "--num-gpus 1 (or more)"
+        raise DeviceChangeRefused(f"cannot --resume on {settings['device']}: the run in {config.out} encoded on "
+                                  f"{before['device']}, and the two give embeddings that differ in their last bits; "
+                                  f"resume with {gpus}, or use --overwrite or another --out")
     changed = [k for k in RESUME_KEYS if before.get(k) != settings[k]]
     if changed:
         raise RunRefused("cannot --resume with different settings (" + ", ".join(

@@ -432,6 +432,7 @@ def test_give_up_after_a_dead_attempt_sent_windows(tmp_path, encoder):
     """Ray keeps the chunks a dead attempt sent (a retry's chunk of the same index is dropped): when those
     hold the first windows of the input given up, the unit still commits one error row for it and none
     of its windows."""
+    from das_core.audio.frontend import DeviceFrontEnd
     from das_core.label.decode import ChunkMeta, DecodeSettings, decode_unit
     from das_core.label.sink import WriteSettings, finish_unit, write_chunk
 
@@ -456,11 +457,12 @@ def test_give_up_after_a_dead_attempt_sent_windows(tmp_path, encoder):
     cache = DriftCache.build(encoder.embed_text, LABELS, ["traffic noise"], encoder_id=encoder.encoder_id)
     store, ws = OutputStore(str(tmp_path / "out")), WriteSettings()
     piece_chunks = []
+    front_end = DeviceFrontEnd(encoder.device)
     for r in rows:
-        n = r["n_windows"]
-        windows = np.frombuffer(r["audio"], dtype=np.int16).reshape(n, -1) if n else None
-        stored = encoder.embed_audio_int16(windows).astype(np.float16) if n else None
-        stats = write_chunk(store, r["unit"], r["chunk"], r["last"], ChunkMeta.parse(r["meta"]), stored, cache, ws)
+        n, meta = r["n_windows"], ChunkMeta.parse(r["meta"])
+        windows = front_end.windows(front_end.stage(r["audio"]), meta)[0] if n else None
+        stored = encoder.embed_prepared(windows).astype(np.float16) if n else None
+        stats = write_chunk(store, r["unit"], r["chunk"], r["last"], meta, stored, cache, ws)
         piece_chunks += [r["chunk"]] if stats["pieces"] else []
     finish_unit(store, "u00000000", piece_chunks, cache, ws)
     files = {f["file_id"]: f for f in store.read_files().to_pylist()}
