@@ -96,8 +96,8 @@ def bench_codec(work: str, sizes: Sizes) -> dict:
     of the whole decode stage over the codec's cheapest exact output on the same bytes, per format:
     ``decode_over_codec_<fmt>``, ``decode_windows_per_core_<fmt>`` and ``codec_ms_per_window_<fmt>`` (each form
     timed, and the stage). The input: ``sizes.codec_seconds`` of 44.1 kHz stereo noise in a file in ``work``,
-    read from the page cache by both. The codec forms are cheap: each round keeps the best of
-    ``CODEC_CALLS`` calls of each, so that a disturbed call does not make the baseline look slow."""
+    read from the page cache by both. Each round keeps the best of ``CODEC_CALLS`` calls of every form and of
+    the stage alike, so that a disturbed call makes neither side look slow."""
     os.makedirs(work, exist_ok=True)
     out: dict = {}
     for ext, fmt, codec in CODEC_FORMATS:
@@ -115,7 +115,7 @@ def bench_codec(work: str, sizes: Sizes) -> dict:
         for _ in range(sizes.codec_repeats):           # interleaved: every form sees the same load
             for name, decode in forms.items():
                 times[name].append(best_cpu_of(lambda p=path, fn=decode: fn(p), CODEC_CALLS))
-            times["stage"].append(best_cpu_of(lambda p=path: decode_stage(p), 1))
+            times["stage"].append(best_cpu_of(lambda p=path: decode_stage(p), CODEC_CALLS))
         best = {name: min(t) for name, t in times.items()}
         baseline = next(iter(forms))
         out[f"decode_over_codec_{ext}"] = best["stage"] / best[baseline]
