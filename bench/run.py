@@ -40,7 +40,8 @@ from bench.rescore import bench_rescore
 from bench.scoring import bench_changes, bench_scoring
 from bench.search import bench_search_figures
 from bench.sizing import FORMATS, gpu_rate, sizing_text
-from bench.write import bench_write
+from bench.write import bench_host, bench_write, random_cache
+from das_core.scoring.cache import DriftCache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOALS = {
@@ -144,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work",
                         help="folder for generated inputs (default: bench/work, or a temporary one in --smoke)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every figure")
-    parser.add_argument("--only", choices=("ffmpeg", "driver", "rescore", "decode", "decode-scaling"),
+    parser.add_argument("--only", choices=("ffmpeg", "driver", "rescore", "decode", "decode-scaling", "host"),
                         help="run one benchmark and print its figures (not appended to --results): decode, the "
                              "per-format decode stage over the codec and the GPU-node projection (no Ray); "
                              "decode-scaling, the stage on every core through Ray; rescore reuses --work's inputs "
@@ -161,7 +162,11 @@ def run_only(which: str, sizes: Sizes, work: str, results_path: str) -> int:
         print("\n".join(f"{k:34s} {v:.3f}" for k, v in figures.items() if isinstance(v, float)))
         print("\n" + sizing_text(figures, gpu_rate(history_of(results_path))))
         return 0
-    if which in ("rescore", "decode-scaling"):
+    if which == "host":      # at 527 classes: a full run's cache in --work, else random vectors of that size
+        cache_uri = os.path.join(work, "cache.npz")
+        figures = bench_host(DriftCache.load(cache_uri) if os.path.exists(cache_uri) else random_cache(),
+                             5)
+    elif which in ("rescore", "decode-scaling"):
         figures = on_ray_only(which, work, sizes)
     else:
         figures = (bench_ffmpeg_vs_sndfile(sizes.codec_seconds, sizes.codec_repeats) if which == "ffmpeg"

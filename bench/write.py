@@ -97,6 +97,23 @@ def bench_write(cache, repeats: int) -> dict:
     return out
 
 
+def random_cache(classes: int = 527, dim: int = 512, seed: int = 0):
+    """A drift cache of ``classes`` classes with random unit text embeddings of ``dim`` dimensions: the host
+    side's cost depends on the class count and dimension, not on what the vectors mean."""
+    from das_core.scoring.cache import DriftCache
+
+    rng = np.random.default_rng(seed)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        """Rows scaled to unit length, float32."""
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    names = tuple(f"class {i}" for i in range(classes))
+    return DriftCache(names, names, ("rain",), "the sound of {label}", "{label} with {noise}", 0.1, "random",
+                      unit(rng.standard_normal((classes, dim))), unit(rng.standard_normal((classes, dim))),
+                      np.ones(classes, np.float32))
+
+
 def bench_host(cache, repeats: int, chunks: int = HOST_CHUNKS) -> dict:
     """``host_windows_per_core``: windows per CPU second of one encoder actor's host-side work, as ``write_chunk``
     does it (scores at the cache's classes, top-k, file pooling, the chunk's Parquet parts on local disk), for
