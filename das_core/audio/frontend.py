@@ -106,6 +106,14 @@ def int16_round_trip(x):
     return (q.double() / 32767.0).float()
 
 
+def _leading_full(lengths: list[int]) -> int:
+    """How many of a piece's windows, from its first, are full (only a file's last window can be short)."""
+    count = 0
+    while count < len(lengths) and lengths[count] == WINDOW_SAMPLES:
+        count += 1
+    return count
+
+
 class DeviceFrontEnd:
     """Chunk rows' pieces -> float32 ``[n, WINDOW_SAMPLES]`` model windows on ``device`` (``torch.device``),
     already repeat-padded and through LAION's int16 round trip; ``noise``: a ``NoiseMixer``, or None."""
@@ -146,8 +154,12 @@ class DeviceFrontEnd:
         mixed_flags = []
         for piece in meta.pieces:
             audio48 = self._piece_48k(data, piece)
-            for j, length in enumerate(piece["lengths"]):
-                w = piece["window"] + j
+            lengths, first = piece["lengths"], piece["window"]
+            whole = 0 if self.noise is not None else _leading_full(lengths)
+            if whole:                   # the file's full windows at once: element-wise, the same bits
+                out[first:first + whole] = int16_round_trip(audio48[:whole * WINDOW_SAMPLES].view(whole, -1))
+            for j, length in enumerate(lengths[whole:], start=whole):
+                w = first + j
                 real = audio48[j * WINDOW_SAMPLES:j * WINDOW_SAMPLES + length]
                 if self.noise is not None:
                     window = meta.windows[w]
