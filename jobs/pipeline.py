@@ -215,7 +215,9 @@ def run_stages(unit_table: str, keep: dict[int, list[str]] | None, out: str, dec
                         runtime_env=runtime_env)
     ds = ds.map_batches(EncodeAndWrite, fn_constructor_kwargs={"settings": encode, "cache_box": cache_box,
                                                                "out": out, "write": write},
-                        batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                        # on a GPU, two chunks a call: the copy of the second overlaps the work on the first
+                        batch_size=2 if encode.num_gpus_per_actor > 0 else 1, batch_format="pyarrow",
+                        compute=ray.data.ActorPoolStrategy(size=actors),
                         num_gpus=encode.num_gpus_per_actor, num_cpus=encode.cpus_per_actor, runtime_env=runtime_env)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
