@@ -133,15 +133,20 @@ def label_units(ledger: LabelRun, stages: Stages) -> None:
     monitor = RunMonitor(ledger, stages.starting, stages.pending, stages.nodes)
     try:
         with monitor, stages:
-            monitor.started(lambda: stages.committed, stages.first_line)
-            for stats in stages.chunk_stats():
-                whole = ledger.observe(stats)
-                monitor.beat()
-                if whole:
-                    stages.commit(whole)
-                if ledger.aborted:
-                    break
-            stages.flush()
+            try:
+                monitor.started(lambda: stages.committed, stages.first_line)
+                for stats in stages.chunk_stats():
+                    monitor.check()
+                    whole = ledger.observe(stats)
+                    monitor.beat()
+                    if whole:
+                        stages.commit(whole)
+                    if ledger.aborted:
+                        break
+                stages.flush()
+                monitor.check()
+            finally:
+                monitor.stop()          # the stages' clean-up (Ray's shutdown) is never interrupted
     except BaseException as exc:
         stalled = monitor.stall_behind(exc)
         if stalled is not None:

@@ -61,6 +61,7 @@ class RunMonitor:
     """
 
     TICK_S = 1.0
+    REPEAT_S = 5.0          # after a stall, the interrupt is repeated this often until the run ends
 
     def __init__(self, run: WatchedRun, starting: str, pending: str, nodes: Callable[[], str] | None = None):
         self.run, self.starting, self.pending, self.nodes = run, starting, pending, nodes
@@ -89,9 +90,8 @@ class RunMonitor:
         self._show(self.line(), force=True)
 
     def __exit__(self, *exc) -> None:
-        """Stop the thread (after this, the watchdog interrupts nothing); the last line on a clean end."""
-        with self.interrupting:
-            self.stopped.set()
+        """Stop the thread; the last line on a clean end."""
+        self.stop()
         self.thread.join()
         if exc[0] is None:
             self._show(self.line(), force=True)
@@ -137,14 +137,32 @@ class RunMonitor:
             self.last_line = now
             log.info("%s", line.removeprefix("das label: "))
 
+    def stop(self) -> None:
+        """From now on the watchdog interrupts nothing (the driver's loop has ended: what follows is clean-up)."""
+        with self.interrupting:
+            self.stopped.set()
+
+    def check(self) -> None:
+        """``RunFailed`` once the watchdog has stopped the run: the driver's loop calls it after each chunk and at
+        its end, so that a stopped run fails even where a library swallowed the interrupt."""
+        if self.failure is not None:
+            raise RunFailed(self.failure)
+
     def _loop(self) -> None:
         while not self.stopped.wait(self.TICK_S):
             verdict = self.watch.check(time.monotonic()) if self.committed is not None else None
             if verdict is not None:
                 self._stalled(verdict)
                 if verdict == "fail":
-                    return
+                    break
             self._show(self.line())
+        while not self.stopped.wait(self.REPEAT_S):       # an interrupt swallowed while waiting: again
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        with self.interrupting:
+            if not self.stopped.is_set():
+                _thread.interrupt_main()
 
     def _stalled(self, verdict: str) -> None:
         quiet = self.watch.quiet_s(time.monotonic())
@@ -161,6 +179,4 @@ class RunMonitor:
         self.failure = (f"{what} (stalled past DAS_STALL_FAIL_S={self.watch.fail_s:g}); committed units are kept: "
                         "ask for resources the nodes have (--actors, --cpus-per-actor, --num-gpus) or raise "
                         "DAS_STALL_FAIL_S, then rerun with --resume")
-        with self.interrupting:
-            if not self.stopped.is_set():
-                _thread.interrupt_main()
+        self._interrupt()
