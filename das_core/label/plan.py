@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.errors import DeviceChangeRefused, InputError, RunRefused
+from das_core.errors import AudioDecodeError, DeviceChangeRefused, InputError, RunRefused
 from das_core.io.inputs import Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.label.config import LabelConfig
 from das_core.label.decode import DecodeSettings
@@ -116,7 +116,22 @@ def _list(config: LabelConfig) -> tuple[pa.Table, Skipped, tuple[str, ...]]:
             noise_uris = tuple(f.path for f in list_inputs(config.noise))
         except InputError as exc:
             raise RunRefused(f"--noise: {exc}") from None
+        _check_noise(noise_uris)
     return inputs, skipped, noise_uris
+
+
+def _check_noise(uris: tuple[str, ...]) -> None:
+    """Refuse, before any work, a noise recording whose header no decoder reads: the encoders decode the
+    recordings on demand, and one that fails there would end the run half-way."""
+    from das_core.audio.decode import AudioStream
+    from das_core.io import storage
+
+    for uri in uris:
+        try:
+            with storage.open_input(uri) as f, AudioStream(f, uri):
+                pass
+        except AudioDecodeError as exc:
+            raise RunRefused(f"--noise: {exc}; remove it from the noise recordings") from None
 
 
 def plan_run(config: LabelConfig) -> LabelPlan:

@@ -173,3 +173,11 @@ def test_a_truncated_tar_member_is_its_row_and_no_traceback(workdir, tiny_ckpt, 
     assert rows["cut.tar/clip-a.wav"]["status"] == "ok"
     assert rows["cut.tar/clip-b.wav"]["error_kind"] == "truncated", rows
     assert "clip-b.wav" in rows["cut.tar/clip-b.wav"]["error"]
+
+
+def test_a_broken_noise_recording_is_refused_before_any_work(workdir, tiny_ckpt, small_cache):
+    # the archive folder holds broken.wav: as a noise folder it would end the run half-way on the encoder
+    r = das(label_args("labels", tiny_ckpt, small_cache, "--snr-db", "10", "--noise", "archive"), workdir)
+    line = r.error_line("das label")
+    assert r.rc == 2 and "--noise:" in line and "broken.wav" in line and "truncated" in line, r.out
+    assert not (workdir / "labels").exists()
