@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.das-installed
 
-.PHONY: venv demo test test-fast bench gpu-check lint clean
+.PHONY: venv demo test test-fast bench gpu-check lint clean browser
 
 venv: $(STAMP)
 
@@ -18,7 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m jobs.demo --out demo-output
 
-test: $(STAMP)
+# The browser tests (tests/report/test_report_page.py) drive Debian's Chromium: installed here when missing
+# (apt, as root, as on CI); where there is no apt, one line says what to install.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "make test: the browser tests need Chromium and its driver: install \
+	Debian's chromium and chromium-driver (or your system's chromium with a matching chromedriver on PATH)" >&2; \
+	  exit 1; }; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

@@ -22,6 +22,7 @@ from das_core.label.plan import LabelPlan, plan_run
 from das_core.label.sink import write_refusal
 from das_core.label.summary import print_dry_run
 from das_core.output.lease import Lease
+from das_core.report.picks import DEFAULT_EXCERPTS, MAX_EXCERPTS
 from das_core.report.write import report_after_run
 from das_core.runtime.engine import LOCAL
 from das_core.runtime.interrupts import sigterm_as_interrupt
@@ -45,6 +46,9 @@ def build_parser(prog: str = "das label") -> argparse.ArgumentParser:
                                  help="input bytes per work unit, where sizes are known")
     parser.add_argument("--no-report", action="store_true",
                    help="do not write OUT/report/ (report.md and figures, see `das report`) at the end")
+    parser.add_argument("--excerpts", type=int, default=DEFAULT_EXCERPTS, metavar="N",
+                        help=f"playable excerpts per label in the report's report.html (see `das report`; "
+                        f"0..{MAX_EXCERPTS}, default {DEFAULT_EXCERPTS})")
     add_common_options(parser)
     return parser
 
@@ -56,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
     except InputError as exc:
         raise Refused(f"--extensions {args.extensions!r}: {exc}") from None
     return settings_from_args(LabelConfig, args, extensions=extensions, unit_bytes=int(args.unit_mib * 2**20),
-                              report=not args.no_report)
+                              report=not args.no_report, report_excerpts=args.excerpts)
 
 
 class Stages(Protocol):
@@ -109,7 +113,7 @@ def run(config: LabelConfig) -> dict:
             raise refusal from None
         manifest = ledger.finish()
         if config.report:
-            report_after_run(config.out)
+            report_after_run(config.out, config.report_excerpts)
     if ledger.failure:
         raise ledger.failure
     return manifest

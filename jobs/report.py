@@ -9,18 +9,25 @@ import sys
 
 from das_core.io import storage
 from das_core.output.manifest import RunManifest
+from das_core.report.picks import DEFAULT_EXCERPTS, MAX_EXCERPTS, check_excerpts
 from das_core.report.write import write_report
 from jobs.common import add_common_options, job_main
 
 
 def build_parser(prog: str = "das report") -> argparse.ArgumentParser:
-    """The options of ``das report``: OUT and the common ones."""
+    """The options of ``das report``: OUT, --excerpts and the common ones."""
     parser = argparse.ArgumentParser(prog=prog, description=(
         "Write OUT/report/report.md with PNG figures: label distribution, DAS against plain zero-shot, score "
         "histograms, errors by kind, durations, throughput of each run, and the top label along time of the "
-        "longest files. OUT is the output of `das label` or a `das rescore` run folder (run_id=ID), local or s3://."))
+        "longest files; and OUT/report/report.html, the same with playable excerpts (OUT/report/excerpts/) of the "
+        "best windows of the most frequent labels and clickable timelines. OUT is the output of `das label` or a "
+        "`das rescore` run folder (run_id=ID), local or s3://."))
     parser.add_argument("out", metavar="OUT",
                         help="output folder or s3:// prefix of das label, or a das rescore run folder")
+    parser.add_argument("--excerpts", type=int, default=DEFAULT_EXCERPTS, metavar="N",
+                        help=f"playable excerpts per label in report.html (the N highest-scoring windows of each of "
+                        f"the most frequent labels; 0..{MAX_EXCERPTS}, 0 writes none; default {DEFAULT_EXCERPTS}, "
+                        "about 31 KB each)")
     add_common_options(parser)
     return parser
 
@@ -45,18 +52,19 @@ def require_output(out: str) -> None:
                         f"OUT/{RUN_PREFIX}ID")
 
 
-def run(out: str) -> str:
-    """Write the report of ``out``; returns the URI of report.md."""
+def run(out: str, excerpts: int = DEFAULT_EXCERPTS) -> str:
+    """Write the report of ``out`` with ``excerpts`` excerpts per label; returns the URI of report.md."""
+    check_excerpts(excerpts)
     out = storage.absolute(out)
     require_output(out)
-    target = write_report(out)
+    target = write_report(out, excerpts)
     print(f"das report: written to {target}", flush=True)
     return target
 
 
 def main(argv: list[str] | None = None, prog: str = "das report") -> int:
     """``das report``: parse ``argv``, write the report, and return the exit status."""
-    return job_main(argv, prog, build_parser, lambda args: args.out, run)
+    return job_main(argv, prog, build_parser, lambda args: (args.out, args.excerpts), lambda a: run(*a))
 
 
 if __name__ == "__main__":

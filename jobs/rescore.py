@@ -9,6 +9,7 @@ import sys
 
 from das_core.io.checks import check_output_folder
 from das_core.output.lease import Lease
+from das_core.report.picks import DEFAULT_EXCERPTS, MAX_EXCERPTS
 from das_core.report.write import report_after_run
 from das_core.rescore.config import RescoreConfig
 from das_core.rescore.ledger import start_run
@@ -31,13 +32,16 @@ def build_parser(prog: str = "das rescore") -> argparse.ArgumentParser:
     common.add_settings(parser, RescoreConfig)
     parser.add_argument("--no-report", action="store_true",
                         help="do not write OUT/run_id=ID/report/ (report.md and figures, see `das report`) at the end")
+    parser.add_argument("--excerpts", type=int, default=DEFAULT_EXCERPTS, metavar="N",
+                        help=f"playable excerpts per label in the report's report.html (see `das report`; "
+                        f"0..{MAX_EXCERPTS}, default {DEFAULT_EXCERPTS})")
     common.add_common_options(parser)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RescoreConfig:
     """The ``RescoreConfig`` of the parsed options."""
-    return common.settings_from_args(RescoreConfig, args, report=not args.no_report)
+    return common.settings_from_args(RescoreConfig, args, report=not args.no_report, report_excerpts=args.excerpts)
 
 
 def run(config: RescoreConfig) -> dict:
@@ -62,7 +66,7 @@ def run(config: RescoreConfig) -> dict:
             raise
         print(tally.summary(manifest), flush=True)
         if config.report:
-            report_after_run(plan.run_uri)
+            report_after_run(plan.run_uri, config.report_excerpts)
     tally.raise_if_failed()
     return manifest.to_dict()
 

@@ -154,18 +154,20 @@ def _new_temporary(directory: str) -> tuple[int, str]:
             os.makedirs(directory, exist_ok=True)   # the folder's first part
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
+def write_bytes_atomic(uri: str, data: bytes, content_type: str | None = None) -> None:
     """Write ``data`` so that readers see the old object or the whole new one, never a part.
 
     Local files are written beside the target and renamed into place, with
     the mode a plain ``open()`` gives (0o666 less the umask: colleagues on a
     shared disk can read the results); an S3 PUT only becomes visible when it
-    completes.
+    completes, with ``content_type`` as its Content-Type when given (what a
+    static website serves it as).
     """
     fs, path = filesystem(uri)
     if is_s3(uri):
         _fail_for_tests(path)
-        with named_errors(uri, "cannot write"), fs.open(path, "wb") as f:
+        extra = {"ContentType": content_type} if content_type else {}
+        with named_errors(uri, "cannot write"), fs.open(path, "wb", **extra) as f:
             f.write(data)
         invalidate(uri)
         return

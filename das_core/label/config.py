@@ -14,6 +14,7 @@ from das_core.errors import RunRefused
 from das_core.io import storage
 from das_core.io.checks import refuse_overlap
 from das_core.io.inputs import DEFAULT_EXTENSIONS
+from das_core.report.picks import DEFAULT_EXCERPTS, check_excerpts
 from das_core.runtime import engine
 from das_core.scoring.scorer import DEFAULT_TOP_K
 from das_core.settings import setting
@@ -86,6 +87,7 @@ class LabelConfig:
                                       "archive (1: any share over --max-error-fraction fails)")
     progress_every_s: float = 5.0        # the progress line in a log (a terminal's line is rewritten every second)
     report: bool = True                  # write OUT/report/ at the end (das report); --no-report
+    report_excerpts: int = DEFAULT_EXCERPTS   # excerpts per label in its report.html; --excerpts
     manifest_every_s: float = 60.0
 
     def __post_init__(self):
@@ -120,6 +122,7 @@ class LabelConfig:
         engine.check_forced(self.local, self.ray, num_gpus=self.num_gpus, actors=self.actors)
         if self.min_errors_to_fail < 0:
             raise RunRefused("--min-errors-to-fail must be at least 0")
+        check_excerpts(self.report_excerpts)
 
     def over_error_budget(self, errors: int, files: int) -> bool:
         """The error budget: more than ``max_error_fraction`` of ``files`` failed, and at least

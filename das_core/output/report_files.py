@@ -4,18 +4,25 @@
 from __future__ import annotations
 
 import json
+import re
 
 from das_core.io import storage
 
 REPORT_DIR = "report"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+EXCERPTS_DIR = "excerpts"          # report/excerpts/: the playable excerpts of report.html
 REPORT_RECORD = "_report.json"      # the files the last report wrote: the only ones a report or --overwrite removes
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(md|png|html)")
+_EXCERPT_NAME = re.compile(rf"{EXCERPTS_DIR}/[0-9a-f]{{8,64}}\.ogg")
+
+
 def _is_report_name(name: object) -> bool:
-    """A name das report writes: a plain ``.md`` or ``.png`` file name (a record can never name anything else)."""
-    return (isinstance(name, str) and "/" not in name and "\\" not in name and not name.startswith(".")
-            and name.endswith((".md", ".png")))
+    """A name das report writes: a plain ``.md``, ``.png`` or ``.html`` file name, or ``excerpts/<hex>.ogg``
+    (a record can never name anything else: no other folder, no ``..``, no hidden file)."""
+    return isinstance(name, str) and bool(_PLAIN_NAME.fullmatch(name) or _EXCERPT_NAME.fullmatch(name))
 
 
 def recorded_report_files(uri: str) -> list[str]:
@@ -47,5 +54,6 @@ def remove_report(uri: str) -> int:
     had_record = storage.exists(record)
     if had_record:
         storage.remove(record)
+    storage.remove_empty_folder(storage.join(uri, REPORT_DIR, EXCERPTS_DIR))
     storage.remove_empty_folder(storage.join(uri, REPORT_DIR))
     return len(names) + int(had_record)

@@ -38,7 +38,9 @@ def _header(uri: str, manifest: dict, tallied: Tally) -> list[str]:
              f"- cache: {cache.get('n_labels', '?')} classes, lam {cache.get('lam', '?')}, "
              f"`{cache.get('fingerprint', '?')}`",
              f"- checkpoint: `{(manifest.get('checkpoint') or {}).get('uri', '?')}`"
-             + (" — **RANDOM weights: the labels are meaningless**" if weights == "random" else ""), ""]
+             + (" — **RANDOM weights: the labels are meaningless**" if weights == "random" else ""),
+             "- listen: [report.html](report.html), the best windows of the most frequent labels as playable "
+             "excerpts, and the longest files' timelines", ""]
     return lines
 
 
@@ -94,12 +96,13 @@ def _timelines_md(store: OutputStore, tallied: Tally, figures: dict) -> list[str
     return lines
 
 
-def build_report(uri: str) -> tuple[str, dict[str, bytes]]:
-    """The Markdown text and the PNG figures (name -> bytes) of the output at ``uri``."""
+def build_report(uri: str, tallied: Tally | None = None) -> tuple[str, dict[str, bytes]]:
+    """The Markdown text and the PNG figures (name -> bytes) of the output at ``uri``; ``tallied``: its
+    ``tally``, when the caller has it already."""
     uri = storage.absolute(uri)
     store = OutputStore(uri)
     manifest = RunManifest.read(uri) or {}
-    tallied = tally(store)
+    tallied = tally(store) if tallied is None else tallied
     figures: dict[str, bytes] = {}
     lines = _header(uri, manifest, tallied)
     lines += ["## Label distribution", ""]

@@ -18,13 +18,15 @@ import pyarrow.compute as pc
 
 from das_core.output.format import ERROR, FILES_DIR, OK, SEGMENTS_DIR
 from das_core.output.store import OutputStore
+from das_core.report.picks import PICK_COLUMNS, TopWindows
 from das_core.runtime.progress import STEADY_MIN_CHUNKS, STEADY_MIN_S
 
 TOP_LABELS = 20            # bars per label chart; the rest is one "other" bar
 TIMELINES = 3              # the longest files get a label strip each
 SCORE_BINS = np.linspace(-1.0, 1.5, 251)     # DAS scores are cosines plus a small bonus: fixed bins, any run
 SEGMENT_COLUMNS = ["file_id", "start_s", "end_s", "label", "score", "zs_label"]
-FILE_COLUMNS = ["file_id", "path", "status", "error_kind", "duration_s", "label", "zs_label"]
+FILE_COLUMNS = ["file_id", "path", "status", "error_kind", "error", "duration_s", "label", "zs_label"]
+ERROR_EXAMPLES = 3         # files named per kind of error
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Tally:
     window_changes: Counter = field(default_factory=Counter)      # (zero-shot label, DAS label) -> windows
     file_changes: Counter = field(default_factory=Counter)
     errors_by_kind: Counter = field(default_factory=Counter)
+    error_examples: dict = field(default_factory=dict)            # kind -> up to ERROR_EXAMPLES (path, error)
+    top: TopWindows = field(default_factory=lambda: TopWindows(0))   # report.html's excerpts, per label
     score_hist: dict = field(default_factory=dict)                # DAS label -> counts over SCORE_BINS
     durations: list = field(default_factory=list)                 # arrays of ok files' durations (s)
     longest: list = field(default_factory=list)                   # heap of (duration, file_id, path, unit)
@@ -63,7 +67,13 @@ class Tally:
         """Fold in the ``files`` table (``FILE_COLUMNS``) of committed unit ``unit``."""
         status = table.column("status").to_pylist()
         kinds = table.column("error_kind").to_pylist()
-        self.errors_by_kind.update(k or "unknown" for s, k in zip(status, kinds) if s == ERROR)
+        for s, kind, path, error in zip(status, kinds, table.column("path").to_pylist(),
+                                        table.column("error").to_pylist()):
+            if s == ERROR:
+                self.errors_by_kind[kind or "unknown"] += 1
+                shown = self.error_examples.setdefault(kind or "unknown", [])
+                if len(shown) < ERROR_EXAMPLES:
+                    shown.append((path, error or ""))
         ok = table.filter(pc.equal(table.column("status"), OK))
         self.files_ok += len(ok)
         self.files_by_label.update(lb for lb in ok.column("label").to_pylist() if lb is not None)
@@ -79,25 +89,30 @@ class Tally:
                 heapq.heapreplace(self.longest, item)
 
 
-def tally(store: OutputStore) -> Tally:
-    """Fold every committed unit of ``store`` into a ``Tally``, one unit in memory at a time."""
+def tally(store: OutputStore, per_label: int = 0) -> Tally:
+    """Fold every committed unit of ``store`` into a ``Tally``, one unit in memory at a time; with
+    ``per_label``, keep the ``per_label`` highest-scoring windows of each label too (``Tally.top``)."""
     listing = store.listing()
-    t = Tally()
+    t = Tally(top=TopWindows(per_label))
+    columns = SEGMENT_COLUMNS if per_label <= 0 else list(dict.fromkeys(SEGMENT_COLUMNS + PICK_COLUMNS))
     for unit in listing.committed_units():
         t.units += 1
         for name in listing.parts_of(unit, FILES_DIR):
             t.add_files(store.read_part(FILES_DIR, name, FILE_COLUMNS), unit)
         for name in listing.parts_of(unit, SEGMENTS_DIR):
-            t.add_segments(store.read_part(SEGMENTS_DIR, name, SEGMENT_COLUMNS))
+            segments = store.read_part(SEGMENTS_DIR, name, columns)
+            t.add_segments(segments.select(SEGMENT_COLUMNS))
+            t.top.add(segments)
     return t
 
 
-def file_windows(store: OutputStore, unit: str, file_id: str) -> pa.Table:
-    """The windows of one file (label columns only), in time order."""
+def file_windows(store: OutputStore, unit: str, file_id: str, columns: list[str] | None = None) -> pa.Table:
+    """The windows of one file (the label columns, or ``columns``), in time order."""
+    columns = list(dict.fromkeys(SEGMENT_COLUMNS + (columns or [])))
     listing = store.listing()
-    tables = [store.read_part(SEGMENTS_DIR, name, SEGMENT_COLUMNS) for name in listing.parts_of(unit, SEGMENTS_DIR)]
+    tables = [store.read_part(SEGMENTS_DIR, name, columns) for name in listing.parts_of(unit, SEGMENTS_DIR)]
     if not tables:
-        return pa.table({c: [] for c in SEGMENT_COLUMNS})
+        return pa.table({c: [] for c in columns})
     table = pa.concat_tables(tables, promote_options="permissive")
     return table.filter(pc.equal(table.column("file_id"), file_id)).sort_by("start_s")
 

@@ -14,6 +14,7 @@ from das_core.errors import ConfigError
 from das_core.io import storage
 from das_core.io.checks import refuse_overlap
 from das_core.output.record import utc_date
+from das_core.report.picks import DEFAULT_EXCERPTS, check_excerpts
 from das_core.runtime import engine
 from das_core.settings import setting
 
@@ -45,6 +46,7 @@ class RescoreConfig:
     ray: bool = setting(False, help="run on Ray (RAY_ADDRESS, or a private local Ray) even for a small output")
     progress_every_s: float = 15.0
     report: bool = True                  # write the run's report/ at the end (das report)
+    report_excerpts: int = DEFAULT_EXCERPTS   # excerpts per label in its report.html; --excerpts
 
     def __post_init__(self) -> None:
         for name in ("embeddings", "cache", "out"):        # local paths made absolute once, here
@@ -58,6 +60,7 @@ class RescoreConfig:
             raise ConfigError("--top-k must be at least 1")
         if not self.progress_every_s > 0:
             raise ConfigError(f"progress_every_s must be positive, got {self.progress_every_s}")
+        check_excerpts(self.report_excerpts)
 
 
 def default_run_id() -> str:

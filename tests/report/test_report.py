@@ -15,7 +15,7 @@ from conftest import BROKEN_WAV
 
 from das_core.errors import ReportRefused
 from das_core.output.manifest import RunManifest
-from das_core.output.report_files import REPORT_DIR, REPORT_MD, REPORT_RECORD, remove_report
+from das_core.output.report_files import REPORT_DIR, REPORT_HTML, REPORT_MD, REPORT_RECORD, remove_report
 from das_core.output.store import OutputStore
 from das_core.report.tally import tally, top_with_other
 from das_core.report.write import report_after_run, write_report
@@ -163,16 +163,21 @@ def test_the_report_replaces_only_the_files_it_recorded(tmp_path, monkeypatch):
     target = write_report("out")                                    # relative: made absolute
     assert target == str(folder / REPORT_MD)
     record = json.load(open(folder / REPORT_RECORD))
-    assert record["files"] == [REPORT_MD]                            # no window: no figure
+    assert record["files"] == [REPORT_HTML, REPORT_MD]               # no window: no figure, no excerpt
     (folder / "old.png").write_bytes(PNG_MAGIC)                      # das's, from an earlier report
-    json.dump({"files": [REPORT_MD, "old.png"]}, open(folder / REPORT_RECORD, "w"))
+    os.makedirs(folder / "excerpts")
+    (folder / "excerpts" / "0123456789abcdef.ogg").write_bytes(b"OggS")
+    json.dump({"files": [REPORT_HTML, REPORT_MD, "old.png", "excerpts/0123456789abcdef.ogg"]},
+              open(folder / REPORT_RECORD, "w"))
     write_report("out")
     assert not (folder / "old.png").exists() and (folder / "field_report.mp3").read_bytes() == b"ID3 the user's"
-    os.remove(folder / REPORT_RECORD)                                # report.md is now nobody's das file
-    with pytest.raises(ReportRefused, match="report.md is there and das did not write it"):
+    assert not (folder / "excerpts").exists()                        # its last excerpt gone, so is the folder
+    os.remove(folder / REPORT_RECORD)                                # report.html is now nobody's das file
+    with pytest.raises(ReportRefused, match="report.html is there and das did not write it"):
         write_report("out")
-    json.dump({"files": [REPORT_MD]}, open(folder / REPORT_RECORD, "w"))
-    assert remove_report("out") == 2
+    json.dump({"files": [REPORT_HTML, REPORT_MD, "../escape.md", "excerpts/../x.ogg"]},
+              open(folder / REPORT_RECORD, "w"))
+    assert remove_report("out") == 3                                 # a record names nothing outside report/
     assert sorted(os.listdir(folder)) == ["field_report.mp3"]
 
 
