@@ -24,7 +24,7 @@ from das_core.errors import Refused
 from das_core.io import storage
 from das_core.io.checks import check_output_folder
 from das_core.io.inputs import normalise_uri
-from das_core.output.format import FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR
+from das_core.output.format import FILES_DIR, READABLE_FORMATS, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore, StoreListing, open_embeddings
 from das_core.rescore.config import RUN_PREFIX, RescoreConfig, default_run_id
@@ -191,7 +191,7 @@ def plan_rescore(config: RescoreConfig) -> RescorePlan:
                                                   "`das build-cache --checkpoint {made_with} ...`")
     run_uri = storage.join(config.out, RUN_PREFIX + run_id)
     _refuse_existing_run(run_uri, config.overwrite)
-    if label.format_version != FORMAT_VERSION:
+    if label.format_version not in READABLE_FORMATS:
         raise Refused(f"{config.embeddings} was written by das {label.das_version} in an older layout; relabel it "
                       f"with this version (or rescore it with das 0.1)")
     listing = OutputStore(config.embeddings).listing()
