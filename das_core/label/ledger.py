@@ -15,8 +15,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pyarrow.compute as pc
-
 from das_core import __version__
 from das_core.audio.windows import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.errors import RunFailed
@@ -24,9 +22,9 @@ from das_core.io import storage
 from das_core.label.plan import LabelPlan, settings_of
 from das_core.label.summary import summary
 from das_core.label.units import write_unit_table
-from das_core.output.format import FILES_DIR, FORMAT_VERSION, OK, PIECES_DIR, SEGMENTS_DIR
+from das_core.output.format import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
-from das_core.output.pack import PackPlanner
+from das_core.output.pack import PackPlanner, committed_rows
 from das_core.output.record import cache_block, ended_by, utc_now
 from das_core.runtime import engine
 from das_core.runtime.progress import steady_rate
@@ -225,10 +223,8 @@ class LabelRun:
         packed = listing.packed_units()
         self.packer = PackPlanner([u for u in self.plan.units.column("unit").to_pylist() if u not in packed],
                                   self.plan.config.pack_rows)
-        for unit in listing.unpacked_committed():
-            files = store.read_files([unit], ["status", "n_segments"])
-            ok = files.filter(pc.equal(files.column("status"), OK))
-            self.packer.add(unit, int(pc.sum(ok.column("n_segments")).as_py() or 0))
+        for unit, rows in committed_rows(store, listing):
+            self.packer.add(unit, rows)
 
     def packs_ready(self, committed: list[str], final: bool = False) -> list[list[str]]:
         """The ranges to pack now, ``committed`` being the units committed since the last call (``final``: every

@@ -49,6 +49,7 @@ PIECES_DIR = "pieces"
 FORMAT_VERSION = 3          # 1: das 0.1 (parts named by a hash of their file ids, no units); 2: no packs
 READABLE_FORMATS = (2, 3)   # the layouts this das reads, resumes and re-scores
 END_TAG = "end"
+MANIFEST_JOBS = ("label", "rescore")      # the jobs whose manifest describes parts under these folders
 # The unit table (``das_core.label.units``): its folder and file name under an output; old runs resume from it.
 UNIT_TABLE_DIR = "_work"
 UNIT_TABLE_FILE = "units.parquet"

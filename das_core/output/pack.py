@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from das_core.io import storage
@@ -25,6 +27,7 @@ from das_core.output.format import (
     DICTIONARY_MIN_ROWS,
     END_TAG,
     FILES_DIR,
+    OK,
     PACK_UNITS,
     PIECES_DIR,
     SEGMENTS_DIR,
@@ -82,6 +85,16 @@ class PackPlanner:
         return out
 
 
+def committed_rows(store: OutputStore, listing: StoreListing) -> list[tuple[str, int]]:
+    """Each committed unit not packed yet, with its segment rows (the windows of its ok files, from its files
+    rows: what its chunks' statistics counted)."""
+    out = []
+    for unit, files in store.read_by_unit(listing.unpacked_committed(), FILES_DIR, listing, ["status", "n_segments"]):
+        ok = files.filter(pc.equal(files.column("status"), OK)) if files is not None else None
+        out.append((unit, int(pc.sum(ok.column("n_segments")).as_py() or 0) if ok is not None else 0))
+    return out
+
+
 def _flush(writer: pq.ParquetWriter, pending: list[pa.Table], final: bool) -> list[pa.Table]:
     """Write whole row groups of ``pending`` (all of it if ``final``); what is left over."""
     table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
@@ -93,16 +106,16 @@ def _flush(writer: pq.ParquetWriter, pending: list[pa.Table], final: bool) -> li
     return [table.slice(start)] if start < table.num_rows else []
 
 
-def write_pack(store: OutputStore, folder: str, name: str, units: list[tuple[str, list[str]]],
+def write_pack(store: OutputStore, folder: str, name: str, units: Iterable[tuple[str, Iterable[pa.Table]]],
                skip_empty: bool) -> int:
-    """Write the parts ``units`` (``(unit, its part names)`` in order) of ``folder`` as the pack ``name``,
-    atomically, streaming row groups; its rows. Nothing is written for no rows where ``skip_empty``."""
+    """Write the tables ``units`` (``(unit, its tables)`` in order, the tables read as they are needed) as the
+    pack ``folder/name``, atomically, streaming row groups; its rows. Nothing is written for no rows where
+    ``skip_empty``."""
     buf, writer, spans, row = io.BytesIO(), None, [], 0
     pending: list[pa.Table] = []
-    for unit, names in units:
+    for unit, tables in units:
         first = row
-        for part in names:
-            table = store.read_part(folder, part)
+        for table in tables:
             if writer is None:
                 schema = table.schema
                 # dictionary encoding as in a part of many rows, whatever the pack's size: the same options always
@@ -124,6 +137,12 @@ def write_pack(store: OutputStore, folder: str, name: str, units: list[tuple[str
     return row
 
 
+def staged_tables(store: OutputStore, folder: str, names: list[str]) -> Iterator[pa.Table]:
+    """The staged parts ``names`` of ``folder``, read one at a time."""
+    for part in names:
+        yield store.read_part(folder, part)
+
+
 def pack_units(out: str, units: list[str], listing: StoreListing | None = None) -> dict:
     """Pack the committed, consecutive ``units`` of the output ``out`` (the three steps of the module docstring);
     ``{"pack": name, "units": n, "segments": rows, "files": rows}``. A unit that is not committed is refused
@@ -135,9 +154,9 @@ def pack_units(out: str, units: list[str], listing: StoreListing | None = None) 
     if missing:
         raise ValueError(f"cannot pack {len(missing)} unit(s) of {out} without an end part: {missing[:3]}")
     name = pack_name(units[0], units[-1])
-    segments = write_pack(store, SEGMENTS_DIR, name, [(u, staged[SEGMENTS_DIR].get(u, [])) for u in units],
-                          skip_empty=True)
-    files = write_pack(store, FILES_DIR, name, [(u, staged[FILES_DIR].get(u, [])) for u in units], skip_empty=False)
+    segments, files = (write_pack(store, folder, name, [(u, staged_tables(store, folder, staged[folder].get(u, [])))
+                                                        for u in units], skip_empty=folder == SEGMENTS_DIR)
+                       for folder in (SEGMENTS_DIR, FILES_DIR))
     for folder in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR):
         for unit in units:
             for part in staged[folder].get(unit, ()):

@@ -109,8 +109,8 @@ class StoreListing:
 
     def groups(self, units: list[str] | None = None) -> list[tuple[str, list[str]]]:
         """The committed ``units`` (default: all) by physical source, in unit order: ``(pack name, its units
-        wanted)`` for packed units, ``(unit, [unit])`` for each staged one. One task per group reads each file
-        once."""
+        wanted)`` for packed units (a name ending ``.parquet``), ``(unit, [unit])`` for each staged one. One task
+        per group reads each file once."""
         packed = self.packed_units()
         groups: dict[str, list[str]] = {}
         for unit in self.committed_units() if units is None else sorted(units):
@@ -250,6 +250,32 @@ class OutputStore:
             else:
                 tables += [self.read_part(folder, name, columns) for name in listing.units(folder).get(source, [])]
         return tables
+
+    def read_by_unit(self, units: list[str], folder: str, listing: StoreListing | None = None,
+                     columns: list[str] | None = None) -> list[tuple[str, pa.Table | None]]:
+        """``(unit, its rows in folder)`` for each committed unit of ``units``, in unit order, each pack read once
+        (None for a unit without rows there). Like ``read_units``, lists again once if a part vanished."""
+        try:
+            return self._read_by_unit(units, folder, listing or self.listing(), columns)
+        except FileNotFoundError:
+            return self._read_by_unit(units, folder, self.listing(), columns)
+
+    def _read_by_unit(self, units: list[str], folder: str, listing: StoreListing, columns: list[str] | None
+                      ) -> list[tuple[str, pa.Table | None]]:
+        packs, out = set(listing.packed_units().values()), []
+        for source, wanted in listing.groups(units):
+            if source in packs:
+                if source not in listing.names.get(folder, ()):
+                    out += [(unit, None) for unit in wanted]
+                    continue
+                with storage.open_input(self.path(folder, source)) as f:
+                    pf = pq.ParquetFile(f)
+                    spans, table = pack_spans(pf.metadata), pf.read(columns=columns)
+                out += [(unit, table.slice(*spans[unit]) if unit in spans else None) for unit in wanted]
+            else:
+                parts = [self.read_part(folder, name, columns) for name in listing.units(folder).get(source, [])]
+                out.append((source, pa.concat_tables(parts, promote_options="permissive") if parts else None))
+        return out
 
     def read_unit(self, unit: str, folder: str, listing: StoreListing, columns: list[str] | None = None
                   ) -> list[pa.Table]:

@@ -80,22 +80,24 @@ class Tally:
 
 
 def tally(store: OutputStore) -> Tally:
-    """Fold every committed unit of ``store`` into a ``Tally``, one unit in memory at a time."""
+    """Fold every committed unit of ``store`` into a ``Tally``, one staged unit or one pack in memory at a time."""
     listing = store.listing()
     t = Tally()
-    for unit in listing.committed_units():
-        t.units += 1
-        for name in listing.parts_of(unit, FILES_DIR):
-            t.add_files(store.read_part(FILES_DIR, name, FILE_COLUMNS), unit)
-        for name in listing.parts_of(unit, SEGMENTS_DIR):
-            t.add_segments(store.read_part(SEGMENTS_DIR, name, SEGMENT_COLUMNS))
+    for _, units in listing.groups():
+        files = dict(store.read_by_unit(units, FILES_DIR, listing, FILE_COLUMNS))
+        segments = dict(store.read_by_unit(units, SEGMENTS_DIR, listing, SEGMENT_COLUMNS))
+        for unit in units:
+            t.units += 1
+            if files.get(unit) is not None:
+                t.add_files(files[unit], unit)
+            if segments.get(unit) is not None:
+                t.add_segments(segments[unit])
     return t
 
 
 def file_windows(store: OutputStore, unit: str, file_id: str) -> pa.Table:
     """The windows of one file (label columns only), in time order."""
-    listing = store.listing()
-    tables = [store.read_part(SEGMENTS_DIR, name, SEGMENT_COLUMNS) for name in listing.parts_of(unit, SEGMENTS_DIR)]
+    tables = store.read_unit(unit, SEGMENTS_DIR, store.listing(), SEGMENT_COLUMNS)
     if not tables:
         return pa.table({c: [] for c in SEGMENT_COLUMNS})
     table = pa.concat_tables(tables, promote_options="permissive")

@@ -79,3 +79,27 @@ def test_an_interrupted_run_resumes_into_the_same_packs_byte_for_byte(packed, au
     label_run(audio, small_cache, tiny_ckpt, out, resume=True, **SMALL)
     for folder in (SEGMENTS_DIR, FILES_DIR):
         assert folder_bytes(out, folder) == folder_bytes(packed, folder)
+
+
+def test_compact_packs_a_run_written_without_packs_into_the_same_files_and_refuses_what_it_must(
+        packed, audio, small_cache, tiny_ckpt, tmp_path, capsys):
+    from jobs.cli import main
+
+    out = str(tmp_path / "staged")
+    label_run(audio, small_cache, tiny_ckpt, out, files_per_unit=1, pack_rows=0, local=True)   # the format-2 layout
+    assert not any(parse_pack_name(n) for n in folder_bytes(out, FILES_DIR))
+    before = read_output(out)
+    assert main(["compact", out, "--pack-rows", str(PACK_ROWS)]) == 0
+    assert "into" in capsys.readouterr().out
+    for folder in (SEGMENTS_DIR, FILES_DIR):
+        assert folder_bytes(out, folder) == folder_bytes(packed, folder)      # what packing as it goes writes
+    after = read_output(out)
+    assert after[0].equals(before[0]) and after[1].equals(before[1])
+    assert main(["compact", out]) == 0 and "nothing to pack" in capsys.readouterr().out
+    assert main(["compact", str(tmp_path)]) == 2                                # not a das output
+    assert "not a das label output" in capsys.readouterr().err
+    from das_core.output.lease import Lease
+
+    with Lease(out, "das label"):                                               # a run writing OUT
+        assert main(["compact", out]) == 2
+    assert "das label" in capsys.readouterr().err

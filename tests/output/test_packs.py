@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from das_core.output.format import FILES_DIR, PACK_UNITS, SEGMENTS_DIR, pack_name
-from das_core.output.pack import PackPlanner, pack_units, write_pack
+from das_core.output.pack import PackPlanner, pack_units, staged_tables, write_pack
 from das_core.output.store import OutputStore
 
 PACK_ROWS = 5
@@ -110,7 +110,8 @@ def test_a_pack_stopped_after_its_segments_file_is_ignored_by_readers_and_cleare
     before = rows_of(out)
     store = OutputStore(out)
     units = store.listing().committed_units()[:3]
-    staged_parts = [(u, store.listing().units(SEGMENTS_DIR).get(u, [])) for u in units]
+    staged_parts = [(u, staged_tables(store, SEGMENTS_DIR, store.listing().units(SEGMENTS_DIR).get(u, [])))
+                    for u in units]
     write_pack(store, SEGMENTS_DIR, pack_name(units[0], units[-1]), staged_parts, skip_empty=True)   # step (1)
     listing = store.listing()
     assert listing.orphan_packs() == [pack_name(units[0], units[-1])]
@@ -129,7 +130,8 @@ def test_a_pack_stopped_while_deleting_staged_parts_reads_from_the_pack(copy):
     units = listing.committed_units()[:4]
     name = pack_name(units[0], units[-1])
     for folder, skip in ((SEGMENTS_DIR, True), (FILES_DIR, False)):                # steps (1) and (2)
-        write_pack(store, folder, name, [(u, listing.units(folder).get(u, [])) for u in units], skip_empty=skip)
+        write_pack(store, folder, name, [(u, staged_tables(store, folder, listing.units(folder).get(u, [])))
+                                         for u in units], skip_empty=skip)
     store.remove_part(FILES_DIR, listing.units(FILES_DIR)[units[0]][0])             # step (3), begun
     after = store.listing()
     assert set(after.packed_units()) == set(units) and after.uncommitted_units() == []
