@@ -38,8 +38,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.pack_rows < 1:
         raise RunRefused("--pack-rows must be at least 1 for das compact")
     check_output_folder(out, "OUT")
-    check_compactable(out)                      # before the lease: a folder that is not das's is left untouched
-    with sigterm_as_interrupt(), Lease(out, "das compact"):
+    manifest = check_compactable(out)           # before the lease: a folder that is not das's is left untouched
+    # the lock das label takes on OUT; a rescore run folder is written under the lock of its parent OUT
+    locked = out.rstrip("/").rsplit("/", 1)[0] if manifest.job == "rescore" else out
+    with sigterm_as_interrupt(), Lease(locked, "das compact"):
         done = compact(out, args.pack_rows)
     if done["packs"]:
         print(f"das compact: packed {done['units']} unit(s) of {out} into {len(done['packs'])} pack(s)"
