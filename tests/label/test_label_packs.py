@@ -16,6 +16,7 @@ from das_core.output.manifest import RunManifest
 
 PACK_ROWS = 5
 CLIPS = {f"c{i:02d}.wav": (2.0 + 10.0 * (i % 3), 16000, 300.0 + 40 * i) for i in range(9)}   # 1, 2 or 3 windows
+pytestmark = pytest.mark.integration          # real label runs
 SMALL = {"files_per_unit": 1, "pack_rows": PACK_ROWS, "local": True}
 
 

@@ -80,6 +80,7 @@ def test_the_planner_packs_consecutive_committed_units_from_the_lowest_and_the_t
     assert never.ready(final=True) == []
 
 
+@pytest.mark.integration
 def test_packs_hold_the_same_rows_in_unit_order_with_their_offsets_and_the_same_bytes_twice(copy):
     first, second = copy("a"), copy("b")
     before_seg, before_files = rows_of(first)
@@ -105,6 +106,7 @@ def test_packs_hold_the_same_rows_in_unit_order_with_their_offsets_and_the_same_
                 assert x.read() == y.read()
 
 
+@pytest.mark.integration
 def test_a_pack_stopped_after_its_segments_file_is_ignored_by_readers_and_cleared(copy):
     out = copy()
     before = rows_of(out)
@@ -122,6 +124,7 @@ def test_a_pack_stopped_after_its_segments_file_is_ignored_by_readers_and_cleare
     assert all(t.equals(b) for t, b in zip(rows_of(out), before))
 
 
+@pytest.mark.integration
 def test_a_pack_stopped_while_deleting_staged_parts_reads_from_the_pack(copy):
     out = copy()
     before = rows_of(out)
@@ -142,6 +145,7 @@ def test_a_pack_stopped_while_deleting_staged_parts_reads_from_the_pack(copy):
     assert all(t.equals(b) for t, b in zip(rows_of(out), before))
 
 
+@pytest.mark.integration
 def test_a_reader_that_listed_before_a_pack_lists_again_and_reads_the_pack(copy):
     out = copy()
     store = OutputStore(out)
