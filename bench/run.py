@@ -40,7 +40,7 @@ from bench.rescore import bench_rescore
 from bench.scoring import bench_changes, bench_scoring
 from bench.search import bench_search_figures
 from bench.sizing import FORMATS, gpu_rate, sizing_text
-from bench.write import bench_host, bench_write, random_cache
+from bench.write import bench_host, bench_pack, bench_write, random_cache
 from das_core.scoring.cache import DriftCache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,11 +145,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work",
                         help="folder for generated inputs (default: bench/work, or a temporary one in --smoke)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every figure")
-    parser.add_argument("--only", choices=("ffmpeg", "driver", "rescore", "decode", "decode-scaling", "host"),
+    parser.add_argument("--only", choices=("ffmpeg", "driver", "rescore", "decode", "decode-scaling", "host", "pack"),
                         help="run one benchmark and print its figures (not appended to --results): decode, the "
                              "per-format decode stage over the codec and the GPU-node projection (no Ray); "
                              "decode-scaling, the stage on every core through Ray; rescore reuses --work's inputs "
-                             "from a full run")
+                             "from a full run; pack, the sink's parts packed (file count, seconds per 100 000 rows)")
     parser.add_argument("--table", action="store_true", help="print the table of the last run in --results and stop")
     return parser.parse_args(argv)
 
@@ -166,6 +166,8 @@ def run_only(which: str, sizes: Sizes, work: str, results_path: str) -> int:
         cache_uri = os.path.join(work, "cache.npz")
         figures = bench_host(DriftCache.load(cache_uri) if os.path.exists(cache_uri) else random_cache(),
                              5)
+    elif which == "pack":     # 100 000 rows (2 000 in --smoke) through the real sink, then packed
+        figures = bench_pack(random_cache(), rows=2_000 if sizes is SMOKE else 100_000)
     elif which in ("rescore", "decode-scaling"):
         figures = on_ray_only(which, work, sizes)
     else:

@@ -162,3 +162,48 @@ if __name__ == "__main__":
 
     print(json.dumps(host_windows_per_core(DriftCache.load(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
                                            int(sys.argv[4]))))
+
+
+def bench_pack(cache, rows: int = 100_000, chunk_windows: int = 512, chunks_per_unit: int = 2) -> dict:
+    """Packs (``das_core.output.pack``) on local disk: ``rows`` windows written by the real sink as das label
+    writes them (chunks of ``chunk_windows``, ``chunks_per_unit`` to a unit, each unit committed), then packed
+    into ranges of at least 100 000 rows as a finished run is; the files before and after, and what packing costs
+    (seconds per 100 000 rows, against the sink's own time for the same rows)."""
+    import time
+
+    from das_core.label.sink import WriteSettings, finish_unit, write_chunk
+    from das_core.output.pack import PACK_ROWS, PackPlanner, pack_units
+    from das_core.output.store import OutputStore
+
+    rng = np.random.default_rng(5)
+    root = tempfile.mkdtemp(prefix="das-bench-pack-")
+    store, ws = OutputStore(root), WriteSettings(top_k=5, embedding_dtype="float16")
+    units = [f"u{i:08d}" for i in range(-(-rows // (chunk_windows * chunks_per_unit)))]
+    planner = PackPlanner(units, PACK_ROWS)
+    try:
+        started = time.perf_counter()
+        for unit in units:
+            for c in range(chunks_per_unit):
+                meta, emb = _chunk(rng, n_files=chunk_windows // 2, windows_per_file=2, dim=cache.dim)
+                write_chunk(store, unit, c, c == chunks_per_unit - 1, meta, emb, cache, ws)
+            finish_unit(store, unit, [], cache, ws)
+            planner.add(unit, chunk_windows * chunks_per_unit)
+        staged_s = time.perf_counter() - started
+        files_staged = sum(len(names) for names in store.listing().names.values())
+        bytes_staged = _folder_bytes(root)
+        started = time.perf_counter()
+        for rng_units in planner.ready(final=True):
+            pack_units(root, rng_units)
+        pack_s = time.perf_counter() - started
+        written = len(units) * chunk_windows * chunks_per_unit
+        return {"pack_rows_written": written, "pack_files_staged": files_staged,
+                "pack_files_packed": sum(len(names) for names in store.listing().names.values()),
+                "pack_bytes_staged": bytes_staged, "pack_bytes_packed": _folder_bytes(root),
+                "pack_s_per_100k_rows": pack_s / written * 1e5, "sink_s_per_100k_rows": staged_s / written * 1e5}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _folder_bytes(root: str) -> int:
+    """Bytes of every file under ``root``."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(root) for f in names)

@@ -2,8 +2,9 @@
 
 The command's loop, around library calls: build the config, plan (``das_core.label.plan``), take the lock on
 OUT, start the ledger (``das_core.label.ledger``), run the stages (in this process, ``das_core.label.local``,
-or on Ray, ``jobs.pipeline``) feeding each chunk's statistics to the ledger and committing each unit it
-makes whole, then finish (manifest, summary, report).
+or on Ray, ``jobs.pipeline``) feeding each chunk's statistics to the ledger, committing each unit it
+makes whole and packing each range of committed units it finds ready (``das_core.output.pack``), then finish
+(manifest, summary, report).
 """
 
 from __future__ import annotations
@@ -88,6 +89,15 @@ class Stages(Protocol):
     def flush(self) -> None:
         """Wait until every unit handed to ``commit`` is committed."""
 
+    def newly_committed(self) -> list[str]:
+        """The units whose commit finished since the last call."""
+
+    def pack(self, units: list[str]) -> None:
+        """Pack the committed, consecutive ``units`` (``das_core.output.pack.pack_units``), now or in a task."""
+
+    def flush_packs(self) -> None:
+        """Wait for every pack asked for."""
+
 
 def run(config: LabelConfig) -> dict:
     """Label ``config.input`` into ``config.out``; the final manifest (with --dry-run, the plan's summary with
@@ -145,9 +155,12 @@ def label_units(ledger: LabelRun, stages: Stages) -> None:
                     monitor.beat()
                     if whole:
                         stages.commit(whole)
+                    pack_ready(ledger, stages)
                     if ledger.aborted:
                         break
                 stages.flush()
+                pack_ready(ledger, stages, final=ledger.aborted is None)
+                stages.flush_packs()
                 monitor.check()
             finally:
                 monitor.stop()          # the stages' clean-up (Ray's shutdown) is never interrupted
@@ -157,6 +170,13 @@ def label_units(ledger: LabelRun, stages: Stages) -> None:
             raise stalled from None
         raise
     ledger.check_whole()
+
+
+def pack_ready(ledger: LabelRun, stages: Stages, final: bool = False) -> None:
+    """Hand the units committed since the last call to the ledger and pack each range it finds ready; with
+    ``final`` (every unit of the run committed), the tail too."""
+    for units in ledger.packs_ready(stages.newly_committed(), final):
+        stages.pack(units)
 
 
 def main(argv: list[str] | None = None, prog: str = "das label") -> int:

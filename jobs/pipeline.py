@@ -5,7 +5,7 @@
                            CPU-only decode group where the cluster has one (``decode_resources``)
       -> EncodeAndWrite    actor pool (GPU or CPU): embed, score once, write the chunk's parts
       -> driver            small statistics per chunk (the ledger, in ``jobs.label``); commits units once
-                           whole (``Finisher``)
+                           whole (``Finisher``), packs ranges of committed units once ready (``Packer``)
 
 What each stage does is in ``das_core.label`` (``decode``, ``encode``, ``sink``). The drift cache is
 ``ray.put`` once; no embedding or score vector ever reaches the driver. Retries: Ray Data retries a task
@@ -41,6 +41,7 @@ from das_core.label.encode import ChunkEncoder, EncodeSettings
 from das_core.label.plan import LabelPlan
 from das_core.label.sink import WriteSettings, finish_units
 from das_core.label.units import UNIT_SCHEMA, read_unit_group, unit_table_uri
+from das_core.output.pack import pack_units
 from das_core.runtime import placement
 from jobs.common import init_ray, log, node_resources, worker_env
 
@@ -123,8 +124,9 @@ class EncodeAndWrite(ChunkEncoder):
             return super().__call__(batch)
 
 
-def finish_task(out: str, units: list[tuple[str, list[int]]], cache_box: list, write: WriteSettings) -> int:
-    """A Ray task: commit ``units`` (``das_core.label.sink.finish_units``); how many."""
+def finish_task(out: str, units: list[tuple[str, list[int]]], cache_box: list, write: WriteSettings
+                ) -> list[str]:
+    """A Ray task: commit ``units`` (``das_core.label.sink.finish_units``); the units committed."""
     return finish_units(out, units, ray.get(cache_box[0]), write)
 
 
@@ -140,6 +142,7 @@ class Finisher:
         self.running: list = []
         self.batch, self.every_s, self.in_flight = batch, every_s, in_flight
         self.last, self.committed = time.monotonic(), 0
+        self.fresh: list[str] = []        # committed, not yet handed out by ``newly_committed``
 
     def add(self, unit: tuple[str, list[int]]) -> None:
         """Queue a whole unit; a batch is sent once full or ``every_s`` old."""
@@ -151,8 +154,18 @@ class Finisher:
         """Units committed so far, counting the batches that finished since the last call (no waiting)."""
         if self.running:
             done, self.running = ray.wait(self.running, num_returns=len(self.running), timeout=0)
-            self.committed += sum(ray.get(done))
+            for units in ray.get(done):
+                self._count(units)
         return self.committed
+
+    def _count(self, units: list[str]) -> None:
+        self.committed += len(units)
+        self.fresh += units
+
+    def newly_committed(self) -> list[str]:
+        """The units whose commit finished since the last call."""
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
     def flush(self, in_flight: int | None = None) -> int:
         """Send the queued units, then wait until at most ``in_flight`` batches run; units committed so far."""
@@ -161,8 +174,34 @@ class Finisher:
             self.pending, self.last = [], time.monotonic()
         while len(self.running) > (self.in_flight if in_flight is None else in_flight):
             done, self.running = ray.wait(self.running, num_returns=1)
-            self.committed += ray.get(done[0])
+            self._count(ray.get(done[0]))
         return self.committed
+
+
+def pack_task(out: str, units: list[str]) -> dict:
+    """A Ray task: pack the committed ``units`` (``das_core.output.pack.pack_units``); what it wrote."""
+    return pack_units(out, units)
+
+
+class Packer:
+    """Packs ranges of committed units in Ray tasks, launched as soon as a range is ready, without waiting; the
+    driver waits for them (``flush``) before the final manifest. A pack task holds about one pack in memory."""
+
+    def __init__(self, out: str, env: dict | None):
+        self.task = ray.remote(pack_task).options(num_cpus=0.25, max_retries=3,
+                                                   runtime_env={"env_vars": env} if env else None)
+        self.out, self.running = out, []
+
+    def add(self, units: list[str]) -> None:
+        """Launch the pack of ``units``; packs that finished meanwhile are collected (their errors raised)."""
+        self.running.append(self.task.remote(self.out, units))
+        done, self.running = ray.wait(self.running, num_returns=len(self.running), timeout=0)
+        ray.get(done)
+
+    def flush(self) -> None:
+        """Wait for every pack launched."""
+        ray.get(self.running)
+        self.running = []
 
 
 def configure_data_context() -> None:
@@ -256,6 +295,7 @@ class RayStages:
                  fits=lambda nodes: placement.misfits(nodes, self.demand))
         self.cache_box, self.write, self.env = [ray.put(self.plan.cache)], self.plan.write_settings(), worker_env()
         self.finisher = Finisher(config.out, self.cache_box, self.write, self.env)
+        self.packer = Packer(config.out, self.env)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -282,6 +322,19 @@ class RayStages:
     def flush(self) -> None:
         """Wait until every unit handed to ``commit`` is committed."""
         self.finisher.flush(in_flight=0)
+
+    def newly_committed(self) -> list[str]:
+        """The units whose commit task finished since the last call."""
+        self.finisher.poll()
+        return self.finisher.newly_committed()
+
+    def pack(self, units: list[str]) -> None:
+        """Pack ``units`` in a pack task (see ``Packer``)."""
+        self.packer.add(units)
+
+    def flush_packs(self) -> None:
+        """Wait for every pack task."""
+        self.packer.flush()
 
 
 def label_demand(config: LabelConfig) -> placement.Demand:

@@ -99,7 +99,7 @@ def read_store(uri: str, ids: Sequence[str]) -> StoreData:
     committed = listing.committed_units()
     ok, errors = _file_outcomes(uri, store.read_files(committed, ["file_id", "status", "error"]).to_pydict(), ids)
     columns = ["file_id", "segment", "embedding", "noise_source"]
-    tables = [t for unit in committed for t in store.read_unit(unit, SEGMENTS_DIR, listing, columns)]
+    tables = store.read_units(committed, SEGMENTS_DIR, listing, columns)
     owner, emb, sources = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), []
     if tables:
         index = {fid: i for i, fid in enumerate(ids)}

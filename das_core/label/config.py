@@ -14,6 +14,7 @@ from das_core.errors import RunRefused
 from das_core.io import storage
 from das_core.io.checks import refuse_overlap
 from das_core.io.inputs import DEFAULT_EXTENSIONS
+from das_core.output.pack import PACK_ROWS
 from das_core.report.picks import DEFAULT_EXCERPTS, check_excerpts
 from das_core.runtime import engine
 from das_core.scoring.scorer import DEFAULT_TOP_K
@@ -52,6 +53,9 @@ class LabelConfig:
     id_column: str | None = setting(None, group=IO, metavar="NAME",
                                     help="Parquet shards: the column of ids (default <shard>#<row>)")
     keep_metadata: bool = setting(False, group=IO, help="tar shards: carry each sample's .json into files/ 'metadata'")
+    pack_rows: int = setting(PACK_ROWS, group=IO, metavar="N", help="pack committed units into files of at least N "
+                             "window rows (segments/ and files/ part-<first unit>-<last unit>.parquet; the tail of a "
+                             "run smaller); 0 never packs (one part per chunk, the layout of format 2)")
     dry_run: bool = setting(False, group=IO, help="plan and print what would be done (inputs, units, skipped, what "
                             "--resume would skip); starts no Ray and loads no model")
     snr_db: float | None = setting(None, group=NOISE, metavar="X", help="mix noise into every window at X dB SNR")
@@ -115,6 +119,8 @@ class LabelConfig:
         for name in ("batch_size", "top_k", "files_per_unit", "chunk_windows"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RunRefused(f"--{name.replace('_', '-')} must be at least 1")
+        if self.pack_rows < 0:
+            raise RunRefused("--pack-rows must be at least 0 (0: never pack)")
         if self.unit_bytes < 1:
             raise RunRefused("--unit-mib must be positive")
         if not 0.0 <= self.max_error_fraction <= 1.0:

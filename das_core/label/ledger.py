@@ -24,6 +24,7 @@ from das_core.label.summary import summary
 from das_core.label.units import write_unit_table
 from das_core.output.format import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
+from das_core.output.pack import PackPlanner, committed_rows
 from das_core.output.record import cache_block, ended_by, utc_now
 from das_core.runtime import engine
 from das_core.runtime.progress import steady_rate
@@ -178,6 +179,8 @@ class LabelRun:
         self.shard_units = {u for u, k in zip(p.todo.column("unit").to_pylist(), shard) if k}
         self.plain_todo = p.todo_files - len(self.shard_units)   # a shard unit lists its shard: one entry
         self.plain_counted = 0                    # files/ rows counted this run from plain-file units
+        self.unit_rows: Counter = Counter()       # segment rows of this run's units, from their chunks' statistics
+        self.packer = PackPlanner([], c.pack_rows)     # set up by ``start``, from what OUT holds
 
     def start(self) -> bool:
         """Prepare OUT; False (and a line printed) when --resume finds every unit committed."""
@@ -197,6 +200,7 @@ class LabelRun:
             log.info("resuming: %d of %d unit(s) committed, %d to do (%d file(s), %d of them new in the input); "
                      "removed %d part(s) left by unfinished units", len(p.units) - len(p.todo), len(p.units),
                      len(p.todo), p.todo_files, p.added_files, removed)
+        self._plan_packs()
         if p.writes_unit_table:
             write_unit_table(c.out, p.units)
         self._write_manifest("running", p.prior_counts)
@@ -207,6 +211,27 @@ class LabelRun:
                  self.engine, self.engine_reason)
         self.t0 = self.last_progress = self.last_manifest = time.monotonic()
         return True
+
+    def _plan_packs(self) -> None:
+        """Clear what an interrupted pack left (``StoreListing.stale_parts``) and plan the packs from the lowest
+        unpacked unit, with the committed units not packed yet (their rows read from their files rows)."""
+        store = self.plan.store
+        listing = store.listing()
+        if listing.stale_parts():
+            log.info("removed %d part(s) left by an interrupted pack", store.remove_stale(listing))
+            listing = store.listing()
+        packed = listing.packed_units()
+        self.packer = PackPlanner([u for u in self.plan.units.column("unit").to_pylist() if u not in packed],
+                                  self.plan.config.pack_rows)
+        for unit, rows in committed_rows(store, listing):
+            self.packer.add(unit, rows)
+
+    def packs_ready(self, committed: list[str], final: bool = False) -> list[list[str]]:
+        """The ranges to pack now, ``committed`` being the units committed since the last call (``final``: every
+        unit of the run is committed: the tail too)."""
+        for unit in committed:
+            self.packer.add(unit, self.unit_rows.pop(unit, 0))
+        return self.packer.ready(final)
 
     def _write_manifest(self, status: str, counts: dict) -> dict:
         manifest = run_manifest(self.plan, status, counts, self.runs + [self.this_run])
@@ -222,6 +247,7 @@ class LabelRun:
             return None               # a retried task's chunk, already counted (its part was overwritten)
         p, c, counts = self.plan, self.plan.config, self.counts
         counts.add(stats)
+        self.unit_rows[stats["unit"]] += stats["segments"]
         if stats["unit"] not in self.shard_units:
             self.plain_counted += stats["files_ok"] + stats["files_error"]
         now = time.monotonic()

@@ -10,6 +10,7 @@ says is whole, and flush at the end.
       -> ``encode.ChunkEncoder``    embed, score once, write the chunk's parts; its statistics
       -> the ledger                 counts, the error budget; the unit a chunk makes whole
       -> ``sink.finish_units``      commits that unit at once
+      -> ``pack.pack_units``        packs each range of committed units the ledger says is ready, at once
 
 Part names derive from the unit and chunk, and every forward pass has the same shape, so a local run writes
 the same files with the same rows as a Ray run, and either can resume the other. The encoder runs with the
@@ -36,6 +37,7 @@ from das_core.label.encode import ChunkEncoder, EncodeSettings
 from das_core.label.plan import LabelPlan
 from das_core.label.sink import finish_units
 from das_core.label.units import read_unit_group, unit_table_uri
+from das_core.output.pack import pack_units
 from das_core.runtime.interrupts import interrupts_held
 
 
@@ -90,6 +92,7 @@ class LocalStages:
         check_device(plan.encode_settings())
         self.write, self.node = plan.write_settings(), socket.gethostname()
         self.committed = 0
+        self.fresh: list[str] = []          # committed, not yet handed to the ledger (``newly_committed``)
         self.stack = ExitStack()
 
     def __enter__(self) -> LocalStages:
@@ -114,7 +117,21 @@ class LocalStages:
 
     def commit(self, unit: tuple[str, list[int]]) -> None:
         """Commit ``unit`` (with the chunks that wrote pieces) now."""
-        self.committed += finish_units(self.plan.config.out, [unit], self.plan.cache, self.write)
+        done = finish_units(self.plan.config.out, [unit], self.plan.cache, self.write)
+        self.committed += len(done)
+        self.fresh += done
+
+    def newly_committed(self) -> list[str]:
+        """The units committed since the last call."""
+        fresh, self.fresh = self.fresh, []
+        return fresh
+
+    def pack(self, units: list[str]) -> None:
+        """Pack ``units`` now, in this process (``das_core.output.pack.pack_units``)."""
+        pack_units(self.plan.config.out, units)
 
     def flush(self) -> None:
         """Nothing waits: every unit was committed as it became whole."""
+
+    def flush_packs(self) -> None:
+        """Nothing waits: every pack was made when asked."""

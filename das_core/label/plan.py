@@ -25,7 +25,7 @@ from das_core.label.decode import DecodeSettings
 from das_core.label.encode import EncodeSettings
 from das_core.label.sink import WriteSettings
 from das_core.label.units import plan_units, read_unit_table, units_per_row_group
-from das_core.output.format import FILES_SCHEMA, FORMAT_VERSION
+from das_core.output.format import FILES_SCHEMA, READABLE_FORMATS
 from das_core.output.manifest import MANIFEST, RunManifest
 from das_core.output.store import OutputStore
 from das_core.output.tables import count_outcomes
@@ -206,7 +206,7 @@ def _check_resumable(config: LabelConfig, previous: RunManifest | None, settings
     if previous is None:
         raise RunRefused(f"output {config.out} has results but no {MANIFEST}: it was not written by das label; "
                          f"use --overwrite or another --out")
-    if previous.format_version != FORMAT_VERSION:
+    if previous.format_version not in READABLE_FORMATS:
         raise RunRefused(f"output {config.out} was written by das {previous.das_version} in an older "
                          f"layout; --resume cannot continue it: use --overwrite or another --out")
     before = previous.settings

@@ -253,12 +253,12 @@ def _drop_windows(store: OutputStore, unit: str, file_id: str, chunks: list[int]
             store.remove_part(SEGMENTS_DIR, name)
 
 
-def finish_units(out: str, units: list[tuple[str, list[int]]], cache: DriftCache, ws: WriteSettings) -> int:
-    """Commit whole units (``finish_unit`` for each, as ``(unit, chunks with pieces)``); how many."""
+def finish_units(out: str, units: list[tuple[str, list[int]]], cache: DriftCache, ws: WriteSettings) -> list[str]:
+    """Commit whole units (``finish_unit`` for each, as ``(unit, chunks with pieces)``); the units committed."""
     store = OutputStore(out)
     for unit, piece_chunks in units:
         finish_unit(store, unit, piece_chunks, cache, ws)
-    return len(units)
+    return [unit for unit, _ in units]
 
 
 def write_refusal(exc: BaseException, out: str) -> RunFailed | None:

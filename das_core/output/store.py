@@ -6,6 +6,7 @@ What the parts are and when a unit counts as committed: ``das_core.output.format
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -18,16 +19,24 @@ from das_core.output.format import (
     FILES_DIR,
     FILES_SCHEMA,
     LEGACY_PART,
+    PACK_UNITS,
     PIECES_DIR,
     SEGMENTS_DIR,
     UNIT_TABLE_DIR,
     UNIT_TABLE_FILE,
+    parse_pack_name,
     parse_part_name,
     part_name,
     segments_schema,
     table_to_bytes,
+    unit_range,
 )
 from das_core.output.manifest import MANIFEST, RunManifest
+
+
+def pack_spans(meta: pq.FileMetaData) -> dict[str, tuple[int, int]]:
+    """A pack's units, each with its first row and its row count (its ``das.units`` metadata)."""
+    return {unit: (first, rows) for unit, first, rows in json.loads((meta.metadata or {})[PACK_UNITS.encode()])}
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -37,30 +46,76 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 @dataclass
 class StoreListing:
-    """Part names per folder from one listing of an output (each storage call is a round trip on S3)."""
+    """Part names per folder from one listing of an output (each storage call is a round trip on S3).
+
+    Units are committed by their ``end`` part (staged) or by a ``files`` pack covering them (packed); a packed
+    unit's rows are read from its pack, never from staged parts it may still have (a pack interrupted while
+    deleting them). See ``das_core.output.format``.
+    """
 
     names: dict[str, set[str]]
 
     def units(self, folder: str) -> dict[str, list[str]]:
-        """Part names of ``folder`` by unit (parts of other names left out)."""
+        """Staged part names of ``folder`` by unit (packs and parts of other names left out)."""
         by_unit: dict[str, list[str]] = {}
         for name in sorted(self.names.get(folder, ())):
             parsed = parse_part_name(name)
-            if parsed:
+            if parsed and not parse_pack_name(name):
                 by_unit.setdefault(parsed[0], []).append(name)
         return by_unit
 
+    def packs(self, folder: str = FILES_DIR) -> list[tuple[str, str, str]]:
+        """``(first, last, name)`` of the packs in ``folder``, in unit order (``files`` packs: the packed ranges)."""
+        return sorted((*parsed, name) for name in self.names.get(folder, ()) if (parsed := parse_pack_name(name)))
+
+    def packed_units(self) -> dict[str, str]:
+        """Every packed unit and the name of its pack (the same name in ``segments/`` and ``files/``)."""
+        return {unit: name for first, last, name in self.packs(FILES_DIR) for unit in unit_range(first, last)}
+
     def committed_units(self) -> list[str]:
-        """Units whose ``end`` part exists (the commit rule)."""
-        return sorted(u for u, names in self.units(FILES_DIR).items() if part_name(u, END_TAG) in names)
+        """Units whose ``end`` part exists or that a ``files`` pack covers (the commit rule)."""
+        staged = (u for u, names in self.units(FILES_DIR).items() if part_name(u, END_TAG) in names)
+        return sorted(set(staged) | set(self.packed_units()))
 
     def uncommitted_units(self) -> list[str]:
-        """Units with parts but no ``end`` part: still being written, or left by an interrupted run."""
+        """Units with parts but no ``end`` part nor pack: still being written, or left by an interrupted run."""
         return sorted((set(self.units(SEGMENTS_DIR)) | set(self.units(FILES_DIR))) - set(self.committed_units()))
 
+    def unpacked_committed(self) -> list[str]:
+        """Committed units not in a pack yet (staged: what a pack would take)."""
+        packed = self.packed_units()
+        return [u for u in self.committed_units() if u not in packed]
+
+    def orphan_packs(self) -> list[str]:
+        """``segments`` packs without their ``files`` pack: left by a pack that stopped after its first write."""
+        return [name for *_, name in self.packs(SEGMENTS_DIR) if name not in self.names.get(FILES_DIR, ())]
+
+    def stale_parts(self) -> list[tuple[str, str]]:
+        """``(folder, name)`` of what readers ignore and a writer deletes: orphan ``segments`` packs, and staged
+        parts of packed units (left by a pack that stopped while deleting them)."""
+        packed = self.packed_units()
+        stale = [(SEGMENTS_DIR, name) for name in self.orphan_packs()]
+        for folder in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR):
+            stale += [(folder, name) for unit, names in self.units(folder).items() if unit in packed for name in names]
+        return stale
+
     def parts_of(self, unit: str, folder: str) -> list[str]:
-        """The part names of ``unit`` in ``folder``."""
+        """The part names that hold ``unit``'s rows in ``folder``: its pack (which holds other units too: read
+        it with ``OutputStore.read_units``), else its staged parts."""
+        pack = self.packed_units().get(unit)
+        if pack is not None:
+            return [pack] if pack in self.names.get(folder, ()) else []
         return self.units(folder).get(unit, [])
+
+    def groups(self, units: list[str] | None = None) -> list[tuple[str, list[str]]]:
+        """The committed ``units`` (default: all) by physical source, in unit order: ``(pack name, its units
+        wanted)`` for packed units (a name ending ``.parquet``), ``(unit, [unit])`` for each staged one. One task
+        per group reads each file once."""
+        packed = self.packed_units()
+        groups: dict[str, list[str]] = {}
+        for unit in self.committed_units() if units is None else sorted(units):
+            groups.setdefault(packed.get(unit, unit), []).append(unit)
+        return list(groups.items())
 
     def has_parts(self) -> bool:
         """Whether any das part is here (other files, e.g. a user's, do not count)."""
@@ -124,15 +179,23 @@ class OutputStore:
         return removed
 
     def remove_units(self, units: set[str], listing: StoreListing) -> int:
-        """Delete every part of ``units`` (an interrupted unit is redone whole); how many were deleted."""
+        """Delete every staged part of ``units`` (an interrupted unit is redone whole); how many were deleted.
+        Packs are never deleted here (``remove_stale`` deletes orphan ones)."""
         removed = 0
         for folder, names in listing.names.items():
             for name in sorted(names):
                 parsed = parse_part_name(name)
-                if parsed and parsed[0] in units:
+                if parsed and parsed[0] in units and not parse_pack_name(name):
                     storage.remove(self.path(folder, name))
                     removed += 1
         return removed
+
+    def remove_stale(self, listing: StoreListing) -> int:
+        """Delete what readers ignore (``StoreListing.stale_parts``); how many. Only with no pack running."""
+        stale = listing.stale_parts()
+        for folder, name in stale:
+            storage.remove(self.path(folder, name))
+        return len(stale)
 
     def write_part(self, folder: str, name: str, table: pa.Table) -> None:
         """Write ``table`` as the part ``folder/name``, atomically (the commit rule's first half)."""
@@ -146,16 +209,84 @@ class OutputStore:
         """The part ``folder/name`` (only ``columns`` if given)."""
         return read_parquet(self.path(folder, name), columns)
 
+    def read_pack(self, folder: str, name: str, units: list[str] | None = None,
+                  columns: list[str] | None = None) -> pa.Table:
+        """The rows of ``units`` (default: all) of the pack ``folder/name``, in unit order; only the row groups
+        that hold them are read (the pack's ``das.units`` metadata)."""
+        with storage.open_input(self.path(folder, name)) as f:
+            pf = pq.ParquetFile(f)
+            spans = pack_spans(pf.metadata)
+            if units is None or set(units) >= set(spans):
+                return pf.read(columns=columns)
+            starts = [0]
+            for g in range(pf.metadata.num_row_groups):
+                starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+            tables = []
+            for unit in units:
+                first, rows = spans.get(unit, (0, 0))
+                groups = [g for g in range(len(starts) - 1) if starts[g] < first + rows and starts[g + 1] > first]
+                if groups:
+                    table = pf.read_row_groups(groups, columns=columns)
+                    tables.append(table.slice(first - starts[groups[0]], rows))
+            return pa.concat_tables(tables) if tables else pf.schema_arrow.empty_table().select(
+                columns or pf.schema_arrow.names)
+
+    def read_units(self, units: list[str], folder: str, listing: StoreListing | None = None,
+                   columns: list[str] | None = None) -> list[pa.Table]:
+        """The rows of the committed ``units`` in ``folder``, in unit order, each pack read once. A staged part
+        gone since ``listing`` (packed in between) makes it list again, once, and read the pack."""
+        try:
+            return self._read_units(units, folder, listing or self.listing(), columns)
+        except FileNotFoundError:
+            return self._read_units(units, folder, self.listing(), columns)
+
+    def _read_units(self, units: list[str], folder: str, listing: StoreListing, columns: list[str] | None
+                    ) -> list[pa.Table]:
+        packs, tables = set(listing.packed_units().values()), []
+        for source, wanted in listing.groups(units):
+            if source in packs:
+                if source in listing.names.get(folder, ()):       # no segments pack: its units have no windows
+                    tables.append(self.read_pack(folder, source, wanted, columns))
+            else:
+                tables += [self.read_part(folder, name, columns) for name in listing.units(folder).get(source, [])]
+        return tables
+
+    def read_by_unit(self, units: list[str], folder: str, listing: StoreListing | None = None,
+                     columns: list[str] | None = None) -> list[tuple[str, pa.Table | None]]:
+        """``(unit, its rows in folder)`` for each committed unit of ``units``, in unit order, each pack read once
+        (None for a unit without rows there). Like ``read_units``, lists again once if a part vanished."""
+        try:
+            return self._read_by_unit(units, folder, listing or self.listing(), columns)
+        except FileNotFoundError:
+            return self._read_by_unit(units, folder, self.listing(), columns)
+
+    def _read_by_unit(self, units: list[str], folder: str, listing: StoreListing, columns: list[str] | None
+                      ) -> list[tuple[str, pa.Table | None]]:
+        packs, out = set(listing.packed_units().values()), []
+        for source, wanted in listing.groups(units):
+            if source in packs:
+                if source not in listing.names.get(folder, ()):
+                    out += [(unit, None) for unit in wanted]
+                    continue
+                with storage.open_input(self.path(folder, source)) as f:
+                    pf = pq.ParquetFile(f)
+                    spans, table = pack_spans(pf.metadata), pf.read(columns=columns)
+                out += [(unit, table.slice(*spans[unit]) if unit in spans else None) for unit in wanted]
+            else:
+                parts = [self.read_part(folder, name, columns) for name in listing.units(folder).get(source, [])]
+                out.append((source, pa.concat_tables(parts, promote_options="permissive") if parts else None))
+        return out
+
     def read_unit(self, unit: str, folder: str, listing: StoreListing, columns: list[str] | None = None
                   ) -> list[pa.Table]:
-        """The parts of ``unit`` in ``folder``, per ``listing``, each read."""
-        return [self.read_part(folder, name, columns) for name in listing.parts_of(unit, folder)]
+        """The rows of ``unit`` in ``folder`` (its parts, or its slice of a pack), per ``listing``."""
+        return self.read_units([unit], folder, listing, columns)
 
     def _read_committed(self, folder: str, units: list[str] | None, columns: list[str] | None,
                         schema: pa.Schema) -> pa.Table:
         listing = self.listing()
         wanted = listing.committed_units() if units is None else units
-        tables = [t for u in wanted for t in self.read_unit(u, folder, listing, columns)]
+        tables = self.read_units(wanted, folder, listing, columns)
         if not tables:
             return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
         return pa.concat_tables(tables, promote_options="permissive")
@@ -175,12 +306,14 @@ class OutputStore:
             return self._read_committed(SEGMENTS_DIR, units, columns, segments_schema())
         listing = self.listing()
         wanted = listing.committed_units() if units is None else units
-        own = [c for c in (columns or segments_schema().names) if c != "embedding"]
+        own = sorted({c for c in (columns or segments_schema().names) if c != "embedding"} | {"file_id", "segment"})
         src = OutputStore(source)
         src_listing = src.listing()
-        tables = [with_embeddings(t, src, src_listing, u)
-                  for u in wanted for t in self.read_unit(u, SEGMENTS_DIR, listing, sorted(set(own) | {
-                      "file_id", "segment"}))]
+        tables = []
+        for _, group in listing.groups(wanted):
+            parts = self.read_units(group, SEGMENTS_DIR, listing, own)
+            if parts:
+                tables.append(with_embeddings(pa.concat_tables(parts), src, src_listing, group))
         if not tables:
             return self._read_committed(SEGMENTS_DIR, [], columns, segments_schema())
         table = pa.concat_tables(tables, promote_options="permissive")
@@ -210,13 +343,19 @@ def open_embeddings(uri: str, ours: str | None, ours_are: str, needed_by: str, r
     return manifest
 
 
-def with_embeddings(table: pa.Table, source: OutputStore, listing: StoreListing, unit: str) -> pa.Table:
-    """``table`` (one unit's re-scored windows) with the embedding column of the same windows in ``source``."""
+def with_embeddings(table: pa.Table, source: OutputStore, listing: StoreListing, units: str | list[str]
+                    ) -> pa.Table:
+    """``table`` (the re-scored windows of ``units``, one or a list) with the embedding column of the same
+    windows in ``source`` (rows sorted by file and window)."""
+    units = [units] if isinstance(units, str) else list(units)
     keys = [("file_id", "ascending"), ("segment", "ascending")]
     table = table.sort_by(keys)
-    parts = source.read_unit(unit, SEGMENTS_DIR, listing, ["file_id", "segment", "embedding"])
-    stored = pa.concat_tables(parts).sort_by(keys)
+    parts = source.read_units(units, SEGMENTS_DIR, listing, ["file_id", "segment", "embedding"])
+    stored = (pa.concat_tables(parts) if parts else
+              pa.table({"file_id": pa.array([], pa.string()), "segment": pa.array([], pa.int32()),
+                        "embedding": pa.array([], pa.list_(pa.float16()))})).sort_by(keys)
     if not (stored.column("file_id").equals(table.column("file_id"))
             and stored.column("segment").equals(table.column("segment"))):
-        raise ValueError(f"{source.uri}: unit {unit} no longer holds the windows this run re-scored")
+        where = units[0] if len(units) == 1 else f"{units[0]}..{units[-1]}"
+        raise ValueError(f"{source.uri}: unit {where} no longer holds the windows this run re-scored")
     return table.append_column("embedding", stored.column("embedding"))

@@ -90,27 +90,28 @@ class Tally:
 
 
 def tally(store: OutputStore, per_label: int = 0) -> Tally:
-    """Fold every committed unit of ``store`` into a ``Tally``, one unit in memory at a time; with
-    ``per_label``, keep the ``per_label`` highest-scoring windows of each label too (``Tally.top``)."""
+    """Fold every committed unit of ``store`` into a ``Tally``, one staged unit or one pack in memory at a time;
+    with ``per_label``, keep the ``per_label`` highest-scoring windows of each label too (``Tally.top``)."""
     listing = store.listing()
     t = Tally(top=TopWindows(per_label))
     columns = SEGMENT_COLUMNS if per_label <= 0 else list(dict.fromkeys(SEGMENT_COLUMNS + PICK_COLUMNS))
-    for unit in listing.committed_units():
-        t.units += 1
-        for name in listing.parts_of(unit, FILES_DIR):
-            t.add_files(store.read_part(FILES_DIR, name, FILE_COLUMNS), unit)
-        for name in listing.parts_of(unit, SEGMENTS_DIR):
-            segments = store.read_part(SEGMENTS_DIR, name, columns)
-            t.add_segments(segments.select(SEGMENT_COLUMNS))
-            t.top.add(segments)
+    for _, units in listing.groups():
+        files = dict(store.read_by_unit(units, FILES_DIR, listing, FILE_COLUMNS))
+        segments = dict(store.read_by_unit(units, SEGMENTS_DIR, listing, columns))
+        for unit in units:
+            t.units += 1
+            if files.get(unit) is not None:
+                t.add_files(files[unit], unit)
+            if segments.get(unit) is not None:
+                t.add_segments(segments[unit].select(SEGMENT_COLUMNS))
+                t.top.add(segments[unit])
     return t
 
 
 def file_windows(store: OutputStore, unit: str, file_id: str, columns: list[str] | None = None) -> pa.Table:
     """The windows of one file (the label columns, or ``columns``), in time order."""
     columns = list(dict.fromkeys(SEGMENT_COLUMNS + (columns or [])))
-    listing = store.listing()
-    tables = [store.read_part(SEGMENTS_DIR, name, columns) for name in listing.parts_of(unit, SEGMENTS_DIR)]
+    tables = store.read_unit(unit, SEGMENTS_DIR, store.listing(), columns)
     if not tables:
         return pa.table({c: [] for c in columns})
     table = pa.concat_tables(tables, promote_options="permissive")

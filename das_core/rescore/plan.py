@@ -24,7 +24,7 @@ from das_core.errors import Refused
 from das_core.io import storage
 from das_core.io.checks import check_output_folder
 from das_core.io.inputs import normalise_uri
-from das_core.output.format import FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR
+from das_core.output.format import END_TAG, READABLE_FORMATS, part_name, unit_number
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore, StoreListing, open_embeddings
 from das_core.rescore.config import RUN_PREFIX, RescoreConfig, default_run_id
@@ -128,9 +128,20 @@ class RescorePlan:
     previous: RunManifest | None = None
 
     def unit_rows(self) -> list[dict]:
-        """One row per unit to do: what ``rescore_unit`` reads."""
-        return [{"unit": u, "segments": self.listing.parts_of(u, SEGMENTS_DIR),
-                 "files": self.listing.parts_of(u, FILES_DIR)} for u in self.todo]
+        """One row per task: the units to do of one physical part of the label output (a pack, or a staged
+        unit), split where they are not consecutive (units covered before the watermark): what
+        ``rescore_unit`` reads."""
+        rows = []
+        for source, units in self.listing.groups(self.todo):
+            where = source if source.endswith(".parquet") else part_name(source, END_TAG)   # a pack, or an end part
+            run = [units[0]]
+            for unit in units[1:]:
+                if unit_number(unit) != unit_number(run[-1]) + 1:
+                    rows.append({"units": run, "source": where})
+                    run = []
+                run.append(unit)
+            rows.append({"units": run, "source": where})
+        return rows
 
     def unit_settings(self) -> dict:
         """The keyword arguments of ``rescore_unit`` (the same for every unit)."""
@@ -191,7 +202,7 @@ def plan_rescore(config: RescoreConfig) -> RescorePlan:
                                                   "`das build-cache --checkpoint {made_with} ...`")
     run_uri = storage.join(config.out, RUN_PREFIX + run_id)
     _refuse_existing_run(run_uri, config.overwrite)
-    if label.format_version != FORMAT_VERSION:
+    if label.format_version not in READABLE_FORMATS:
         raise Refused(f"{config.embeddings} was written by das {label.das_version} in an older layout; relabel it "
                       f"with this version (or rescore it with das 0.1)")
     listing = OutputStore(config.embeddings).listing()

@@ -1,20 +1,23 @@
-"""Re-scoring one committed label unit: the work of one Ray task of ``das rescore`` (or one local call).
+"""Re-scoring one physical part of a label output: the work of one Ray task of ``das rescore`` (or one local call).
 
 Input (``--embeddings``) is the output of ``das label``: its committed units
-(``files/part-<unit>-end.parquet`` exists; see ``das_core.output.store``).
-Each unit is written under the run's folder::
+(an ``end`` part or a pack covers them; see ``das_core.output.store``). A task
+takes one pack of it, or one unit still staged, and writes one pack per
+folder under the run's folder, named by the range of its units (the layout
+of a packed label output, ``das_core.output.pack``)::
 
-    OUT/run_id=<ID>/segments/part-<unit>-all.parquet   das label's schema; the embedding column only with
-                                                       --copy-embeddings (readers follow the manifest's
-                                                       "embeddings" to the label output otherwise)
-    OUT/run_id=<ID>/files/part-<unit>-end.parquet      one row per input file, error rows included (commit mark)
+    OUT/run_id=<ID>/segments/part-<A>-<B>.parquet   das label's schema; the embedding column only with
+                                                    --copy-embeddings (readers follow the manifest's
+                                                    "embeddings" to the label output otherwise)
+    OUT/run_id=<ID>/files/part-<A>-<B>.parquet      one row per input file, error rows included (commit mark)
 
-``rescore_unit`` reads the unit's parts with pyarrow, scores every window from
-its stored embedding (cast to float32 exactly as ``das label`` did, so the
-same cache reproduces its scores), pools files by the maximum over all their
-windows (a long file's pieces included) and writes the unit's two output
-parts, files last. Names derive from the unit, so a retried task overwrites
-instead of duplicating.
+``rescore_unit`` reads the parts with pyarrow, scores every window from its
+stored embedding (cast to float32 exactly as ``das label`` did, so the same
+cache reproduces its scores), pools files by the maximum over all their
+windows (a long file's pieces included) and writes the two output packs,
+files last. Names derive from the units, so a retried task overwrites instead
+of duplicating. Outputs of earlier das versions (``part-<unit>-all`` /
+``part-<unit>-end``) read as staged units.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import pyarrow as pa
 
 from das_core.errors import WriteFailed
 from das_core.io import storage
-from das_core.output.format import EMBEDDING_TYPES, END_TAG, FILES_DIR, OK, SEGMENTS_DIR, part_name, segments_schema
+from das_core.output.format import EMBEDDING_TYPES, FILES_DIR, OK, SEGMENTS_DIR, pack_name, segments_schema
+from das_core.output.pack import write_pack
 from das_core.output.store import OutputStore
 from das_core.output.tables import FileOutcome, build_tables, count_outcomes, embeddings_to_numpy, labelled_columns
 from das_core.scoring.cache import DriftCache
@@ -95,53 +99,54 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
     return build_tables(outcomes, windows, cache, top_k, dtype, scores=scores, logit_scale=logit_scale)
 
 
-def _read_parts(store: OutputStore, folder: str, names: list[str]) -> pa.Table | None:
-    """The parts ``names`` of ``folder`` in ``store`` as one table (None when there is none)."""
-    tables = [store.read_part(folder, name) for name in names]
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
-
-
-def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[str], file_parts: list[str],
-                 cache: DriftCache, top_k: int, logit_scale: float | None = None, copy_embeddings: bool = True,
-                 embedding_dtype: str = "float16") -> dict:
-    """Re-score committed label unit ``unit`` of ``embeddings`` (its parts) and commit it under ``out_run``;
-    returns its counts (``das_core.output.store.count_outcomes``)."""
+def rescore_part(embeddings: str, out_run: str, units: list[str], cache: DriftCache, top_k: int,
+                 logit_scale: float | None = None, copy_embeddings: bool = True,
+                 embedding_dtype: str = "float16") -> list[tuple[str, dict]]:
+    """Re-score the committed, consecutive label ``units`` of ``embeddings`` (one pack of it, or one staged
+    unit: each file read once) and commit them under ``out_run`` as one pack named by their range (segments,
+    then files); each unit's counts (``das_core.output.tables.count_outcomes``)."""
     label = OutputStore(embeddings)
-    files = _read_parts(label, FILES_DIR, file_parts)
-    segments = _read_parts(label, SEGMENTS_DIR, segment_parts)
-    if segments is None:
-        segments = segments_schema(embedding_dtype).empty_table()
-    new_segments, new_files = rescore_tables(segments, files, cache, top_k, logit_scale)
-    out = OutputStore(out_run)
-    if not copy_embeddings:
-        new_segments = new_segments.drop_columns(["embedding"])   # read back through the label output
-    if len(new_segments):
-        out.write_part(SEGMENTS_DIR, part_name(unit, "all"), new_segments)
-    out.write_part(FILES_DIR, part_name(unit, END_TAG), new_files)
-    return count_outcomes(new_files)
+    listing = label.listing()
+    files = dict(label.read_by_unit(units, FILES_DIR, listing))
+    segments = dict(label.read_by_unit(units, SEGMENTS_DIR, listing))
+    new = {}
+    for unit in units:
+        if files.get(unit) is None:
+            raise ValueError(f"unit {unit} has no files rows: it is not committed")
+        seg = segments.get(unit)
+        seg, fil = rescore_tables(segments_schema(embedding_dtype).empty_table() if seg is None else seg,
+                                  files[unit], cache, top_k, logit_scale)
+        new[unit] = (seg if copy_embeddings else seg.drop_columns(["embedding"]), fil)  # else read back via the label
+    out, name = OutputStore(out_run), pack_name(units[0], units[-1])
+    write_pack(out, SEGMENTS_DIR, name, [(u, [new[u][0]]) for u in units], skip_empty=True)
+    write_pack(out, FILES_DIR, name, [(u, [new[u][1]]) for u in units], skip_empty=False)
+    return [(u, count_outcomes(new[u][1])) for u in units]
 
 
 def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str, top_k: int,
                  logit_scale: float | None = None, copy_embeddings: bool = True,
                  embedding_dtype: str = "float16") -> pa.Table:
-    """The task of one label unit (``row``: ``RescorePlan.unit_rows``): one ``PART_STATS_SCHEMA`` row.
+    """The task of one physical part of the label output (``row``: ``RescorePlan.unit_rows``, its consecutive
+    ``units``): one ``PART_STATS_SCHEMA`` row per label unit.
 
-    A unit that cannot be re-scored (unreadable, damaged) is reported in
-    ``failure``; it never fails the task, so every other unit still gets done. A write that fails
+    Units that cannot be re-scored (unreadable, damaged) are reported in
+    ``failure``; that never fails the task, so every other part still gets done. A write that fails
     (``WriteFailed``: disk full, read-only) ends the run.
     """
-    unit, start = row["unit"], time.monotonic()
-    counts, failure = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}, None
+    units, start = row["units"], time.monotonic()
+    empty = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}
+    failure = None
     try:
-        counts = rescore_part(embeddings, out_run, unit, row["segments"], row["files"], cache, top_k, logit_scale,
-                              copy_embeddings, embedding_dtype)
+        counts = rescore_part(embeddings, out_run, units, cache, top_k, logit_scale, copy_embeddings,
+                              embedding_dtype)
     except WriteFailed:
         raise                                # the output's disk, not this unit: the run stops with its line
     except Exception as exc:  # noqa: BLE001 - reported per unit, counted by the driver
-        failure = f"{storage.join(embeddings, FILES_DIR, part_name(unit, END_TAG))} (unit {unit}): " \
-                  f"{type(exc).__name__}: {exc}"
-    stats = {"part": unit, **{key: int(counts[key]) for key in ("files", "ok", "error", "segments")},
-             "errors_by_kind": json.dumps(counts["errors_by_kind"]), "seconds": time.monotonic() - start,
-             "failure": failure}
-    return pa.Table.from_pylist([stats], schema=PART_STATS_SCHEMA)
-
+        where = f"unit {units[0]}" if len(units) == 1 else f"units {units[0]}..{units[-1]}"
+        failure = f"{storage.join(embeddings, FILES_DIR, row.get('source', ''))} ({where}): {type(exc).__name__}: {exc}"
+        counts = [(u, empty) for u in units]
+    seconds = (time.monotonic() - start) / len(units)
+    return pa.Table.from_pylist([
+        {"part": unit, **{key: int(c[key]) for key in ("files", "ok", "error", "segments")},
+         "errors_by_kind": json.dumps(c["errors_by_kind"]), "seconds": seconds, "failure": failure}
+        for unit, c in counts], schema=PART_STATS_SCHEMA)

@@ -130,10 +130,24 @@ def units_per_task(n_units: int, cpus: float) -> int:
 
 
 def unit_groups(units: list[str], listing: StoreListing, level: str, size: int) -> list[dict]:
-    """Rows of ``size`` units each, with their part lists in the level's folder: what ``search_group`` reads."""
+    """Rows of units, each with its part lists in the level's folder, in unit order: what ``search_group``
+    reads. The units of one pack are one row (its file read once, by one task); staged units go ``size`` to a
+    row."""
     folder = level_source(level)[0]
-    return [{"units": units[i:i + size], "parts": [listing.parts_of(u, folder) for u in units[i:i + size]]}
-            for i in range(0, len(units), size)]
+    batches: list[list[str]] = []
+    staged: list[str] = []
+    for source, wanted in listing.groups(units):
+        if source.endswith(".parquet"):               # a pack
+            batches += [staged] if staged else []
+            batches.append(wanted)
+            staged = []
+        else:
+            staged.append(source)
+            if len(staged) == size:
+                batches.append(staged)
+                staged = []
+    batches += [staged] if staged else []
+    return [{"units": batch, "parts": [listing.parts_of(u, folder) for u in batch]} for batch in batches]
 
 
 

@@ -72,7 +72,7 @@ def test_a_relative_out_resumes_reports_searches_and_rescores_and_the_users_file
     seeded = seed_user_files(out)
     archive = snapshot(user / "archive")
 
-    first = das(label_args("--out", "out", "--files-per-unit", "1"), user)
+    first = das(label_args("--out", "out", "--files-per-unit", "1", "--pack-rows", "0"), user)   # small parts
     assert first.rc == 0, first.out
     kept(out, seeded)
     assert_no_row_doubled(out)
@@ -88,6 +88,8 @@ def test_a_relative_out_resumes_reports_searches_and_rescores_and_the_users_file
     assert resumed.rc == 0, resumed.out
     assert "resuming: 5 of 6 unit(s) committed" in resumed.out, resumed.out
     assert_no_row_doubled(out)
+    assert sorted(n for n in os.listdir(out / FILES_DIR) if n.endswith(".parquet")) == [
+        "part-u00000000-u00000005.parquet"]                                   # finished: one pack, nothing staged
     again = das(label_args("--out", "./out", "--resume"), user)
     assert again.rc == 0 and "nothing to do: all 6 unit(s)" in again.out, again.out
     kept(out, seeded)

@@ -17,6 +17,7 @@ from das_core.errors import CacheMismatchError
 from das_core.errors import Refused as UsageError
 from das_core.errors import RunFailed as JobFailed
 from das_core.io import storage
+from das_core.output.format import FILES_DIR
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.scoring.cache import DriftCache
@@ -189,7 +190,7 @@ def test_rerun_into_non_empty_output_is_refused(first_run, s3_archive, cache_uri
 
 def _as_if_killed(out: str, units: list[str]) -> None:
     """The state a kill leaves: the units' chunks written, their end parts not; the manifest still 'running'."""
-    from das_core.output.format import FILES_DIR, part_name
+    from das_core.output.format import part_name
 
     store = OutputStore(out)
     for unit in units:
@@ -201,7 +202,7 @@ def _as_if_killed(out: str, units: list[str]) -> None:
 def test_resume_after_interruption_gives_exactly_the_uninterrupted_rows(first_run, s3_archive, cache_uri,
                                                                        tiny_ckpt, tmp_path):
     out = str(tmp_path / "interrupted")
-    run(config(s3_archive, cache_uri, tiny_ckpt, out, files_per_unit=3))
+    run(config(s3_archive, cache_uri, tiny_ckpt, out, files_per_unit=3, pack_rows=0))    # killed before any pack
     store = OutputStore(out)
     units = store.listing().committed_units()
     assert len(units) == 4
@@ -220,6 +221,7 @@ def test_resume_after_interruption_gives_exactly_the_uninterrupted_rows(first_ru
     assert all(np.array_equal(x, y) for x, y in zip(a.embedding, b.embedding))
     assert read(ref_out, "files").equals(read(out, "files"))
     assert manifest["counts"] == ref_manifest["counts"]
+    assert not store.listing().units(FILES_DIR) and set(store.listing().packed_units()) == set(units)   # all packed
     # resuming a finished run does nothing and leaves it as it was
     again = run(config(s3_archive, cache_uri, tiny_ckpt, out + "/", resume=True))
     assert again == manifest == RunManifest.read(out).to_dict()
@@ -239,7 +241,7 @@ def test_overwrite_replaces(s3_archive, cache_uri, tiny_ckpt, tmp_path):
     open(out + "/_manifest.json", "w").write("{}")
     single = s3_archive + "/short/three.flac"
     run(config(single, cache_uri, tiny_ckpt, out, overwrite=True))
-    assert sorted(os.listdir(out + "/segments")) == ["part-stale.parquet", "part-u00000000-c00000.parquet"]
+    assert sorted(os.listdir(out + "/segments")) == ["part-stale.parquet", "part-u00000000-u00000000.parquet"]
     assert read(out, "files").file_id.tolist() == ["three.flac"]
 
 

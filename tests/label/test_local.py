@@ -11,7 +11,7 @@ from conftest import label_run, read_output, write_clips
 
 from das_core.errors import EngineRefused, RunFailed
 from das_core.label.config import LabelConfig
-from das_core.output.format import END_TAG, FILES_DIR, part_name
+from das_core.output.format import END_TAG, FILES_DIR, SEGMENTS_DIR, part_name
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.runtime import engine
@@ -80,8 +80,9 @@ def archive(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def local_out(archive, small_cache, tiny_ckpt, tmp_path_factory) -> str:
+    """A local run left in small parts (--pack-rows 0, what a run killed before any pack leaves)."""
     out = str(tmp_path_factory.mktemp("local") / "out")
-    label_run(archive, small_cache, tiny_ckpt, out, local=True, **SMALL)
+    label_run(archive, small_cache, tiny_ckpt, out, local=True, pack_rows=0, **SMALL)
     return out
 
 
@@ -99,7 +100,9 @@ def _assert_same(out: str, reference: str) -> None:
 @pytest.mark.slow
 def test_local_and_ray_write_the_same_rows(ray_local, archive, small_cache, tiny_ckpt, local_out, tmp_path):
     on_ray = str(tmp_path / "ray")
-    label_run(archive, small_cache, tiny_ckpt, on_ray, ray=True, **SMALL)
+    label_run(archive, small_cache, tiny_ckpt, on_ray, ray=True, pack_rows=2, **SMALL)     # packed by pack tasks
+    listing = OutputStore(on_ray).listing()
+    assert len(listing.packs(FILES_DIR)) >= 2 and not listing.units(FILES_DIR) and not listing.units(SEGMENTS_DIR)
     _assert_same(local_out, on_ray)
     segments, files = read_output(local_out)
     assert files.num_rows == len(CLIPS) + len(BROKEN)
@@ -108,9 +111,12 @@ def test_local_and_ray_write_the_same_rows(ray_local, archive, small_cache, tiny
     assert segments.filter(pa.compute.equal(segments.column("file_id"), "long.wav")).num_rows == 4
     assert [r["engine"] for r in RunManifest.read(local_out).runs] == [LOCAL]
     assert [r["engine"] for r in RunManifest.read(on_ray).runs] == [RAY]
-    # a Ray run that lost a commit is completed in this process with the same rows
+    # a Ray run that lost its last range (pack and all) is completed in this process with the same rows
     store = OutputStore(on_ray)
-    os.remove(store.path(FILES_DIR, part_name(sorted(store.listing().committed_units())[-1], END_TAG)))
+    *_, last = listing.packs(FILES_DIR)[-1]
+    for folder in (SEGMENTS_DIR, FILES_DIR):
+        if last in listing.names[folder]:
+            store.remove_part(folder, last)
     label_run(archive, small_cache, tiny_ckpt, on_ray, resume=True, local=True, **SMALL)
     _assert_same(on_ray, local_out)
     assert [r["engine"] for r in RunManifest.read(on_ray).runs] == [RAY, LOCAL]
@@ -131,6 +137,8 @@ def test_resume_after_an_interrupted_local_run(archive, small_cache, tiny_ckpt, 
     assert manifest["counts"]["files"] == len(CLIPS) + len(BROKEN)
     assert [r["engine"] for r in manifest["runs"]] == [LOCAL, LOCAL]
     assert manifest["runs"][-1]["units_to_do"] == 2
+    listing = store.listing()           # resumed to the end: every unit packed, nothing left in small parts
+    assert set(listing.packed_units()) == set(committed) and not listing.units(FILES_DIR)
 
 
 @pytest.mark.integration

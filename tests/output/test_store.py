@@ -14,6 +14,8 @@ from das_core.output.format import (
     FILES_SCHEMA,
     PIECES_DIR,
     SEGMENTS_DIR,
+    pack_name,
+    parse_pack_name,
     parse_part_name,
     part_name,
     table_to_bytes,
@@ -28,6 +30,9 @@ def test_part_names_round_trip_and_foreign_names_are_not_parts():
     assert parse_part_name(part_name("u00000007", END_TAG)) == ("u00000007", "end")
     for name in ("part-0.parquet", ".tmp-part-u00000001-end.parquet", "part-u1-end.parquet.bak"):
         assert parse_part_name(name) is None
+    assert parse_part_name(pack_name("u00000002", "u00000009")) == ("u00000002", "u00000009")   # a pack: das's own
+    assert parse_pack_name(pack_name("u00000002", "u00000009")) == ("u00000002", "u00000009")
+    assert parse_pack_name(part_name("u00000002", END_TAG)) is None
 
 
 def test_only_units_with_an_end_part_are_committed_and_removing_units_takes_all_their_parts(tmp_path):

@@ -27,8 +27,8 @@ OTHER_LABELS = ["bird_song", "rain", "car_horn", "speech"]
 SCORE_COLUMNS = ("score", "top_k_scores", "zs_score")
 
 
-def label(input_dir, cache_uri, checkpoint, out, resume=False) -> dict:
-    return label_run(input_dir, cache_uri, checkpoint, out, resume=resume, files_per_unit=1)
+def label(input_dir, cache_uri, checkpoint, out, resume=False, **kw) -> dict:
+    return label_run(input_dir, cache_uri, checkpoint, out, resume=resume, files_per_unit=1, **kw)
 
 
 def read(uri: str, sub: str):
@@ -148,7 +148,7 @@ def test_a_cache_of_another_checkpoint_is_refused(labelled, cache_uri, other_ckp
 def test_since_last_run_scores_only_the_new_rows(ray_local, tiny_ckpt, cache_uri, tmp_path):
     audio, out, rescored = tmp_path / "audio", tmp_path / "labels", str(tmp_path / "rescored")
     write_clips(audio, {"first.wav": (2.0, 16000, 500.0), "second.flac": (11.5, 16000, 700.0)})
-    label(audio, cache_uri, tiny_ckpt, out)
+    label(audio, cache_uri, tiny_ckpt, out, pack_rows=0)          # in small parts, as a run killed before packing
     first = rescore_run(RescoreConfig(embeddings=str(out), cache=cache_uri, out=rescored, run_id="day1",
                                       since_last_run=True))
     assert first["previous_run"] is None and first["counts"]["files"] == 2
@@ -156,6 +156,9 @@ def test_since_last_run_scores_only_the_new_rows(ray_local, tiny_ckpt, cache_uri
     write_clips(audio, {"third.wav": (4.0, 16000, 900.0), "later/fourth.wav": (10.0, 16000, 1100.0)},
                 broken={"fifth.wav": BROKEN_WAV})
     label(audio, cache_uri, tiny_ckpt, out, resume=True)
+    label_listing = OutputStore(str(out)).listing()               # the units day1 covered are packed since
+    assert len(label_listing.packs()) == 1 and set(label_listing.packed_units()) == set(
+        label_listing.committed_units())
     second = rescore_run(RescoreConfig(embeddings=str(out), cache=cache_uri, out=rescored, run_id="day2",
                                        since_last_run=True))
     new_files = read(os.path.join(rescored, "run_id=day2"), "files")

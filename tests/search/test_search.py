@@ -281,6 +281,13 @@ def test_unit_groups_hold_each_unit_once_with_its_parts():
     assert [g["units"] for g in groups] == [units[0:2], units[2:4], units[4:]]
     assert groups[0]["parts"] == [["part-u00000000-c00000.parquet"], ["part-u00000001-c00000.parquet"]]
     assert unit_groups(units, listing, FILE, 5)[0]["parts"][4] == ["part-u00000004-end.parquet"]
+    # a pack is one task whatever its units, read once; staged units beside it still go size to a task
+    packed = StoreListing({"segments": {"part-u00000000-u00000002.parquet", "part-u00000003-c00000.parquet"},
+                           "files": {"part-u00000000-u00000002.parquet", "part-u00000003-end.parquet",
+                                     "part-u00000004-end.parquet"}})
+    groups = unit_groups(packed.committed_units(), packed, "segment", 2)
+    assert [g["units"] for g in groups] == [units[0:3], units[3:5]]
+    assert groups[0]["parts"] == [["part-u00000000-u00000002.parquet"]] * 3
 
 
 @pytest.mark.parametrize("settings, words", [
