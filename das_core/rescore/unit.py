@@ -4,7 +4,8 @@ Input (``--embeddings``) is the output of ``das label``: its committed units
 (``files/part-<unit>-end.parquet`` exists; see ``das_core.output.store``).
 Each unit is written under the run's folder::
 
-    OUT/run_id=<ID>/segments/part-<unit>-all.parquet   das label's schema; the embedding column only with
+    OUT/run_id=<ID>/segments/part-<unit>-all.parquet   das label's schema (format 3, the label output's
+                                                       format 2 included); the embedding column only with
                                                        --copy-embeddings (readers follow the manifest's
                                                        "embeddings" to the label output otherwise)
     OUT/run_id=<ID>/files/part-<unit>-end.parquet      one row per input file, error rows included (commit mark)
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from das_core.errors import WriteFailed
 from das_core.io import storage
-from das_core.output.format import EMBEDDING_TYPES, END_TAG, FILES_DIR, OK, SEGMENTS_DIR, part_name, segments_schema
+from das_core.output.format import END_TAG, FILES_DIR, OK, SEGMENTS_DIR, PartFormat, embedding_layout, part_name
 from das_core.output.store import OutputStore
 from das_core.output.tables import FileOutcome, build_tables, count_outcomes, embeddings_to_numpy, labelled_columns
 from das_core.scoring.cache import DriftCache
@@ -49,14 +50,6 @@ _FILE_COLUMNS = ("file_id", "path", "status", "error", "error_kind", "n_segments
                  "channels", "decoder", "key", "metadata")
 
 
-def _embedding_dtype(segments: pa.Table) -> str:
-    value_type = segments.schema.field("embedding").type.value_type
-    for name, arrow_type in EMBEDDING_TYPES.items():
-        if value_type == arrow_type:
-            return name
-    raise ValueError(f"embedding column has type list<{value_type}>, expected list<float16> or list<float32>")
-
-
 def _file_outcomes(files: pa.Table, segments: pa.Table) -> list[FileOutcome]:
     """The label unit's files as outcomes, after checking that each ok file has all its windows."""
     counts = Counter(segments.column("file_id").to_pylist())
@@ -74,14 +67,17 @@ def _file_outcomes(files: pa.Table, segments: pa.Table) -> list[FileOutcome]:
 
 
 def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k: int,
-                   logit_scale: float | None = None) -> tuple[pa.Table, pa.Table]:
+                   logit_scale: float | None = None, part: PartFormat | None = None) -> tuple[pa.Table, pa.Table]:
     """Re-label one committed unit of a label output: the new ``segments`` and ``files`` tables.
 
     Window labels come from the stored embeddings cast to float32 (exactly what
     das label scored); file labels are the maximum over a file's windows; error
     rows are carried over unchanged, so every input file keeps exactly one row.
+    The tables are typed and labelled as ``part`` says; without it, as FixedSizeList embeddings of the
+    stored type and the cache's dimension, with no metadata (a format 2 unit's list<...> becomes one too).
     """
-    dtype = _embedding_dtype(segments)
+    if part is None:
+        part = PartFormat(embedding_layout(segments.schema.field("embedding").type)[0], cache.dim)
     if segments.column("embedding").null_count:
         raise ValueError(f"{segments.column('embedding').null_count} window(s) have no embedding")
     outcomes = _file_outcomes(files, segments)
@@ -92,7 +88,7 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
         lab = label_windows(None, cache, top_k, scores=scores, logit_scale=logit_scale)
     for name, column in labelled_columns(lab, len(segments)).items():
         windows = windows.append_column(name, column)
-    return build_tables(outcomes, windows, cache, top_k, dtype, scores=scores, logit_scale=logit_scale)
+    return build_tables(outcomes, windows, cache, top_k, part, scores=scores, logit_scale=logit_scale)
 
 
 def _read_parts(store: OutputStore, folder: str, names: list[str]) -> pa.Table | None:
@@ -103,15 +99,17 @@ def _read_parts(store: OutputStore, folder: str, names: list[str]) -> pa.Table |
 
 def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[str], file_parts: list[str],
                  cache: DriftCache, top_k: int, logit_scale: float | None = None, copy_embeddings: bool = True,
-                 embedding_dtype: str = "float16") -> dict:
-    """Re-score committed label unit ``unit`` of ``embeddings`` (its parts) and commit it under ``out_run``;
-    returns its counts (``das_core.output.store.count_outcomes``)."""
+                 part: PartFormat | None = None) -> dict:
+    """Re-score committed label unit ``unit`` of ``embeddings`` (its parts) and commit it under ``out_run``,
+    typed and labelled as ``part`` says (``rescore_tables``); returns its counts
+    (``das_core.output.store.count_outcomes``)."""
+    part = part or PartFormat(dim=cache.dim)
     label = OutputStore(embeddings)
     files = _read_parts(label, FILES_DIR, file_parts)
     segments = _read_parts(label, SEGMENTS_DIR, segment_parts)
     if segments is None:
-        segments = segments_schema(embedding_dtype).empty_table()
-    new_segments, new_files = rescore_tables(segments, files, cache, top_k, logit_scale)
+        segments = part.segments.empty_table()
+    new_segments, new_files = rescore_tables(segments, files, cache, top_k, logit_scale, part)
     out = OutputStore(out_run)
     if not copy_embeddings:
         new_segments = new_segments.drop_columns(["embedding"])   # read back through the label output
@@ -123,7 +121,7 @@ def rescore_part(embeddings: str, out_run: str, unit: str, segment_parts: list[s
 
 def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str, top_k: int,
                  logit_scale: float | None = None, copy_embeddings: bool = True,
-                 embedding_dtype: str = "float16") -> pa.Table:
+                 part: PartFormat | None = None) -> pa.Table:
     """The task of one label unit (``row``: ``RescorePlan.unit_rows``): one ``PART_STATS_SCHEMA`` row.
 
     A unit that cannot be re-scored (unreadable, damaged) is reported in
@@ -134,7 +132,7 @@ def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str,
     counts, failure = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}, None
     try:
         counts = rescore_part(embeddings, out_run, unit, row["segments"], row["files"], cache, top_k, logit_scale,
-                              copy_embeddings, embedding_dtype)
+                              copy_embeddings, part)
     except WriteFailed:
         raise                                # the output's disk, not this unit: the run stops with its line
     except Exception as exc:  # noqa: BLE001 - reported per unit, counted by the driver
