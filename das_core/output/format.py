@@ -150,7 +150,8 @@ def run_metadata(job: str, labels: tuple[str, ...] | list[str], lam: float, chec
                  format_version: int = FORMAT_VERSION) -> tuple[tuple[str, str], ...]:
     """The schema metadata of every part of one run (``das.<key>``: text), made once per run: the same for
     every part and every rerun of the same settings (nothing in it changes with time)."""
-    values = {"job": job, "labels": json.dumps(list(labels), ensure_ascii=False), "lam": repr(float(lam)),
+    values = {"job": job, "labels": json.dumps(list(labels), ensure_ascii=False, separators=(",", ":")),
+              "lam": repr(float(lam)),
               "checkpoint_fingerprint": checkpoint_fingerprint, "checkpoint_uri": checkpoint_uri or "",
               "cache_fingerprint": cache_fingerprint, "das_version": das_version,
               "format_version": str(format_version)}
