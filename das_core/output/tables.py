@@ -123,7 +123,7 @@ def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     values = column.flatten().to_numpy(zero_copy_only=False)       # flatten: from the slice's own offset
     if len(values) % len(column):
         raise ValueError(f"{len(values)} embedding values do not split into {len(column)} rows of one length")
-    return values.astype(np.float32, copy=False).reshape(len(column), -1)
+    return values.astype(np.float32).reshape(len(column), -1)           # a copy: writable, whatever the dtype
 
 
 @dataclass
