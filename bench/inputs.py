@@ -66,7 +66,7 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
     """A `das label` output of ``rows`` windows with random unit embeddings, committed as the label job does."""
     import pyarrow as pa
 
-    from das_core.output.format import END_TAG, FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR, part_name
+    from das_core.output.format import END_TAG, FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR, PartFormat, part_name
     from das_core.output.manifest import RunManifest
     from das_core.output.store import OutputStore
     from das_core.output.tables import FileOutcome, build_tables, embedding_array, labelled_columns
@@ -88,12 +88,12 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
                 "start_s": pa.array(np.tile(np.arange(windows_per_file) * 10.0, len(ids))),
                 "end_s": pa.array(np.tile(np.arange(1, windows_per_file + 1) * 10.0, len(ids))),
                 **labelled_columns(lab, n),
-                "embedding": embedding_array(emb, n, np.arange(n), "float16"),
+                "embedding": embedding_array(emb, n, np.arange(n), "float16", cache.dim),
                 "snr_db": pa.nulls(n, pa.float64()), "seed": pa.nulls(n, pa.int64()),
                 "noise_source": pa.nulls(n, pa.string())}
         outcomes = [FileOutcome(f, f"s3://a/{f}.wav", "ok", None, None, windows_per_file, 60.0, 48000, 1)
                     for f in ids]
-        segments, files = build_tables(outcomes, pa.table(cols), cache, 5, "float16")
+        segments, files = build_tables(outcomes, pa.table(cols), cache, 5, PartFormat("float16", cache.dim))
         unit = f"u{first // files_per_part:08d}"
         store.write_part(SEGMENTS_DIR, part_name(unit, 0), segments)
         store.write_part(FILES_DIR, part_name(unit, END_TAG), files)

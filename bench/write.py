@@ -52,12 +52,12 @@ def bench_write(cache, repeats: int) -> dict:
 
     rng = np.random.default_rng(3)
     meta, emb = _chunk(rng, n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)
-    ws = WriteSettings(top_k=5, embedding_dtype="float16")
+    ws = WriteSettings(top_k=5, embedding_dtype="float16", embedding_dim=cache.dim)
     keep = np.ones(len(meta.windows), dtype=bool)
     from das_core.scoring.scorer import label_windows
 
     segments = _segments(meta, keep, emb, label_windows(emb.astype(np.float32), cache, 5), ws)
-    assert segments.schema.equals(segments_schema("float16"))
+    assert segments.schema.equals(segments_schema("float16", cache.dim))
     out = {}
     server = None
     try:
@@ -141,7 +141,7 @@ def host_windows_per_core(cache, out: str, repeats: int, chunks: int) -> dict:
     from das_core.output.store import OutputStore
 
     meta, emb = _chunk(np.random.default_rng(3), n_files=CHUNK // 2, windows_per_file=2, dim=cache.dim)
-    ws = WriteSettings(top_k=5, embedding_dtype="float16")
+    ws = WriteSettings(top_k=5, embedding_dtype="float16", embedding_dim=cache.dim)
     store = OutputStore(out)
     chunk_index = itertools.count()
 
@@ -177,7 +177,7 @@ def bench_pack(cache, rows: int = 100_000, chunk_windows: int = 512, chunks_per_
 
     rng = np.random.default_rng(5)
     root = tempfile.mkdtemp(prefix="das-bench-pack-")
-    store, ws = OutputStore(root), WriteSettings(top_k=5, embedding_dtype="float16")
+    store, ws = OutputStore(root), WriteSettings(top_k=5, embedding_dtype="float16", embedding_dim=cache.dim)
     units = [f"u{i:08d}" for i in range(-(-rows // (chunk_windows * chunks_per_unit)))]
     planner = PackPlanner(units, PACK_ROWS)
     try:

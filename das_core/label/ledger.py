@@ -22,7 +22,7 @@ from das_core.io import storage
 from das_core.label.plan import LabelPlan, settings_of
 from das_core.label.summary import summary
 from das_core.label.units import write_unit_table
-from das_core.output.format import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR
+from das_core.output.format import FILES_DIR, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
 from das_core.output.pack import PackPlanner, committed_rows
 from das_core.output.record import cache_block, ended_by, utc_now
@@ -83,7 +83,7 @@ def run_manifest(plan: LabelPlan, status: str, counts: dict, runs: list[dict]) -
     """The ``_manifest.json`` of a label run (one schema, read back by rescore, evaluate and --resume)."""
     p, c, cache = plan, plan.config, plan.cache
     return RunManifest(
-        job="label", status=status, das_version=__version__, format_version=FORMAT_VERSION,
+        job="label", status=status, das_version=__version__, format_version=p.format_version,
         settings=settings_of(c, cache.fingerprint, p.checkpoint_id),
         cache=cache_block(c.cache, cache),
         checkpoint={"uri": c.checkpoint, "fingerprint": p.checkpoint_id, **p.checkpoint_info},

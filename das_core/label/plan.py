@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from das_core import __version__
 from das_core.errors import AudioDecodeError, DeviceChangeRefused, InputError, RunRefused
 from das_core.io.inputs import Skipped, list_input_table, list_inputs, normalise_uri
 from das_core.label.config import LabelConfig
@@ -25,7 +26,7 @@ from das_core.label.decode import DecodeSettings
 from das_core.label.encode import EncodeSettings
 from das_core.label.sink import WriteSettings
 from das_core.label.units import plan_units, read_unit_table, units_per_row_group
-from das_core.output.format import FILES_SCHEMA, READABLE_FORMATS
+from das_core.output.format import FILES_SCHEMA, FORMAT_VERSION, READABLE_FORMAT_VERSIONS, run_metadata
 from das_core.output.manifest import MANIFEST, RunManifest
 from das_core.output.store import OutputStore
 from das_core.output.tables import count_outcomes
@@ -86,12 +87,21 @@ class LabelPlan:
                               torch_threads=c.torch_threads, tokenizer_dir=c.tokenizer_dir, snr_db=c.snr_db,
                               seed=c.seed, noise_uris=self.noise_uris)
 
+    @property
+    def format_version(self) -> int:
+        """The run's output format: a resumed run keeps the one it was started in, a new run has this das's."""
+        return self.previous.format_version if self.previous is not None else FORMAT_VERSION
+
     def write_settings(self) -> WriteSettings:
-        """How the unit sink writes the rows."""
-        c = self.config
+        """How the unit sink writes the rows (a format 2 run resumed: list<...> embeddings, as its parts)."""
+        c, cache = self.config, self.cache
         return WriteSettings(top_k=c.top_k, embedding_dtype=c.embedding_dtype, snr_db=c.snr_db,
                              seed=c.seed if c.snr_db is not None else None,
-                             logit_scale=self.checkpoint_info.get("logit_scale") if c.probabilities else None)
+                             logit_scale=self.checkpoint_info.get("logit_scale") if c.probabilities else None,
+                             embedding_dim=cache.dim if self.format_version >= 3 else None,
+                             metadata=run_metadata("label", cache.labels, cache.lam, self.checkpoint_id,
+                                                   c.checkpoint, cache.fingerprint, __version__,
+                                                   self.format_version))
 
     def row_groups_to_do(self) -> dict[int, list[str]] | None:
         """Per row group of the unit table, the units to do in it; None when every unit is to do."""
@@ -206,7 +216,7 @@ def _check_resumable(config: LabelConfig, previous: RunManifest | None, settings
     if previous is None:
         raise RunRefused(f"output {config.out} has results but no {MANIFEST}: it was not written by das label; "
                          f"use --overwrite or another --out")
-    if previous.format_version not in READABLE_FORMATS:
+    if previous.format_version not in READABLE_FORMAT_VERSIONS:
         raise RunRefused(f"output {config.out} was written by das {previous.das_version} in an older "
                          f"layout; --resume cannot continue it: use --overwrite or another --out")
     before = previous.settings

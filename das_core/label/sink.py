@@ -16,6 +16,7 @@ The shape of a Ray Data datasink, committing per unit instead of per dataset:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 from das_core.errors import RunFailed
 from das_core.failure import cannot_write, write_error_behind
 from das_core.label.decode import ChunkMeta
-from das_core.output.format import END_TAG, FILES_DIR, OK, PIECES_DIR, SEGMENTS_DIR, part_name, segments_schema
+from das_core.output.format import END_TAG, FILES_DIR, OK, PIECES_DIR, SEGMENTS_DIR, PartFormat, part_name
 from das_core.output.store import OutputStore
 from das_core.output.tables import (
     FileOutcome,
@@ -82,13 +83,21 @@ STATS_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class WriteSettings:
-    """How a run's rows are written: classes kept, embedding storage type, the noise columns, probabilities."""
+    """How a run's rows are written: classes kept, embedding storage type and dimension, the noise columns,
+    probabilities, and the schema metadata of every part (``das_core.output.format.run_metadata``)."""
 
     top_k: int = DEFAULT_TOP_K
     embedding_dtype: str = "float16"
     snr_db: float | None = None
     seed: int | None = None
     logit_scale: float | None = None       # with --probabilities: top_k_probs from softmax(scale x scores)
+    embedding_dim: int | None = None       # D of FixedSizeList<dtype, D>; None: list<dtype> (a format 2 run)
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @functools.cached_property
+    def part(self) -> PartFormat:
+        """The parts' types and metadata, with their schemas made once per settings object (per actor)."""
+        return PartFormat(self.embedding_dtype, self.embedding_dim, self.metadata)
 
 
 def _outcome(entry: dict, embedding: np.ndarray | None = None) -> FileOutcome:
@@ -113,11 +122,11 @@ def _segments(meta: ChunkMeta, keep: np.ndarray, stored: np.ndarray | None, lab,
     }
     cols.update(labelled_columns(lab.take(rows) if lab is not None and n else None, n))
     emb = stored[rows] if stored is not None and n else None
-    cols["embedding"] = embedding_array(emb, n, np.arange(n), ws.embedding_dtype)
+    cols["embedding"] = embedding_array(emb, n, np.arange(n), ws.embedding_dtype, ws.embedding_dim)
     cols["snr_db"] = pa.array([ws.snr_db] * n, pa.float64())
     cols["seed"] = pa.array([ws.seed] * n, pa.int64())
     cols["noise_source"] = pa.array([w[4] for w in windows], pa.string())
-    return pa.table(cols, schema=segments_schema(ws.embedding_dtype))
+    return pa.table(cols, schema=ws.part.segments)
 
 
 def _float_lists(rows: list[np.ndarray | None]) -> pa.Array:
@@ -170,7 +179,7 @@ def _whole_files_table(meta: ChunkMeta, ok: np.ndarray, whole: np.ndarray, owner
             counts[meta.files[i]["file_id"]] = int(bounds[rank + 1] - bounds[rank])
             embeddings[i] = mean_embedding(stored[windows[bounds[rank]:bounds[rank + 1]]])
     outcomes = [_outcome(meta.files[i], embeddings.get(i)) for i in np.flatnonzero(whole)]
-    return files_table(outcomes, file_lab, counts, ws.embedding_dtype)
+    return files_table(outcomes, file_lab, counts, ws.part)
 
 
 def _pieces_table(meta: ChunkMeta, entries: list[int], owner: np.ndarray, keep: np.ndarray, das, plain,
@@ -236,7 +245,7 @@ def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: D
         counts[file_id] = sum(r["n_windows"] for r in rows)
     lab = (label_pooled(np.array(pooled_das, dtype=np.float32), np.array(pooled_zs, dtype=np.float32), cache,
                         ws.top_k, ws.logit_scale) if pooled_das else None)
-    store.write_part(FILES_DIR, part_name(unit, END_TAG), files_table(outcomes, lab, counts, ws.embedding_dtype))
+    store.write_part(FILES_DIR, part_name(unit, END_TAG), files_table(outcomes, lab, counts, ws.part))
     for c in piece_chunks:
         store.remove_part(PIECES_DIR, part_name(unit, c))
 

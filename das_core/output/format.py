@@ -11,6 +11,15 @@ Layout under an output URI::
     _work/units.parquet                     the unit table: the run's work units (das_core.label.units)
     _manifest.json                          settings, fingerprints, counts and run history
 
+Column types. ``segments.embedding`` is ``FixedSizeList<float16|float32, D>`` (format 3; D: the checkpoint's
+embedding dimension), so that Polars sees an ``Array`` and numpy an ``(n, D)`` matrix; format 2 runs hold
+``list<float16|float32>`` there and still read everywhere (a ``--resume`` of one keeps writing its type).
+``files.embedding`` stays ``list<...>``: its error rows are null, and pyarrow 25 cannot read a Parquet
+fixed-size list with null rows back (apache/arrow#35692, fixed after 25.0.1).
+
+Schema metadata. Every part of a format 3 run carries key-value metadata saying what made it (``run_metadata``,
+read back by ``part_metadata``): the same bytes for every part of a run, no time stamp in them.
+
 Commit rule. Each part appears atomically (rename, or a single S3 PUT). A
 chunk's ``segments`` part is written before its ``files`` part, and a unit's
 ``end`` part only once every chunk of the unit is written, so a ``files`` row
@@ -37,8 +46,12 @@ The tables are built in ``das_core.output.tables``; parts are read and written b
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,8 +59,10 @@ import pyarrow.parquet as pq
 SEGMENTS_DIR = "segments"
 FILES_DIR = "files"
 PIECES_DIR = "pieces"
-FORMAT_VERSION = 3          # 1: das 0.1 (parts named by a hash of their file ids, no units); 2: no packs
-READABLE_FORMATS = (2, 3)   # the layouts this das reads, resumes and re-scores
+# 1: das 0.1 (parts named by a hash of their file ids, no units); 2: units, list<float> embeddings, one part
+# per chunk; 3: packs, segments' embeddings FixedSizeList<float, D>, schema metadata on every part
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (2, 3)        # what rescore, search, report, evaluate and --resume read
 END_TAG = "end"
 MANIFEST_JOBS = ("label", "rescore")      # the jobs whose manifest describes parts under these folders
 # The unit table (``das_core.label.units``): its folder and file name under an output; old runs resume from it.
@@ -73,8 +88,25 @@ def label_fields() -> list[pa.Field]:
     ]
 
 
-def segments_schema(embedding_dtype: str = "float16") -> pa.Schema:
-    """The ``segments`` schema (one row per window), with embeddings stored as ``embedding_dtype``."""
+def embedding_type(embedding_dtype: str, dim: int | None) -> pa.DataType:
+    """``FixedSizeList<embedding_dtype, dim>``, or ``list<embedding_dtype>`` where ``dim`` is None (format 2)."""
+    value_type = EMBEDDING_TYPES[embedding_dtype]
+    return pa.list_(value_type) if dim is None else pa.list_(value_type, dim)
+
+
+def embedding_layout(arrow_type: pa.DataType) -> tuple[str, int | None]:
+    """``(embedding_dtype, dim)`` of a stored embedding column's type (``embedding_type``'s inverse; dim None
+    for a ``list<...>``); ``ValueError`` for any other type."""
+    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        for name, value_type in EMBEDDING_TYPES.items():
+            if arrow_type.value_type == value_type:
+                return name, (arrow_type.list_size if pa.types.is_fixed_size_list(arrow_type) else None)
+    raise ValueError(f"embedding column has type {arrow_type}, expected a list of float16 or float32")
+
+
+def segments_schema(embedding_dtype: str = "float16", dim: int | None = None) -> pa.Schema:
+    """The ``segments`` schema (one row per window), with embeddings stored as ``embedding_dtype``:
+    ``FixedSizeList<embedding_dtype, dim>``, or the ``list<embedding_dtype>`` of format 2 where ``dim`` is None."""
     return pa.schema([
         pa.field("file_id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -82,7 +114,7 @@ def segments_schema(embedding_dtype: str = "float16") -> pa.Schema:
         pa.field("start_s", pa.float64(), nullable=False),
         pa.field("end_s", pa.float64(), nullable=False),
         *label_fields(),
-        pa.field("embedding", pa.list_(EMBEDDING_TYPES[embedding_dtype])),
+        pa.field("embedding", embedding_type(embedding_dtype, dim)),
         pa.field("snr_db", pa.float64()),
         pa.field("seed", pa.int64()),
         pa.field("noise_source", pa.string()),
@@ -90,7 +122,8 @@ def segments_schema(embedding_dtype: str = "float16") -> pa.Schema:
 
 
 def files_schema(embedding_dtype: str = "float16") -> pa.Schema:
-    """The ``files`` schema (one row per input file, ok or error), with embeddings stored as ``embedding_dtype``."""
+    """The ``files`` schema (one row per input file, ok or error), with embeddings stored as
+    ``list<embedding_dtype>``, null in error rows (not a fixed-size list: see the module docstring)."""
     return pa.schema([
         pa.field("file_id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -105,11 +138,69 @@ def files_schema(embedding_dtype: str = "float16") -> pa.Schema:
         pa.field("key", pa.string()),              # WebDataset key / Parquet audio path of a shard member
         pa.field("metadata", pa.string()),         # the sample's .json, with --keep-metadata
         *label_fields(),
-        pa.field("embedding", pa.list_(EMBEDDING_TYPES[embedding_dtype])),   # normalised mean of its windows
+        pa.field("embedding", embedding_type(embedding_dtype, None)),   # normalised mean of its windows
     ])
 
 
 FILES_SCHEMA = files_schema()
+
+# The schema metadata keys of a part and how each value is read back (``part_metadata``).
+METADATA_PREFIX = "das."
+_METADATA_VALUES = {
+    "job": str,                       # label | rescore
+    "labels": json.loads,             # the class names, in the drift cache's order (a JSON array)
+    "lam": float,
+    "checkpoint_fingerprint": str,
+    "checkpoint_uri": str,
+    "cache_fingerprint": str,
+    "das_version": str,
+    "format_version": int,
+}
+
+
+def run_metadata(job: str, labels: tuple[str, ...] | list[str], lam: float, checkpoint_fingerprint: str,
+                 checkpoint_uri: str | None, cache_fingerprint: str, das_version: str,
+                 format_version: int = FORMAT_VERSION) -> tuple[tuple[str, str], ...]:
+    """The schema metadata of every part of one run (``das.<key>``: text), made once per run: the same for
+    every part and every rerun of the same settings (nothing in it changes with time)."""
+    values = {"job": job, "labels": json.dumps(list(labels), ensure_ascii=False, separators=(",", ":")),
+              "lam": repr(float(lam)),
+              "checkpoint_fingerprint": checkpoint_fingerprint, "checkpoint_uri": checkpoint_uri or "",
+              "cache_fingerprint": cache_fingerprint, "das_version": das_version,
+              "format_version": str(format_version)}
+    return tuple((METADATA_PREFIX + key, values[key]) for key in _METADATA_VALUES)
+
+
+def part_metadata(path_or_schema: str | Path | pa.Schema) -> dict:
+    """What made a part (a local Parquet file, or its Arrow schema): ``job``, ``labels`` (a list), ``lam`` (a
+    float), ``checkpoint_fingerprint``, ``checkpoint_uri``, ``cache_fingerprint``, ``das_version``,
+    ``format_version`` (an int); the keys it holds of these, so ``{}`` for a part of a format 2 run."""
+    schema = path_or_schema if isinstance(path_or_schema, pa.Schema) else pq.read_schema(path_or_schema)
+    stored = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    return {key: read(stored[METADATA_PREFIX + key]) for key, read in _METADATA_VALUES.items()
+            if METADATA_PREFIX + key in stored}
+
+
+@dataclass(frozen=True)
+class PartFormat:
+    """How one run's parts are typed and labelled: the embedding storage type, the embedding dimension ``dim``
+    (None: the ``list<...>`` of a format 2 run) and the schema ``metadata`` (``run_metadata``). The schemas
+    are made once per object (per run and actor), not per part."""
+
+    embedding_dtype: str = "float16"
+    dim: int | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @functools.cached_property
+    def segments(self) -> pa.Schema:
+        """The ``segments`` schema, with the metadata."""
+        return segments_schema(self.embedding_dtype, self.dim).with_metadata(dict(self.metadata))
+
+    @functools.cached_property
+    def files(self) -> pa.Schema:
+        """The ``files`` schema, with the metadata."""
+        return files_schema(self.embedding_dtype).with_metadata(dict(self.metadata))
+
 
 # das's part names: a staged part (``part-<unit>-c<chunk>|end|all``) or a pack (``part-<first>-<last>``)
 PART = re.compile(r"^part-(u\d+)-(c\d+|end|all|u\d+)\.parquet$")
@@ -155,20 +246,25 @@ def unit_range(first: str, last: str) -> list[str]:
 DICTIONARY_MIN_ROWS = 1024
 
 
+def _is_list(f: pa.Field) -> bool:
+    """Whether ``f`` is a list column (variable or fixed size: Parquet stores both as a LIST)."""
+    return pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+
+
 def write_options(schema: pa.Schema, num_rows: int) -> dict:
     """The ``pq.write_table`` / ``pq.ParquetWriter`` options of a part of ``num_rows`` rows (``table_to_bytes``)."""
     def leaf(f: pa.Field) -> str:
         """The Parquet column path of ``f``'s values (a list's element)."""
-        return f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name
+        return f"{f.name}.list.element" if _is_list(f) else f.name
 
     def is_text(f: pa.Field) -> bool:
         """Whether ``f`` holds strings (or lists of them): those get dictionary encoding."""
-        return pa.types.is_string(f.type) or (pa.types.is_list(f.type) and pa.types.is_string(f.type.value_type))
+        return pa.types.is_string(f.type) or (_is_list(f) and pa.types.is_string(f.type.value_type))
 
     fields = list(schema)
     return {"compression": {leaf(f): ("none" if f.name == "embedding" else "snappy") for f in fields},
             "use_dictionary": [leaf(f) for f in fields if is_text(f)] if num_rows >= DICTIONARY_MIN_ROWS else False,
-            "write_statistics": [leaf(f) for f in fields if not pa.types.is_list(f.type)]}
+            "write_statistics": [leaf(f) for f in fields if not _is_list(f)]}
 
 
 def table_to_bytes(table: pa.Table) -> bytes:
@@ -176,7 +272,8 @@ def table_to_bytes(table: pa.Table) -> bytes:
     dictionary encoding or compression, which only slowed reads and writes (README, Performance). The other
     columns are Snappy-compressed (as small as zstd for these parts, at a third of the cost), text columns
     dictionary-encoded in parts of at least ``DICTIONARY_MIN_ROWS`` rows; min/max statistics are written for
-    scalar columns only (a list column's min and max over all its elements selects nothing)."""
+    scalar columns only (a list column's min and max over all its elements selects nothing). The table's schema
+    metadata (``PartFormat.metadata``) becomes the file's key-value metadata."""
     buf = io.BytesIO()
     pq.write_table(table, buf, **write_options(table.schema, table.num_rows))
     return buf.getvalue()

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.output.format import EMBEDDING_TYPES, ERROR, OK, files_schema, label_fields, segments_schema
+from das_core.output.format import EMBEDDING_TYPES, ERROR, OK, PartFormat, label_fields
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import Labelled, label_files
 
@@ -86,28 +86,44 @@ def labelled_columns(lab: Labelled | None, n: int, rows: np.ndarray | None = Non
     }
 
 
-def embedding_array(emb: np.ndarray | None, n: int, rows: np.ndarray, dtype: str) -> pa.Array:
-    """A list<float16|float32> column of length ``n`` with ``emb`` rows at ``rows``, null elsewhere."""
+def embedding_array(emb: np.ndarray | None, n: int, rows: np.ndarray, dtype: str, dim: int | None = None
+                    ) -> pa.Array:
+    """An embedding column of length ``n`` with ``emb`` rows at ``rows``, null elsewhere: a
+    ``FixedSizeList<dtype, dim>`` (``emb`` is ``(len(rows), dim)``), or a ``list<dtype>`` where ``dim`` is None."""
     value_type = EMBEDDING_TYPES[dtype]
+    arrow_type = pa.list_(value_type) if dim is None else pa.list_(value_type, dim)
     if emb is None or len(rows) == 0:
-        return pa.nulls(n, type=pa.list_(value_type))
-    dim = emb.shape[1]
+        return pa.nulls(n, type=arrow_type)
+    if dim is not None and emb.shape[1] != dim:
+        raise ValueError(f"embeddings of dimension {emb.shape[1]} for a column of dimension {dim}")
     present = np.zeros(n, dtype=bool)
     present[rows] = True
-    lengths = np.where(present, dim, 0)
+    mask = None if present.all() else pa.array(~present)
+    if dim is not None:
+        # a null row still takes dim values in a fixed-size list: zeros there
+        values = _spread(np.ascontiguousarray(emb, dtype=np.dtype(dtype)), n, rows, _null_mask(n, rows))
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=value_type), dim, mask=mask)
+    lengths = np.where(present, emb.shape[1], 0)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     values = pa.array(np.ascontiguousarray(emb, dtype=np.dtype(dtype)).reshape(-1), type=value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~present))
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
 
 
 def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A non-null list<float> column as float32 ``[n, d]``."""
+    """An embedding column (``FixedSizeList<float, D>`` or format 2's ``list<float>``) as a float32 ``(n, D)``
+    matrix, without a Python loop over rows; slices are honoured. ``ValueError`` for a column with null rows
+    (filter them out first) or rows of different lengths."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if column.null_count:
+        raise ValueError(f"{column.null_count} of {len(column)} embedding(s) are null")
     if len(column) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32).reshape(len(column), -1)
+        dim = column.type.list_size if pa.types.is_fixed_size_list(column.type) else 0
+        return np.zeros((0, dim), dtype=np.float32)
+    values = column.flatten().to_numpy(zero_copy_only=False)       # flatten: from the slice's own offset
+    if len(values) % len(column):
+        raise ValueError(f"{len(values)} embedding values do not split into {len(column)} rows of one length")
+    return values.astype(np.float32).reshape(len(column), -1)           # a copy: writable, whatever the dtype
 
 
 @dataclass
@@ -142,9 +158,11 @@ def normalised(total: np.ndarray) -> np.ndarray:
 
 
 def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: dict[str, int],
-                embedding_dtype: str = "float16") -> pa.Table:
-    """The ``files`` rows of ``outcomes`` in (path, file_id) order; ``lab`` labels the ok ones, in the order
-    they have in ``outcomes``; ``n_segments`` counts each ok file's windows."""
+                part: PartFormat | None = None) -> pa.Table:
+    """The ``files`` rows of ``outcomes`` in (path, file_id) order, typed and labelled as ``part`` says (float16
+    embeddings, no metadata without it); ``lab`` labels the ok ones, in the order they have in ``outcomes``;
+    ``n_segments`` counts each ok file's windows."""
+    part = part or PartFormat()
     ok_order = [i for i, o in enumerate(outcomes) if o.status == OK]
     rank = {i: r for r, i in enumerate(ok_order)}
     order = sorted(range(len(outcomes)), key=lambda i: (outcomes[i].path, outcomes[i].file_id))
@@ -171,19 +189,20 @@ def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: d
     cols.update(labelled_columns(lab, len(ordered), ok_positions))
     with_emb = np.array([i for i, o in enumerate(ordered) if o.embedding is not None], dtype=np.int64)
     emb = np.stack([ordered[i].embedding for i in with_emb]) if len(with_emb) else None
-    cols["embedding"] = embedding_array(emb, len(ordered), with_emb, embedding_dtype)
-    return pa.table(cols, schema=files_schema(embedding_dtype))
+    cols["embedding"] = embedding_array(emb, len(ordered), with_emb, part.embedding_dtype)
+    return pa.table(cols, schema=part.files)
 
 
 def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: DriftCache, top_k: int,
-                 embedding_dtype: str, scores: tuple[np.ndarray, np.ndarray] | None = None,
+                 part: PartFormat, scores: tuple[np.ndarray, np.ndarray] | None = None,
                  logit_scale: float | None = None) -> tuple[pa.Table, pa.Table]:
-    """The ``segments`` and ``files`` tables for whole files (file labels: max over their windows).
+    """The ``segments`` and ``files`` tables for whole files (file labels: max over their windows), typed and
+    labelled as ``part`` says (a ``list<...>`` embedding column of ``windows`` becomes its fixed-size list).
 
     ``scores``: the ``window_scores`` of ``windows``' rows, when the caller has them (not computed twice).
     """
     ok_ids = [o.file_id for o in outcomes if o.status == OK]
-    seg_schema = segments_schema(embedding_dtype)
+    seg_schema = part.segments
     rows = None
     if windows is not None and len(windows) and ok_ids:
         segs = windows.append_column("_row", pa.array(np.arange(len(windows))))
@@ -204,7 +223,7 @@ def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: D
         bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(ok_ids)))])
         outcomes = [o if o.status != OK else dataclasses.replace(o, embedding=mean_embedding(
             emb[order[bounds[index[o.file_id]]:bounds[index[o.file_id] + 1]]])) for o in outcomes]
-    return segs, files_table(outcomes, file_lab, Counter(segs.column("file_id").to_pylist()), embedding_dtype)
+    return segs, files_table(outcomes, file_lab, Counter(segs.column("file_id").to_pylist()), part)
 
 
 def count_outcomes(files: pa.Table) -> dict:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from das_core import __version__
 from das_core.errors import Refused
 from das_core.io import storage
 from das_core.io.checks import check_output_folder
 from das_core.io.inputs import normalise_uri
-from das_core.output.format import END_TAG, READABLE_FORMATS, part_name, unit_number
+from das_core.output.format import END_TAG, READABLE_FORMAT_VERSIONS, PartFormat, part_name, run_metadata, unit_number
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore, StoreListing, open_embeddings
 from das_core.rescore.config import RUN_PREFIX, RescoreConfig, default_run_id
@@ -143,11 +144,19 @@ class RescorePlan:
             rows.append({"units": run, "source": where})
         return rows
 
+    def part_format(self) -> PartFormat:
+        """How the run's parts are typed and labelled: this das's format (FixedSizeList embeddings of the
+        cache's dimension, whatever format the label output has) and the run's schema metadata."""
+        cache = self.cache
+        return PartFormat(self.label.embedding_dtype, cache.dim, run_metadata(
+            "rescore", cache.labels, cache.lam, self.checkpoint_id, self.label.checkpoint_uri, cache.fingerprint,
+            __version__))
+
     def unit_settings(self) -> dict:
         """The keyword arguments of ``rescore_unit`` (the same for every unit)."""
         return {"embeddings": self.config.embeddings, "out_run": self.run_uri, "top_k": self.top_k,
                 "logit_scale": self.label.logit_scale, "copy_embeddings": self.config.copy_embeddings,
-                "embedding_dtype": self.label.embedding_dtype}
+                "part": self.part_format()}
 
 
 def _refuse_existing_run(run_uri: str, overwrite: bool) -> None:
@@ -202,7 +211,7 @@ def plan_rescore(config: RescoreConfig) -> RescorePlan:
                                                   "`das build-cache --checkpoint {made_with} ...`")
     run_uri = storage.join(config.out, RUN_PREFIX + run_id)
     _refuse_existing_run(run_uri, config.overwrite)
-    if label.format_version not in READABLE_FORMATS:
+    if label.format_version not in READABLE_FORMAT_VERSIONS:
         raise Refused(f"{config.embeddings} was written by das {label.das_version} in an older layout; relabel it "
                       f"with this version (or rescore it with das 0.1)")
     listing = OutputStore(config.embeddings).listing()

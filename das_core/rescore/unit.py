@@ -6,7 +6,8 @@ takes one pack of it, or one unit still staged, and writes one pack per
 folder under the run's folder, named by the range of its units (the layout
 of a packed label output, ``das_core.output.pack``)::
 
-    OUT/run_id=<ID>/segments/part-<A>-<B>.parquet   das label's schema; the embedding column only with
+    OUT/run_id=<ID>/segments/part-<A>-<B>.parquet   das label's schema (format 3, whatever the label
+                                                    output's format); the embedding column only with
                                                     --copy-embeddings (readers follow the manifest's
                                                     "embeddings" to the label output otherwise)
     OUT/run_id=<ID>/files/part-<A>-<B>.parquet      one row per input file, error rows included (commit mark)
@@ -30,7 +31,7 @@ import pyarrow as pa
 
 from das_core.errors import WriteFailed
 from das_core.io import storage
-from das_core.output.format import EMBEDDING_TYPES, FILES_DIR, OK, SEGMENTS_DIR, pack_name, segments_schema
+from das_core.output.format import FILES_DIR, OK, SEGMENTS_DIR, PartFormat, embedding_layout, pack_name
 from das_core.output.pack import write_pack
 from das_core.output.store import OutputStore
 from das_core.output.tables import FileOutcome, build_tables, count_outcomes, embeddings_to_numpy, labelled_columns
@@ -53,14 +54,6 @@ _FILE_COLUMNS = ("file_id", "path", "status", "error", "error_kind", "n_segments
                  "channels", "decoder", "key", "metadata")
 
 
-def _embedding_dtype(segments: pa.Table) -> str:
-    value_type = segments.schema.field("embedding").type.value_type
-    for name, arrow_type in EMBEDDING_TYPES.items():
-        if value_type == arrow_type:
-            return name
-    raise ValueError(f"embedding column has type list<{value_type}>, expected list<float16> or list<float32>")
-
-
 def _file_outcomes(files: pa.Table, segments: pa.Table) -> list[FileOutcome]:
     """The label unit's files as outcomes, after checking that each ok file has all its windows."""
     counts = Counter(segments.column("file_id").to_pylist())
@@ -78,14 +71,17 @@ def _file_outcomes(files: pa.Table, segments: pa.Table) -> list[FileOutcome]:
 
 
 def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k: int,
-                   logit_scale: float | None = None) -> tuple[pa.Table, pa.Table]:
+                   logit_scale: float | None = None, part: PartFormat | None = None) -> tuple[pa.Table, pa.Table]:
     """Re-label one committed unit of a label output: the new ``segments`` and ``files`` tables.
 
     Window labels come from the stored embeddings cast to float32 (exactly what
     das label scored); file labels are the maximum over a file's windows; error
     rows are carried over unchanged, so every input file keeps exactly one row.
+    The tables are typed and labelled as ``part`` says; without it, as FixedSizeList embeddings of the
+    stored type and the cache's dimension, with no metadata (a format 2 unit's list<...> becomes one too).
     """
-    dtype = _embedding_dtype(segments)
+    if part is None:
+        part = PartFormat(embedding_layout(segments.schema.field("embedding").type)[0], cache.dim)
     if segments.column("embedding").null_count:
         raise ValueError(f"{segments.column('embedding').null_count} window(s) have no embedding")
     outcomes = _file_outcomes(files, segments)
@@ -96,15 +92,17 @@ def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k
         lab = label_windows(None, cache, top_k, scores=scores, logit_scale=logit_scale)
     for name, column in labelled_columns(lab, len(segments)).items():
         windows = windows.append_column(name, column)
-    return build_tables(outcomes, windows, cache, top_k, dtype, scores=scores, logit_scale=logit_scale)
+    return build_tables(outcomes, windows, cache, top_k, part, scores=scores, logit_scale=logit_scale)
 
 
 def rescore_part(embeddings: str, out_run: str, units: list[str], cache: DriftCache, top_k: int,
                  logit_scale: float | None = None, copy_embeddings: bool = True,
-                 embedding_dtype: str = "float16") -> list[tuple[str, dict]]:
+                 part: PartFormat | None = None) -> list[tuple[str, dict]]:
     """Re-score the committed, consecutive label ``units`` of ``embeddings`` (one pack of it, or one staged
     unit: each file read once) and commit them under ``out_run`` as one pack named by their range (segments,
-    then files); each unit's counts (``das_core.output.tables.count_outcomes``)."""
+    then files), typed and labelled as ``part`` says (``rescore_tables``); each unit's counts
+    (``das_core.output.tables.count_outcomes``)."""
+    part = part or PartFormat(dim=cache.dim)
     label = OutputStore(embeddings)
     listing = label.listing()
     files = dict(label.read_by_unit(units, FILES_DIR, listing))
@@ -114,8 +112,8 @@ def rescore_part(embeddings: str, out_run: str, units: list[str], cache: DriftCa
         if files.get(unit) is None:
             raise ValueError(f"unit {unit} has no files rows: it is not committed")
         seg = segments.get(unit)
-        seg, fil = rescore_tables(segments_schema(embedding_dtype).empty_table() if seg is None else seg,
-                                  files[unit], cache, top_k, logit_scale)
+        seg, fil = rescore_tables(part.segments.empty_table() if seg is None else seg, files[unit], cache, top_k,
+                                  logit_scale, part)
         new[unit] = (seg if copy_embeddings else seg.drop_columns(["embedding"]), fil)  # else read back via the label
     out, name = OutputStore(out_run), pack_name(units[0], units[-1])
     write_pack(out, SEGMENTS_DIR, name, [(u, [new[u][0]]) for u in units], skip_empty=True)
@@ -125,7 +123,7 @@ def rescore_part(embeddings: str, out_run: str, units: list[str], cache: DriftCa
 
 def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str, top_k: int,
                  logit_scale: float | None = None, copy_embeddings: bool = True,
-                 embedding_dtype: str = "float16") -> pa.Table:
+                 part: PartFormat | None = None) -> pa.Table:
     """The task of one physical part of the label output (``row``: ``RescorePlan.unit_rows``, its consecutive
     ``units``): one ``PART_STATS_SCHEMA`` row per label unit.
 
@@ -137,8 +135,7 @@ def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str,
     empty = {"files": 0, "ok": 0, "error": 0, "segments": 0, "errors_by_kind": {}}
     failure = None
     try:
-        counts = rescore_part(embeddings, out_run, units, cache, top_k, logit_scale, copy_embeddings,
-                              embedding_dtype)
+        counts = rescore_part(embeddings, out_run, units, cache, top_k, logit_scale, copy_embeddings, part)
     except WriteFailed:
         raise                                # the output's disk, not this unit: the run stops with its line
     except Exception as exc:  # noqa: BLE001 - reported per unit, counted by the driver

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from das_core.output.format import (
     END_TAG,
@@ -14,10 +15,13 @@ from das_core.output.format import (
     FILES_SCHEMA,
     PIECES_DIR,
     SEGMENTS_DIR,
+    PartFormat,
     pack_name,
     parse_pack_name,
     parse_part_name,
+    part_metadata,
     part_name,
+    run_metadata,
     table_to_bytes,
 )
 from das_core.output.store import OutputStore
@@ -136,3 +140,47 @@ def test_labelled_columns_place_each_row_where_asked():
     assert spread["top_k_scores"].to_pylist()[1] is None and spread["label"].to_pylist() == ["c", None, "b"]
     for name, column in in_order.items():
         assert column.type == spread[name].type
+
+
+def test_fixed_size_embeddings_are_stored_plain_and_come_back_as_a_matrix_from_any_slice():
+    emb = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    column = embedding_array(emb, 5, np.arange(5), "float16", 4)
+    assert column.type == pa.list_(pa.float16(), 4) and column.null_count == 0
+    table = pa.table({"embedding": column})
+    meta = pq.ParquetFile(io.BytesIO(table_to_bytes(table))).metadata.row_group(0)
+    assert meta.column(0).path_in_schema == "embedding.list.element"
+    assert meta.column(0).compression == "UNCOMPRESSED" and not meta.column(0).is_stats_set
+    back = pq.read_table(io.BytesIO(table_to_bytes(table))).column("embedding")
+    assert back.type == column.type
+    stored = emb.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(embeddings_to_numpy(back), stored)
+    chunked = pa.chunked_array([column.slice(1, 2), column.slice(4)])          # offsets into one buffer
+    np.testing.assert_array_equal(embeddings_to_numpy(chunked), stored[[1, 2, 4]])
+    assert embeddings_to_numpy(column.slice(5)).shape == (0, 4)
+    legacy = embedding_array(emb, 5, np.arange(5), "float16")                 # format 2: list<float16>
+    assert legacy.type == pa.list_(pa.float16())
+    np.testing.assert_array_equal(embeddings_to_numpy(legacy.slice(3)), stored[3:])
+    with_null = embedding_array(emb[:2], 3, np.array([0, 2]), "float16", 4)
+    assert with_null.type == column.type and with_null[1].as_py() is None
+    np.testing.assert_array_equal(embeddings_to_numpy(with_null.filter(with_null.is_valid())), stored[:2])
+    with pytest.raises(ValueError, match=r"1 of 3 embedding\(s\) are null"):
+        embeddings_to_numpy(with_null)
+
+
+def test_parts_carry_the_run_metadata_and_the_same_rows_give_the_same_bytes(tmp_path):
+    metadata = run_metadata("label", ("siren", "dög bark"), 0.25, "ckpt-fp", "s3://models/clap.pt", "cache-fp",
+                            "0.1.0")
+    part = PartFormat("float32", 4, metadata)
+    table = part.segments.empty_table()
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 4)
+    assert part.files.field("embedding").type == pa.list_(pa.float32())          # null in error rows
+    data = table_to_bytes(table)
+    assert data == table_to_bytes(part.segments.empty_table())
+    (tmp_path / "copied.parquet").write_bytes(data)
+    expected = {"job": "label", "labels": ["siren", "dög bark"], "lam": 0.25, "checkpoint_fingerprint": "ckpt-fp",
+                "checkpoint_uri": "s3://models/clap.pt", "cache_fingerprint": "cache-fp", "das_version": "0.1.0",
+                "format_version": 3}
+    assert part_metadata(str(tmp_path / "copied.parquet")) == expected
+    assert part_metadata(part.files) == expected
+    assert pq.read_metadata(tmp_path / "copied.parquet").metadata[b"das.lam"] == b"0.25"
+    assert part_metadata(FILES_SCHEMA) == {}                                      # a format 2 part says nothing

@@ -75,16 +75,17 @@ def test_not_a_label_output_is_refused_before_anything_is_read(tmp_path, small_c
     assert not (tmp_path / "o").exists()
 
 
-def label_unit(cache: DriftCache) -> tuple[pa.Table, pa.Table]:
-    """A label unit as stored: a.wav (2 windows), b.wav (1 window) and c.wav, which failed to decode."""
+def label_unit(cache: DriftCache, dim: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """A label unit as stored: a.wav (2 windows), b.wav (1 window) and c.wav, which failed to decode; its window
+    embeddings a FixedSizeList of ``dim`` (format 3), or a list (format 2) where ``dim`` is None."""
     emb = np.random.default_rng(0).standard_normal((3, cache.dim))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     segments = pa.table({"file_id": ["a", "a", "b"], "path": ["a.wav", "a.wav", "b.wav"],
                          "segment": pa.array([0, 1, 0], pa.int32()), "start_s": [0.0, 10.0, 0.0],
                          "end_s": [10.0, 12.0, 5.0], **labelled_columns(None, 3),
-                         "embedding": embedding_array(emb, 3, np.arange(3), "float16"),
+                         "embedding": embedding_array(emb, 3, np.arange(3), "float16", dim),
                          "snr_db": pa.nulls(3, pa.float64()), "seed": pa.nulls(3, pa.int64()),
-                         "noise_source": pa.nulls(3, pa.string())}, schema=segments_schema())
+                         "noise_source": pa.nulls(3, pa.string())}, schema=segments_schema("float16", dim))
     files = pa.Table.from_pylist([
         {"file_id": "a", "path": "a.wav", "status": "ok", "n_segments": 2, "duration_s": 12.0},
         {"file_id": "b", "path": "b.wav", "status": "ok", "n_segments": 1, "duration_s": 5.0},
@@ -93,15 +94,19 @@ def label_unit(cache: DriftCache) -> tuple[pa.Table, pa.Table]:
     return segments, files
 
 
-def test_rescore_tables_labels_the_stored_embeddings_and_keeps_error_rows(small_cache):
+@pytest.mark.parametrize("fixed", [True, False], ids=["format3", "format2"])
+def test_rescore_tables_labels_the_stored_embeddings_and_keeps_error_rows(small_cache, fixed):
     cache = DriftCache.load(small_cache)
-    segments, files = label_unit(cache)
+    segments, files = label_unit(cache, cache.dim if fixed else None)
     new_segments, new_files = rescore_tables(segments, files, cache, 2)
     emb = embeddings_to_numpy(segments.column("embedding"))          # float16 as stored, scored as float32
     expected = label_windows(emb, cache, 2)
     assert new_segments.column("label").to_pylist() == expected.label
     np.testing.assert_allclose(new_segments.column("score").to_numpy(), expected.score, atol=1e-6)
-    assert new_segments.column("embedding").equals(segments.column("embedding"))
+    # a format 2 unit's list<float16> comes out as this das's FixedSizeList<float16, D>, the same values
+    assert new_segments.schema.field("embedding").type == pa.list_(pa.float16(), cache.dim)
+    assert new_segments.column("embedding").cast(segments.schema.field("embedding").type).equals(
+        segments.column("embedding"))
     rows = {r["file_id"]: r for r in new_files.to_pylist()}
     assert [rows["a"]["label"], rows["b"]["label"]] == label_files(emb, np.array([0, 0, 1]), 2, cache, 2).label
     assert rows["c"]["status"] == "error" and rows["c"]["label"] is None and rows["c"]["error"] == "c.wav: not audio"
