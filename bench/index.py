@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from bench.common import log
+from das_core.index.build import default_nprobe, ivf_lists
 
 DIM = 512
 TOP = 10
@@ -32,7 +33,7 @@ RECALL_GOAL = 0.95
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def clustered_vectors(rows: int, dim: int = DIM, clusters: int = 1000, spread: float = 0.9, seed: int = 0,
+def clustered_vectors(rows: int, dim: int = DIM, clusters: int = 1000, spread: float = 1.2, seed: int = 0,
                       chunk: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
     """``rows`` float16 unit vectors in chunks of ``chunk``: each a random cluster centre plus Gaussian noise of
     norm about ``spread``, renormalised (same seed, same vectors, whatever the chunk size's multiples)."""
@@ -47,7 +48,7 @@ def clustered_vectors(rows: int, dim: int = DIM, clusters: int = 1000, spread: f
 def query_vectors(n: int, dim: int = DIM, clusters: int = 1000, seed: int = 0) -> np.ndarray:
     """``n`` float32 unit queries near the clusters of ``clustered_vectors`` (same seed), further out than the
     data (a text query is not one of the sounds)."""
-    vectors = next(clustered_vectors(n, dim, clusters, spread=1.2, seed=seed, chunk=max(n, 1)))
+    vectors = next(clustered_vectors(n, dim, clusters, spread=1.6, seed=seed, chunk=max(n, 1)))
     return vectors.astype(np.float32)
 
 
@@ -85,12 +86,6 @@ def folder_bytes(path: str) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-
-
-def ivf_lists(rows: int) -> int:
-    """IVF lists for ``rows`` rows: 4 sqrt(n) (FAISS's guideline), at least 1 and at most n / 39 (k-means wants
-    39 training rows a centroid)."""
-    return max(1, min(int(4 * math.sqrt(rows)), rows // 39))
 
 
 # ------------------------------------------------------------------------------------------ the candidates
@@ -196,22 +191,32 @@ def measure(candidate, data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     index = candidate.load(path)
     out["loaded_mib"] = (rss_bytes() - before) / 2**20
     for nprobe in NPROBES:
-        found, times = [], []
-        for q in queries:
-            t = time.perf_counter()
-            found.append(candidate.search(index, q[None, :], nprobe))
-            times.append(time.perf_counter() - t)
-        out.update(nprobe=nprobe, recall_at_10=recall(np.array(found), truth),
-                   p50_ms=1000 * float(np.percentile(times, 50)), p95_ms=1000 * float(np.percentile(times, 95)))
+        out.update(nprobe=nprobe, **sweep_point(candidate, index, queries, truth, nprobe))
         if out["recall_at_10"] >= RECALL_GOAL:
             break
+    if "HNSW" not in getattr(candidate, "factory", ""):       # at das index's own nprobe (bigger: a margin)
+        das_nprobe = default_nprobe(ivf_lists(len(data)))
+        point = sweep_point(candidate, index, queries, truth, das_nprobe)
+        out.update(das_nprobe=das_nprobe, **{f"das_{k}": v for k, v in point.items()})
     return out
+
+
+def sweep_point(candidate, index, queries: np.ndarray, truth: np.ndarray, nprobe: int) -> dict:
+    """Recall@10 and one-query latency p50/p95 (ms) at ``nprobe``."""
+    found, times = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found.append(candidate.search(index, q[None, :], nprobe))
+        times.append(time.perf_counter() - t)
+    return {"recall_at_10": recall(np.array(found), truth), "p50_ms": 1000 * float(np.percentile(times, 50)),
+            "p95_ms": 1000 * float(np.percentile(times, 95))}
 
 
 def index_table(results: dict) -> str:
     """``bench_index``'s figures as a text table, one candidate a row."""
-    keys = ("build_s", "disk_mib", "loaded_mib", "nprobe", "recall_at_10", "p50_ms", "p95_ms")
-    rows = [("candidate", *keys)] + [(name, *(f"{f[k]:.3f}" if isinstance(f[k], float) else str(f[k])
+    keys = ("build_s", "disk_mib", "loaded_mib", "nprobe", "recall_at_10", "p50_ms", "p95_ms", "das_nprobe",
+            "das_recall_at_10", "das_p50_ms", "das_p95_ms")
+    rows = [("candidate", *keys)] + [(name, *(f"{f[k]:.3f}" if isinstance(f.get(k), float) else str(f.get(k, "-"))
                                                for k in keys)) for name, f in results.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(keys) + 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

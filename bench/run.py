@@ -156,6 +156,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--index-rows", type=int, default=100_000,
                         help="--only index: rows of clustered vectors the candidates index (default 100000)")
     parser.add_argument("--index-no-hnsw", action="store_true", help="--only index: leave HNSW out (slow to build)")
+    parser.add_argument("--index-candidates", metavar="A,B", help="--only index: these candidates alone (as "
+                        "printed: faiss_ivf_flat, faiss_ivf_sq_fp16, faiss_ivf_pq_refine, lance_ivf_pq, "
+                        "faiss_hnsw_flat)")
     parser.add_argument("--table", action="store_true", help="print the table of the last run in --results and stop")
     return parser.parse_args(argv)
 
@@ -169,7 +172,9 @@ def run_only(which: str, sizes: Sizes, work: str, results_path: str, args: argpa
         print("\n" + sizing_text(figures, gpu_rate(history_of(results_path))))
         return 0
     if which == "index":
-        print(index_table(bench_index(args.index_rows, with_hnsw=not args.index_no_hnsw)))
+        chosen = set(args.index_candidates.split(",")) if args.index_candidates else None
+        print(index_table(bench_index(args.index_rows, with_hnsw=not args.index_no_hnsw,
+                                      only=lambda name: chosen is None or name in chosen)))
         return 0
     if which == "host":      # at 527 classes: a full run's cache in --work, else random vectors of that size
         cache_uri = os.path.join(work, "cache.npz")
