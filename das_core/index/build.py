@@ -33,8 +33,9 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)       # not which CP
 TRAIN_PER_LIST = 39          # k-means wants at least 39 training rows a list (FAISS warns below)
 MIN_TRAIN_ROWS = 20_000
 REBUILD_GROWTH = 4           # a refresh past 4x the trained rows rebuilds: the lists would grow too long
-NPROBE_FRACTION = 1 / 32     # lists probed per query: recall@10 >= 0.95 on clustered vectors (bench.index)
+NPROBE_FRACTION = 1 / 32     # lists probed per query (bench.index: recall@10 >= 0.95 at far fewer, clustered)
 MIN_NPROBE = 8
+MAX_NPROBE = 128             # caps the rows one query scans at 128 lists (about 100 000 rows at 10^7 rows)
 META_COLUMNS = ["file_id", "path", "start_s", "end_s"]
 
 
@@ -45,8 +46,8 @@ def ivf_lists(rows: int) -> int:
 
 
 def default_nprobe(lists: int) -> int:
-    """Lists a query probes: 1/32 of them, at least 8 (every list of a small index)."""
-    return min(lists, max(MIN_NPROBE, math.ceil(lists * NPROBE_FRACTION)))
+    """Lists a query probes: 1/32 of them, at least 8 (every list of a small index) and at most 128."""
+    return min(lists, max(MIN_NPROBE, min(MAX_NPROBE, math.ceil(lists * NPROBE_FRACTION))))
 
 
 @dataclass
