@@ -179,9 +179,13 @@ def add_units(source: IndexSource, index, record: IndexRecord, units: list[str])
 
 
 def save(uri: str, index, record: IndexRecord) -> None:
-    """Write the index, then its record (last: the record names what the index holds)."""
+    """Write the index, with its map from row id to list (the re-ranking reads rows back by id), then its
+    record (last: the record names what the index holds)."""
     import faiss
 
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.direct_map.no():
+        ivf.make_direct_map()
     data = faiss.serialize_index(index).tobytes()
     storage.write_bytes_atomic(storage.join(index_folder(uri, record.level), INDEX_FILE), data)
     record.write(uri)

@@ -82,7 +82,11 @@ def index_hits(opened: OpenIndex, queries: Queries, top: int, min_score: float |
     ids = np.unique(found[found >= 0])
     if not len(ids):
         return HITS_SCHEMA.empty_table()
-    opened.index.make_direct_map()
+    import faiss
+
+    ivf = faiss.extract_index_ivf(opened.index)
+    if ivf.direct_map.no():              # an index written without its map
+        ivf.make_direct_map()
     scores = score_embeddings(opened.index.reconstruct_batch(ids.astype(np.int64)), queries)
     position = {int(i): n for n, i in enumerate(ids)}
     picked_ids, picked_scores, query_of = [], [], []

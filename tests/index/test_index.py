@@ -11,11 +11,16 @@ import logging
 import os
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import label_run, write_clips
 from everyday.conftest import das
 
+from das_core.index.build import load_index, unit_rows
+from das_core.index.record import IndexRecord
+from das_core.output.store import OutputStore
+from das_core.output.tables import embeddings_to_numpy
 from das_core.search.config import SearchConfig
 from jobs.rescore import RescoreConfig
 from jobs.rescore import run as rescore
@@ -84,6 +89,16 @@ def test_recall_against_exact_at_both_levels(root):
         found, exact = searched(root, level), searched(root, level, exact=True)
         assert len(exact) == len(QUERIES) * min(5, 2 * len(CLIPS) if level == "segment" else len(CLIPS))
         same_matches(found, exact)
+
+
+@integration
+def test_the_index_holds_the_stored_embeddings_exactly(root):
+    """What the re-ranking reads back is each unit's stored float16 embedding, bit for bit, in index order."""
+    record = IndexRecord.read(str(root / "out"), "segment")
+    index = load_index(str(root / "out"), record)
+    for unit, (first, rows) in record.units.items():
+        stored = embeddings_to_numpy(unit_rows(OutputStore(str(root / "out")), unit, "segment").column("embedding"))
+        assert np.array_equal(index.reconstruct_batch(np.arange(first, first + rows)), stored)
 
 
 @integration
