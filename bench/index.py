@@ -195,7 +195,7 @@ def measure(candidate, data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
         if out["recall_at_10"] >= RECALL_GOAL:
             break
     if "HNSW" not in getattr(candidate, "factory", ""):       # at das index's own nprobe (bigger: a margin)
-        das_nprobe = default_nprobe(ivf_lists(len(data)))
+        das_nprobe = default_nprobe(ivf_lists(len(data)), len(data))
         point = sweep_point(candidate, index, queries, truth, das_nprobe)
         out.update(das_nprobe=das_nprobe, **{f"das_{k}": v for k, v in point.items()})
     return out

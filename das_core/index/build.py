@@ -36,6 +36,7 @@ REBUILD_GROWTH = 4           # a refresh past 4x the trained rows rebuilds: the 
 NPROBE_FRACTION = 1 / 32     # lists probed per query (bench.index: recall@10 >= 0.95 at far fewer, clustered)
 MIN_NPROBE = 8
 MAX_NPROBE = 128             # caps the rows one query scans at 128 lists (about 100 000 rows at 10^7 rows)
+MIN_ROWS_SCANNED = 20_000    # a query scans at least this many rows (all of a small output): about 2 ms
 META_COLUMNS = ["file_id", "path", "start_s", "end_s"]
 
 
@@ -45,9 +46,12 @@ def ivf_lists(rows: int) -> int:
     return max(1, min(int(4 * math.sqrt(rows)), rows // TRAIN_PER_LIST))
 
 
-def default_nprobe(lists: int) -> int:
-    """Lists a query probes: 1/32 of them, at least 8 (every list of a small index) and at most 128."""
-    return min(lists, max(MIN_NPROBE, min(MAX_NPROBE, math.ceil(lists * NPROBE_FRACTION))))
+def default_nprobe(lists: int, rows: int) -> int:
+    """Lists a query probes in an index of ``rows`` rows: 1/32 of them, at most 128, but at least 8 and enough
+    for ``MIN_ROWS_SCANNED`` rows (a small output's lists hold few rows each: recall fell to 0.7 at 3000 rows
+    and 8 of 76 lists in bench.index)."""
+    by_rows = math.ceil(lists * MIN_ROWS_SCANNED / max(rows, 1))
+    return min(lists, max(MIN_NPROBE, by_rows, min(MAX_NPROBE, math.ceil(lists * NPROBE_FRACTION))))
 
 
 @dataclass
@@ -136,7 +140,7 @@ def new_index(source: IndexSource):
     record = IndexRecord(level=source.level, checkpoint=source.checkpoint, library_version=faiss.__version__,
                          das_version=__version__, built=now(), parameters={
                              "factory": factory, "metric": "inner_product", "lists": lists,
-                             "nprobe": default_nprobe(lists), "trained_rows": int(len(sample)),
+                             "nprobe": default_nprobe(lists, rows), "trained_rows": int(len(sample)),
                              "rows_when_trained": rows})
     return index, record
 
