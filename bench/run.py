@@ -10,6 +10,7 @@ table with the goals.
     python -m bench.run --smoke    # tiny sizes, seconds; what the tests run
     python -m bench.run --only decode   # the decode stage over the codec per format and the GPU-node
                                         # projection alone, in seconds, without Ray
+    python -m bench.run --only index --index-rows 100000   # das index's candidates (FAISS, Lance), no Ray
     python -m bench.run --table    # the last run's table, the projected GPU node and the cores one GPU needs
 
 This module is the runner: the goals, the order of the benchmarks, the record and the table. The benchmarks
@@ -34,6 +35,7 @@ from bench.common import FULL, SMOKE, Sizes, log
 from bench.decode import bench_decode, bench_ffmpeg_vs_sndfile, bench_shards
 from bench.driver import bench_driver, bench_driver_rss, bench_dry_run
 from bench.encode import bench_encoder, bench_gpu, bench_hf_encoder, bench_naive
+from bench.index import bench_index, index_table
 from bench.inputs import cache_subset, ensure_clips, make_cache
 from bench.pipeline import bench_pipeline, bench_rss
 from bench.rescore import bench_rescore
@@ -145,22 +147,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work",
                         help="folder for generated inputs (default: bench/work, or a temporary one in --smoke)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every figure")
-    parser.add_argument("--only", choices=("ffmpeg", "driver", "rescore", "decode", "decode-scaling", "host", "pack"),
+    parser.add_argument("--only", choices=("ffmpeg", "driver", "rescore", "decode", "decode-scaling", "host",
+                                                 "pack", "index"),
                         help="run one benchmark and print its figures (not appended to --results): decode, the "
                              "per-format decode stage over the codec and the GPU-node projection (no Ray); "
                              "decode-scaling, the stage on every core through Ray; rescore reuses --work's inputs "
-                             "from a full run; pack, the sink's parts packed (file count, seconds per 100 000 rows)")
+                             "from a full run; pack, the sink's parts packed (file count, seconds per 100 000 rows); "
+                             "index, the nearest-neighbour candidates measured on clustered vectors")
+    parser.add_argument("--index-rows", type=int, default=100_000,
+                        help="--only index: rows of clustered vectors the candidates index (default 100000)")
+    parser.add_argument("--index-no-hnsw", action="store_true", help="--only index: leave HNSW out (slow to build)")
+    parser.add_argument("--index-candidates", metavar="A,B", help="--only index: these candidates alone (as "
+                        "printed: faiss_ivf_flat, faiss_ivf_sq_fp16, faiss_ivf_pq_refine, lance_ivf_pq, "
+                        "faiss_hnsw_flat)")
     parser.add_argument("--table", action="store_true", help="print the table of the last run in --results and stop")
     return parser.parse_args(argv)
 
 
-def run_only(which: str, sizes: Sizes, work: str, results_path: str) -> int:
+def run_only(which: str, sizes: Sizes, work: str, results_path: str, args: argparse.Namespace) -> int:
     """``--only``: one benchmark's figures, printed and not recorded (the GPU rate of the decode projection is
     read from ``results_path``); the exit status."""
     if which == "decode":
         figures = bench_codec(work, sizes)
         print("\n".join(f"{k:34s} {v:.3f}" for k, v in figures.items() if isinstance(v, float)))
         print("\n" + sizing_text(figures, gpu_rate(history_of(results_path))))
+        return 0
+    if which == "index":
+        chosen = set(args.index_candidates.split(",")) if args.index_candidates else None
+        print(index_table(bench_index(args.index_rows, with_hnsw=not args.index_no_hnsw,
+                                      only=lambda name: chosen is None or name in chosen)))
         return 0
     if which == "host":      # at 527 classes: a full run's cache in --work, else random vectors of that size
         cache_uri = os.path.join(work, "cache.npz")
@@ -267,13 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run of {last['when']} ({last['duration_s']:.0f} s):\n" + table(last["results"]))
         print("\n" + sizing_text(last["results"], gpu_rate(history)))
         return 0
-    work = args.work or (tempfile.mkdtemp(prefix="das-bench-") if args.smoke or args.only == "decode"
+    work = args.work or (tempfile.mkdtemp(prefix="das-bench-") if args.smoke or args.only in ("decode", "index")
                          else os.path.join(HERE, "work"))
     if args.only:
         try:
-            return run_only(args.only, sizes, work, args.results)
+            return run_only(args.only, sizes, work, args.results, args)
         finally:
-            if not args.work and args.only == "decode":
+            if not args.work and args.only in ("decode", "index"):
                 shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work, exist_ok=True)
     os.environ.setdefault("DAS_CACHE_DIR", os.path.join(work, "das-cache"))

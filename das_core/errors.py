@@ -122,6 +122,10 @@ class ManifestError(Refused, ValueError):
     """A ``_manifest.json`` is missing, unreadable or not das's."""
 
 
+class IndexRefused(Refused):
+    """``das index`` cannot index this output (no committed unit, no embeddings of its own, not das's)."""
+
+
 class EmbeddingsMismatch(Refused):
     """Stored embeddings made with another checkpoint than the one they are to be used with."""
 

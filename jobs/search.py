@@ -9,12 +9,13 @@ import sys
 
 import pyarrow as pa
 
+from das_core.index.lookup import index_hits, open_for_search
 from das_core.io.checks import check_output_file
 from das_core.output.manifest import RunManifest
 from das_core.runtime import engine
 from das_core.scoring.prompts import read_lines_from
 from das_core.search.config import SearchConfig
-from das_core.search.plan import plan_search, units_per_task
+from das_core.search.plan import plan_search, unit_groups, units_per_task
 from das_core.search.results import finish_search
 from das_core.search.task import search_group
 from jobs import common
@@ -50,18 +51,34 @@ def searched_segments(embeddings: str) -> int | None:
 
 
 def run(config: SearchConfig) -> pa.Table:
-    """Search ``config.embeddings``: one task (or, local, one call here) per group of committed units, each
-    sending its few hits to the driver; returns the ranked matches (``HITS_SCHEMA``), printed and written to
-    ``config.out``."""
+    """Search ``config.embeddings``: through its index where ``das index`` built one for the level (and not
+    ``--exact``), plus one task (or, local, one call here) per group of the committed units it does not cover
+    (all of them without an index), each sending its few hits to the driver; returns the ranked matches
+    (``HITS_SCHEMA``), printed and written to ``config.out``."""
     if config.out:
         check_output_file(config.out)
     plan = plan_search(config)
-    where, why = engine.choose(config.local, config.ray, engine.segments_too_many(searched_segments(config.embeddings)))
-    common.log.info("engine: %s (%s)", where, why)
-    map_rows, env = row_mapper(where)
-    groups = plan.groups(units_per_task(len(plan.units), cluster_cpus(where)))
-    parts = list(map_rows(groups, search_group, plan.queries, **env, **plan.task_settings()))
+    opened = None if config.exact else open_for_search(config.embeddings, config.level, plan.units)
+    parts, scanned = [], plan.units
+    if opened is not None:
+        common.log.info("index: %s over %d row(s) (--exact for the exact scan)",
+                        opened.record.parameters["factory"], opened.record.rows)
+        parts.append(index_hits(opened, plan.queries, config.top, config.min_score))
+        scanned = opened.uncovered
+    if scanned:
+        where, why = engine.choose(config.local, config.ray,
+                                   engine.segments_too_many(scanned_segments(config.embeddings, opened)))
+        common.log.info("engine: %s (%s)", where, why)
+        map_rows, env = row_mapper(where)
+        groups = unit_groups(scanned, plan.listing, config.level, units_per_task(len(scanned), cluster_cpus(where)))
+        parts += list(map_rows(groups, search_group, plan.queries, **env, **plan.task_settings()))
     return finish_search(plan, parts)
+
+
+def scanned_segments(embeddings: str, opened) -> int | None:
+    """The windows the exact scan ranks: all the output's, less those the index covers (None if unknown)."""
+    total = searched_segments(embeddings)
+    return None if total is None else max(0, total - (opened.record.rows if opened is not None else 0))
 
 
 def cluster_cpus(where: str) -> float:

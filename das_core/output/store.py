@@ -156,10 +156,12 @@ class OutputStore:
 
         das's own files are named by das's records and patterns: the parts (``part-<unit>-<tag>.parquet``, and
         das 0.1's ``part-<20 hex digits>.parquet``) in segments/, files/ and pieces/ and the temporary files of
-        its writers there, the unit table, the report files the last report recorded (``das_core.output.report_files``)
-        and ``_manifest.json``. Anything else, a user's file under the same folders included, stays; a folder
-        goes only if that leaves it empty.
+        its writers there, the unit table, the report files the last report recorded
+        (``das_core.output.report_files``), the files of ``das index`` (``das_core.output.index_files``) and
+        ``_manifest.json``. Anything else, a user's file under the same folders included, stays; a folder goes only
+        if that leaves it empty.
         """
+        from das_core.output.index_files import remove_index
         from das_core.output.report_files import remove_report
 
         removed = 0
@@ -170,6 +172,7 @@ class OutputStore:
                     removed += 1
             removed += storage.remove_temporaries(self.path(folder))
         removed += remove_report(self.uri)
+        removed += remove_index(self.uri)
         for own in (self.path(UNIT_TABLE_DIR, UNIT_TABLE_FILE), self.path(MANIFEST)):
             if storage.exists(own):
                 storage.remove(own)

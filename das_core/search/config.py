@@ -45,6 +45,7 @@ class SearchConfig:
     out: str | None = setting(None, metavar="URI", help="write the matches to this Parquet file (local or s3://)")
     tokenizer_dir: str | None = setting(None, metavar="DIR", help="roberta-base tokenizer files (RoBERTa "
                                         "checkpoints)")
+    exact: bool = setting(False, help="rank by the exact scan even where `das index` built an index for --level")
     device: str = setting("cpu", help="where queries are encoded: cpu or cuda[:N]")
     local: bool = setting(False, help="search in this process, without Ray (the same matches). Default: automatic, "
                           "local when the output holds few windows (see README)")
