@@ -26,7 +26,7 @@ from das_core.label.decode import DecodeSettings
 from das_core.label.encode import EncodeSettings
 from das_core.label.sink import WriteSettings
 from das_core.label.units import plan_units, read_unit_table, units_per_row_group
-from das_core.output.format import FILES_SCHEMA, FORMAT_VERSION, READABLE_FORMAT_VERSIONS, run_metadata
+from das_core.output.format import FILES_SCHEMA, FORMAT_VERSION, READABLE_FORMAT_VERSIONS, STAGED_SUFFIX, run_metadata
 from das_core.output.manifest import MANIFEST, RunManifest
 from das_core.output.store import OutputStore
 from das_core.output.tables import count_outcomes
@@ -101,7 +101,8 @@ class LabelPlan:
                              embedding_dim=cache.dim if self.format_version >= 3 else None,
                              metadata=run_metadata("label", cache.labels, cache.lam, self.checkpoint_id,
                                                    c.checkpoint, cache.fingerprint, __version__,
-                                                   self.format_version))
+                                                   self.format_version),
+                             staged_suffix=STAGED_SUFFIX if c.pack_rows else ".parquet")
 
     def row_groups_to_do(self) -> dict[int, list[str]] | None:
         """Per row group of the unit table, the units to do in it; None when every unit is to do."""

@@ -30,7 +30,16 @@ import pyarrow.compute as pc
 from das_core.errors import RunFailed
 from das_core.failure import cannot_write, write_error_behind
 from das_core.label.decode import ChunkMeta
-from das_core.output.format import END_TAG, FILES_DIR, OK, PIECES_DIR, SEGMENTS_DIR, PartFormat, part_name
+from das_core.output.format import (
+    END_TAG,
+    FILES_DIR,
+    OK,
+    PIECES_DIR,
+    SEGMENTS_DIR,
+    STAGED_SUFFIX,
+    PartFormat,
+    part_name,
+)
 from das_core.output.store import OutputStore
 from das_core.output.tables import (
     FileOutcome,
@@ -93,6 +102,11 @@ class WriteSettings:
     logit_scale: float | None = None       # with --probabilities: top_k_probs from softmax(scale x scores)
     embedding_dim: int | None = None       # D of FixedSizeList<dtype, D>; None: list<dtype> (a format 2 run)
     metadata: tuple[tuple[str, str], ...] = ()
+    staged_suffix: str = STAGED_SUFFIX     # staged parts: Arrow IPC, or Parquet where nothing packs them
+
+    def staged(self, unit: str, tag: str | int) -> str:
+        """The name of ``unit``'s staged part ``tag`` (a chunk index or ``end``)."""
+        return part_name(unit, tag, self.staged_suffix)
 
     @functools.cached_property
     def part(self) -> PartFormat:
@@ -148,14 +162,14 @@ def write_chunk(store: OutputStore, unit: str, chunk: int, last: bool, meta: Chu
         lab = label_windows(None, cache, ws.top_k, scores=(das, plain), logit_scale=ws.logit_scale)
     segments = _segments(meta, keep, stored, lab, ws)
     if len(segments):
-        store.write_part(SEGMENTS_DIR, part_name(unit, chunk), segments)
+        store.write_part(SEGMENTS_DIR, ws.staged(unit, chunk), segments)
 
     pieces = [i for i, f in enumerate(meta.files) if not whole[i]]
     if pieces:
-        store.write_part(PIECES_DIR, part_name(unit, chunk), _pieces_table(meta, pieces, owner, keep, das, plain,
+        store.write_part(PIECES_DIR, ws.staged(unit, chunk), _pieces_table(meta, pieces, owner, keep, das, plain,
                                                                           stored, chunk))
     if whole.any():
-        store.write_part(FILES_DIR, part_name(unit, chunk), _whole_files_table(meta, whole & ~failed, whole, owner,
+        store.write_part(FILES_DIR, ws.staged(unit, chunk), _whole_files_table(meta, whole & ~failed, whole, owner,
                                                                               keep, das, plain, stored, cache, ws))
     return _stats(unit, chunk, last, n, meta, bool(pieces), time.monotonic() - started)
 
@@ -225,7 +239,7 @@ def _stats(unit: str, chunk: int, last: bool, n_windows: int, meta: ChunkMeta, p
 def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: DriftCache, ws: WriteSettings
                 ) -> None:
     """Commit ``unit``: rows of its spanning files (from the pieces parts of ``piece_chunks``), then its end part."""
-    tables = [store.read_part(PIECES_DIR, part_name(unit, c)) for c in sorted(piece_chunks)]
+    tables = [store.read_part(PIECES_DIR, ws.staged(unit, c)) for c in sorted(piece_chunks)]
     pieces = pa.concat_tables(tables) if tables else PIECES_SCHEMA.empty_table()
     outcomes, pooled_das, pooled_zs, counts = [], [], [], {}
     for file_id in dict.fromkeys(pieces.column("file_id").to_pylist()):
@@ -236,7 +250,7 @@ def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: D
                               closing["decoder"], closing["key"], closing["metadata"])
         if outcome.status != OK:
             outcomes.append(outcome)
-            _drop_windows(store, unit, file_id, [r["chunk"] for r in rows if r["n_windows"]])
+            _drop_windows(store, ws, unit, file_id, [r["chunk"] for r in rows if r["n_windows"]])
             continue
         total = np.sum([r["emb_sum"] for r in rows if r["emb_sum"] is not None], axis=0)
         outcomes.append(dataclasses.replace(outcome, embedding=normalised(total)))
@@ -245,15 +259,15 @@ def finish_unit(store: OutputStore, unit: str, piece_chunks: list[int], cache: D
         counts[file_id] = sum(r["n_windows"] for r in rows)
     lab = (label_pooled(np.array(pooled_das, dtype=np.float32), np.array(pooled_zs, dtype=np.float32), cache,
                         ws.top_k, ws.logit_scale) if pooled_das else None)
-    store.write_part(FILES_DIR, part_name(unit, END_TAG), files_table(outcomes, lab, counts, ws.part))
+    store.write_part(FILES_DIR, ws.staged(unit, END_TAG), files_table(outcomes, lab, counts, ws.part))
     for c in piece_chunks:
-        store.remove_part(PIECES_DIR, part_name(unit, c))
+        store.remove_part(PIECES_DIR, ws.staged(unit, c))
 
 
-def _drop_windows(store: OutputStore, unit: str, file_id: str, chunks: list[int]) -> None:
+def _drop_windows(store: OutputStore, ws: WriteSettings, unit: str, file_id: str, chunks: list[int]) -> None:
     """A spanning file failed after some of its windows were written: take them out again."""
     for c in chunks:
-        name = part_name(unit, c)
+        name = ws.staged(unit, c)
         table = store.read_part(SEGMENTS_DIR, name)
         kept = table.filter(pc.not_equal(table.column("file_id"), file_id))
         if len(kept):

@@ -2,12 +2,18 @@
 
 Layout under an output URI::
 
-    segments/part-<unit>-c<chunk>.parquet   one row per 10 s window (embedding included)
-    files/part-<unit>-c<chunk>.parquet      one row per input file held whole by that chunk, ok or error
-    files/part-<unit>-end.parquet           the unit's commit mark: rows of its files that span chunks
+    segments/part-<unit>-c<chunk>.arrow     staged: one row per 10 s window (embedding included)
+    files/part-<unit>-c<chunk>.arrow        staged: one row per input file held whole by that chunk, ok or error
+    files/part-<unit>-end.arrow             staged: the unit's commit mark: rows of its files that span chunks
     segments/part-<A>-<B>.parquet           a pack: the windows of the committed units A..B (A <= B), one file
     files/part-<A>-<B>.parquet              a pack's files rows: its existence commits (packs) the range A..B
-    pieces/part-<unit>-c<chunk>.parquet     transient: per-chunk maxima of spanning files (deleted at the end)
+    pieces/part-<unit>-c<chunk>.arrow       transient: per-chunk maxima of spanning files (deleted at the end)
+
+Staged parts are Arrow IPC files (``STAGED_SUFFIX``), uncompressed: each is read once, by its pack or its
+unit's commit, and writing one costs a twentieth of a Parquet part of the same rows (the encoder's host side,
+README "Feeding the GPU"). Engines that read ``*.parquet`` therefore see packs only: committed rows, never
+a unit still being written. Format 2 runs (and format 3 runs of das before this) staged Parquet parts
+(``part-<unit>-c<chunk>.parquet``); both are read.
     _work/units.parquet                     the unit table: the run's work units (das_core.label.units)
     _manifest.json                          settings, fingerprints, counts and run history
 
@@ -203,14 +209,25 @@ class PartFormat:
 
 
 # das's part names: a staged part (``part-<unit>-c<chunk>|end|all``) or a pack (``part-<first>-<last>``)
-PART = re.compile(r"^part-(u\d+)-(c\d+|end|all|u\d+)\.parquet$")
+PART = re.compile(r"^part-(u\d+)-(c\d+|end|all|u\d+)\.(?:parquet|arrow)$")
+STAGED_SUFFIX = ".arrow"        # a staged part of a label run: Arrow IPC (``staged_name``)
 PACK_UNITS = "das.units"       # a pack's key-value metadata: JSON [[unit, first row, rows], ...] in unit order
 LEGACY_PART = re.compile(r"^part-[0-9a-f]{20}\.parquet$")      # das 0.1: a sha1 prefix of the part's file ids
 
 
-def part_name(unit: str, tag: str | int) -> str:
-    """``part-<unit>-c<chunk>.parquet`` for a chunk index, ``part-<unit>-<tag>.parquet`` otherwise."""
-    return f"part-{unit}-{f'c{tag:05d}' if isinstance(tag, int) else tag}.parquet"
+def part_name(unit: str, tag: str | int, suffix: str = ".parquet") -> str:
+    """``part-<unit>-c<chunk><suffix>`` for a chunk index, ``part-<unit>-<tag><suffix>`` otherwise."""
+    return f"part-{unit}-{f'c{tag:05d}' if isinstance(tag, int) else tag}{suffix}"
+
+
+def staged_name(unit: str, tag: str | int) -> str:
+    """The name of a label run's staged part (an Arrow IPC file): ``part_name`` with ``STAGED_SUFFIX``."""
+    return part_name(unit, tag, STAGED_SUFFIX)
+
+
+def is_end_of(unit: str, names) -> bool:
+    """Whether ``names`` hold ``unit``'s ``end`` part, staged (Arrow IPC) or Parquet (format 2, rescore)."""
+    return part_name(unit, END_TAG) in names or staged_name(unit, END_TAG) in names
 
 
 def parse_part_name(name: str) -> tuple[str, str] | None:
@@ -265,6 +282,14 @@ def write_options(schema: pa.Schema, num_rows: int) -> dict:
     return {"compression": {leaf(f): ("none" if f.name == "embedding" else "snappy") for f in fields},
             "use_dictionary": [leaf(f) for f in fields if is_text(f)] if num_rows >= DICTIONARY_MIN_ROWS else False,
             "write_statistics": [leaf(f) for f in fields if not _is_list(f)]}
+
+
+def staged_bytes(table: pa.Table) -> bytes:
+    """Arrow IPC file bytes of ``table`` (its schema metadata included), uncompressed: a staged part."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def table_to_bytes(table: pa.Table) -> bytes:

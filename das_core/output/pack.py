@@ -25,14 +25,13 @@ import pyarrow.parquet as pq
 from das_core.io import storage
 from das_core.output.format import (
     DICTIONARY_MIN_ROWS,
-    END_TAG,
     FILES_DIR,
     OK,
     PACK_UNITS,
     PIECES_DIR,
     SEGMENTS_DIR,
+    is_end_of,
     pack_name,
-    part_name,
     unit_number,
     write_options,
 )
@@ -150,7 +149,7 @@ def pack_units(out: str, units: list[str], listing: StoreListing | None = None) 
     store = OutputStore(out)
     listing = listing or store.listing()
     staged = {folder: listing.units(folder) for folder in (SEGMENTS_DIR, FILES_DIR, PIECES_DIR)}
-    missing = [u for u in units if part_name(u, END_TAG) not in staged[FILES_DIR].get(u, ())]
+    missing = [u for u in units if not is_end_of(u, staged[FILES_DIR].get(u, ()))]
     if missing:
         raise ValueError(f"cannot pack {len(missing)} unit(s) of {out} without an end part: {missing[:3]}")
     name = pack_name(units[0], units[-1])

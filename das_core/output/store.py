@@ -15,19 +15,20 @@ import pyarrow.parquet as pq
 from das_core.errors import EmbeddingsMismatch
 from das_core.io import storage
 from das_core.output.format import (
-    END_TAG,
     FILES_DIR,
     FILES_SCHEMA,
     LEGACY_PART,
     PACK_UNITS,
     PIECES_DIR,
     SEGMENTS_DIR,
+    STAGED_SUFFIX,
     UNIT_TABLE_DIR,
     UNIT_TABLE_FILE,
+    is_end_of,
     parse_pack_name,
     parse_part_name,
-    part_name,
     segments_schema,
+    staged_bytes,
     table_to_bytes,
     unit_range,
 )
@@ -42,6 +43,12 @@ def pack_spans(meta: pq.FileMetaData) -> dict[str, tuple[int, int]]:
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     """The Parquet file at ``uri`` (local or s3://), read whole (only ``columns`` if given)."""
     return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+
+
+def read_staged(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The Arrow IPC file (a staged part) at ``uri``, read whole (only ``columns`` if given)."""
+    table = pa.ipc.open_file(pa.BufferReader(storage.read_bytes(uri))).read_all()
+    return table if columns is None else table.select(columns)
 
 
 @dataclass
@@ -74,7 +81,7 @@ class StoreListing:
 
     def committed_units(self) -> list[str]:
         """Units whose ``end`` part exists or that a ``files`` pack covers (the commit rule)."""
-        staged = (u for u, names in self.units(FILES_DIR).items() if part_name(u, END_TAG) in names)
+        staged = (u for u, names in self.units(FILES_DIR).items() if is_end_of(u, names))
         return sorted(set(staged) | set(self.packed_units()))
 
     def uncommitted_units(self) -> list[str]:
@@ -141,7 +148,7 @@ class OutputStore:
         names: dict[str, set[str]] = {FILES_DIR: set(), SEGMENTS_DIR: set(), PIECES_DIR: set()}
         if storage.exists(self.uri):
             root = self.uri.rstrip("/") + "/"
-            for u in storage.list_files(self.uri, (".parquet",)):
+            for u in storage.list_files(self.uri, (".parquet", STAGED_SUFFIX)):
                 folder, _, name = u[len(root):].partition("/")
                 if folder in names and "/" not in name:
                     names[folder].add(name)
@@ -202,15 +209,17 @@ class OutputStore:
 
     def write_part(self, folder: str, name: str, table: pa.Table) -> None:
         """Write ``table`` as the part ``folder/name``, atomically (the commit rule's first half)."""
-        storage.write_bytes_atomic(self.path(folder, name), table_to_bytes(table))
+        data = staged_bytes(table) if name.endswith(STAGED_SUFFIX) else table_to_bytes(table)
+        storage.write_bytes_atomic(self.path(folder, name), data)
 
     def remove_part(self, folder: str, name: str) -> None:
         """Delete the part ``folder/name``."""
         storage.remove(self.path(folder, name))
 
     def read_part(self, folder: str, name: str, columns: list[str] | None = None) -> pa.Table:
-        """The part ``folder/name`` (only ``columns`` if given)."""
-        return read_parquet(self.path(folder, name), columns)
+        """The part ``folder/name`` (only ``columns`` if given): a staged Arrow IPC part or a Parquet one."""
+        read = read_staged if name.endswith(STAGED_SUFFIX) else read_parquet
+        return read(self.path(folder, name), columns)
 
     def read_pack(self, folder: str, name: str, units: list[str] | None = None,
                   columns: list[str] | None = None) -> pa.Table:

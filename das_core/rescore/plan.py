@@ -25,7 +25,16 @@ from das_core.errors import Refused
 from das_core.io import storage
 from das_core.io.checks import check_output_folder
 from das_core.io.inputs import normalise_uri
-from das_core.output.format import END_TAG, READABLE_FORMAT_VERSIONS, PartFormat, part_name, run_metadata, unit_number
+from das_core.output.format import (
+    END_TAG,
+    FILES_DIR,
+    READABLE_FORMAT_VERSIONS,
+    PartFormat,
+    part_name,
+    run_metadata,
+    staged_name,
+    unit_number,
+)
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore, StoreListing, open_embeddings
 from das_core.rescore.config import RUN_PREFIX, RescoreConfig, default_run_id
@@ -134,7 +143,10 @@ class RescorePlan:
         ``rescore_unit`` reads."""
         rows = []
         for source, units in self.listing.groups(self.todo):
-            where = source if source.endswith(".parquet") else part_name(source, END_TAG)   # a pack, or an end part
+            # a pack, or a staged unit's end part
+            ends = [part_name(source, END_TAG), staged_name(source, END_TAG)]
+            where = source if source.endswith(".parquet") else next(
+                (n for n in ends if n in self.listing.names.get(FILES_DIR, ())), ends[0])
             run = [units[0]]
             for unit in units[1:]:
                 if unit_number(unit) != unit_number(run[-1]) + 1:

@@ -7,7 +7,7 @@ import numpy as np
 
 from das_core.label.decode import ChunkMeta
 from das_core.label.sink import WriteSettings, write_chunk
-from das_core.output.format import FILES_DIR, PIECES_DIR, SEGMENTS_DIR, part_name
+from das_core.output.format import FILES_DIR, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.store import OutputStore
 from das_core.output.tables import mean_embedding
 from das_core.scoring.cache import DriftCache
@@ -44,7 +44,7 @@ def test_chunk_rows_equal_the_scorer_file_by_file(tmp_path):
     stats = write_chunk(store, "u00000000", 0, False, ChunkMeta(windows, files), stored, cache,
                         WriteSettings(top_k=3))
     assert stats["pieces"] and stats["files_ok"] == 3 and stats["files_error"] == 1
-    part = part_name("u00000000", 0)
+    part = WriteSettings(top_k=3).staged("u00000000", 0)
     assert store.read_part(PIECES_DIR, part).column("file_id").to_pylist() == ["long"]
 
     segments = store.read_part(SEGMENTS_DIR, part).to_pylist()
