@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow as pa
 from das_core.errors import IndexRefused
 from das_core.index.record import IndexRecord, now
 from das_core.io import storage
+from das_core.output.format import SEGMENTS_DIR
 from das_core.output.index_files import INDEX_FILE, index_folder, remove_index, rows_name
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
@@ -95,13 +97,26 @@ def unit_rows(store: OutputStore, unit: str, level: str) -> pa.Table:
     return level_table(table, level).sort_by([("file_id", "ascending"), ("start_s", "ascending")])
 
 
+def unit_tables(source: IndexSource, units: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
+    """``(unit, unit_rows)`` for ``units`` (default: every committed unit) in unit order, reading each pack once
+    (a pack holds many units: reading them one at a time would read it once per unit)."""
+    folder, columns = level_source(source.level)
+    listing = source.store.listing()
+    for _, group in listing.groups(source.units if units is None else units):
+        for unit, table in source.store.read_by_unit(group, folder, listing, columns):
+            if table is None:            # no rows of its own here (every file failed): an empty table, typed
+                yield unit, unit_rows(source.store, unit, source.level)
+            else:
+                yield unit, level_table(table, source.level).sort_by([("file_id", "ascending"),
+                                                                       ("start_s", "ascending")])
+
+
 def training_sample(source: IndexSource, rows: int, size: int) -> tuple[np.ndarray, bool]:
     """About ``size`` of the output's rows, drawn from every unit with a seeded generator, as float32; and
     whether the stored embeddings are float16."""
     keep_share = min(1.0, size / max(rows, 1))
     picked, fp16 = [], True
-    for number, unit in enumerate(source.units):
-        table = unit_rows(source.store, unit, source.level)
+    for number, (_, table) in enumerate(unit_tables(source)):
         if not len(table):
             continue
         fp16 = pa.types.is_float16(table.column("embedding").type.value_type)
@@ -114,9 +129,11 @@ def training_sample(source: IndexSource, rows: int, size: int) -> tuple[np.ndarr
 def count_rows(source: IndexSource) -> int:
     """The output's rankable rows (one read of file_id, and status for files)."""
     if source.level == SEGMENT:
-        return sum(len(source.store.read_segments([u], ["file_id"])) for u in source.units)
-    return sum(len(level_table(source.store.read_files([u], level_source(source.level)[1]), source.level))
-               for u in source.units)
+        listing = source.store.listing()
+        return sum(len(table) for _, group in listing.groups(source.units)
+                   for _, table in source.store.read_by_unit(group, SEGMENTS_DIR, listing, ["file_id"])
+                   if table is not None)
+    return sum(len(table) for _, table in unit_tables(source))
 
 
 def new_index(source: IndexSource):
@@ -174,8 +191,7 @@ def add_units(source: IndexSource, index, record: IndexRecord, units: list[str])
     from das_core.output.format import table_to_bytes
 
     folder = index_folder(source.uri, source.level)
-    for unit in units:
-        table = unit_rows(source.store, unit, source.level)
+    for unit, table in unit_tables(source, units):
         if len(table):
             index.add(np.ascontiguousarray(embeddings_to_numpy(table.column("embedding"))))
         storage.write_bytes_atomic(storage.join(folder, rows_name(unit)), table_to_bytes(table.select(META_COLUMNS)))
