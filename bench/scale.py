@@ -1,14 +1,16 @@
 """``python -m bench.scale``: a rehearsal of das's output at 10^7 windows on this machine (issue #23).
 
 It writes a label run's output through das's real driver and writer (``jobs.label.label_units`` with the ledger,
-``write_chunk``, the unit commits and the packs), with ``SyntheticStages`` in place of decoding and encoding:
-each 10 s clip's embedding comes from a seeded generator (unit vectors around a few thousand centres on the
-sphere, as real embeddings cluster by sound). Then it times what people run on such an output, each step in
-its own process, with its peak memory and the files it reads or writes:
+``write_chunk``, the unit commits and the packs), with generated embeddings in place of decoding and encoding
+(``synthetic_stages``): each 10 s clip's embedding comes from a seeded generator (unit vectors around a few
+thousand centres on the sphere, as real embeddings cluster by sound). Then it times what people run on such an
+output, each step in its own process, with its peak memory and the files it reads or writes:
 
 - ``das rescore`` of the run, against a plain pyarrow read-and-write of the same Parquet data;
-- ``das search`` with a text query (exact scan), and the engines' queries: DuckDB's "100 windows most similar
-  to this embedding, with their files" and a Polars group-by of labels;
+- ``das index`` (its build), ``das search`` with a text query through the index and as an exact scan,
+  one-query latency with the index loaded (p50, p95) and recall@10 against an exact scan;
+- the engines' queries: DuckDB's "100 windows most similar to this embedding, with their files" and a Polars
+  group-by of labels;
 - ``das report``;
 - ``das label --resume --dry-run``: planning over the finished run.
 
@@ -25,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -69,70 +70,55 @@ def clustered(rng: np.random.Generator, around: np.ndarray, n: int) -> np.ndarra
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
 
 
-class SyntheticStages:
-    """The label stages of a plan whose inputs are all 10 s clips, with generated embeddings in place of
-    decoding and encoding: each unit's clips are cut into chunks as the decode stage cuts them (one window per
-    clip, ``windows_per_chunk`` per chunk) and written by das's own ``write_chunk``; units are committed by
-    ``finish_units``. Seeded by unit, so a rerun writes the same rows (``jobs.label.Stages``)."""
+def synthetic_stages(plan):
+    """The label stages of ``plan`` (whose inputs are all 10 s clips) with generated embeddings in place of
+    decoding and encoding: das's ``LocalStages`` (its commits and packs, in this process) whose chunks are cut
+    as the decode stage cuts them (one window per clip, ``windows_per_chunk`` per chunk) and written by das's
+    own ``write_chunk``. Seeded by unit, so a rerun writes the same rows."""
+    from das_core.label.decode import ChunkMeta
+    from das_core.label.local import LocalStages, units_to_do
+    from das_core.label.sink import write_chunk
+    from das_core.output.store import OutputStore
 
-    starting = "generating embeddings"
-    pending = "writing generated chunks"
-    first_line = "starting: generating embeddings"
-    nodes = None
+    class SyntheticStages(LocalStages):
+        """``LocalStages`` without the model: ``chunk_stats`` writes generated chunks."""
 
-    def __init__(self, plan):
-        self.plan = plan
-        self.write = plan.write_settings()
-        self.committed = 0
-        self.around = centres(plan.cache.dim)
+        starting = "generating embeddings"
+        pending = "writing generated chunks"
+        first_line = "starting: generating embeddings"
 
-    def __enter__(self) -> SyntheticStages:
-        return self
+        def __enter__(self):
+            self.around = centres(self.plan.cache.dim)
+            return self
 
-    def __exit__(self, *exc) -> None:
-        pass
+        def _chunks(self, unit: str, file_ids: list[str], paths: list[str]) -> Iterator[tuple]:
+            """``(chunk index, last, meta, embeddings)`` of one unit's clips."""
+            per = self.plan.config.windows_per_chunk
+            rng = np.random.default_rng(int(unit[1:]))
+            for index, first in enumerate(range(0, len(paths), per)):
+                files = [{"file_id": f, "path": p, "piece": 0, "closes": True, "status": "ok", "error": None,
+                          "error_kind": None, "n_emitted": 1, "duration_s": 10.0, "sample_rate": 44100,
+                          "channels": 2, "decoder": "libsndfile"}
+                         for f, p in zip(file_ids[first:first + per], paths[first:first + per])]
+                windows = [[i, 0, 0.0, 10.0, None] for i in range(len(files))]
+                yield index, first + per >= len(paths), ChunkMeta(windows, files), clustered(rng, self.around,
+                                                                                               len(files))
 
-    def _chunks(self, unit: str, file_ids: list[str], paths: list[str]) -> Iterator[tuple]:
-        from das_core.label.decode import ChunkMeta
+        def chunk_stats(self) -> Iterator[dict]:
+            """Every chunk of the units to do, written; the statistics of each."""
+            store = OutputStore(self.plan.config.out)
+            for group in units_to_do(self.plan.config.out, self.plan.row_groups_to_do()):
+                for row in group.select(["unit", "file_ids", "paths"]).to_pylist():
+                    for index, last, meta, emb in self._chunks(row["unit"], row["file_ids"], row["paths"]):
+                        stats = write_chunk(store, row["unit"], index, last, meta, emb, self.plan.cache, self.write)
+                        yield {**stats, "decoded_on": self.node}
 
-        per = self.plan.config.windows_per_chunk
-        rng = np.random.default_rng(int(unit[1:]))
-        for index, first in enumerate(range(0, len(paths), per)):
-            files = [{"file_id": f, "path": p, "piece": 0, "closes": True, "status": "ok", "error": None,
-                      "error_kind": None, "n_emitted": 1, "duration_s": 10.0, "sample_rate": 44100,
-                      "channels": 2, "decoder": "libsndfile"}
-                     for f, p in zip(file_ids[first:first + per], paths[first:first + per])]
-            windows = [[i, 0, 0.0, 10.0, None] for i in range(len(files))]
-            last = first + per >= len(paths)
-            yield index, last, ChunkMeta(windows, files), clustered(rng, self.around, len(files))
-
-    def chunk_stats(self) -> Iterator[dict]:
-        """Every chunk of the units to do, written; the statistics of each."""
-        from das_core.label.local import units_to_do
-        from das_core.label.sink import write_chunk
-        from das_core.output.store import OutputStore
-
-        store = OutputStore(self.plan.config.out)
-        node = socket.gethostname()
-        for group in units_to_do(self.plan.config.out, self.plan.row_groups_to_do()):
-            for row in group.select(["unit", "file_ids", "paths"]).to_pylist():
-                for index, last, meta, emb in self._chunks(row["unit"], row["file_ids"], row["paths"]):
-                    stats = write_chunk(store, row["unit"], index, last, meta, emb, self.plan.cache, self.write)
-                    yield {**stats, "decoded_on": node}
-
-    def commit(self, unit: tuple[str, list[int]]) -> None:
-        """Commit ``unit`` now."""
-        from das_core.label.sink import finish_units
-
-        self.committed += finish_units(self.plan.config.out, [unit], self.plan.cache, self.write)
-
-    def flush(self) -> None:
-        """Nothing waits: every unit was committed as it became whole."""
+    return SyntheticStages(plan)
 
 
 def generate(out: str, inputs: str, ckpt: str, cache_uri: str) -> dict:
     """Write the label output of ``inputs`` into ``out`` through das's driver, ledger and writer, with
-    ``SyntheticStages``; its wall time and windows per second."""
+    ``synthetic_stages``; its wall time and windows per second."""
     from das_core.label.config import LabelConfig
     from das_core.label.ledger import LabelRun
     from das_core.label.plan import plan_run
@@ -145,7 +131,7 @@ def generate(out: str, inputs: str, ckpt: str, cache_uri: str) -> dict:
     with Lease(config.out, "bench.scale") as lease:
         ledger = LabelRun(plan_run(config), run_id=lease.run_id)
         ledger.start()
-        label_units(ledger, SyntheticStages(ledger.plan))
+        label_units(ledger, synthetic_stages(ledger.plan))
         manifest = ledger.finish()
     seconds = time.perf_counter() - t
     windows = manifest["counts"]["segments"]
@@ -163,6 +149,9 @@ def step(name: str, code: str, counted: str | None = None, timeout: float = 7200
     log(f"scale: {name} ...")
     wall, peak, stdout = _child_peak(code, timeout=timeout)
     out = {f"{name}_s": wall, f"{name}_peak_gib": peak / 2**30}
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):           # figures the child measured itself
+            out.update(json.loads(line[len("RESULT "):]))
     if counted:
         out[f"{name}_files"] = count_files(counted)
     log(f"scale: {name} {wall:.1f} s, peak {peak / 2**30:.2f} GiB")
@@ -171,7 +160,8 @@ def step(name: str, code: str, counted: str | None = None, timeout: float = 7200
 
 def das(command: str, args: list[str]) -> str:
     """Python code that runs ``das <command> args`` and fails unless it exits 0."""
-    module = {"rescore": "jobs.rescore", "search": "jobs.search", "report": "jobs.report", "label": "jobs.label"}
+    module = {"rescore": "jobs.rescore", "search": "jobs.search", "report": "jobs.report", "label": "jobs.label",
+              "index": "jobs.index"}
     return (f"from {module[command]} import main\nrc = main({json.dumps(args)})\n"
             f"assert rc == 0, rc\n")
 
@@ -209,6 +199,58 @@ for i, frag in enumerate(src.get_fragments()):
     return {"duckdb_top100": duckdb, "polars_group_by": polars, "plain_read_write": plain}
 
 
+def exact_top(out: str, queries, top: int = 10) -> list[set]:
+    """Per query, the ``(file_id, start_s)`` of its ``top`` best windows by das's own scoring, from a scan of
+    every pack's row groups (the truth recall is measured against)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from das_core.output.tables import embeddings_to_numpy
+    from das_core.search.queries import score_embeddings
+
+    best = [[] for _ in range(len(queries.names))]
+    for path in sorted(glob.glob(os.path.join(out, "segments", "*.parquet"))):
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g, columns=["file_id", "start_s", "embedding"])
+            scores = score_embeddings(embeddings_to_numpy(table.column("embedding")), queries)
+            ids, starts = table.column("file_id").to_pylist(), table.column("start_s").to_pylist()
+            for j in range(scores.shape[1]):
+                for i in np.argpartition(-scores[:, j], top)[:top]:
+                    best[j].append((float(scores[i, j]), ids[i], starts[i]))
+                best[j] = sorted(best[j], reverse=True)[:top]
+    return [{(f, s) for _, f, s in rows} for rows in best]
+
+
+def index_queries(out: str, n: int = 100, truth_queries: int = 20) -> dict:
+    """In this process: load the index as ``das search`` does, time ``n`` one-query searches through it (each
+    query already embedded), and recall@10 of the first ``truth_queries`` against an exact scan."""
+    from das_core.index.lookup import index_hits, open_for_search
+    from das_core.output.store import OutputStore
+    from das_core.search.queries import Queries
+
+    started = time.perf_counter()
+    opened = open_for_search(out, "segment", OutputStore(out).listing().committed_units())
+    load_s = time.perf_counter() - started
+    dim = opened.index.d
+    vectors = clustered(np.random.default_rng(99), centres(dim), n).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    latencies, found = [], []
+    for i in range(n):
+        one = Queries((f"q{i}",), vectors[i:i + 1], np.zeros((1, dim), np.float32))
+        t = time.perf_counter()
+        hits = index_hits(opened, one, 10, None)
+        latencies.append(time.perf_counter() - t)
+        found.append(set(zip(hits.column("file_id").to_pylist(), hits.column("start_s").to_pylist())))
+    several = Queries(tuple(f"q{i}" for i in range(truth_queries)), vectors[:truth_queries],
+                      np.zeros((truth_queries, dim), np.float32))
+    truth = exact_top(out, several)
+    recall = float(np.mean([len(found[i] & truth[i]) / max(len(truth[i]), 1) for i in range(truth_queries)]))
+    return {"index_load_s": load_s, "index_query_p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "index_query_p95_ms": float(np.percentile(latencies, 95) * 1e3), "index_recall_at_10": recall}
+
+
 def rehearse(work: str, n: int) -> dict:
     """Generate the run and time every step (``rehearsal`` in ``bench/scale.json``)."""
     from bench.inputs import make_cache
@@ -235,7 +277,13 @@ def rehearse(work: str, n: int) -> dict:
     results.update(step("plain_read_write", engine_code(out)["plain_read_write"]))
     results["rescore_over_plain"] = results["plain_read_write_s"] / results["rescore_s"]
     results.update(step("search_exact", das("search", ["--embeddings", out, "--checkpoint", ckpt, "--text",
-                                                       "class_001", "--top", "10"])))
+                                                       "class_001", "--top", "10", "--exact"])))
+    results.update(step("index_build", das("index", [out]), os.path.join(out, "_index")))
+    results.update(step("search_index", das("search", ["--embeddings", out, "--checkpoint", ckpt, "--text",
+                                                        "class_001", "--top", "10"])))
+    measured = step("index_queries", f"import json\nfrom bench.scale import index_queries\n"
+                                     f"print('RESULT', json.dumps(index_queries({out!r})))\n")
+    results.update(measured)
     for name in ("duckdb_top100", "polars_group_by"):
         results.update(step(name, engine_code(out)[name]))
     results.update(step("report", das("report", [out]), os.path.join(out, "report")))
@@ -244,13 +292,21 @@ def rehearse(work: str, n: int) -> dict:
     return results
 
 
+LINEAR_STEPS = ("generate", "rescore", "plain_read_write", "search_exact", "index_build", "duckdb_top100",
+                "polars_group_by", "report", "resume_planning")     # steps that read or write every row
+
+
 def projection(results: dict, target: float = 1e9) -> list[str]:
-    """Lines projecting each timed step to ``target`` windows, linearly from this run (the arithmetic shown)."""
+    """Lines projecting the steps that touch every row to ``target`` windows, linearly from this run (the
+    arithmetic shown; start-up included, so small runs overstate it). An index query is not linear: it scans
+    ``nprobe x rows / lists`` rows, about ``sqrt(rows)`` with das's ``lists = 4 sqrt(rows)``."""
     factor = target / results["windows"]
     lines = [f"projection to {target:.0e} windows: x {factor:.0f} of this run's {results['windows']} windows"]
-    for key in sorted(k for k in results if k.endswith("_s") and not k.endswith("_per_s")):
-        lines.append(f"  {key[:-2]}: {results[key]:.1f} s x {factor:.0f} = {results[key] * factor / 3600:.1f} h "
-                     "on this machine's 2 cores (linear in windows; start-up included)")
+    for step_name in LINEAR_STEPS:
+        seconds = results.get(f"{step_name}_s")
+        if seconds is not None:
+            lines.append(f"  {step_name}: {seconds:.1f} s x {factor:.0f} = {seconds * factor / 3600:.1f} h on this "
+                         "machine's 2 cores")
     return lines
 
 
