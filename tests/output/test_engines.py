@@ -18,7 +18,7 @@ import pytest
 from conftest import BROKEN_WAV, label_run, read_output
 
 from das_core import __version__
-from das_core.output.format import FILES_DIR, SEGMENTS_DIR, part_metadata, table_to_bytes
+from das_core.output.format import END_TAG, FILES_DIR, SEGMENTS_DIR, parse_pack_name, part_metadata, part_name
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.output.tables import embeddings_to_numpy
@@ -46,17 +46,19 @@ def labelled(make_label_output, cache_uri) -> str:
 
 
 def as_format2(out: str, dest: str) -> str:
-    """A copy of the run ``out`` at ``dest`` as das wrote it in format 2: list<float16> embeddings, no schema
-    metadata, ``format_version`` 2 in the manifest."""
+    """A copy of the run ``out`` at ``dest`` as das wrote it in format 2: one Parquet part per unit and folder
+    (no packs), list<float16> embeddings, no schema metadata, ``format_version`` 2 in the manifest."""
     shutil.copytree(out, dest)
-    for folder in (SEGMENTS_DIR, FILES_DIR):
-        for name in os.listdir(os.path.join(dest, folder)):
-            path = os.path.join(dest, folder, name)
-            table = pq.read_table(path)
+    store = OutputStore(dest)
+    listing = store.listing()
+    for folder, tag in ((SEGMENTS_DIR, 0), (FILES_DIR, END_TAG)):
+        for unit, table in store.read_by_unit(listing.committed_units(), folder, listing):
             i = table.schema.get_field_index("embedding")
             table = table.set_column(i, "embedding", table.column("embedding").cast(pa.list_(pa.float16())))
-            with open(path, "wb") as f:
-                f.write(table_to_bytes(table.replace_schema_metadata(None)))
+            store.write_part(folder, part_name(unit, tag), table.replace_schema_metadata(None))
+        for name in listing.names[folder]:
+            if parse_pack_name(name):
+                os.remove(os.path.join(dest, folder, name))
     manifest = RunManifest.read(dest).to_dict()
     RunManifest.from_dict({**manifest, "format_version": 2}).write(dest)
     return dest
@@ -137,7 +139,7 @@ def test_every_part_says_what_made_it(labelled, cache_uri, tmp_path):
                 "cache_fingerprint": cache.fingerprint, "das_version": __version__, "format_version": 3}
     names = [(folder, name) for folder in (SEGMENTS_DIR, FILES_DIR)
              for name in sorted(os.listdir(os.path.join(labelled, folder)))]
-    assert len(names) == 6                   # per unit: a segments part, a files part and the end part
+    assert len(names) == 2                   # the run's one pack: its segments file and its files file
     copied = shutil.copy(os.path.join(labelled, *names[0]), tmp_path / "away.parquet")
     assert part_metadata(copied) == expected
     for folder, name in names:
@@ -185,5 +187,7 @@ def test_a_format2_run_resumes_in_its_own_format(labelled, cache_uri, tiny_ckpt,
     segments = pq.read_table(os.path.join(old, "segments"))                  # one type in every part
     assert segments.schema.field("embedding").type == pa.list_(pa.float16())
     redone = [n for n in os.listdir(os.path.join(old, FILES_DIR)) if unit in n]
-    assert redone and all(part_metadata(os.path.join(old, FILES_DIR, n))["format_version"] == 2 for n in redone)
+    # the redone unit ends in the run's tail pack, beside the format 2 unit: no format 3 metadata in it
+    assert redone and all(part_metadata(os.path.join(old, FILES_DIR, n)).get("format_version", 2) == 2
+                          for n in redone)
     assert read_output(old)[0].equals(read_output(as_format2(labelled, str(tmp_path / "again")))[0])
