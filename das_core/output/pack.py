@@ -94,6 +94,20 @@ def committed_rows(store: OutputStore, listing: StoreListing) -> list[tuple[str,
     return out
 
 
+def canonical_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every list's value field named ``item`` (Arrow's name), as das makes its tables: a part
+    read back from Parquet names it ``element``, so a pack of staged Parquet parts (format 2, ``--pack-rows 0``)
+    would store another Arrow schema, and other bytes, than a pack of the same rows staged as Arrow."""
+    def fix(kind: pa.DataType) -> pa.DataType:
+        """``kind`` with its value fields, at every depth, named ``item``."""
+        if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+            value = pa.field("item", fix(kind.value_type), kind.value_field.nullable)
+            return pa.list_(value, kind.list_size) if pa.types.is_fixed_size_list(kind) else pa.list_(value)
+        return kind
+
+    return pa.schema([pa.field(f.name, fix(f.type), f.nullable, f.metadata) for f in schema], metadata=schema.metadata)
+
+
 def _flush(writer: pq.ParquetWriter, pending: list[pa.Table], final: bool) -> list[pa.Table]:
     """Write whole row groups of ``pending`` (all of it if ``final``); what is left over."""
     table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
@@ -116,7 +130,7 @@ def write_pack(store: OutputStore, folder: str, name: str, units: Iterable[tuple
         first = row
         for table in tables:
             if writer is None:
-                schema = table.schema
+                schema = canonical_schema(table.schema)
                 # dictionary encoding as in a part of many rows, whatever the pack's size: the same options always
                 writer = pq.ParquetWriter(buf, schema, **write_options(schema, DICTIONARY_MIN_ROWS))
             pending.append(table if table.schema.equals(schema) else table.cast(schema))

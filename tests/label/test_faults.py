@@ -216,7 +216,7 @@ def test_failed_commit_write_then_resume(reference, archive, cache_uri, tiny_ckp
     assert main(args) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("das label: error:")]
     assert len(errors) == 1, errors
-    assert "cannot write" in errors[0] and "part-u00000003-end.parquet" in errors[0]
+    assert "cannot write" in errors[0] and "part-u00000003-end.arrow" in errors[0]
     assert "No space left on device" in errors[0] and "--resume" in errors[0]
     # nothing half-written is visible, and no temporary file is left (not even a hidden one)
     assert not [f for _, _, names in os.walk(out) for f in names if f.startswith(".tmp-")]
