@@ -12,7 +12,8 @@ COMMANDS = {
     "search": ("jobs.search", "find the windows or files closest to a text or an audio query"),
     "compact": ("jobs.compact", "rewrite an output's small parts into large packs (--pack-rows), atomically"),
     "index": ("jobs.index", "build or refresh the index that makes `das search` fast on a large output"),
-    "report": ("jobs.report", "write a Markdown report with figures of a label or rescore output"),
+    "report": ("jobs.report", "write a label or rescore output's report: report.md with figures, report.html to "
+                              "listen to"),
     "evaluate": ("jobs.evaluate", "compare DAS with the baselines across SNRs on a public dataset"),
     "demo": ("jobs.demo", "generate a small example and label it end to end"),
 }

@@ -58,7 +58,7 @@ def run(out: str, excerpts: int = DEFAULT_EXCERPTS) -> str:
     out = storage.absolute(out)
     require_output(out)
     target = write_report(out, excerpts)
-    print(f"das report: written to {target}", flush=True)
+    print(f"das report: written to {target} (and report.html beside it, to listen to)", flush=True)
     return target
 
 

@@ -109,4 +109,4 @@ def report_after_run(out: str, excerpts: int = DEFAULT_EXCERPTS) -> None:
         log.warning("could not write the report of %s (%s: %s); run `das report %s` to retry",
                     out, type(exc).__name__, exc, out)
         return
-    print(f"das report: written to {target}", flush=True)
+    print(f"das report: written to {target} (and report.html beside it, to listen to)", flush=True)
