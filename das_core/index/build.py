@@ -27,7 +27,7 @@ from das_core.output.index_files import INDEX_FILE, index_folder, remove_index, 
 from das_core.output.manifest import RunManifest
 from das_core.output.store import OutputStore
 from das_core.output.tables import embeddings_to_numpy
-from das_core.search.queries import SEGMENT, level_source, level_table
+from das_core.search.queries import HITS_SCHEMA, SEGMENT, level_source, level_table
 
 log = logging.getLogger("das.index")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)       # not which CPU instructions it loaded
@@ -40,6 +40,11 @@ MIN_NPROBE = 8
 MAX_NPROBE = 128             # caps the rows one query scans at 128 lists (about 100 000 rows at 10^7 rows)
 MIN_ROWS_SCANNED = 20_000    # a query scans at least this many rows (all of a small output): about 2 ms
 META_COLUMNS = ["file_id", "path", "start_s", "end_s"]
+META_SCHEMA = pa.schema([HITS_SCHEMA.field(name) for name in META_COLUMNS])
+ROWS_PER_FILE = 100_000      # rows files hold about this many rows (a refresh's last one fewer), like packs
+ROWS_GROUP = 4_096           # in row groups this small: a hit reads one group of its file, not the file
+HNSW_LISTS = 4_096           # from this many lists the lists' centres are found through an HNSW graph (FAISS's
+                             # IVF<k>_HNSW32): a flat scan of 12 649 centres per row took 30 min to add 10^7 rows
 
 
 def ivf_lists(rows: int) -> int:
@@ -146,7 +151,7 @@ def new_index(source: IndexSource):
     if not len(sample):
         raise IndexRefused(f"{source.uri}: its committed units hold no embedding at --level {source.level}: "
                            "nothing to index")
-    factory = f"IVF{lists},{'SQfp16' if fp16 else 'Flat'}"
+    factory = f"IVF{lists}{'_HNSW32' if lists >= HNSW_LISTS else ''},{'SQfp16' if fp16 else 'Flat'}"
     index = faiss.index_factory(sample.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     ivf.by_residual = False                  # the lists keep the stored values themselves
@@ -170,7 +175,10 @@ def load_index(uri: str, record: IndexRecord):
     path = storage.join(index_folder(uri, record.level), INDEX_FILE)
     if not storage.exists(path):
         return None
-    index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(path), dtype=np.uint8))
+    with storage.open_input(path) as f:
+        reader = faiss.PyCallbackIOReader(f.read)      # streamed: the file is never in memory twice
+        index = faiss.read_index(reader)
+        del reader
     return index if index.ntotal == record.rows else None
 
 
@@ -178,6 +186,8 @@ def stale_reason(source: IndexSource, record: IndexRecord | None) -> str | None:
     """Why the recorded index cannot be refreshed and must be rebuilt, or None when it can."""
     if record is None:
         return "no index yet"
+    if record.rows and not record.rows_files:
+        return "an older das built it (one rows file per unit)"
     if record.checkpoint != source.checkpoint:
         return "it indexes embeddings of another checkpoint"
     gone = sorted(set(record.units) - set(source.units))
@@ -187,27 +197,49 @@ def stale_reason(source: IndexSource, record: IndexRecord | None) -> str | None:
 
 
 def add_units(source: IndexSource, index, record: IndexRecord, units: list[str]) -> None:
-    """Add ``units``' rows to ``index`` (one unit read at a time), each unit's metadata to its rows file."""
-    from das_core.output.format import table_to_bytes
-
+    """Add ``units``' rows to ``index`` (one unit read at a time), their metadata to rows files of about
+    ``ROWS_PER_FILE`` rows each."""
     folder = index_folder(source.uri, source.level)
+    pending, first = [], record.rows
     for unit, table in unit_tables(source, units):
         if len(table):
             index.add(np.ascontiguousarray(embeddings_to_numpy(table.column("embedding"))))
-        storage.write_bytes_atomic(storage.join(folder, rows_name(unit)), table_to_bytes(table.select(META_COLUMNS)))
+            pending.append(table.select(META_COLUMNS).cast(META_SCHEMA))
         record.add_unit(unit, len(table))
+        if record.rows - first >= ROWS_PER_FILE:
+            write_rows(folder, record, first, pending)
+            pending, first = [], record.rows
+    if pending:
+        write_rows(folder, record, first, pending)
+
+
+def write_rows(folder: str, record: IndexRecord, first: int, tables: list[pa.Table]) -> None:
+    """Write the rows of ``tables`` (ids from ``first`` on) as one rows file, in row groups of ``ROWS_GROUP``."""
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(tables)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, row_group_size=ROWS_GROUP, compression="snappy")
+    storage.write_bytes_atomic(storage.join(folder, rows_name(first)), buffer.getvalue().to_pybytes())
+    record.rows_files.append([first, len(table)])
 
 
 def save(uri: str, index, record: IndexRecord) -> None:
     """Write the index, with its map from row id to list (the re-ranking reads rows back by id), then its
-    record (last: the record names what the index holds)."""
+    record (last: the record names what the index holds). The index is streamed to its file."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
     if ivf.direct_map.no():
         ivf.make_direct_map()
-    data = faiss.serialize_index(index).tobytes()
-    storage.write_bytes_atomic(storage.join(index_folder(uri, record.level), INDEX_FILE), data)
+
+    def fill(f) -> None:
+        """Write the index into ``f``."""
+        writer = faiss.PyCallbackIOWriter(f.write)
+        faiss.write_index(index, writer)
+        del writer
+
+    storage.write_atomic(storage.join(index_folder(uri, record.level), INDEX_FILE), fill)
     record.write(uri)
 
 

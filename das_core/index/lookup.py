@@ -11,17 +11,19 @@ index was built are not in it: the search scans those exactly and merges (``unco
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from das_core.index.build import META_COLUMNS, IndexSource, load_index, stale_reason
+from das_core.index.build import META_COLUMNS, META_SCHEMA, IndexSource, load_index, stale_reason
 from das_core.index.record import IndexRecord
 from das_core.io import storage
 from das_core.output.index_files import index_folder, rows_name
 from das_core.output.manifest import RunManifest
-from das_core.output.store import OutputStore, read_parquet
+from das_core.output.store import OutputStore
 from das_core.search.queries import HITS_SCHEMA, Queries, score_embeddings, top_rows
 
 log = logging.getLogger("das.search")
@@ -69,7 +71,11 @@ def candidates(opened: OpenIndex, queries: Queries, top: int) -> np.ndarray:
     import faiss
 
     weights = np.ascontiguousarray(queries.weights().astype(np.float32))
-    params = faiss.SearchParametersIVF(nprobe=int(opened.record.parameters["nprobe"]))
+    nprobe = int(opened.record.parameters["nprobe"])
+    quantizer = faiss.extract_index_ivf(opened.index).quantizer
+    # an HNSW quantizer (large indexes) must explore at least as many centres as the lists probed
+    inner = faiss.SearchParametersHNSW(efSearch=2 * nprobe) if isinstance(quantizer, faiss.IndexHNSW) else None
+    params = faiss.SearchParametersIVF(nprobe=nprobe, quantizer_params=inner)
     wanted = min(CANDIDATES * top, max(opened.record.rows, 1))
     return opened.index.search(weights, wanted, params=params)[1]
 
@@ -106,14 +112,29 @@ def index_hits(opened: OpenIndex, queries: Queries, top: int, min_score: float |
 
 
 def rows_of(opened: OpenIndex, ids: list[int]) -> pa.Table:
-    """file_id, path, start_s, end_s of the rows ``ids``, in that order (each unit's rows file read once)."""
+    """file_id, path, start_s, end_s of the rows ``ids``, in that order: of each rows file that holds one, only
+    the row groups that hold them are read (each once)."""
+    if not ids:
+        return META_SCHEMA.empty_table()
     folder = index_folder(opened.uri, opened.record.level)
-    tables: dict[str, pa.Table] = {}
+    ids_array = np.asarray(ids, dtype=np.int64)
+    which = opened.record.rows_file_of(ids_array)
+    groups: dict[tuple[int, int], tuple[int, pa.Table]] = {}
     picked = []
-    for row_id in ids:
-        unit = opened.record.unit_of(row_id)
-        if unit not in tables:
-            tables[unit] = read_parquet(storage.join(folder, rows_name(unit)), META_COLUMNS)
-        picked.append(tables[unit].slice(row_id - opened.record.units[unit][0], 1))
-    return pa.concat_tables(picked) if picked else pa.schema(
-        [HITS_SCHEMA.field(n) for n in META_COLUMNS]).empty_table()
+    with ExitStack() as stack:
+        files: dict[int, tuple[pq.ParquetFile, np.ndarray]] = {}
+        for row_id, number in zip(ids_array.tolist(), which.tolist()):
+            if number not in files:
+                first, _ = opened.record.rows_files[number]
+                handle = stack.enter_context(storage.open_input(storage.join(folder, rows_name(first))))
+                parquet = pq.ParquetFile(handle)
+                sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+                files[number] = parquet, np.cumsum([0] + sizes)
+            parquet, starts = files[number]
+            local = row_id - opened.record.rows_files[number][0]
+            group = int(np.searchsorted(starts, local, side="right")) - 1
+            if (number, group) not in groups:
+                groups[number, group] = int(starts[group]), parquet.read_row_group(group, columns=META_COLUMNS)
+            offset, table = groups[number, group]
+            picked.append(table.slice(local - offset, 1))
+    return pa.concat_tables(picked).cast(META_SCHEMA)

@@ -7,6 +7,8 @@ import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from das_core.io import storage
 from das_core.output.index_files import INDEX_RECORD, index_folder
 
@@ -17,13 +19,14 @@ LIBRARY = "faiss"
 class IndexRecord:
     """An index's record: the library and its parameters, the level, the committed units it covers (each with
     the id of its first row and its row count: ids are given in unit order, rows within a unit by file_id and
-    start), the total rows, the label run's checkpoint fingerprint, the das version, and when it was built and
-    last refreshed."""
+    start), the rows files (the first id and row count of each), the total rows, the label run's checkpoint
+    fingerprint, the das version, and when it was built and last refreshed."""
 
     level: str
     checkpoint: str
     parameters: dict
     units: dict[str, list[int]] = field(default_factory=dict)      # unit -> [first id, rows]
+    rows_files: list[list[int]] = field(default_factory=list)      # [first id, rows] of each rows file
     rows: int = 0
     library: str = LIBRARY
     library_version: str = ""
@@ -36,12 +39,10 @@ class IndexRecord:
         self.units[unit] = [self.rows, rows]
         self.rows += rows
 
-    def unit_of(self, row_id: int) -> str:
-        """The unit that holds the row ``row_id``."""
-        for unit, (first, rows) in self.units.items():
-            if first <= row_id < first + rows:
-                return unit
-        raise KeyError(f"row {row_id} is in no unit of the index (it holds {self.rows})")
+    def rows_file_of(self, ids: np.ndarray) -> np.ndarray:
+        """For each row id in ``ids``, the position in ``rows_files`` of the file that holds its row."""
+        firsts = np.array([first for first, _ in self.rows_files], dtype=np.int64)
+        return np.searchsorted(firsts, np.asarray(ids, dtype=np.int64), side="right") - 1
 
     def to_json(self) -> bytes:
         """The record as written."""

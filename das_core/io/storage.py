@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
@@ -155,7 +155,13 @@ def _new_temporary(directory: str) -> tuple[int, str]:
 
 
 def write_bytes_atomic(uri: str, data: bytes, content_type: str | None = None) -> None:
-    """Write ``data`` so that readers see the old object or the whole new one, never a part.
+    """Write ``data`` so that readers see the old object or the whole new one, never a part (``write_atomic``)."""
+    write_atomic(uri, lambda f: f.write(data), content_type)
+
+
+def write_atomic(uri: str, fill: Callable[[IO[bytes]], object], content_type: str | None = None) -> None:
+    """Write what ``fill`` writes into the binary file it is given, so that readers see the old object or the
+    whole new one, never a part: a large file is streamed, never held in memory whole.
 
     Local files are written beside the target and renamed into place, with
     the mode a plain ``open()`` gives (0o666 less the umask: colleagues on a
@@ -168,13 +174,13 @@ def write_bytes_atomic(uri: str, data: bytes, content_type: str | None = None) -
         _fail_for_tests(path)
         extra = {"ContentType": content_type} if content_type else {}
         with named_errors(uri, "cannot write"), fs.open(path, "wb", **extra) as f:
-            f.write(data)
+            fill(f)
         invalidate(uri)
         return
     fd, tmp = _new_temporary(os.path.dirname(path) or ".")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             _fail_for_tests(path)
         os.replace(tmp, path)
     except BaseException as exc:

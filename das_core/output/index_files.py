@@ -11,7 +11,9 @@ INDEX_DIR = "_index"
 INDEX_LEVELS = ("segment", "file")
 INDEX_RECORD = "index.json"       # written last: what the index covers (``das_core.index.record``)
 INDEX_FILE = "index.faiss"
-ROWS_FILE = re.compile(r"^rows-u\d+\.parquet$")      # one per unit: its rows' file_id, path, start_s, end_s
+# the rows' file_id, path, start_s, end_s, one file per ~100 000 ids, named by its first id (the indexes of das
+# before this had one file per unit, rows-u<unit>.parquet: still recognised, so a rebuild or --overwrite removes them)
+ROWS_FILE = re.compile(r"^rows-(u\d+|\d{12})\.parquet$")
 
 
 def index_folder(uri: str, level: str) -> str:
@@ -19,9 +21,9 @@ def index_folder(uri: str, level: str) -> str:
     return storage.join(uri, INDEX_DIR, level)
 
 
-def rows_name(unit: str) -> str:
-    """The name of the file that holds ``unit``'s rows in the index folder."""
-    return f"rows-{unit}.parquet"
+def rows_name(first_id: int) -> str:
+    """The name of the rows file whose first row has the id ``first_id``."""
+    return f"rows-{first_id:012d}.parquet"
 
 
 def is_index_file(name: str) -> bool:

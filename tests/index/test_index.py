@@ -117,6 +117,34 @@ def test_refusals_in_one_line(root, tmp_path):
 
 
 @integration
+def test_rows_files_hold_many_units_and_hits_read_their_row_groups(root, tmp_path, monkeypatch, caplog):
+    """Rows files are cut by rows, not units (here every 3 rows, in groups of 2), named by their first id; a
+    search reads its hits' rows back through them; an index of an older das (a rows file per unit) is not used
+    by search and is rebuilt by `das index`."""
+    from das_core.index import build
+
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    monkeypatch.setattr(build, "ROWS_PER_FILE", 3)
+    monkeypatch.setattr(build, "ROWS_GROUP", 2)
+    record, added, why = build.build_index(str(out), "segment", rebuild=True)
+    assert why == "--rebuild" and len(added) == len(CLIPS)
+    names = sorted(n for n in os.listdir(out / "_index" / "segment") if n.startswith("rows-"))
+    assert names == [f"rows-{first:012d}.parquet" for first, _ in record.rows_files]
+    assert 1 < len(names) < len(CLIPS) and sum(n for _, n in record.rows_files) == record.rows
+    assert pq.ParquetFile(out / "_index" / "segment" / names[0]).num_row_groups == 2
+    config = SearchConfig(embeddings=str(out), checkpoint=str(root / "ckpt.pt"), texts=QUERIES, top=8, local=True)
+    same_matches(search(config).to_pylist(), searched(root, top=8, exact=True))
+    old = json.loads((out / "_index" / "segment" / "index.json").read_text())
+    old["rows_files"] = []
+    (out / "_index" / "segment" / "index.json").write_text(json.dumps(old))
+    with caplog.at_level(logging.WARNING, logger="das.search"):
+        same_matches(search(config).to_pylist(), searched(root, top=8, exact=True))
+    assert "is not used: an older das built it" in caplog.text
+    assert build.build_index(str(out), "segment")[2] == "an older das built it (one rows file per unit)"
+
+
+@integration
 def test_stale_index_is_scanned_then_refreshed_and_overwrite_removes_it(root, caplog):
     write_clips(root / "archive", MORE, seed=5)
     label_run(root / "archive", str(root / "cache.npz"), str(root / "ckpt.pt"), root / "out", local=True,
