@@ -55,21 +55,22 @@ class PackPlanner:
         self.order = sorted(unpacked, key=unit_number)
         self.pos, self.pack_rows = 0, pack_rows
         self.rows: dict[str, int] = {}
+        self.end, self.total = 0, 0      # how far the run from ``pos`` was followed, and its rows: each unit once
 
     def add(self, unit: str, rows: int) -> None:
         """``unit`` is committed and holds ``rows`` segment rows."""
         self.rows[unit] = rows
 
     def _run_end(self) -> tuple[int, bool]:
-        """Where the run of consecutive committed units from ``pos`` stops, and whether it holds ``pack_rows``."""
-        j, total = self.pos, 0
-        while j < len(self.order) and self.order[j] in self.rows and (
-                j == self.pos or unit_number(self.order[j]) == unit_number(self.order[j - 1]) + 1):
-            total += self.rows[self.order[j]]
-            j += 1
-            if total >= self.pack_rows:
-                return j, True
-        return j, False
+        """Where the run of consecutive committed units from ``pos`` stops, and whether it holds ``pack_rows``;
+        it goes on from where the last call stopped (a scan from ``pos`` at every commit made a run of 10^7
+        windows spend 8 % of its time here)."""
+        while self.total < self.pack_rows and self.end < len(self.order) and self.order[self.end] in self.rows and (
+                self.end == self.pos
+                or unit_number(self.order[self.end]) == unit_number(self.order[self.end - 1]) + 1):
+            self.total += self.rows[self.order[self.end]]
+            self.end += 1
+        return self.end, self.total >= self.pack_rows
 
     def ready(self, final: bool = False) -> list[list[str]]:
         """The ranges to pack now, each a list of units in order; with ``final`` (the run finished), the rest
@@ -80,7 +81,7 @@ class PackPlanner:
             if not (full or (final and end > self.pos)):
                 break
             out.append(self.order[self.pos:end])
-            self.pos = end
+            self.pos, self.total = end, 0          # the next run starts where this one ended (``self.end``)
         return out
 
 
