@@ -19,10 +19,11 @@ from das_core import __version__
 from das_core.audio.windows import MIN_TAIL_SECONDS, WINDOW_SECONDS
 from das_core.errors import RunFailed
 from das_core.io import storage
+from das_core.label.compact import compact
 from das_core.label.plan import LabelPlan, settings_of
 from das_core.label.summary import summary
 from das_core.label.units import write_unit_table
-from das_core.output.format import FILES_DIR, PIECES_DIR, SEGMENTS_DIR
+from das_core.output.format import FILES_DIR, FORMAT_VERSION, PIECES_DIR, SEGMENTS_DIR
 from das_core.output.manifest import RunManifest
 from das_core.output.pack import PackPlanner, committed_rows
 from das_core.output.record import cache_block, ended_by, utc_now
@@ -192,8 +193,10 @@ class LabelRun:
             log.warning("checkpoint %s has RANDOM weights (a das test/demo checkpoint): labels are meaningless",
                         c.checkpoint)
         if c.resume and p.previous and not len(p.todo):
+            packed = self._pack_the_rest()
             print(f"das label: nothing to do: all {len(p.units)} unit(s) of {c.out} are committed "
-                  f"(status {p.previous.status})", flush=True)
+                  f"(status {p.previous.status})" + (f"; packed the {packed} unit(s) left unpacked" if packed else ""),
+                  flush=True)
             return False
         if c.resume and p.previous:
             removed = store.remove_units(set(p.todo.column("unit").to_pylist()), store.listing())
@@ -211,6 +214,15 @@ class LabelRun:
                  self.engine, self.engine_reason)
         self.t0 = self.last_progress = self.last_manifest = time.monotonic()
         return True
+
+    def _pack_the_rest(self) -> int:
+        """Pack what a run that committed every unit left unpacked (stopped before its tail was packed, or written
+        with ``--pack-rows 0``), as ``das compact`` does; how many units were packed. A run of another format
+        version keeps its layout (``das compact`` converts it)."""
+        c = self.plan.config
+        if not c.pack_rows or self.plan.format_version != FORMAT_VERSION:
+            return 0
+        return compact(c.out, c.pack_rows)["units"]
 
     def _plan_packs(self) -> None:
         """Clear what an interrupted pack left (``StoreListing.stale_parts``) and plan the packs from the lowest

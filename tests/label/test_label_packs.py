@@ -82,6 +82,20 @@ def test_an_interrupted_run_resumes_into_the_same_packs_byte_for_byte(packed, au
         assert folder_bytes(out, folder) == folder_bytes(packed, folder)
 
 
+def test_a_resume_with_every_unit_committed_packs_what_is_left_unpacked(packed, audio, small_cache, tiny_ckpt,
+                                                                       tmp_path, capsys):
+    out = str(tmp_path / "staged")
+    label_run(audio, small_cache, tiny_ckpt, out, files_per_unit=1, pack_rows=0, local=True)
+    assert not any(parse_pack_name(n) for n in folder_bytes(out, FILES_DIR))
+    capsys.readouterr()
+    label_run(audio, small_cache, tiny_ckpt, out, resume=True, **SMALL)
+    assert "nothing to do: all 10 unit(s)" in capsys.readouterr().out
+    for folder in (SEGMENTS_DIR, FILES_DIR):
+        assert folder_bytes(out, folder) == folder_bytes(packed, folder)
+    label_run(audio, small_cache, tiny_ckpt, out, resume=True, **SMALL)
+    assert "packed" not in capsys.readouterr().out
+
+
 def test_compact_packs_a_run_written_without_packs_into_the_same_files_and_refuses_what_it_must(
         packed, audio, small_cache, tiny_ckpt, tmp_path, capsys):
     from jobs.cli import main
