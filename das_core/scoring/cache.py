@@ -18,6 +18,7 @@ Stored as one ``.npz`` (arrays plus a JSON metadata blob) loaded with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -69,19 +70,36 @@ def project_rows(z: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     ``matrix``: (K, d), used without a copy when C-contiguous float32. Each block is computed as
     ``matrix @ block.T``: BLAS packs the (K, d) matrix on every product, and packs it fastest in this
     orientation (a 32-row block 20 % faster, large inputs 40 %, the same values).
+    The products run on one BLAS thread (``one_blas_thread``): the same bits as on several.
     """
     m = np.ascontiguousarray(matrix, dtype=np.float32)
     z = np.ascontiguousarray(z, dtype=np.float32)
     n = len(z)
     out = np.empty((n, m.shape[0]), dtype=np.float32)
     full = n - n % PROJECT_ROWS
-    for start in range(0, full, PROJECT_ROWS):
-        out[start:start + PROJECT_ROWS] = (m @ z[start:start + PROJECT_ROWS].T).T
-    if full < n:
-        block = np.zeros((PROJECT_ROWS, z.shape[1]), dtype=np.float32)
-        block[: n - full] = z[full:]
-        out[full:] = (m @ block.T).T[: n - full]
+    with one_blas_thread():
+        for start in range(0, full, PROJECT_ROWS):
+            out[start:start + PROJECT_ROWS] = (m @ z[start:start + PROJECT_ROWS].T).T
+        if full < n:
+            block = np.zeros((PROJECT_ROWS, z.shape[1]), dtype=np.float32)
+            block[: n - full] = z[full:]
+            out[full:] = (m @ block.T).T[: n - full]
     return out
+
+
+@functools.cache
+def _blas_controller():
+    """This process's threadpoolctl controller (finding the BLAS libraries once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread. A 32-row product gains nothing from a second one,
+    and where every core already runs a worker (Ray's actors, a loaded node) BLAS's threads wait for each other
+    (``bench.scale``'s rescore step: README, "The rehearsal")."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
