@@ -35,6 +35,7 @@ import numpy as np
 
 from bench.common import log
 from bench.driver import _child_peak
+from das_core.output.manifest import RunManifest
 from das_core.output.record import utc_now
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -251,8 +252,9 @@ def index_queries(out: str, n: int = 100, truth_queries: int = 20) -> dict:
             "index_query_p95_ms": float(np.percentile(latencies, 95) * 1e3), "index_recall_at_10": recall}
 
 
-def rehearse(work: str, n: int) -> dict:
-    """Generate the run and time every step (``rehearsal`` in ``bench/scale.json``)."""
+def rehearse(work: str, n: int, reuse: bool = False, only: set[str] | None = None) -> dict:
+    """Generate the run (``reuse``: keep a finished one of ``n`` windows already in ``work``) and time every
+    step (``only``: those named), the ``results`` of one record in ``bench/scale.json``."""
     from bench.inputs import make_cache
     from das_core.clap.random_weights import write_random_checkpoint
 
@@ -266,29 +268,44 @@ def rehearse(work: str, n: int) -> dict:
         cache.save(cache_uri)
     out, inputs = os.path.join(work, "labels"), path_list(work, n)
     results = {"windows_asked": n}
-    log(f"scale: generating {n} windows into {out}")
-    results.update(generate(out, inputs, ckpt, cache_uri))
+    previous = RunManifest.read(out) if reuse else None
+    if previous is not None and previous.status == "complete" and previous.counts.get("files") == n:
+        log(f"scale: reusing the run of {n} windows in {out} (--reuse)")
+        results.update({"windows": previous.counts["segments"], "generated": "reused"})
+    else:
+        log(f"scale: generating {n} windows into {out}")
+        results.update(generate(out, inputs, ckpt, cache_uri))
     results["label_files"] = count_files(out)
     results["segments_files"] = count_files(os.path.join(out, "segments"))
+    wanted = (lambda name: True) if only is None else (lambda name: name in only)
     rescored = os.path.join(work, "rescored")
-    shutil.rmtree(rescored, ignore_errors=True)
-    results.update(step("rescore", das("rescore", ["--embeddings", out, "--cache", cache_uri, "--out", rescored,
-                                                   "--no-report"]), rescored))
-    results.update(step("plain_read_write", engine_code(out)["plain_read_write"]))
-    results["rescore_over_plain"] = results["plain_read_write_s"] / results["rescore_s"]
-    results.update(step("search_exact", das("search", ["--embeddings", out, "--checkpoint", ckpt, "--text",
-                                                       "class_001", "--top", "10", "--exact"])))
-    results.update(step("index_build", das("index", [out]), os.path.join(out, "_index")))
-    results.update(step("search_index", das("search", ["--embeddings", out, "--checkpoint", ckpt, "--text",
-                                                        "class_001", "--top", "10"])))
-    measured = step("index_queries", f"import json\nfrom bench.scale import index_queries\n"
-                                     f"print('RESULT', json.dumps(index_queries({out!r})))\n")
-    results.update(measured)
+    if wanted("rescore"):
+        shutil.rmtree(rescored, ignore_errors=True)
+        results.update(step("rescore", das("rescore", ["--embeddings", out, "--cache", cache_uri, "--out", rescored,
+                                                       "--no-report"]), rescored))
+    if wanted("plain_read_write"):
+        results.update(step("plain_read_write", engine_code(out)["plain_read_write"]))
+    if "rescore_s" in results and "plain_read_write_s" in results:
+        results["rescore_over_plain"] = results["plain_read_write_s"] / results["rescore_s"]
+    search = ["--embeddings", out, "--checkpoint", ckpt, "--text", "class_001", "--top", "10"]
+    if wanted("search_exact"):
+        results.update(step("search_exact", das("search", [*search, "--exact"])))
+    if wanted("index_build"):
+        results.update(step("index_build", das("index", [out]), os.path.join(out, "_index")))
+    if wanted("search_index"):
+        results.update(step("search_index", das("search", search)))
+    if wanted("index_queries"):
+        results.update(step("index_queries", f"import json\nfrom bench.scale import index_queries\n"
+                                             f"print('RESULT', json.dumps(index_queries({out!r})))\n"))
     for name in ("duckdb_top100", "polars_group_by"):
-        results.update(step(name, engine_code(out)[name]))
-    results.update(step("report", das("report", [out]), os.path.join(out, "report")))
-    results.update(step("resume_planning", das("label", ["--input", inputs, "--cache", cache_uri, "--checkpoint",
-                                                         ckpt, "--out", out, "--resume", "--dry-run"])))
+        if wanted(name):
+            results.update(step(name, engine_code(out)[name]))
+    if wanted("report"):
+        results.update(step("report", das("report", [out]), os.path.join(out, "report")))
+    if wanted("resume_planning"):
+        results.update(step("resume_planning", das("label", ["--input", inputs, "--cache", cache_uri,
+                                                             "--checkpoint", ckpt, "--out", out, "--resume",
+                                                             "--dry-run"])))
     return results
 
 
@@ -321,10 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=10_000_000, help="windows (10 s clips) to generate")
     parser.add_argument("--work", default="/tmp/das-scale", help="where the run and its inputs go")
     parser.add_argument("--keep", action="store_true", help="keep --work afterwards (it is removed otherwise)")
+    parser.add_argument("--reuse", action="store_true", help="time the steps on the finished run a --keep left "
+                        "in --work (of as many windows) instead of generating it again")
+    parser.add_argument("--only", metavar="STEP,STEP", help="these steps alone (names as in the table: rescore, "
+                        "plain_read_write, search_exact, index_build, ...)")
     args = parser.parse_args(argv)
     t = time.perf_counter()
     try:
-        results = rehearse(os.path.abspath(args.work), args.windows)
+        results = rehearse(os.path.abspath(args.work), args.windows, args.reuse,
+                           set(args.only.split(",")) if args.only else None)
     finally:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
