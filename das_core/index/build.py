@@ -42,6 +42,7 @@ MIN_ROWS_SCANNED = 20_000    # a query scans at least this many rows (all of a s
 META_COLUMNS = ["file_id", "path", "start_s", "end_s"]
 META_SCHEMA = pa.schema([HITS_SCHEMA.field(name) for name in META_COLUMNS])
 ROWS_PER_FILE = 100_000      # rows files hold about this many rows (a refresh's last one fewer), like packs
+ADD_ROWS = 16_384            # rows handed to FAISS's add at a time: one list assignment product, not one a unit
 ROWS_GROUP = 4_096           # in row groups this small: a hit reads one group of its file, not the file
 HNSW_LISTS = 4_096           # from this many lists the lists' centres are found through an HNSW graph (FAISS's
                              # IVF<k>_HNSW32): a flat scan of 12 649 centres per row took 30 min to add 10^7 rows
@@ -200,15 +201,20 @@ def add_units(source: IndexSource, index, record: IndexRecord, units: list[str])
     """Add ``units``' rows to ``index`` (one unit read at a time), their metadata to rows files of about
     ``ROWS_PER_FILE`` rows each."""
     folder = index_folder(source.uri, source.level)
-    pending, first = [], record.rows
+    pending, first, vectors = [], record.rows, []
     for unit, table in unit_tables(source, units):
         if len(table):
-            index.add(np.ascontiguousarray(embeddings_to_numpy(table.column("embedding"))))
+            vectors.append(embeddings_to_numpy(table.column("embedding")))
             pending.append(table.select(META_COLUMNS).cast(META_SCHEMA))
         record.add_unit(unit, len(table))
+        if sum(map(len, vectors)) >= ADD_ROWS:
+            index.add(np.ascontiguousarray(np.concatenate(vectors)))
+            vectors = []
         if record.rows - first >= ROWS_PER_FILE:
             write_rows(folder, record, first, pending)
             pending, first = [], record.rows
+    if vectors:
+        index.add(np.ascontiguousarray(np.concatenate(vectors)))
     if pending:
         write_rows(folder, record, first, pending)
 
