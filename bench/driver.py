@@ -43,7 +43,7 @@ def bench_driver(chunks: int) -> dict:
 
 def _child_peak(code: str, timeout: float) -> tuple[float, float, str]:
     """Run ``code`` in a fresh Python; (wall s, its peak RSS in bytes, stdout)."""
-    probe = ("\nimport re as _re\nprint('VMHWM', _re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())"
+    probe = ("\nimport re as _re\nprint('\\nVMHWM', _re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())"
              ".group(1))\n")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code + probe], cwd=REPO, capture_output=True, text=True,

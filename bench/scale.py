@@ -176,6 +176,7 @@ import duckdb, pyarrow.parquet as pq, glob
 first = pq.ParquetFile(sorted(glob.glob({seg!r}))[0]).read_row_group(0, columns=["embedding"])
 q = first.column("embedding")[0].as_py()
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")   # its bar writes to stdout without a newline
 rows = con.execute(f'''
   SELECT s.path, s.start_s, s.label, f.label AS file_label,
          list_cosine_similarity(s.embedding, $q) AS similarity
