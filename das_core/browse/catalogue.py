@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,7 @@ class RunCatalogue:
         self.units = self.listing.committed_units()
         self._directory: tuple[pa.ChunkedArray, list[int], list[str]] | None = None
         self._lock = threading.Lock()
+        self.directory_s: float | None = None      # how long reading the directory took, once read
 
     @property
     def labels(self) -> list[str]:
@@ -74,6 +76,7 @@ class RunCatalogue:
         once, one group (a pack or a staged unit) at a time."""
         with self._lock:
             if self._directory is None:
+                started = time.monotonic()
                 chunks, starts, units, first = [], [], [], 0
                 for _, group in self.listing.groups(self.units):
                     for unit, table in self.store.read_by_unit(group, FILES_DIR, self.listing, ["file_id"]):
@@ -84,6 +87,7 @@ class RunCatalogue:
                         units.append(unit)
                         first += len(table)
                 self._directory = (pa.chunked_array(chunks, pa.string()), starts, units)
+                self.directory_s = time.monotonic() - started
             return self._directory
 
     def unit_of(self, file_id: str) -> str | None:

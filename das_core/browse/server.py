@@ -82,7 +82,8 @@ class Browser:
         return {"uri": self.catalogue.uri, "windows": self.catalogue.windows, "files_units": len(self.catalogue.units),
                 "labels": self.catalogue.labels, "text_search": text, "ranking": self.search.describe(),
                 "loading": not (self.text.loaded.is_set() and self.search.loaded.is_set()),
-                "index_load_s": self.search.load_s, "checkpoint_load_s": self.text.load_s}
+                "index_load_s": self.search.load_s, "checkpoint_load_s": self.text.load_s,
+                "directory_s": self.catalogue.directory_s}
 
     def find(self, text: str, label: str | None, min_score: float | None, top: int) -> list[dict]:
         """A text query's best windows (filtered by DAS label and minimum query score), or without text the
