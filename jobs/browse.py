@@ -102,7 +102,7 @@ async def serve(browser: Browser, host: str, port: int, open_page: bool = False)
 
 def run(args: argparse.Namespace) -> None:
     """``das browse``: check, then serve until Ctrl-C (one line: stopped)."""
-    if not 0 <= args.port <= 65535:
+    if not 1 <= args.port <= 65535:
         raise BrowseRefused(f"--port {args.port} is not a TCP port; give one in 1..65535")
     if not is_loopback(args.host):
         print(f"das browse: warning: --host {args.host} serves this archive's audio to the network, "
