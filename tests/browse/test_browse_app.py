@@ -240,6 +240,17 @@ def test_a_port_in_use_is_refused_with_one_line(server, run):
     assert len(errors) == 1 and "in use" in errors[0] and "--port" in errors[0], lines
 
 
+def test_another_host_is_warned_about_and_an_address_it_cannot_bind_is_one_line(server, run):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "browse", run["out"], "--host", "192.0.2.1", "--port",
+                           str(server["port"])], env=env, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "serves this archive's audio to the network, unauthenticated" in lines[0], lines
+    errors = [ln for ln in lines if ln.startswith("das browse: error: ")]
+    assert len(errors) == 1 and "cannot listen on 192.0.2.1" in errors[0], lines
+
+
 def test_ctrl_c_stops_it_with_one_line(server):
     proc = server["proc"]
     proc.send_signal(signal.SIGINT)
