@@ -203,7 +203,8 @@ class RunCatalogue:
         """``hits`` (with ``file_id`` and ``start_s``) with the window's ``segment``, DAS ``label`` and its
         ``label_score``; the units that hold them are read together (each pack once)."""
         units = sorted({unit for hit in hits if (unit := self.unit_of(hit["file_id"])) is not None})
-        tables = self.store.read_units(units, SEGMENTS_DIR, self.listing, WINDOW_COLUMNS) if units else []
+        columns = ["file_id", "segment", "start_s", "label", "score"]        # the hit has the rest
+        tables = self.store.read_units(units, SEGMENTS_DIR, self.listing, columns) if units else []
         windows = {}
         if tables:
             table = pa.concat_tables(tables, promote_options="permissive")
