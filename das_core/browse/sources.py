@@ -67,9 +67,10 @@ def input_kind(uri: str) -> str:
         with storage.open_input(uri) as f:
             has_audio = audio_column_of(pq.ParquetFile(f).schema_arrow, None) is not None
         return ONE_FILE if has_audio else LIST
-    if not is_s3(uri) and os.path.isfile(uri):
-        return ONE_FILE
-    return FOLDER
+    if is_s3(uri):
+        fs, path = storage.filesystem(uri)
+        return ONE_FILE if fs.isfile(path) else FOLDER
+    return ONE_FILE if os.path.isfile(uri) else FOLDER
 
 
 class InputGuard:

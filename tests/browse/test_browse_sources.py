@@ -44,12 +44,22 @@ def test_a_local_folder_serves_what_resolves_inside_it_only(archive):
 
 
 def test_an_s3_prefix_serves_its_bucket_and_prefix_only():
-    guard = InputGuard("s3://archive/field/2024")
-    assert guard.kind == FOLDER
+    guard = InputGuard("s3://archive/field/2024", FOLDER)
     assert guard.check("s3://archive/field/2024/a.flac") and guard.check("s3://archive/field/2024/s.tar/m.flac")
     for path in ("s3://other/field/2024/a.flac", "s3://archive/field/2024-b/a.flac", "s3://archive/field/a.flac",
                  "s3://archive/field/2024/../2023/a.flac", "/field/2024/a.flac", "s3://archive/field/2024"):
         assert _refused(guard, path), path
+
+
+@pytest.mark.integration
+def test_an_s3_input_is_a_prefix_or_one_object(s3_endpoint, bucket):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key="field/one.wav", Body=b"RIFF")
+    assert InputGuard(f"s3://{bucket}/field").kind == FOLDER
+    one = InputGuard(f"s3://{bucket}/field/one.wav")
+    assert one.kind == ONE_FILE and one.check(f"s3://{bucket}/field/one.wav")
+    assert _refused(one, f"s3://{bucket}/field/one.wav2") and _refused(one, f"s3://{bucket}/field/two.wav")
 
 
 def test_a_path_list_serves_the_listed_paths_and_their_shards_members(archive):
