@@ -138,6 +138,15 @@ class ReportRefused(Refused):
     """The report would replace a file in OUT/report/ that das did not write."""
 
 
+class BrowseRefused(Refused):
+    """``das browse`` cannot serve: its port is taken, its host cannot be bound, or OUT is not a das output."""
+
+
+class SourceRefused(Refused, PermissionError):
+    """``das browse`` refuses to serve audio from a path outside the inputs that the run's manifest names
+    (a ``..``, a symlink out of the input, another bucket or prefix, a path not on the path list)."""
+
+
 class LayoutError(Refused):
     """A dataset root whose files do not follow the published layout."""
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "index": ("jobs.index", "build or refresh the index that makes `das search` fast on a large output"),
     "report": ("jobs.report", "write a label or rescore output's report: report.md with figures, report.html to "
                               "listen to"),
+    "browse": ("jobs.browse", "serve a local web page to search a run, filter by label, see timelines and listen"),
     "evaluate": ("jobs.evaluate", "compare DAS with the baselines across SNRs on a public dataset"),
     "demo": ("jobs.demo", "generate a small example and label it end to end"),
 }
