@@ -292,7 +292,7 @@ def rehearse(work: str, n: int, reuse: bool = False, only: set[str] | None = Non
     if wanted("search_exact"):
         results.update(step("search_exact", das("search", [*search, "--exact"])))
     if wanted("index_build"):
-        results.update(step("index_build", das("index", [out]), os.path.join(out, "_index")))
+        results.update(step("index_build", das("index", [out, "--rebuild"]), os.path.join(out, "_index")))
     if wanted("search_index"):
         results.update(step("search_index", das("search", search)))
     if wanted("index_queries"):
