@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -148,7 +149,11 @@ def step(name: str, code: str, counted: str | None = None, timeout: float = 7200
     """Run ``code`` in a fresh Python: ``{name}_s`` (wall), ``{name}_peak_gib``, and ``{name}_files`` (files
     under ``counted``, when given)."""
     log(f"scale: {name} ...")
-    wall, peak, stdout = _child_peak(code, timeout=timeout)
+    try:
+        wall, peak, stdout = _child_peak(code, timeout=timeout)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:     # recorded, and the other steps still run
+        log(f"scale: {name} FAILED: {str(exc)[-600:]}")
+        return {f"{name}_error": str(exc)[-600:]}
     out = {f"{name}_s": wall, f"{name}_peak_gib": peak / 2**30}
     for line in stdout.splitlines():
         if line.startswith("RESULT "):           # figures the child measured itself
