@@ -93,7 +93,9 @@ class TopWindows:
             heap = self._heaps.get(label)
             if heap is None or len(heap) < self.per_label or score >= heap[0][0]:
                 keep.append(i)
-        for pick in picks_of(table.take(keep)):
+        if not keep:                      # nothing beats what is kept (an empty list would take as nulls)
+            return
+        for pick in picks_of(table.take(pa.array(keep, pa.int64()))):
             item = (pick.score, _descending(pick.file_id), -pick.segment, pick)
             heap = self._heaps.setdefault(pick.label, [])
             if len(heap) < self.per_label:

@@ -154,3 +154,13 @@ def test_excerpts_reach_the_reports_that_label_and_rescore_write():
         assert config(parser().parse_args([*base, "--excerpts", "3"])).report_excerpts == 3
         with pytest.raises(ReportRefused, match="--excerpts 51 is outside"):
             config(parser().parse_args([*base, "--excerpts", "51"]))
+
+
+def test_a_unit_whose_windows_all_score_below_the_kept_ones_changes_nothing():
+    """At scale most units hold no window better than those kept: folding one in is a no-op (it took an empty
+    list as an Arrow null array and failed the report of a 10^6-window run)."""
+    top = TopWindows(2)
+    high = [_pick("p", 0, 10, segment=i, file_id=f"h{i}", label="a", score=0.9) for i in range(2)]
+    top.add(_table(high))
+    top.add(_table([_pick("p", 0, 10, segment=0, file_id="low", label="a", score=0.1)]))
+    assert top.best("a") == sorted(high, key=lambda p: p.file_id)
