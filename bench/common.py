@@ -6,6 +6,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from das_core.clap.encoder import DEFAULT_BATCH_SIZE
+
 CHUNK = 32          # windows per chunk, das label's default on CPU (two batches of 16)
 
 
@@ -30,15 +32,17 @@ class Sizes:
     codec_seconds: float = 120.0     # bench_codec: one 44.1 kHz stereo noise file per format
     codec_repeats: int = 7
     shard_clips: int = 2000          # bench_shards: clips as single S3 objects vs in 8 tar shards
+    encoder_rounds: int = 3          # bench_encoder: interleaved rounds over the batch sizes, best kept
+    rss_batch_size: int = DEFAULT_BATCH_SIZE     # bench_rss, bench_driver_rss: das label's --batch-size
 
 
 FULL = Sizes(clips=480, batch_sizes=(1, 2, 4, 8, 16, 32), encoder_windows=64, score_rows=100_000, score_classes=527,
              cache_classes=527, cache_phrases=8, long_minutes=60, decode_files=12, decode_seconds=300,
              rescore_rows=200_000)
-SMOKE = Sizes(clips=8, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
+SMOKE = Sizes(clips=2, batch_sizes=(1, 2), encoder_windows=2, score_rows=2_000, score_classes=20, cache_classes=5,
               cache_phrases=2, long_minutes=0.6, decode_files=3, decode_seconds=12, rescore_rows=2_000,
               driver_chunks=2_000, dry_run_rows=10_000, rss_clips=2, codec_seconds=20.0, codec_repeats=2,
-              shard_clips=16)
+              shard_clips=16, encoder_rounds=1, rss_batch_size=2)
 
 
 def log(msg: str) -> None:

@@ -72,15 +72,16 @@ def bench_dry_run(ckpt: str, cache_uri: str, work: str, rows: int) -> dict:
     return {"dry_run_s": wall, "dry_run_peak_rss_gib": peak / 2**30, "dry_run_rows": rows}
 
 
-def bench_driver_rss(ckpt: str, cache_uri: str, work: str, small: int, ratio: int) -> dict:
+def bench_driver_rss(ckpt: str, cache_uri: str, work: str, small: int, ratio: int, batch_size: int) -> dict:
     """Peak RSS of the ``das label`` driver process on an archive of ``small`` and of ``ratio`` x ``small`` clips
-    (each run in its own process with its own local Ray)."""
+    (each run in its own process with its own local Ray, at ``--batch-size batch_size``)."""
     peaks = {}
     for n in (small, small * ratio):
         folder = os.path.join(work, f"driver-rss-{n}")
         ensure_clips(folder, n, 1.0, rate=16000, channels=1)
         args = ["--input", folder, "--cache", cache_uri, "--checkpoint", ckpt, "--out",
-                os.path.join(work, f"driver-rss-out-{n}"), "--overwrite", "--files-per-unit", "16"]
+                os.path.join(work, f"driver-rss-out-{n}"), "--overwrite", "--files-per-unit", "16",
+                "--batch-size", str(batch_size)]
         code = f"import sys\nfrom jobs.label import main\nrc = main({json.dumps(args)})\nassert rc == 0, rc"
         _, peaks[n], _ = _child_peak(code, timeout=1800)
     big = small * ratio

@@ -12,8 +12,6 @@ import numpy as np
 from bench.common import Sizes, best_of, log
 from das_core.audio.windows import WINDOW_SAMPLES
 
-ENCODER_ROUNDS = 3
-
 
 def bench_encoder(ckpt: str, sizes: Sizes, threads: int) -> dict:
     """Audio clips/s of the encoder alone at each of ``sizes.batch_sizes`` (best of interleaved rounds), the best
@@ -30,7 +28,7 @@ def bench_encoder(ckpt: str, sizes: Sizes, threads: int) -> dict:
     encoders = {bs: ClapEncoder.from_checkpoint(ckpt, max_batch_size=bs, batch_invariant=True)
                 for bs in sizes.batch_sizes}
     per_bs = dict.fromkeys(sizes.batch_sizes, 0.0)
-    for _ in range(ENCODER_ROUNDS):
+    for _ in range(sizes.encoder_rounds):
         for bs, enc in encoders.items():
             batch = windows[:bs]
             enc.embed_audio(batch)                          # warm-up
@@ -40,7 +38,7 @@ def bench_encoder(ckpt: str, sizes: Sizes, threads: int) -> dict:
                 enc.embed_audio(batch)
             per_bs[bs] = max(per_bs[bs], calls * bs / (time.perf_counter() - t))
     for bs, rate in per_bs.items():
-        log(f"encoder batch {bs:>2}: {rate:.2f} clips/s (best of {ENCODER_ROUNDS} rounds)")
+        log(f"encoder batch {bs:>2}: {rate:.2f} clips/s (best of {sizes.encoder_rounds} rounds)")
     del encoders
     gc.collect()
     best = max(per_bs, key=per_bs.get)

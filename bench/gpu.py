@@ -54,7 +54,7 @@ class GpuSizes:
 CARD = GpuSizes(encoder_batch=128, encoder_calls=20, agree_windows=64, archive_files=1000, distinct_files=8,
                 file_seconds=60.0, label_batch=64, classes=527, phrases=8)
 TINY = GpuSizes(encoder_batch=2, encoder_calls=1, agree_windows=2, archive_files=3, distinct_files=2,
-                file_seconds=12.0, label_batch=16, classes=5, phrases=2)
+                file_seconds=12.0, label_batch=2, classes=5, phrases=2)
 
 
 def test_windows(n: int, seed: int = 0) -> np.ndarray:

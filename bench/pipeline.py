@@ -74,7 +74,7 @@ def bench_rss(ckpt: str, cache_uri: str, work: str, sizes: Sizes, threads: int) 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
         run(LabelConfig(input=folder, cache=cache_uri, checkpoint=ckpt, out=os.path.join(work, f"rss-out-{name}"),
                         overwrite=True, torch_threads=threads, max_error_fraction=0.0, progress_every_s=1e9,
-                        report=False))
+                        report=False, batch_size=sizes.rss_batch_size))
         peaks[name] = _worker_peaks()
         shown = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in peaks[name].items())
         log(f"peak RSS ({minutes:g} min file): {shown}")

@@ -118,7 +118,7 @@ def bench_archive(ckpt: str, cache, cache_uri: str, work: str, sizes: Sizes) -> 
         for w in ("local", "s3") if f"write_windows_per_s_{w}" in out))
     out.update(bench_dry_run(ckpt, cache_uri, work, sizes.dry_run_rows))
     log(f"dry run on {sizes.dry_run_rows} paths: {out['dry_run_s']:.1f} s, {out['dry_run_peak_rss_gib']:.2f} GiB")
-    out.update(bench_driver_rss(ckpt, cache_uri, work, sizes.rss_clips, 4))
+    out.update(bench_driver_rss(ckpt, cache_uri, work, sizes.rss_clips, 4, sizes.rss_batch_size))
     log(f"driver peak RSS {out['driver_peak_rss_gib']:.2f} GiB; x4 archive: ratio {out['driver_rss_ratio']:.2f}")
     out.update(bench_shards(work, sizes.shard_clips))
     log(f"S3 decode stage: {out['shards_windows_per_s_objects']:.0f} windows/s from single objects, "

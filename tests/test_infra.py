@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import free_port, sine, write_audio
+from conftest import TEST_BATCH_SIZE, free_port, sine, write_audio
 
 pytestmark = pytest.mark.integration    # Ray, S3 (moto) or subprocesses: `make test-fast` skips it
 
@@ -434,7 +434,8 @@ def test_ray_job_submit_runs_das_label(ray_head, encoder, tiny_ckpt, tmp_path):
     submitted = _ray(["job", "submit", "--address", ray_head["address"], "--working-dir", ".",
                       "--runtime-env", "infra/runtime_env.yaml", "--",
                       "python", "-m", "jobs.label", "--input", str(audio), "--cache", str(tmp_path / "cache.npz"),
-                      "--checkpoint", tiny_ckpt, "--out", str(out), "--max-error-fraction", "0.5"],
+                      "--checkpoint", tiny_ckpt, "--out", str(out), "--max-error-fraction", "0.5",
+                      "--batch-size", str(TEST_BATCH_SIZE)],
                      ray_head["env"], timeout=300)
     logs = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, logs[-5000:]
@@ -502,7 +503,7 @@ def test_decode_tasks_run_only_on_the_decode_group(tiny_ckpt, encoder, tmp_path)
     out = tmp_path / "out"
     label = ["--input", str(src), "--cache", cache, "--checkpoint", tiny_ckpt, "--out", str(out), "--ray",
              "--files-per-unit", "2", "--max-error-fraction", "1", "--actors", "1", "--cpus-per-actor", "0.5",
-             "--no-report"]
+             "--no-report", "--batch-size", str(TEST_BATCH_SIZE)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DAS_DECODE_RESOURCE")}
     proc = subprocess.run([sys.executable, "-c", DECODE_GROUP_SCRIPT, json.dumps({"paths": paths, "label": label})],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

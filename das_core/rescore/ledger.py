@@ -48,7 +48,9 @@ def run_manifest(plan: RescorePlan, status: str, counts: dict, this_run: dict, c
         settings={"embeddings": plan.embeddings, "cache_fingerprint": cache.fingerprint,
                   "checkpoint_fingerprint": plan.checkpoint_id, "top_k": plan.top_k,
                   "embedding_dtype": settings.get("embedding_dtype"), "since_last_run": config.since_last_run,
-                  "snr_db": settings.get("snr_db"), "seed": settings.get("seed"), "noise": settings.get("noise")},
+                  "snr_db": settings.get("snr_db"), "seed": settings.get("seed"), "noise": settings.get("noise"),
+                  # the label run's batch shape and precision: das search --like here encodes a clip as label did
+                  "batch_size": settings.get("batch_size"), "precision": settings.get("precision")},
         cache=cache_block(config.cache, cache),
         checkpoint=dict(label.checkpoint or {"fingerprint": plan.checkpoint_id}),
         counts=counts, runs=(this_run,),

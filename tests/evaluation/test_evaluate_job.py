@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import TEST_BATCH_SIZE
 
 from das_core.errors import Refused
 from das_core.evaluation import BASELINES, METHODS, plan
@@ -116,7 +117,8 @@ def us8k(tmp_path_factory, tiny_ckpt, ray_local, one_text_encoder):
     make_urbansound8k(root, folds=(1, 2, 3), per_class=1, long_clip=True, short_clip=True, broken_clip=True)
     make_tau(noise, per_scene=2)
     args = ["--dataset", "urbansound8k", "--root", root, "--noise-root", noise, "--checkpoint", tiny_ckpt,
-            "--out", out, "--snrs", "clean,0", "--tune-split", "folds:1", "--max-error-fraction", "0.2"]
+            "--out", out, "--snrs", "clean,0", "--tune-split", "folds:1", "--max-error-fraction", "0.2",
+            "--batch-size", str(TEST_BATCH_SIZE)]
     rc = ev.main(args)
     assert rc == 0
     assert one_text_encoder == [tiny_ckpt]          # text: one batched encoding, with the model loaded once
@@ -372,7 +374,7 @@ def test_fsd50k_end_to_end(tmp_path, tiny_ckpt, ray_local, one_text_encoder, cap
     for path in glob.glob(str(tmp_path / "tau" / "audio" / "*.wav")):   # a plain folder: scene unknown
         shutil.copy(path, noise)
     rc, printed = _run(["--dataset", "fsd50k", "--root", root, "--noise-root", noise, "--checkpoint", tiny_ckpt,
-                        "--out", out, "--snrs", "0"], capsys)
+                        "--out", out, "--snrs", "0", "--batch-size", str(TEST_BATCH_SIZE)], capsys)
     assert rc == 0, printed
     records = _records(out)
     for method in METHODS:

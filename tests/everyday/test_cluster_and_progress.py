@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import TEST_BATCH_SIZE, free_port
 
 from everyday.conftest import REPO, das
 
@@ -96,7 +96,8 @@ def drivers_of(cluster: dict) -> dict:
 def label_args(tiny_ckpt: str, small_cache: str, out: str | None = "labels") -> list[str]:
     # --ray: a small job would run in the das process; Ray's start-up and pipeline are the point here
     return ["label", "--input", "archive", "--cache", small_cache, "--checkpoint", tiny_ckpt,
-            "--max-error-fraction", "0.5", "--no-report", "--ray"] + (["--out", out] if out else [])
+            "--max-error-fraction", "0.5", "--no-report", "--ray", "--batch-size",
+            str(TEST_BATCH_SIZE)] + (["--out", out] if out else [])
 
 
 def test_label_and_rescore_start_their_own_ray_and_print_a_readable_progress_line(other_cluster, workdir,

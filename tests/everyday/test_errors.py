@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import TEST_BATCH_SIZE
 
 from das_core.output.store import OutputStore
 from everyday.conftest import das, snapshot
@@ -42,7 +43,7 @@ def tmpfs(folder: Path, size_kib: int, read_only: bool = False):
 
 def label_args(out, tiny_ckpt, small_cache, *extra) -> list[str]:
     return ["label", "--input", "archive", "--cache", small_cache, "--checkpoint", tiny_ckpt, "--out", out,
-            "--max-error-fraction", "1", "--no-report", *extra]
+            "--max-error-fraction", "1", "--no-report", "--batch-size", str(TEST_BATCH_SIZE), *extra]
 
 
 # ------------------------------------------------------------------ outputs that cannot be written

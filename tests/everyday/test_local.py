@@ -7,7 +7,7 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_clips
+from conftest import TEST_BATCH_SIZE, write_clips
 
 from das_core.output.manifest import RunManifest
 from everyday.conftest import das
@@ -33,7 +33,8 @@ def labelled(tmp_path_factory, small_cache, tiny_ckpt):
     root = tmp_path_factory.mktemp("everyday-local")
     write_clips(root / "archive", CLIPS, broken={"broken.wav": b"RIFF\x00\x00\x00\x00WAVEfmt not a wav"})
     result = das(["label", "--input", "archive", "--cache", small_cache, "--checkpoint", tiny_ckpt, "--out",
-                  str(root / "out"), "--max-error-fraction", "0.5"], root, env=importtime_env())
+                  str(root / "out"), "--max-error-fraction", "0.5", "--batch-size", str(TEST_BATCH_SIZE)], root,
+                 env=importtime_env())
     return root, result
 
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_clips
+from conftest import TEST_BATCH_SIZE, write_clips
 
+from das_core.clap.encoder import DEFAULT_BATCH_SIZE
 from everyday.conftest import REPO, das
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,9 +24,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LOCK = "_lock.json"
 
 
-def label_args(tiny_ckpt: str, small_cache: str, out: str = "labels", inp: str = "archive") -> list[str]:
+def label_args(tiny_ckpt: str, small_cache: str, out: str = "labels", inp: str = "archive",
+               batch_size: int = TEST_BATCH_SIZE) -> list[str]:
     return ["label", "--input", inp, "--out", out, "--cache", small_cache, "--checkpoint", tiny_ckpt,
-            "--no-report", "--files-per-unit", "2"]
+            "--no-report", "--files-per-unit", "2", "--batch-size", str(batch_size)]
 
 
 def manifest(folder: Path) -> dict:
@@ -58,11 +60,13 @@ def running(out: Path) -> bool:
 
 
 def test_a_second_writer_is_refused_at_once_naming_the_first(workdir, tiny_ckpt, small_cache):
-    first = background(label_args(tiny_ckpt, small_cache) + ["--ray"], workdir)     # long enough to meet
+    # das label's own batch size: passes of 16 windows keep the first run long enough to meet
+    first = background(label_args(tiny_ckpt, small_cache, batch_size=DEFAULT_BATCH_SIZE) + ["--ray"], workdir)
     try:
         wait_for(lambda: (workdir / "labels" / LOCK).exists(), first)
         holder = json.loads((workdir / "labels" / LOCK).read_text())
-        for second in (label_args(tiny_ckpt, small_cache), label_args(tiny_ckpt, small_cache) + ["--resume"],
+        for second in (label_args(tiny_ckpt, small_cache, batch_size=DEFAULT_BATCH_SIZE),
+                       label_args(tiny_ckpt, small_cache, batch_size=DEFAULT_BATCH_SIZE) + ["--resume"],
                        ["rescore", "--embeddings", "elsewhere", "--cache", small_cache, "--out", "labels"]):
             r = das(second, workdir, timeout=60)
             prog = "das " + second[0]

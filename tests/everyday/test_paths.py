@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from conftest import TEST_BATCH_SIZE
 
 from das_core.output.format import FILES_DIR
 from das_core.output.store import OutputStore
@@ -37,7 +38,7 @@ def user(workdir, tiny_ckpt, small_cache) -> Path:
 
 def label_args(*extra: str) -> list[str]:
     return ["label", "--input", "archive", "--cache", "cache.npz", "--checkpoint", "model.pt",
-            "--max-error-fraction", "0.5", *extra]
+            "--max-error-fraction", "0.5", "--batch-size", str(TEST_BATCH_SIZE), *extra]
 
 
 def kept(folder, seeded: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import sine
+from conftest import TEST_BATCH_SIZE, sine
 
 from das_core.audio import info
 from das_core.audio.windows import SAMPLE_RATE, window_count
@@ -100,6 +100,7 @@ def cache_uri(tiny_ckpt, encoder, s3_archive):
 
 
 def config(src, cache, ckpt, out, **kw) -> LabelConfig:
+    kw.setdefault("batch_size", TEST_BATCH_SIZE)
     kw.setdefault("max_error_fraction", 1.0)
     kw.setdefault("progress_every_s", 1e9)
     return LabelConfig(input=src, cache=cache, checkpoint=ckpt, out=out, **kw)

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import sine, write_audio
+from conftest import TEST_BATCH_SIZE, sine, write_audio
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +53,13 @@ def test_three_node_cluster_gives_the_single_node_output(ray_local, tiny_ckpt, e
     DriftCache.build(encoder.embed_text, ["siren", "hum", "bird"], ["traffic noise"],
                      encoder_id=encoder.encoder_id).save(cache)
     single, multi = tmp_path / "single", tmp_path / "multi"
-    common = dict(cache=cache, checkpoint=tiny_ckpt, files_per_unit=2, chunk_windows=2, max_error_fraction=1.0)
+    common = dict(cache=cache, checkpoint=tiny_ckpt, files_per_unit=2, chunk_windows=2, max_error_fraction=1.0,
+                  batch_size=TEST_BATCH_SIZE)
     run(LabelConfig(input=str(src), out=str(single), progress_every_s=1e9, **common))
 
     args = ["--input", str(src), "--cache", cache, "--checkpoint", tiny_ckpt, "--out", str(multi),
             "--files-per-unit", "2", "--chunk-windows", "2", "--max-error-fraction", "1", "--actors", "2",
-            "--cpus-per-actor", "0.5"]
+            "--cpus-per-actor", "0.5", "--batch-size", str(TEST_BATCH_SIZE)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, json.dumps(args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
