@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import socket
 import uuid
 
@@ -242,3 +243,25 @@ def write_hf_parquet(path, clips=CLIPS, with_null=False) -> str:
     ds = Dataset.from_dict({"audio": rows, "clip_id": ids}).cast_column("audio", Audio(decode=False))
     ds.to_parquet(str(path))
     return str(path)
+
+
+def headless_chromium(window_height: int, script_timeout: float):
+    """Yield one headless Chromium driven by Selenium (Debian's ``chromium`` and ``chromium-driver``; ``make
+    test`` installs them), 1280 wide and ``window_height`` high, muted; quit afterwards. A missing browser
+    fails the test with the command that installs it."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.fail("the browser tests need Debian's chromium and chromium-driver: apt-get install -y "
+                    "--no-install-recommends chromium chromium-driver (make test does it)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio",
+                f"--window-size=1280,{window_height}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_script_timeout(script_timeout)
+    yield driver
+    driver.quit()

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import BROKEN_WAV, free_port, label_run, read_output, write_clips
+from conftest import BROKEN_WAV, free_port, headless_chromium, label_run, read_output, write_clips
 
 pytestmark = pytest.mark.integration
 
@@ -80,22 +80,7 @@ def server(run):
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium for the module (Debian's packages; `make test` installs them)."""
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.fail("the browser tests need Debian's chromium and chromium-driver: apt-get install -y "
-                    "--no-install-recommends chromium chromium-driver (make test does it)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio",
-                "--window-size=1280,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_script_timeout(WAIT_S)
-    yield driver
-    driver.quit()
+    yield from headless_chromium(1000, WAIT_S)
 
 
 def _results(page, title_part: str) -> list:

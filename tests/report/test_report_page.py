@@ -12,7 +12,7 @@ import tarfile
 import time
 
 import pytest
-from conftest import BROKEN_WAV, label_run, sine, write_clips
+from conftest import BROKEN_WAV, headless_chromium, label_run, sine, write_clips
 
 from das_core.output.report_files import REPORT_DIR, REPORT_HTML, REPORT_RECORD
 from das_core.report.write import write_report
@@ -57,22 +57,7 @@ def report(make_cache, ray_local, tiny_ckpt, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium for the module (Debian's packages; `make test` installs them)."""
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.fail("the browser tests need Debian's chromium and chromium-driver: apt-get install -y "
-                    "--no-install-recommends chromium chromium-driver (make test does it)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio",
-                "--window-size=1280,1600"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_script_timeout(LOAD_TIMEOUT_S)
-    yield driver
-    driver.quit()
+    yield from headless_chromium(1600, LOAD_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
