@@ -72,7 +72,7 @@ def candidates(opened: OpenIndex, queries: Queries, top: int) -> np.ndarray:
 
     weights = np.ascontiguousarray(queries.weights().astype(np.float32))
     nprobe = int(opened.record.parameters["nprobe"])
-    quantizer = faiss.extract_index_ivf(opened.index).quantizer
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(opened.index).quantizer)
     # an HNSW quantizer (large indexes) must explore at least as many centres as the lists probed
     inner = faiss.SearchParametersHNSW(efSearch=2 * nprobe) if isinstance(quantizer, faiss.IndexHNSW) else None
     params = faiss.SearchParametersIVF(nprobe=nprobe, quantizer_params=inner)

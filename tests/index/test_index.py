@@ -142,6 +142,10 @@ def test_rows_files_hold_many_units_and_hits_read_their_row_groups(root, tmp_pat
         same_matches(search(config).to_pylist(), searched(root, top=8, exact=True))
     assert "is not used: an older das built it" in caplog.text
     assert build.build_index(str(out), "segment")[2] == "an older das built it (one rows file per unit)"
+    monkeypatch.setattr(build, "HNSW_LISTS", 1)          # a large index's centres, searched through HNSW
+    record = build.build_index(str(out), "segment", rebuild=True)[0]
+    assert record.parameters["factory"] == "IVF1_HNSW32,SQfp16"
+    same_matches(search(config).to_pylist(), searched(root, top=8, exact=True))
 
 
 @integration
