@@ -118,17 +118,19 @@ def synthetic_stages(plan):
     return SyntheticStages(plan)
 
 
-def generate(out: str, inputs: str, ckpt: str, cache_uri: str) -> dict:
+def generate(out: str, inputs: str, ckpt: str, cache_uri: str, resume: bool = False) -> dict:
     """Write the label output of ``inputs`` into ``out`` through das's driver, ledger and writer, with
-    ``synthetic_stages``; its wall time and windows per second."""
+    ``synthetic_stages`` (``resume``: continue an interrupted generation as ``das label --resume`` does); its
+    wall time and the windows it wrote per second."""
     from das_core.label.config import LabelConfig
     from das_core.label.ledger import LabelRun
     from das_core.label.plan import plan_run
     from das_core.output.lease import Lease
     from jobs.label import label_units
 
-    config = LabelConfig(input=inputs, cache=cache_uri, checkpoint=ckpt, out=out, overwrite=True,
-                         files_per_unit=CLIPS_PER_UNIT, report=False)
+    before = RunManifest.read(out).counts.get("segments", 0) if resume else 0
+    config = LabelConfig(input=inputs, cache=cache_uri, checkpoint=ckpt, out=out, overwrite=not resume,
+                         resume=resume, files_per_unit=CLIPS_PER_UNIT, report=False)
     t = time.perf_counter()
     with Lease(config.out, "bench.scale") as lease:
         ledger = LabelRun(plan_run(config), run_id=lease.run_id)
@@ -137,7 +139,8 @@ def generate(out: str, inputs: str, ckpt: str, cache_uri: str) -> dict:
         manifest = ledger.finish()
     seconds = time.perf_counter() - t
     windows = manifest["counts"]["segments"]
-    return {"generate_s": seconds, "windows": windows, "generate_windows_per_s": windows / seconds}
+    return {"generate_s": seconds, "windows": windows, "generate_windows_per_s": (windows - before) / seconds,
+            **({"generate_resumed_at": before} if resume else {})}
 
 
 def count_files(folder: str) -> int:
@@ -278,6 +281,10 @@ def rehearse(work: str, n: int, reuse: bool = False, only: set[str] | None = Non
     if previous is not None and previous.status == "complete" and previous.counts.get("files") == n:
         log(f"scale: reusing the run of {n} windows in {out} (--reuse)")
         results.update({"windows": previous.counts["segments"], "generated": "reused"})
+    elif previous is not None and previous.counts.get("files") == n:
+        log(f"scale: resuming the generation of {n} windows in {out} at {previous.counts.get('segments', 0)} "
+            f"(--reuse)")
+        results.update(generate(out, inputs, ckpt, cache_uri, resume=True))
     else:
         log(f"scale: generating {n} windows into {out}")
         results.update(generate(out, inputs, ckpt, cache_uri))
@@ -344,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=10_000_000, help="windows (10 s clips) to generate")
     parser.add_argument("--work", default="/tmp/das-scale", help="where the run and its inputs go")
     parser.add_argument("--keep", action="store_true", help="keep --work afterwards (it is removed otherwise)")
-    parser.add_argument("--reuse", action="store_true", help="time the steps on the finished run a --keep left "
-                        "in --work (of as many windows) instead of generating it again")
+    parser.add_argument("--reuse", action="store_true", help="time the steps on the run a --keep left in "
+                        "--work (of as many windows) instead of generating it again; an interrupted generation "
+                        "is resumed")
     parser.add_argument("--only", metavar="STEP,STEP", help="these steps alone (names as in the table: rescore, "
-                        "plain_read_write, search_exact, index_build, ...)")
+                        "plain_read_write, search_exact, index_build, ...; 'generate': the run and no step)")
     args = parser.parse_args(argv)
     t = time.perf_counter()
     try:

@@ -36,18 +36,17 @@ from das_core.label.decode_process import DecodeProcess
 from das_core.label.encode import ChunkEncoder, EncodeSettings
 from das_core.label.plan import LabelPlan
 from das_core.label.sink import finish_units
-from das_core.label.units import read_unit_group, unit_table_uri
+from das_core.label.units import unit_group, unit_table_uri
 from das_core.output.pack import pack_units
 from das_core.runtime.interrupts import interrupts_held
 
 
 def units_to_do(out: str, keep: dict[int, list[str]] | None) -> Iterator[pa.Table]:
     """The unit table of ``out``, one row group at a time (``keep``: per row group, the units to do)."""
-    uri = unit_table_uri(out)
-    groups = range(pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).metadata.num_row_groups) \
-        if keep is None else sorted(keep)
+    table_file = pq.ParquetFile(io.BytesIO(storage.read_bytes(unit_table_uri(out))))
+    groups = range(table_file.metadata.num_row_groups) if keep is None else sorted(keep)
     for g in groups:
-        yield read_unit_group(uri, g, None if keep is None else keep[g])
+        yield unit_group(table_file, g, None if keep is None else keep[g])
 
 
 @contextmanager

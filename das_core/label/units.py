@@ -95,7 +95,13 @@ def write_unit_table(out: str, units: pa.Table) -> str:
 def read_unit_group(uri: str, group: int, units: list[str] | None = None) -> pa.Table:
     """Row group ``group`` of the unit table at ``uri`` (one read task's units), only ``units`` if given."""
     with storage.open_input(uri) as f:
-        table = pq.ParquetFile(f).read_row_group(group)
+        return unit_group(pq.ParquetFile(f), group, units)
+
+
+def unit_group(table_file: pq.ParquetFile, group: int, units: list[str] | None = None) -> pa.Table:
+    """Row group ``group`` of the open unit table ``table_file``, only ``units`` if given. A process that reads
+    many groups opens the table once: its footer grows with the groups, so parsing it per group is quadratic."""
+    table = table_file.read_row_group(group)
     if units is not None:
         table = table.filter(pc.is_in(table.column("unit"), pa.array(units, pa.string())))
     return table
