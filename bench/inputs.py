@@ -69,7 +69,7 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
     from das_core.output.format import END_TAG, FILES_DIR, FORMAT_VERSION, SEGMENTS_DIR, PartFormat, part_name
     from das_core.output.manifest import RunManifest
     from das_core.output.store import OutputStore
-    from das_core.output.tables import FileOutcome, build_tables, embedding_array, labelled_columns
+    from das_core.output.tables import build_tables, embedding_array, labelled_columns, outcome_table
     from das_core.scoring.scorer import label_windows
 
     rng = np.random.default_rng(2)
@@ -91,8 +91,11 @@ def write_label_output(cache, out: str, rows: int, files_per_part: int = 500, wi
                 "embedding": embedding_array(emb, n, np.arange(n), "float16", cache.dim),
                 "snr_db": pa.nulls(n, pa.float64()), "seed": pa.nulls(n, pa.int64()),
                 "noise_source": pa.nulls(n, pa.string())}
-        outcomes = [FileOutcome(f, f"s3://a/{f}.wav", "ok", None, None, windows_per_file, 60.0, 48000, 1)
-                    for f in ids]
+        k = len(ids)
+        outcomes = outcome_table(pa.table({"file_id": ids, "path": [f"s3://a/{f}.wav" for f in ids],
+                                           "status": ["ok"] * k, "n_segments": [windows_per_file] * k,
+                                           "duration_s": [60.0] * k, "sample_rate": [48000] * k, "channels": [1] * k,
+                                           "error": pa.nulls(k, pa.string()), "error_kind": pa.nulls(k, pa.string())}))
         segments, files = build_tables(outcomes, pa.table(cols), cache, 5, PartFormat("float16", cache.dim))
         unit = f"u{first // files_per_part:08d}"
         store.write_part(SEGMENTS_DIR, part_name(unit, 0), segments)

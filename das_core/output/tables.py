@@ -6,7 +6,6 @@ Arrow columns are built from numpy arrays without a Python loop over rows; the s
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections import Counter
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.output.format import EMBEDDING_TYPES, ERROR, OK, PartFormat, label_fields
+from das_core.output.format import EMBEDDING_TYPES, ERROR, OK, PartFormat, files_schema, label_fields
 from das_core.scoring.cache import DriftCache
-from das_core.scoring.scorer import Labelled, label_files
+from das_core.scoring.scorer import Labelled, label_files, label_windows, window_scores
 
 
 def _null_mask(n: int, rows: np.ndarray) -> np.ndarray | None:
@@ -147,90 +146,153 @@ class FileOutcome:
 
 def mean_embedding(windows: np.ndarray) -> np.ndarray:
     """A file's embedding: the normalised mean of its window embeddings (as stored), in float64."""
-    total = np.asarray(windows, dtype=np.float64).sum(axis=0)
-    return normalised(total)
+    return normalised(np.asarray(windows, dtype=np.float64).sum(axis=0))
 
 
 def normalised(total: np.ndarray) -> np.ndarray:
     """``total`` scaled to unit length (a zero vector stays zero)."""
-    norm = np.linalg.norm(total)
-    return total / norm if norm > 0 else total
+    return normalised_rows(np.asarray(total, dtype=np.float64)[None])[0]
+
+
+def normalised_rows(totals: np.ndarray) -> np.ndarray:
+    """Each row of the float64 ``totals`` scaled to unit length (a zero row stays zero). A row's result does not
+    depend on the other rows, so a file's embedding has the same bits however many files are computed with it."""
+    norms = np.sqrt(np.einsum("ij,ij->i", totals, totals))
+    return totals / np.where(norms > 0, norms, 1.0)[:, None]
+
+
+def mean_embeddings(emb: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """``(n, D)`` float64: row f is the normalised mean of the rows of ``emb`` whose ``owner`` is f, summed in
+    their order (zeros where f has none), as ``mean_embedding`` of each file's windows."""
+    totals = np.zeros((n, emb.shape[1]), dtype=np.float64)
+    if len(owner):
+        counts = np.bincount(owner, minlength=n)
+        single = counts[owner] == 1                          # a file of one window (a short clip): that window
+        totals[owner[single]] = emb[single]
+        if not single.all():
+            rows = np.flatnonzero(~single)
+            many = rows[np.argsort(owner[rows], kind="stable")]
+            files, starts = np.unique(owner[many], return_index=True)
+            totals[files] = np.add.reduceat(np.asarray(emb[many], dtype=np.float64), starts, axis=0)
+    return normalised_rows(totals)
+
+
+# The columns of a file's outcome in a ``files`` row (everything but its labels and embedding), typed.
+OUTCOME_TYPES = {f.name: f.type for f in files_schema() if f.name not in {g.name for g in label_fields()}
+                 and f.name != "embedding"}
+
+
+def outcome_table(files: pa.Table) -> pa.Table:
+    """The ``OUTCOME_TYPES`` columns of ``files`` rows, typed; those an older output lacks (decoder, key,
+    metadata) are null."""
+    n = len(files)
+    return pa.table({name: files.column(name).cast(kind) if name in files.column_names else pa.nulls(n, kind)
+                     for name, kind in OUTCOME_TYPES.items()})
+
+
+def files_rows(outcomes: pa.Table, lab: Labelled | None, n_segments: np.ndarray, embedding: np.ndarray | None,
+               part: PartFormat, group: np.ndarray | None = None) -> pa.Table:
+    """The ``files`` rows of ``outcomes`` (``outcome_table``'s columns) in (``group``, path, file_id) order, typed
+    and labelled as ``part`` says, built with Arrow and numpy (no Python loop over rows).
+
+    ``lab`` labels the ok rows and ``embedding`` (``(ok rows, D)``) embeds them, in their order in ``outcomes``;
+    ``n_segments`` counts each row's windows (error rows get 0); ``group``: each row's unit, where the rows of
+    several units are built at once (a pack).
+    """
+    n = len(outcomes)
+    ok = pc.equal(outcomes.column("status"), OK).to_numpy(zero_copy_only=False).astype(bool)
+    keys, sort_keys = outcomes.select(["path", "file_id"]), [("path", "ascending"), ("file_id", "ascending")]
+    if group is not None:
+        keys, sort_keys = keys.append_column("_group", pa.array(group)), [("_group", "ascending"), *sort_keys]
+    order = pc.sort_indices(keys, sort_keys=sort_keys).to_numpy()
+    ok_positions = np.flatnonzero(ok[order])                 # where the ok rows land
+    ranks = (np.cumsum(ok) - 1)[order[ok_positions]]         # and which ok row (of lab, embedding) each is
+    cols = {name: outcomes.column(name).take(pa.array(order)) for name in OUTCOME_TYPES}
+    cols["n_segments"] = pa.array(np.where(ok, n_segments, 0)[order].astype(np.int32), pa.int32())
+    have = len(ok_positions) > 0
+    cols.update(labelled_columns(lab.take(ranks) if lab is not None and have else None, n, ok_positions))
+    cols["embedding"] = embedding_array(embedding[ranks] if embedding is not None and have else None, n,
+                                        ok_positions, part.embedding_dtype)
+    return pa.table(cols, schema=part.files)
 
 
 def files_table(outcomes: list[FileOutcome], lab: Labelled | None, n_segments: dict[str, int],
                 part: PartFormat | None = None) -> pa.Table:
     """The ``files`` rows of ``outcomes`` in (path, file_id) order, typed and labelled as ``part`` says (float16
-    embeddings, no metadata without it); ``lab`` labels the ok ones, in the order they have in ``outcomes``;
-    ``n_segments`` counts each ok file's windows."""
-    part = part or PartFormat()
-    ok_order = [i for i, o in enumerate(outcomes) if o.status == OK]
-    rank = {i: r for r, i in enumerate(ok_order)}
-    order = sorted(range(len(outcomes)), key=lambda i: (outcomes[i].path, outcomes[i].file_id))
-    ordered = [outcomes[i] for i in order]
-    cols = {
-        "file_id": pa.array([o.file_id for o in ordered], pa.string()),
-        "path": pa.array([o.path for o in ordered], pa.string()),
-        "status": pa.array([o.status for o in ordered], pa.string()),
-        "error": pa.array([o.error for o in ordered], pa.string()),
-        "error_kind": pa.array([o.error_kind for o in ordered], pa.string()),
-        "n_segments": pa.array([n_segments.get(o.file_id, 0) if o.status == OK else 0 for o in ordered], pa.int32()),
-        "duration_s": pa.array([o.duration_s for o in ordered], pa.float64()),
-        "sample_rate": pa.array([o.sample_rate for o in ordered], pa.int32()),
-        "channels": pa.array([o.channels for o in ordered], pa.int32()),
-        "decoder": pa.array([o.decoder for o in ordered], pa.string()),
-        "key": pa.array([o.key for o in ordered], pa.string()),
-        "metadata": pa.array([o.metadata for o in ordered], pa.string()),
-    }
-    ok_positions = np.array([p for p, i in enumerate(order) if i in rank], dtype=np.int64)
-    if lab is not None and len(ok_positions):
-        lab = lab.take(np.array([rank[i] for i in order if i in rank], dtype=np.int64))
-    else:
-        lab = None
-    cols.update(labelled_columns(lab, len(ordered), ok_positions))
-    with_emb = np.array([i for i, o in enumerate(ordered) if o.embedding is not None], dtype=np.int64)
-    emb = np.stack([ordered[i].embedding for i in with_emb]) if len(with_emb) else None
-    cols["embedding"] = embedding_array(emb, len(ordered), with_emb, part.embedding_dtype)
-    return pa.table(cols, schema=part.files)
+    embeddings, no metadata without it); ``lab`` labels the ok ones, in the order they have in ``outcomes``, whose
+    ``embedding`` each ok one carries; ``n_segments`` counts each ok file's windows."""
+    table = pa.table({name: pa.array([getattr(o, "n_emitted" if name == "n_segments" else name) for o in outcomes],
+                                     kind) for name, kind in OUTCOME_TYPES.items()})
+    ok = [o for o in outcomes if o.status == OK]
+    if any(o.embedding is None for o in ok):
+        raise ValueError("an ok file outcome without its embedding")
+    return files_rows(table, lab, np.array([n_segments.get(o.file_id, 0) for o in outcomes], dtype=np.int64),
+                      np.stack([o.embedding for o in ok]) if ok else None, part or PartFormat())
 
 
-def build_tables(outcomes: list[FileOutcome], windows: pa.Table | None, cache: DriftCache, top_k: int,
-                 part: PartFormat, scores: tuple[np.ndarray, np.ndarray] | None = None,
-                 logit_scale: float | None = None) -> tuple[pa.Table, pa.Table]:
-    """The ``segments`` and ``files`` tables for whole files (file labels: max over their windows), typed and
-    labelled as ``part`` says (a ``list<...>`` embedding column of ``windows`` becomes its fixed-size list).
+def window_owners(windows: pa.Table, outcomes: pa.Table, window_spans: list[tuple[int, int]] | None = None,
+                  outcome_spans: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Each window's row in ``outcomes`` (by ``file_id``; -1 where none), matched within each pair of spans
+    (``(first row, rows)`` of one unit in each table; one span each by default): a file id names one file
+    within a unit."""
+    owner = np.full(len(windows), -1, dtype=np.int64)
+    spans = zip(window_spans or [(0, len(windows))], outcome_spans or [(0, len(outcomes))])
+    for (w0, wn), (o0, on) in spans:
+        if wn and on:
+            found = pc.index_in(windows.column("file_id").slice(w0, wn), value_set=outcomes.column("file_id")
+                                .slice(o0, on).combine_chunks())
+            owner[w0:w0 + wn] = np.where(found.is_valid().to_numpy(zero_copy_only=False),
+                                         found.fill_null(-1).to_numpy(zero_copy_only=False) + o0, -1)
+    return owner
 
-    ``scores``: the ``window_scores`` of ``windows``' rows, when the caller has them (not computed twice).
+
+def build_tables(outcomes: pa.Table, windows: pa.Table, cache: DriftCache, top_k: int, part: PartFormat,
+                 logit_scale: float | None = None, owner: np.ndarray | None = None,
+                 group: np.ndarray | None = None) -> tuple[pa.Table, pa.Table]:
+    """The ``segments`` and ``files`` tables of whole files, labelled from their windows' stored embeddings
+    (file labels: the maximum over their windows), typed and labelled as ``part`` says (a ``list<...>``
+    embedding column of ``windows`` becomes its fixed-size list); Arrow and numpy, no loop over rows.
+
+    ``outcomes``: ``outcome_table`` rows; ``windows``: their window rows (any label columns are recomputed);
+    ``owner``: each window's row in ``outcomes`` (``window_owners``; by file id if not given). Windows of error
+    files (or of no file) are dropped. ``group``: each outcome row's unit, where several are built at once
+    (rows stay in unit order, each unit's sorted as one unit's would be: segments by path and segment, files by
+    path and file id).
     """
-    ok_ids = [o.file_id for o in outcomes if o.status == OK]
+    owner = window_owners(windows, outcomes) if owner is None else owner
+    ok = pc.equal(outcomes.column("status"), OK).to_numpy(zero_copy_only=False).astype(bool)
+    kept = np.flatnonzero((owner >= 0) & ok[np.maximum(owner, 0)]) if len(owner) and len(ok) else np.zeros(0, np.int64)
+    keys = windows.select(["path", "segment"]).take(pa.array(kept))
+    sort_keys = [("path", "ascending"), ("segment", "ascending")]
+    if group is not None:
+        keys, sort_keys = keys.append_column("_group", pa.array(group[owner[kept]])), [("_group", "ascending"),
+                                                                                      *sort_keys]
+    rows = kept[pc.sort_indices(keys, sort_keys=sort_keys).to_numpy()]
     seg_schema = part.segments
-    rows = None
-    if windows is not None and len(windows) and ok_ids:
-        segs = windows.append_column("_row", pa.array(np.arange(len(windows))))
-        segs = segs.filter(pc.is_in(segs.column("file_id"), value_set=pa.array(ok_ids, type=pa.string())))
-        segs = segs.sort_by([("path", "ascending"), ("segment", "ascending")])
-        rows = segs.column("_row").to_numpy()
-        segs = segs.select([f.name for f in seg_schema]).cast(seg_schema)
-    else:
-        segs = seg_schema.empty_table()
-    index = {fid: i for i, fid in enumerate(ok_ids)}
-    file_lab = None
-    if ok_ids:
-        owner = np.array([index[f] for f in segs.column("file_id").to_pylist()], dtype=np.int64)
-        kept = (scores[0][rows], scores[1][rows]) if scores is not None and rows is not None else None
-        emb = embeddings_to_numpy(segs.column("embedding"))
-        file_lab = label_files(emb, owner, len(ok_ids), cache, top_k, scores=kept, logit_scale=logit_scale)
-        order = np.argsort(owner, kind="stable")         # each file's windows, in their order, as one slice
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(ok_ids)))])
-        outcomes = [o if o.status != OK else dataclasses.replace(o, embedding=mean_embedding(
-            emb[order[bounds[index[o.file_id]]:bounds[index[o.file_id] + 1]]])) for o in outcomes]
-    return segs, files_table(outcomes, file_lab, Counter(segs.column("file_id").to_pylist()), part)
+    segs = windows.take(pa.array(rows))
+    emb = embeddings_to_numpy(segs.column("embedding")) if len(rows) else np.zeros((0, cache.dim), np.float32)
+    lab = file_lab = None
+    ok_rank = np.cumsum(ok) - 1
+    file_of = ok_rank[owner[rows]]                             # each kept window's ok file
+    n_ok = int(ok.sum())
+    if len(rows):
+        scores = window_scores(emb, cache)
+        lab = label_windows(None, cache, top_k, scores=scores, logit_scale=logit_scale)
+        file_lab = label_files(None, file_of, n_ok, cache, top_k, scores=scores, logit_scale=logit_scale)
+    cols = {f.name: segs.column(f.name) for f in seg_schema if f.name not in {g.name for g in label_fields()}}
+    cols.update(labelled_columns(lab, len(rows)))
+    segs = pa.table({f.name: cols[f.name] for f in seg_schema}).cast(seg_schema)
+    counts = np.bincount(owner[rows], minlength=len(outcomes)) if len(rows) else np.zeros(len(outcomes), np.int64)
+    embedding = mean_embeddings(emb, file_of, n_ok) if n_ok else None
+    return segs, files_rows(outcomes, file_lab, counts, embedding, part, group)
 
 
 def count_outcomes(files: pa.Table) -> dict:
     """``files in = ok + error`` and error counts by kind, from a ``files`` table."""
-    status = files.column("status").to_pylist()
-    kinds = Counter(k for s, k in zip(status, files.column("error_kind").to_pylist()) if s == ERROR)
-    n_ok = sum(1 for s in status if s == OK)
+    status = files.column("status")
+    n_ok = int(pc.sum(pc.equal(status, OK)).as_py() or 0)
+    errors = files.filter(pc.equal(status, ERROR)).column("error_kind").to_pylist()
+    kinds = Counter(errors)
     return {
         "files": len(status),
         "ok": n_ok,

@@ -25,18 +25,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from das_core.errors import WriteFailed
 from das_core.io import storage
-from das_core.output.format import FILES_DIR, OK, SEGMENTS_DIR, PartFormat, embedding_layout, pack_name
+from das_core.output.format import (
+    FILES_DIR,
+    OK,
+    SEGMENTS_DIR,
+    PartFormat,
+    embedding_layout,
+    label_fields,
+    pack_name,
+    segments_schema,
+)
 from das_core.output.pack import write_pack
 from das_core.output.store import OutputStore
-from das_core.output.tables import FileOutcome, build_tables, count_outcomes, embeddings_to_numpy, labelled_columns
+from das_core.output.tables import build_tables, count_outcomes, outcome_table, window_owners
 from das_core.scoring.cache import DriftCache
-from das_core.scoring.scorer import label_windows, window_scores
 
 # What a unit's task reports back to the driver (one row per label unit).
 PART_STATS_SCHEMA = pa.schema([
@@ -49,50 +58,70 @@ PART_STATS_SCHEMA = pa.schema([
     pa.field("seconds", pa.float64()),
     pa.field("failure", pa.string()),            # null when the unit was re-scored and committed
 ])
-_LABEL_COLUMNS = ("label", "score", "top_k_labels", "top_k_scores", "zs_label", "zs_score", "top_k_probs")
-_FILE_COLUMNS = ("file_id", "path", "status", "error", "error_kind", "n_segments", "duration_s", "sample_rate",
-                 "channels", "decoder", "key", "metadata")
+
+_WINDOW_COLUMNS = [f.name for f in segments_schema() if f.name not in {g.name for g in label_fields()}]
 
 
-def _file_outcomes(files: pa.Table, segments: pa.Table) -> list[FileOutcome]:
-    """The label unit's files as outcomes, after checking that each ok file has all its windows."""
-    counts = Counter(segments.column("file_id").to_pylist())
-    for name in ("decoder", "key", "metadata"):
-        if name not in files.column_names:
-            files = files.append_column(name, pa.nulls(len(files), pa.string()))
-    outcomes = []
-    for row in files.select(list(_FILE_COLUMNS)).to_pylist():
-        stored = counts.get(row["file_id"], 0)
-        if row["status"] == OK and (stored == 0 or stored != row["n_segments"]):
-            raise ValueError(f"file {row['path']} has n_segments={row['n_segments']} in files/ but "
-                             f"{stored} window(s) in segments/: the label output is damaged")
-        outcomes.append(FileOutcome(*(row[name] for name in _FILE_COLUMNS)))
-    return outcomes
+def _checked(outcomes: pa.Table, owner: np.ndarray) -> None:
+    """Refuse a damaged label output: every ok file must have all its windows (``n_segments`` of them)."""
+    stored = np.bincount(owner[owner >= 0], minlength=len(outcomes))
+    ok = pc.equal(outcomes.column("status"), OK).to_numpy(zero_copy_only=False).astype(bool)
+    expected = outcomes.column("n_segments").fill_null(0).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(ok & ((stored == 0) | (stored != expected)))
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"file {outcomes.column('path')[i].as_py()} has n_segments={expected[i]} in files/ but "
+                         f"{stored[i]} window(s) in segments/: the label output is damaged")
 
 
 def rescore_tables(segments: pa.Table, files: pa.Table, cache: DriftCache, top_k: int,
                    logit_scale: float | None = None, part: PartFormat | None = None) -> tuple[pa.Table, pa.Table]:
-    """Re-label one committed unit of a label output: the new ``segments`` and ``files`` tables.
+    """Re-label one committed unit of a label output: the new ``segments`` and ``files`` tables
+    (``rescore_units`` of that one unit)."""
+    return rescore_units([("u", segments, files)], cache, top_k, logit_scale, part)[0][1:]
 
-    Window labels come from the stored embeddings cast to float32 (exactly what
-    das label scored); file labels are the maximum over a file's windows; error
-    rows are carried over unchanged, so every input file keeps exactly one row.
-    The tables are typed and labelled as ``part`` says; without it, as FixedSizeList embeddings of the
-    stored type and the cache's dimension, with no metadata (a format 2 unit's list<...> becomes one too).
+
+def rescore_units(units: list[tuple[str, pa.Table | None, pa.Table]], cache: DriftCache, top_k: int,
+                  logit_scale: float | None = None, part: PartFormat | None = None
+                  ) -> list[tuple[str, pa.Table, pa.Table]]:
+    """Re-label committed units of a label output (``(unit, its segments or None, its files)``, in order), all
+    at once: ``(unit, new segments, new files)`` each.
+
+    Window labels come from the stored embeddings cast to float32 (exactly what das label scored: a row's
+    scores do not depend on the rows scored with it); file labels are the maximum over a file's windows; error
+    rows are carried over unchanged, so every input file keeps exactly one row. The tables are typed and
+    labelled as ``part`` says; without it, as FixedSizeList embeddings of the stored type and the cache's
+    dimension, with no metadata (a format 2 unit's list<...> becomes one too).
     """
+    present = [seg for _, seg, _ in units if seg is not None and len(seg)]
     if part is None:
-        part = PartFormat(embedding_layout(segments.schema.field("embedding").type)[0], cache.dim)
-    if segments.column("embedding").null_count:
-        raise ValueError(f"{segments.column('embedding').null_count} window(s) have no embedding")
-    outcomes = _file_outcomes(files, segments)
-    windows = segments.drop_columns([n for n in _LABEL_COLUMNS if n in segments.column_names])
-    lab = scores = None
-    if len(segments):
-        scores = window_scores(embeddings_to_numpy(segments.column("embedding")), cache)
-        lab = label_windows(None, cache, top_k, scores=scores, logit_scale=logit_scale)
-    for name, column in labelled_columns(lab, len(segments)).items():
-        windows = windows.append_column(name, column)
-    return build_tables(outcomes, windows, cache, top_k, part, scores=scores, logit_scale=logit_scale)
+        stored = present[0].schema.field("embedding").type if present else None
+        part = PartFormat(embedding_layout(stored)[0] if stored is not None else "float16", cache.dim)
+    empty = (present[0] if present else part.segments.empty_table()).select(_WINDOW_COLUMNS).slice(0, 0)
+    segments = [seg.select(_WINDOW_COLUMNS) if seg is not None else empty for _, seg, _ in units]
+    outcomes = [outcome_table(files) for _, _, files in units]
+    spans = [_spans([len(t) for t in segments]), _spans([len(t) for t in outcomes])]
+    windows = pa.concat_tables(segments, promote_options="permissive") if len(segments) > 1 else segments[0]
+    outcome = pa.concat_tables(outcomes) if len(outcomes) > 1 else outcomes[0]
+    if windows.column("embedding").null_count:
+        raise ValueError(f"{windows.column('embedding').null_count} window(s) have no embedding")
+    owner = window_owners(windows, outcome, *spans)
+    _checked(outcome, owner)
+    group = np.repeat(np.arange(len(units)), [len(t) for t in outcomes])
+    new_segments, new_files = build_tables(outcome, windows, cache, top_k, part, logit_scale, owner, group)
+    out, s0, f0 = [], 0, 0
+    for (unit, _, _), n_files in zip(units, [len(t) for t in outcomes]):
+        files_of = new_files.slice(f0, n_files)
+        n_seg = int(pc.sum(files_of.column("n_segments")).as_py() or 0)
+        out.append((unit, new_segments.slice(s0, n_seg), files_of))
+        s0, f0 = s0 + n_seg, f0 + n_files
+    return out
+
+
+def _spans(lengths: list[int]) -> list[tuple[int, int]]:
+    """``(first row, rows)`` of consecutive tables of ``lengths`` rows."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int) if lengths else []
+    return [(int(a), int(n)) for a, n in zip(starts, lengths)]
 
 
 def rescore_part(embeddings: str, out_run: str, units: list[str], cache: DriftCache, top_k: int,
@@ -100,25 +129,22 @@ def rescore_part(embeddings: str, out_run: str, units: list[str], cache: DriftCa
                  part: PartFormat | None = None) -> list[tuple[str, dict]]:
     """Re-score the committed, consecutive label ``units`` of ``embeddings`` (one pack of it, or one staged
     unit: each file read once) and commit them under ``out_run`` as one pack named by their range (segments,
-    then files), typed and labelled as ``part`` says (``rescore_tables``); each unit's counts
+    then files), typed and labelled as ``part`` says (``rescore_units``); each unit's counts
     (``das_core.output.tables.count_outcomes``)."""
     part = part or PartFormat(dim=cache.dim)
     label = OutputStore(embeddings)
     listing = label.listing()
     files = dict(label.read_by_unit(units, FILES_DIR, listing))
     segments = dict(label.read_by_unit(units, SEGMENTS_DIR, listing))
-    new = {}
     for unit in units:
         if files.get(unit) is None:
             raise ValueError(f"unit {unit} has no files rows: it is not committed")
-        seg = segments.get(unit)
-        seg, fil = rescore_tables(part.segments.empty_table() if seg is None else seg, files[unit], cache, top_k,
-                                  logit_scale, part)
-        new[unit] = (seg if copy_embeddings else seg.drop_columns(["embedding"]), fil)  # else read back via the label
+    new = rescore_units([(u, segments.get(u), files[u]) for u in units], cache, top_k, logit_scale, part)
     out, name = OutputStore(out_run), pack_name(units[0], units[-1])
-    write_pack(out, SEGMENTS_DIR, name, [(u, [new[u][0]]) for u in units], skip_empty=True)
-    write_pack(out, FILES_DIR, name, [(u, [new[u][1]]) for u in units], skip_empty=False)
-    return [(u, count_outcomes(new[u][1])) for u in units]
+    write_pack(out, SEGMENTS_DIR, name, [(u, [seg if copy_embeddings else seg.drop_columns(["embedding"])])
+                                         for u, seg, _ in new], skip_empty=True)   # else read via the label
+    write_pack(out, FILES_DIR, name, [(u, [fil]) for u, _, fil in new], skip_empty=False)
+    return [(u, count_outcomes(fil)) for u, _, fil in new]
 
 
 def rescore_unit(row: dict, cache: DriftCache, *, embeddings: str, out_run: str, top_k: int,

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from das_core.errors import ConfigError, Refused
 from das_core.output.format import files_schema, segments_schema
 from das_core.output.manifest import RunManifest
-from das_core.output.tables import embedding_array, embeddings_to_numpy, labelled_columns
+from das_core.output.tables import (
+    embedding_array,
+    embeddings_to_numpy,
+    labelled_columns,
+    mean_embedding,
+    mean_embeddings,
+)
 from das_core.rescore.config import RescoreConfig
 from das_core.rescore.plan import Watermark, plan_rescore, previous_run
-from das_core.rescore.unit import rescore_tables
+from das_core.rescore.unit import rescore_tables, rescore_units
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import label_files, label_windows
 
@@ -117,3 +124,33 @@ def test_rescore_tables_refuses_a_damaged_unit(small_cache):
     segments, files = label_unit(cache)
     with pytest.raises(ValueError, match="damaged"):
         rescore_tables(segments.slice(0, 2), files, cache, 2)          # b.wav lost its window
+
+
+def test_rescoring_a_pack_of_units_at_once_gives_each_unit_the_rows_it_gets_alone(small_cache):
+    """``rescore_units`` builds a pack's rows in one pass: each unit's rows are those of that unit rescored
+    alone, byte for byte, even where two units hold the same file id, a unit holds no windows, or a file's
+    windows are out of order."""
+    cache = DriftCache.load(small_cache)
+    segments, files = label_unit(cache, cache.dim)
+    shuffled = segments.take([2, 1, 0])                                 # b, then a's windows backwards
+    no_windows = files.filter(pc.equal(files.column("status"), "error"))
+    units = [("u1", segments, files), ("u2", None, no_windows), ("u3", shuffled, files)]
+    together = rescore_units(units, cache, 2)
+    for (unit, seg, fil), (name, new_seg, new_fil) in zip(units, together):
+        alone_seg, alone_fil = rescore_tables(seg if seg is not None else segments.slice(0, 0), fil, cache, 2)
+        assert name == unit and new_seg.equals(alone_seg) and new_fil.equals(alone_fil)
+    assert together[0][1].equals(together[2][1]) and together[0][2].equals(together[2][2])
+    assert together[0][2].column("file_id").to_pylist() == ["a", "b", "c"]
+    assert together[0][2].column("n_segments").to_pylist() == [2, 1, 0]
+    assert together[0][1].column("segment").to_pylist() == [0, 1, 0]
+
+
+def test_a_files_embedding_is_the_normalised_mean_of_its_windows_however_many_files_are_built_with_it():
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((40, 16)).astype(np.float16).astype(np.float32)
+    owner = rng.integers(0, 12, 40)                                    # files of 0 to many windows, interleaved
+    together = mean_embeddings(emb, owner, 13)
+    for f in range(13):
+        alone = mean_embedding(emb[owner == f]) if (owner == f).any() else np.zeros(16)
+        assert np.array_equal(together[f], alone), f                    # the same bits, not just close
+    assert not together[12].any()                                       # a file of no windows: zeros
