@@ -298,6 +298,7 @@ def rehearse(work: str, n: int, reuse: bool = False, only: set[str] | None = Non
                                                        "--no-report"]), rescored))
     if wanted("plain_read_write"):
         results.update(step("plain_read_write", engine_code(out)["plain_read_write"]))
+        shutil.rmtree(os.path.join(work, "plain-copy"), ignore_errors=True)      # a yardstick: 10 GB at 10^7
     if "rescore_s" in results and "plain_read_write_s" in results:
         results["rescore_over_plain"] = results["plain_read_write_s"] / results["rescore_s"]
     search = ["--embeddings", out, "--checkpoint", ckpt, "--text", "class_001", "--top", "10"]
