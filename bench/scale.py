@@ -121,14 +121,13 @@ def synthetic_stages(plan):
 def generate(out: str, inputs: str, ckpt: str, cache_uri: str, resume: bool = False) -> dict:
     """Write the label output of ``inputs`` into ``out`` through das's driver, ledger and writer, with
     ``synthetic_stages`` (``resume``: continue an interrupted generation as ``das label --resume`` does); its
-    wall time and the windows it wrote per second."""
+    wall time, and its windows per second unless it resumed."""
     from das_core.label.config import LabelConfig
     from das_core.label.ledger import LabelRun
     from das_core.label.plan import plan_run
     from das_core.output.lease import Lease
     from jobs.label import label_units
 
-    before = RunManifest.read(out).counts.get("segments", 0) if resume else 0
     config = LabelConfig(input=inputs, cache=cache_uri, checkpoint=ckpt, out=out, overwrite=not resume,
                          resume=resume, files_per_unit=CLIPS_PER_UNIT, report=False)
     t = time.perf_counter()
@@ -139,8 +138,9 @@ def generate(out: str, inputs: str, ckpt: str, cache_uri: str, resume: bool = Fa
         manifest = ledger.finish()
     seconds = time.perf_counter() - t
     windows = manifest["counts"]["segments"]
-    return {"generate_s": seconds, "windows": windows, "generate_windows_per_s": (windows - before) / seconds,
-            **({"generate_resumed_at": before} if resume else {})}
+    if resume:     # an interrupted run's manifest keeps no counts: what this call wrote is not known here
+        return {"generate_s": seconds, "windows": windows, "generate_resumed": True}
+    return {"generate_s": seconds, "windows": windows, "generate_windows_per_s": windows / seconds}
 
 
 def count_files(folder: str) -> int:
@@ -281,9 +281,8 @@ def rehearse(work: str, n: int, reuse: bool = False, only: set[str] | None = Non
     if previous is not None and previous.status == "complete" and previous.counts.get("files") == n:
         log(f"scale: reusing the run of {n} windows in {out} (--reuse)")
         results.update({"windows": previous.counts["segments"], "generated": "reused"})
-    elif previous is not None and previous.counts.get("files") == n:
-        log(f"scale: resuming the generation of {n} windows in {out} at {previous.counts.get('segments', 0)} "
-            f"(--reuse)")
+    elif previous is not None and previous.settings.get("input") == inputs:     # interrupted: counts not yet kept
+        log(f"scale: resuming the interrupted generation of {n} windows in {out} (--reuse)")
         results.update(generate(out, inputs, ckpt, cache_uri, resume=True))
     else:
         log(f"scale: generating {n} windows into {out}")
@@ -335,7 +334,7 @@ def projection(results: dict, target: float = 1e9) -> list[str]:
     lines = [f"projection to {target:.0e} windows: x {factor:.0f} of this run's {results['windows']} windows"]
     for step_name in LINEAR_STEPS:
         seconds = results.get(f"{step_name}_s")
-        if seconds is not None:
+        if seconds is not None and not (step_name == "generate" and results.get("generate_resumed")):
             lines.append(f"  {step_name}: {seconds:.1f} s x {factor:.0f} = {seconds * factor / 3600:.1f} h on this "
                          "machine's 2 cores")
     return lines
