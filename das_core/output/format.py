@@ -110,6 +110,11 @@ def embedding_layout(arrow_type: pa.DataType) -> tuple[str, int | None]:
     raise ValueError(f"embedding column has type {arrow_type}, expected a list of float16 or float32")
 
 
+def label_column_names() -> frozenset[str]:
+    """The names of ``label_fields``: the columns das computes, as against those it carries."""
+    return frozenset(f.name for f in label_fields())
+
+
 def segments_schema(embedding_dtype: str = "float16", dim: int | None = None) -> pa.Schema:
     """The ``segments`` schema (one row per window), with embeddings stored as ``embedding_dtype``:
     ``FixedSizeList<embedding_dtype, dim>``, or the ``list<embedding_dtype>`` of format 2 where ``dim`` is None."""

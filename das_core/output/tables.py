@@ -14,7 +14,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from das_core.output.format import EMBEDDING_TYPES, ERROR, OK, PartFormat, files_schema, label_fields
+from das_core.output.format import (
+    EMBEDDING_TYPES,
+    ERROR,
+    OK,
+    PartFormat,
+    files_schema,
+    label_column_names,
+    label_fields,
+)
 from das_core.scoring.cache import DriftCache
 from das_core.scoring.scorer import Labelled, label_files, label_windows, window_scores
 
@@ -178,7 +186,7 @@ def mean_embeddings(emb: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
 
 
 # The columns of a file's outcome in a ``files`` row (everything but its labels and embedding), typed.
-OUTCOME_TYPES = {f.name: f.type for f in files_schema() if f.name not in {g.name for g in label_fields()}
+OUTCOME_TYPES = {f.name: f.type for f in files_schema() if f.name not in label_column_names()
                  and f.name != "embedding"}
 
 
@@ -279,7 +287,7 @@ def build_tables(outcomes: pa.Table, windows: pa.Table, cache: DriftCache, top_k
         scores = window_scores(emb, cache)
         lab = label_windows(None, cache, top_k, scores=scores, logit_scale=logit_scale)
         file_lab = label_files(None, file_of, n_ok, cache, top_k, scores=scores, logit_scale=logit_scale)
-    cols = {f.name: segs.column(f.name) for f in seg_schema if f.name not in {g.name for g in label_fields()}}
+    cols = {f.name: segs.column(f.name) for f in seg_schema if f.name not in label_column_names()}
     cols.update(labelled_columns(lab, len(rows)))
     segs = pa.table({f.name: cols[f.name] for f in seg_schema}).cast(seg_schema)
     counts = np.bincount(owner[rows], minlength=len(outcomes)) if len(rows) else np.zeros(len(outcomes), np.int64)

@@ -38,7 +38,7 @@ from das_core.output.format import (
     SEGMENTS_DIR,
     PartFormat,
     embedding_layout,
-    label_fields,
+    label_column_names,
     pack_name,
     segments_schema,
 )
@@ -59,7 +59,7 @@ PART_STATS_SCHEMA = pa.schema([
     pa.field("failure", pa.string()),            # null when the unit was re-scored and committed
 ])
 
-_WINDOW_COLUMNS = [f.name for f in segments_schema() if f.name not in {g.name for g in label_fields()}]
+_WINDOW_COLUMNS = [f.name for f in segments_schema() if f.name not in label_column_names()]
 
 
 def _checked(outcomes: pa.Table, owner: np.ndarray) -> None:
